@@ -1,0 +1,7 @@
+"""The Python admin client, modelled on clipper_admin."""
+
+from .connection import ClipperConnection
+from .exceptions import ClipperException, UnconnectedException
+from .manager import LocalContainerManager
+
+__all__ = ["ClipperConnection", "ClipperException", "LocalContainerManager", "UnconnectedException"]

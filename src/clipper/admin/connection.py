@@ -1,0 +1,234 @@
+"""``ClipperConnection``: start, connect to and drive a Clipper server, as clipper_admin did."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from ..server import SERVER_FILE
+from .exceptions import ClipperException, UnconnectedException
+from .manager import LocalContainerManager
+
+log = logging.getLogger("clipper.admin")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ClipperConnection:
+    """A handle on one Clipper server, through its management API."""
+
+    def __init__(self, container_manager: LocalContainerManager | None = None,
+                 timeout: float = 60.0) -> None:
+        self.cm = container_manager or LocalContainerManager()
+        self.timeout = timeout
+        self.connected = False
+        self._client: httpx.Client | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- addresses ---------------------------------------------------------------
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.cm.host}:{self.cm.clipper_management_port}"
+
+    def get_query_addr(self) -> str:
+        """``host:port`` of the query frontend."""
+        return f"{self.cm.host}:{self.cm.clipper_query_port}"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start_clipper(self, timeout: float = 60.0) -> None:
+        """Start a server as a detached process and wait until both frontends answer.
+
+        The server outlives this Python process (as Clipper's containers did);
+        ``stop_all()`` stops it and every replica it started.
+        """
+        state = self.cm.state_path
+        (state / "logs").mkdir(parents=True, exist_ok=True)
+        if self._ping(timeout=1.0):
+            raise ClipperException(
+                f"a Clipper server already answers on {self.management_url}; "
+                "use connect() or stop it first"
+            )
+        log_path = state / "logs" / "server.log"
+        with open(log_path, "ab") as logfile:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "clipper.server", *self.cm.server_args()],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        query_health = f"http://{self.get_query_addr()}/ready"
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                raise ClipperException(
+                    f"the Clipper server exited with status {code}:\n" + "\n".join(tail)
+                )
+            if self._ping(timeout=1.0):
+                try:
+                    if httpx.get(query_health, timeout=1.0).status_code == 200:
+                        self.connected = True
+                        log.info("Clipper is running (pid %d)", self._process.pid)
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        self._terminate(self._process.pid)
+        raise ClipperException(f"the Clipper server did not answer within {timeout:.0f}s")
+
+    def connect(self) -> None:
+        """Attach to a running server."""
+        if not self._ping(timeout=5.0):
+            raise ClipperException(f"no Clipper server answers on {self.management_url}")
+        self.connected = True
+
+    def _ping(self, timeout: float) -> bool:
+        try:
+            r = httpx.get(f"{self.management_url}/admin/ping", timeout=timeout)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _server_pid(self) -> int | None:
+        if self._process is not None and self._process.poll() is None:
+            return self._process.pid
+        try:
+            info = json.loads((self.cm.state_path / SERVER_FILE).read_text())
+            pid = int(info["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def _terminate(self, pid: int, timeout: float = 30.0) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.pid == pid:
+                if self._process.poll() is not None:
+                    return
+            elif not _pid_alive(pid):
+                return
+            time.sleep(0.05)
+        log.warning("the Clipper server (pid %d) did not stop in %.0fs; killing it", pid, timeout)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if self._process is not None and self._process.pid == pid:
+            self._process.wait()
+
+    def stop_all(self) -> None:
+        """Stop the server and every replica it started."""
+        pid = self._server_pid()
+        if pid is not None:
+            self._terminate(pid)
+        self.connected = False
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- management API ----------------------------------------------------------
+
+    def _post(self, route: str, body: dict[str, Any]) -> Any:
+        if not self.connected:
+            raise UnconnectedException()
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.management_url, timeout=self.timeout)
+        try:
+            r = self._client.post(f"/admin/{route}", json=body)
+        except httpx.HTTPError as exc:
+            raise ClipperException(f"{route}: cannot reach {self.management_url}: {exc}") from exc
+        try:
+            payload = r.json()
+        except ValueError:
+            payload = {"error": r.text}
+        if r.status_code != 200:
+            cause = payload.get("cause") or payload.get("error") if isinstance(payload, dict) else r.text
+            raise ClipperException(f"{route} failed ({r.status_code}): {cause}")
+        return payload
+
+    def register_application(self, name: str, input_type: str, default_output: str,
+                             slo_micros: int, input_shape: list[int] | None = None) -> None:
+        body: dict[str, Any] = {"name": name, "input_type": input_type,
+                                "default_output": default_output,
+                                "latency_slo_micros": slo_micros}
+        if input_shape is not None:
+            body["input_shape"] = list(input_shape)
+        self._post("add_app", body)
+
+    def unregister_application(self, name: str) -> None:
+        self._post("delete_app", {"name": name})
+
+    def link_model_to_app(self, app_name: str, model_name: str) -> None:
+        self._post("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
+        self._post("delete_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def add_model(self, body: dict[str, Any]) -> None:
+        """Send a complete ``add_model`` body (what the deployers build)."""
+        self._post("add_model", body)
+
+    def set_model_version(self, name: str, version: str, num_replicas: int | None = None) -> None:
+        self._post("set_model_version", {"model_name": name, "model_version": str(version)})
+        if num_replicas is not None:
+            self.set_num_replicas(name, num_replicas, version)
+
+    def get_current_model_version(self, name: str) -> str:
+        for model in self.get_all_models(verbose=True):
+            if model["model_name"] == name and model["is_current_version"]:
+                return str(model["model_version"])
+        raise ClipperException(f"model '{name}' has no current version")
+
+    def set_num_replicas(self, name: str, num_replicas: int, version: str | None = None) -> None:
+        version = version or self.get_current_model_version(name)
+        self._post("set_num_replicas", {"model_name": name, "model_version": str(version),
+                                        "num_replicas": num_replicas})
+
+    def get_num_replicas(self, name: str, version: str | None = None) -> int:
+        version = version or self.get_current_model_version(name)
+        body = {"model_name": name, "model_version": str(version)}
+        return int(self._post("get_num_replicas", body)["num_replicas"])
+
+    def get_all_apps(self, verbose: bool = False) -> list[Any]:
+        return list(self._post("get_all_applications", {"verbose": verbose}))
+
+    def get_app_info(self, name: str) -> dict[str, Any] | None:
+        info = self._post("get_application", {"name": name})
+        return info or None
+
+    def get_linked_models(self, app_name: str) -> list[str]:
+        return list(self._post("get_linked_models", {"app_name": app_name}))
+
+    def get_all_models(self, verbose: bool = False) -> list[Any]:
+        return list(self._post("get_all_models", {"verbose": verbose}))
+
+    def get_model_info(self, name: str, version: str) -> dict[str, Any] | None:
+        info = self._post("get_model", {"model_name": name, "model_version": str(version)})
+        return info or None
+
+    def get_all_model_replicas(self, verbose: bool = False) -> list[Any]:
+        return list(self._post("get_all_containers", {"verbose": verbose}))

@@ -1,0 +1,45 @@
+"""Client-side descriptions of where and how a Clipper server runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..settings import default_state_dir
+
+
+@dataclass
+class LocalContainerManager:
+    """A Clipper server on this machine, its replicas as local processes.
+
+    As in clipper_admin, the container manager carries the addresses, so two
+    instances can run side by side on other ports and state folders.
+    """
+
+    clipper_query_port: int = 1337
+    clipper_management_port: int = 1338
+    clipper_rpc_port: int = 7000
+    state_dir: str | Path | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+
+    @property
+    def state_path(self) -> Path:
+        assert isinstance(self.state_dir, Path)
+        return self.state_dir
+
+    def server_args(self) -> list[str]:
+        """Flags for ``python -m clipper.server``."""
+        args = [
+            "--host", self.host,
+            "--query-port", str(self.clipper_query_port),
+            "--management-port", str(self.clipper_management_port),
+            "--rpc-port", str(self.clipper_rpc_port),
+            "--state-dir", str(self.state_path),
+        ]
+        if self.redis_url:
+            args += ["--store", self.redis_url]
+        return args

@@ -1,0 +1,222 @@
+"""The model container runtime: serve one model version to a frontend over ZeroMQ.
+
+Imports only the RPC protocol, numpy, pyzmq, msgpack and cloudpickle, so a
+container installs without the frontend's dependencies.
+
+Threads: the main thread owns the DEALER socket (registration, heartbeats,
+receiving batches, sending results); one worker thread runs ``predict``.
+Heartbeats therefore keep flowing during a long prediction, and stop only
+when the process itself stops (killed, frozen), which is what the frontend's
+liveness check is meant to detect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..rpc import protocol as p
+
+log = logging.getLogger("clipper.container")
+
+PredictFn = Callable[[Any], Any]
+MAX_ERROR_MESSAGE = 2000
+
+
+def as_predict_fn(model: Any) -> PredictFn:
+    """Accept a callable or an object with a ``predict`` method."""
+    if callable(model):
+        return model  # type: ignore[no-any-return]
+    predict = getattr(model, "predict", None)
+    if callable(predict):
+        return predict  # type: ignore[no-any-return]
+    raise TypeError(f"model of type {type(model).__name__} is neither callable nor has predict()")
+
+
+def run_predict(predict: PredictFn, batch_id: int, header: dict[str, Any], frames: list[Any]) -> p.Frames:
+    """Run one batch and encode the result; any failure becomes an error result."""
+    try:
+        inputs = p.decode_inputs(header, frames)
+        outputs = predict(inputs)
+        if isinstance(outputs, (str, bytes, dict)) or not hasattr(outputs, "__len__"):
+            raise TypeError(
+                f"predict must return a list with one output per input, "
+                f"got {type(outputs).__name__}"
+            )
+        outputs = list(outputs)
+        count = header["count"]
+        if len(outputs) != count:
+            raise ValueError(f"predict returned {len(outputs)} outputs for {count} inputs")
+        return p.encode_result_ok(batch_id, outputs)
+    except Exception as exc:  # the model's errors travel back as data
+        message = str(exc)[:MAX_ERROR_MESSAGE]
+        log.warning("batch %s failed: %s: %s", batch_id, type(exc).__name__, message)
+        return p.encode_result_error(batch_id, type(exc).__name__, message)
+
+
+class ContainerRuntime:
+    """Connects to a frontend, registers one model version and serves its batches."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        address: str,
+        model_name: str,
+        model_version: str,
+        input_type: str,
+        heartbeat_interval: float = 0.5,
+        frontend_timeout: float = 3.0,
+        exit_with_parent: bool = False,
+        replica_label: str | None = None,
+    ) -> None:
+        self.predict = as_predict_fn(model)
+        self.address = address
+        self.model_name = model_name
+        self.model_version = model_version
+        self.input_type = input_type
+        self.heartbeat_interval = heartbeat_interval
+        self.frontend_timeout = frontend_timeout
+        self.exit_with_parent = exit_with_parent
+        self.replica_label = replica_label or uuid.uuid4().hex[:8]
+        self._stop = threading.Event()
+        self.registered = threading.Event()
+        self.batches_served = 0
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to return (thread-safe)."""
+        self._stop.set()
+
+    def _register_message(self) -> p.Frames:
+        return [
+            p.make(
+                p.REGISTER,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                input_type=self.input_type,
+                pid=os.getpid(),
+                replica=self.replica_label,
+            )
+        ]
+
+    def serve_forever(self) -> int:
+        """Serve until stopped, the parent dies or the frontend rejects us.
+
+        Returns a process exit status: 0 on a clean stop, 2 when rejected.
+        """
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        # Queue nothing while disconnected: stale heartbeats and results are
+        # useless to a frontend that restarted, and registration is resent.
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.RECONNECT_IVL, 100)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        dealer.connect(self.address)
+        wake_addr = f"inproc://results-{id(self)}"
+        results_rx = ctx.socket(zmq.PAIR)
+        results_rx.bind(wake_addr)
+        work: queue.Queue[tuple[int, dict[str, Any], list[Any]] | None] = queue.Queue()
+        worker = threading.Thread(
+            target=self._work, args=(ctx, wake_addr, work), name="predict", daemon=True
+        )
+        worker.start()
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(results_rx, zmq.POLLIN)
+        parent = os.getppid()
+        status = 0
+
+        def send(frames: p.Frames) -> bool:
+            try:
+                dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                return False
+
+        log.info(
+            "container %s:%s (replica %s) connecting to %s",
+            self.model_name, self.model_version, self.replica_label, self.address,
+        )
+        send(self._register_message())
+        last_heard = last_register = last_beat = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(int(self.heartbeat_interval * 1000)))
+                now = time.monotonic()
+                if results_rx in events:
+                    send(results_rx.recv_multipart(copy=False))
+                if dealer in events:
+                    frames = dealer.recv_multipart(copy=False)
+                    last_heard = now
+                    try:
+                        header = p.parse_header(frames[0].buffer)
+                    except Exception as exc:
+                        log.warning("ignoring malformed message from frontend: %s", exc)
+                        continue
+                    kind = header["type"]
+                    if kind == p.BATCH:
+                        work.put((header.get("id", -1), header, [f.buffer for f in frames[1:]]))
+                    elif kind == p.REGISTERED:
+                        if not self.registered.is_set():
+                            log.info("registered with the frontend")
+                        self.registered.set()
+                    elif kind == p.REREGISTER:
+                        self.registered.clear()
+                        send(self._register_message())
+                        last_register = now
+                    elif kind == p.REJECTED:
+                        log.error("frontend rejected this container: %s", header.get("reason"))
+                        status = 2
+                        break
+                if now - last_beat >= self.heartbeat_interval:
+                    send([p.make(p.HEARTBEAT)])
+                    last_beat = now
+                if (
+                    now - last_heard > self.frontend_timeout
+                    and now - last_register > self.frontend_timeout
+                ):
+                    # The frontend went quiet (restarted, or the network dropped
+                    # us): register again; ZeroMQ reconnects underneath.
+                    self.registered.clear()
+                    send(self._register_message())
+                    last_register = now
+                if self.exit_with_parent and os.getppid() != parent:
+                    log.info("parent process exited; stopping")
+                    break
+        finally:
+            send([p.make(p.GOODBYE)])
+            work.put(None)
+            worker.join(timeout=1.0)
+            results_rx.close(linger=0)
+            dealer.close(linger=0)
+            ctx.term()
+        return status
+
+    def _work(
+        self,
+        ctx: zmq.Context[Any],
+        wake_addr: str,
+        work: queue.Queue[tuple[int, dict[str, Any], list[Any]] | None],
+    ) -> None:
+        tx = ctx.socket(zmq.PAIR)
+        tx.setsockopt(zmq.LINGER, 0)
+        tx.connect(wake_addr)
+        try:
+            while True:
+                item = work.get()
+                if item is None:
+                    return
+                batch_id, header, frames = item
+                tx.send_multipart(run_predict(self.predict, batch_id, header, frames), copy=False)
+                self.batches_served += 1
+        finally:
+            tx.close(linger=0)

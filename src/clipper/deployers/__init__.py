@@ -1,0 +1,1 @@
+"""Deployers: ship a model to a Clipper server through its management API."""

@@ -1,0 +1,398 @@
+"""Parse and validate the body of a query (``POST /{app}/predict``).
+
+Pure functions for the hot path: no I/O, no asyncio. Every problem with a
+client's input raises :class:`~clipper.exceptions.InputError` with a short
+message that names the problem and where it is (``input``, ``input_batch[3]``,
+``input[2][5]``); the frontend returns it as a JSON 400.
+
+Numeric inputs become C-contiguous numpy arrays (``integers`` → int32,
+``floats`` → float32, ``doubles`` → float64). The common case (a list of a few
+hundred numbers) is converted without any per-element Python code; anything
+unusual falls back to a slower element-by-element walk that is the authority
+on what is valid and finds the exact position of the first problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from ..exceptions import InputError
+from ..types import InputType
+
+__all__ = ["PredictRequest", "describe_json_type", "parse_input", "parse_predict_body"]
+
+_KNOWN_FIELDS = frozenset({"input", "input_batch", "version"})
+
+_DTYPES: dict[InputType, type[np.generic]] = {
+    InputType.INTEGERS: np.int32,
+    InputType.FLOATS: np.float32,
+    InputType.DOUBLES: np.float64,
+}
+_INT32_MIN = -(2**31)
+_INT32_MAX = 2**31 - 1
+# The smallest float64 magnitude that rounds to inf as float32: FLT_MAX plus
+# half an ulp (2**103); the tie rounds to even, which is up, since FLT_MAX's
+# mantissa is odd. Smaller values round to FLT_MAX without an overflow.
+_F32_OVERFLOW = 2.0**128 - 2.0**103
+# numpy's own limit on dimensions; it also bounds the slow path's recursion.
+_MAX_DIMS = 64
+_NUMBER_TYPES = frozenset({int, float})
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """A validated query body."""
+
+    inputs: list[Any]  # one element per query
+    is_batch: bool  # True when the body used "input_batch"
+    version: str | None  # optional "version" pin
+
+
+def describe_json_type(value: object) -> str:
+    """Name a JSON value's type for an error message ("a string", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: bool is a subclass of int
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a non-JSON value of type {type(value).__name__}"
+
+
+def parse_predict_body(
+    body: bytes, input_type: InputType, input_shape: tuple[int, ...] | None
+) -> PredictRequest:
+    """Parse a query body ``{"input": x}`` or ``{"input_batch": [x, ...]}``.
+
+    An optional ``"version"`` pins a model version. Raises ``InputError``.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # also raised for bytes that are not UTF-8
+        raise InputError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"request body must be a JSON object, found {describe_json_type(doc)}")
+    unknown = doc.keys() - _KNOWN_FIELDS
+    if unknown:
+        names = ", ".join(repr(k) for k in sorted(unknown))
+        plural = "s" if len(unknown) > 1 else ""
+        raise InputError(
+            f"unknown field{plural} {names} "
+            "(expected 'input' or 'input_batch', and optionally 'version')"
+        )
+    has_input = "input" in doc
+    has_batch = "input_batch" in doc
+    if has_input and has_batch:
+        raise InputError("specify exactly one of 'input' and 'input_batch', not both")
+    if not has_input and not has_batch:
+        raise InputError("missing field: the body needs 'input' or 'input_batch'")
+
+    version = doc.get("version")
+    if "version" in doc and (not isinstance(version, str) or not version):
+        found = "an empty string" if version == "" else describe_json_type(version)
+        raise InputError(f"field 'version' must be a non-empty string, found {found}")
+
+    plain = (
+        input_type.is_numeric
+        and isinstance(body, bytes | bytearray)
+        and _has_only_plain_numbers(body, len(doc), "version" in doc)
+    )
+    if has_input:
+        value = _parse(doc["input"], input_type, input_shape, "input", plain, finite=True)
+        return PredictRequest([value], False, version)
+
+    batch = doc["input_batch"]
+    if not isinstance(batch, list):
+        raise InputError(
+            f"field 'input_batch' must be a non-empty array, found {describe_json_type(batch)}"
+        )
+    if not batch:
+        raise InputError("field 'input_batch' must be a non-empty array, found an empty array")
+    inputs = [
+        _parse(x, input_type, input_shape, f"input_batch[{i}]", plain, finite=True)
+        for i, x in enumerate(batch)
+    ]
+    return PredictRequest(inputs, True, version)
+
+
+def parse_input(
+    value: Any,
+    input_type: InputType,
+    input_shape: tuple[int, ...] | None,
+    where: str = "input",
+) -> Any:
+    """Validate one query input (a JSON value) and convert it for ``input_type``.
+
+    ``where`` names the input in error messages. ``input_shape`` applies to the
+    numeric types only. Raises ``InputError``.
+    """
+    return _parse(value, input_type, input_shape, where, plain=False, finite=False)
+
+
+def _parse(
+    value: Any,
+    input_type: InputType,
+    input_shape: tuple[int, ...] | None,
+    where: str,
+    plain: bool,
+    finite: bool,
+) -> Any:
+    """``parse_input`` with hints from the caller.
+
+    ``plain``: the leaves of ``value`` are known to be ints and floats only (no
+    booleans, strings or nulls). ``finite``: no float is inf or NaN (orjson
+    guarantees it for what it parses).
+    """
+    if input_type.is_numeric:
+        arr = None
+        if type(value) is list and value and (plain or _leaves_are_numbers(value)):
+            arr = _to_array(value, input_type, finite)
+        if arr is None:
+            arr = _parse_numeric_slow(value, input_type, where)
+        if input_shape is not None and arr.shape != tuple(input_shape):
+            raise InputError(f"{where}: expected shape {tuple(input_shape)}, found {arr.shape}")
+        return arr
+    if input_type is InputType.STRINGS:
+        if not isinstance(value, str):
+            raise InputError(
+                f"{where}: expected a string for input type 'strings', "
+                f"found {describe_json_type(value)}"
+            )
+        return value
+    if input_type is InputType.BYTES:
+        if not isinstance(value, str):
+            raise InputError(
+                f"{where}: expected a base64 string for input type 'bytes', "
+                f"found {describe_json_type(value)}"
+            )
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
+            raise InputError(f"{where}: invalid base64 for input type 'bytes': {exc}") from None
+    if input_type is InputType.JSON:
+        return value
+    raise InputError(f"unsupported input type {input_type!r}")
+
+
+# -- numeric fast path ----------------------------------------------------------
+
+
+def _has_only_plain_numbers(body: bytes | bytearray, n_fields: int, has_version: bool) -> bool:
+    """Whether the raw text of a valid body shows the input holds no booleans,
+    nulls or strings, so that its leaves can only be numbers.
+
+    Checking the text is much cheaper than looking at each parsed element:
+    single-byte searches run at memchr speed. ``false`` and ``null`` contain
+    an 'l', which no accepted field name does; ``true`` contains a 'u', which
+    only the one input field name does; every string needs two '"', and the
+    field names and the version string account for exactly this many. Any
+    surplus (a version with an 'l' in it, say) just means "not known", and
+    the caller checks the elements instead.
+    """
+    if b"l" in body:
+        return False
+    return _occurs_exactly(body, b"u", 1) and _occurs_exactly(
+        body, b'"', 2 * n_fields + (2 if has_version else 0)
+    )
+
+
+def _occurs_exactly(body: bytes | bytearray, byte: bytes, count: int) -> bool:
+    i = -1
+    for _ in range(count):
+        i = body.find(byte, i + 1)
+        if i < 0:
+            return False
+    return body.find(byte, i + 1) < 0
+
+
+def _leaves_are_numbers(value: list[Any]) -> bool:
+    """Whether every leaf of nested lists (as deep as the first element's) is an
+    int or float, bools excluded; a set of types built by C loops, not a Python one.
+
+    Anything irregular gives False or leaves it to numpy to reject.
+    """
+    depth = 0
+    node: Any = value
+    while type(node) is list and node and depth <= _MAX_DIMS:
+        depth += 1
+        node = node[0]
+    items: Iterable[Any] = value
+    for _ in range(depth - 1):
+        items = chain.from_iterable(items)
+    try:
+        types = set(map(type, items))
+    except TypeError:  # a number where a list should be
+        return False
+    return types <= _NUMBER_TYPES
+
+
+def _to_array(
+    value: list[Any], input_type: InputType, finite: bool
+) -> npt.NDArray[Any] | None:
+    """Convert nested lists of ints and floats, or return None to leave the
+    decision (and the error message) to the slow path: ragged or empty arrays,
+    floats for ``integers``, values out of range or not finite.
+    """
+    try:
+        if input_type is InputType.INTEGERS:
+            # Inferring the dtype tells int literals from floats, which a
+            # forced dtype would truncate.
+            arr = np.array(value)
+            if arr.dtype.kind not in "iu" or arr.size == 0:
+                return None
+            if int(arr.min()) < _INT32_MIN or int(arr.max()) > _INT32_MAX:
+                return None
+            return arr.astype(np.int32)
+        # A forced dtype skips numpy's type discovery, which is safe since the
+        # leaves are known to be numbers.
+        arr = np.array(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):  # ragged, or an int too big for a float
+        return None
+    if arr.size == 0:
+        return None
+    if input_type is InputType.FLOATS:
+        # Checked before the cast, which would warn and give inf. NaN fails too.
+        if not np.abs(arr).max() < _F32_OVERFLOW:
+            return None
+        return arr.astype(np.float32)
+    if not finite and not np.isfinite(arr).all():
+        return None
+    return arr
+
+
+# -- numeric slow path ----------------------------------------------------------
+
+
+def _parse_numeric_slow(value: Any, input_type: InputType, where: str) -> npt.NDArray[Any]:
+    """Validate element by element; raise ``InputError`` at the first problem."""
+    type_name = input_type.value
+    if not isinstance(value, list):
+        raise InputError(
+            f"{where}: expected an array of numbers for input type '{type_name}', "
+            f"found {describe_json_type(value)}"
+        )
+    # The first element at each level sets the shape the others must match.
+    shape: list[int] = []
+    node: Any = value
+    while isinstance(node, list):
+        if len(shape) == _MAX_DIMS:
+            raise InputError(f"{where}: arrays nested more than {_MAX_DIMS} levels deep")
+        shape.append(len(node))
+        if not node:
+            break
+        node = node[0]
+    leaves: list[int | float] = []
+    _walk(value, shape, [], where, input_type, leaves)
+    if 0 in shape:
+        raise InputError(f"{where} is empty")
+    # Leaves are validated: in range, finite, and float32-safe for 'floats'.
+    arr = np.array(leaves, dtype=np.float64 if input_type is InputType.FLOATS else None)
+    return arr.astype(_DTYPES[input_type]).reshape(shape)
+
+
+def _walk(
+    node: Any,
+    shape: list[int],
+    index: list[int],
+    where: str,
+    input_type: InputType,
+    leaves: list[int | float],
+) -> None:
+    depth = len(index)
+    if depth < len(shape):
+        if not isinstance(node, list):
+            if _is_number(node):
+                raise InputError(
+                    f"{_path(where, index)}: ragged nested arrays: "
+                    "expected an array, found a number"
+                )
+            raise InputError(
+                f"{_path(where, index)}: expected an array of numbers for input type "
+                f"'{input_type.value}', found {describe_json_type(node)}"
+            )
+        if len(node) != shape[depth]:
+            raise InputError(
+                f"{_path(where, index)}: ragged nested arrays: "
+                f"expected length {shape[depth]}, found length {len(node)}"
+            )
+        index.append(0)
+        for i, child in enumerate(node):
+            index[-1] = i
+            _walk(child, shape, index, where, input_type, leaves)
+        index.pop()
+        return
+    if isinstance(node, list):
+        raise InputError(
+            f"{_path(where, index)}: ragged nested arrays: expected a number, found an array"
+        )
+    leaves.append(_check_number(node, input_type, where, index))
+
+
+def _check_number(value: Any, input_type: InputType, where: str, index: list[int]) -> int | float:
+    """Return a leaf as a Python number that fits ``input_type``, or raise."""
+    type_name = input_type.value
+    if not _is_number(value):
+        raise InputError(
+            f"{_path(where, index)}: expected a number for input type '{type_name}', "
+            f"found {describe_json_type(value)}"
+        )
+    if input_type is InputType.INTEGERS:
+        # orjson parses integer literals beyond 64 bits as floats; call those
+        # out of range rather than "non-integer".
+        if isinstance(value, float) and not (value.is_integer() and abs(value) > _INT32_MAX):
+            raise InputError(
+                f"{_path(where, index)}: expected an integer for input type 'integers', "
+                f"found a non-integer number {value!r}"
+            )
+        if not _INT32_MIN <= value <= _INT32_MAX:
+            raise InputError(
+                f"{_path(where, index)}: {_fmt(value)} is out of range for input type "
+                f"'integers' (int32: {_INT32_MIN} to {_INT32_MAX})"
+            )
+        return int(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float64's range
+        raise InputError(
+            f"{_path(where, index)}: {_fmt(value)} is out of range for input type "
+            f"'{type_name}'"
+        ) from None
+    if not math.isfinite(number):
+        raise InputError(f"{_path(where, index)}: {value!r} is not a finite number")
+    if input_type is InputType.FLOATS and abs(number) >= _F32_OVERFLOW:
+        raise InputError(
+            f"{_path(where, index)}: {_fmt(value)} overflows float32 for input type 'floats' "
+            f"(largest magnitude {float(np.finfo(np.float32).max)!r})"
+        )
+    return number
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _path(where: str, index: list[int]) -> str:
+    return where + "".join(f"[{i}]" for i in index)
+
+
+def _fmt(value: int | float) -> str:
+    # Python refuses to print ints of more than 4300 digits; say how big instead.
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)

@@ -1,0 +1,269 @@
+"""The management frontend: ``POST /admin/{route}`` with a JSON body, Clipper's routes.
+
+Each route reads named fields from the body (unknown fields are an error, so
+a typo never passes silently) and calls the management service. Failures are
+400 ``{"error", "cause"}``, as in Clipper.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..exceptions import ClipperError, NotFoundError, PayloadTooLarge, ValidationError
+from ..frontend.http import Receive, Scope, Send, lifespan, read_body, send_error, send_json
+from .service import ManagementService
+
+log = logging.getLogger("clipper.management")
+
+Handler = Callable[[ManagementService, "Fields"], Awaitable[Any]]
+_MISSING = object()
+
+
+class Fields:
+    """Typed access to a request body's fields, with errors that name the field."""
+
+    def __init__(self, route: str, body: dict[str, Any]) -> None:
+        self.route = route
+        self.body = body
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+        value = self.body.get(name, _MISSING)
+        if value is _MISSING or (value is None and default is not _MISSING):
+            if default is _MISSING:
+                raise ValidationError(f"{self.route}: missing field '{name}'")
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ValidationError(f"{self.route}: field '{name}' has the wrong type (boolean)")
+        if not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ValidationError(
+                f"{self.route}: field '{name}' must be {names}, not {type(value).__name__}"
+            )
+        return value
+
+    def check_unknown(self, allowed: tuple[str, ...]) -> None:
+        """Refuse fields the route does not take, before anything changes."""
+        unknown = sorted(set(self.body) - set(allowed))
+        if unknown:
+            raise ValidationError(
+                f"{self.route}: unknown field(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(allowed) or 'none'}"
+            )
+
+
+def _decode_artifact(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationError(f"add_model: model_data is not valid base64: {exc}") from exc
+
+
+async def _add_app(s: ManagementService, f: Fields) -> Any:
+    await s.add_app(
+        f.get("name", str),
+        f.get("input_type", str),
+        f.get("default_output", str),
+        f.get("latency_slo_micros", int),
+        f.get("input_shape", list, None),
+    )
+    return {"success": True}
+
+
+async def _delete_app(s: ManagementService, f: Fields) -> Any:
+    await s.delete_app(f.get("name", str))
+    return {"success": True}
+
+
+async def _add_model(s: ManagementService, f: Fields) -> Any:
+    await s.add_model(
+        f.get("model_name", str),
+        f.get("model_version", str),
+        f.get("input_type", str),
+        labels=f.get("labels", list, []),
+        container_name=f.get("container_name", str, "python-closure"),
+        model_data_path=f.get("model_data_path", str, ""),
+        batch_size=f.get("batch_size", int, -1),
+        model_data=_decode_artifact(f.get("model_data", str, None)),
+        num_replicas=f.get("num_replicas", int, 1),
+    )
+    return {"success": True}
+
+
+async def _add_links(s: ManagementService, f: Fields) -> Any:
+    await s.add_links(f.get("app_name", str), f.get("model_names", list))
+    return {"success": True}
+
+
+async def _delete_links(s: ManagementService, f: Fields) -> Any:
+    await s.remove_links(f.get("app_name", str), f.get("model_names", list))
+    return {"success": True}
+
+
+async def _set_version(s: ManagementService, f: Fields) -> Any:
+    await s.set_model_version(f.get("model_name", str), f.get("model_version", str))
+    return {"success": True}
+
+
+async def _set_replicas(s: ManagementService, f: Fields) -> Any:
+    await s.set_num_replicas(
+        f.get("model_name", str), f.get("model_version", str), f.get("num_replicas", int)
+    )
+    return {"success": True}
+
+
+async def _get_replicas(s: ManagementService, f: Fields) -> Any:
+    name, version = f.get("model_name", str), f.get("model_version", str)
+    if s.store.get_model(name, version) is None:
+        raise ValidationError(f"model '{name}' has no version '{version}'")
+    return {"num_replicas": s.store.get_num_replicas(name, version)}
+
+
+async def _all_apps(s: ManagementService, f: Fields) -> Any:
+    return s.list_apps(f.get("verbose", bool, False))
+
+
+async def _get_app(s: ManagementService, f: Fields) -> Any:
+    return s.get_app(f.get("name", str))
+
+
+async def _linked(s: ManagementService, f: Fields) -> Any:
+    return s.get_linked_models(f.get("app_name", str))
+
+
+async def _all_models(s: ManagementService, f: Fields) -> Any:
+    return s.list_models(f.get("verbose", bool, False))
+
+
+async def _get_model(s: ManagementService, f: Fields) -> Any:
+    return s.get_model(f.get("model_name", str), f.get("model_version", str))
+
+
+ROUTES: dict[str, Handler] = {
+    "add_app": _add_app,
+    "delete_app": _delete_app,
+    "add_model": _add_model,
+    "add_model_links": _add_links,
+    "delete_model_links": _delete_links,
+    "set_model_version": _set_version,
+    "set_num_replicas": _set_replicas,
+    "get_num_replicas": _get_replicas,
+    "get_all_applications": _all_apps,
+    "get_application": _get_app,
+    "get_linked_models": _linked,
+    "get_all_models": _all_models,
+    "get_model": _get_model,
+}
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "add_app": ("name", "input_type", "default_output", "latency_slo_micros", "input_shape"),
+    "delete_app": ("name",),
+    "add_model": ("model_name", "model_version", "input_type", "labels", "container_name",
+                  "model_data_path", "batch_size", "model_data", "num_replicas"),
+    "add_model_links": ("app_name", "model_names"),
+    "delete_model_links": ("app_name", "model_names"),
+    "set_model_version": ("model_name", "model_version"),
+    "set_num_replicas": ("model_name", "model_version", "num_replicas"),
+    "get_num_replicas": ("model_name", "model_version"),
+    "get_all_applications": ("verbose",),
+    "get_application": ("name",),
+    "get_linked_models": ("app_name",),
+    "get_all_models": ("verbose",),
+    "get_model": ("model_name", "model_version"),
+    "get_all_containers": ("verbose",),
+    "get_container": ("model_name", "model_version", "replica_id"),
+}
+
+# Status of the server itself, for ``get_all_containers`` and friends.
+StatusProvider = Callable[[], dict[str, Any]]
+
+
+class ManagementFrontend:
+    """ASGI application of the management port."""
+
+    def __init__(
+        self, service: ManagementService, status: StatusProvider, *, max_body_bytes: int
+    ) -> None:
+        self.service = service
+        self.status = status
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except Exception as exc:
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            await send_error(send, 500, "internal error", type(exc).__name__)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"].rstrip("/")
+        method: str = scope["method"]
+        if path == "/admin/ping":
+            await send_json(send, 200, {"ping": "pong"})
+            return
+        if path == "/admin/status" and method == "GET":
+            await send_json(send, 200, self.status())
+            return
+        if not path.startswith("/admin/"):
+            await send_error(send, 404, "not found", f"no route {method} {path}")
+            return
+        name = path[len("/admin/"):]
+        handler = ROUTES.get(name)
+        if handler is None and name in ("get_all_containers", "get_container"):
+            handler = self._containers
+        if handler is None:
+            await send_error(send, 404, "unknown admin route", f"no route /admin/{name}")
+            return
+        if method != "POST":
+            await send_error(send, 405, "method not allowed", f"use POST for /admin/{name}")
+            return
+        try:
+            raw = await read_body(scope, receive, self.max_body_bytes)
+        except PayloadTooLarge as exc:
+            await send_error(send, 413, "request body too large", str(exc))
+            return
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            await send_error(send, 400, "invalid JSON", str(exc))
+            return
+        if not isinstance(body, dict):
+            await send_error(send, 400, "invalid request", "the body must be a JSON object")
+            return
+        fields = Fields(name, body)
+        try:
+            fields.check_unknown(FIELDS.get(name, ()))
+            result = await handler(self.service, fields)
+        except (ValidationError, NotFoundError, ValueError) as exc:
+            await send_error(send, 400, "invalid request", str(exc))
+            return
+        except ClipperError as exc:
+            await send_error(send, 400, type(exc).__name__, str(exc))
+            return
+        await send_json(send, 200, result)
+
+    async def _containers(self, s: ManagementService, f: Fields) -> Any:
+        containers = self.status()["replicas"]
+        if f.route == "get_container":
+            name, version = f.get("model_name", str), f.get("model_version", str)
+            replica = f.get("replica_id", str, None)
+            containers = [
+                c for c in containers
+                if c["model_name"] == name and c["model_version"] == version
+                and (replica is None or c["replica"] == replica)
+            ]
+            return containers[0] if containers else {}
+        return containers

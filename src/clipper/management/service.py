@@ -1,0 +1,239 @@
+"""The management service: validated operations on apps, models, links, replicas.
+
+The management frontend, the demo and tests call this; it writes the config
+store, refreshes the query path's catalog and asks the container manager
+to match the requested replicas. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..exceptions import NotFoundError, ValidationError
+from ..store.base import ConfigStore
+from ..store.catalog import Catalog
+from ..types import AppSpec, InputType, ModelId, ModelSpec, validate_app_name, validate_name
+
+log = logging.getLogger("clipper.management")
+
+PYTHON_CLOSURE = "python-closure"
+ARTIFACT_NAME = "model.pkl"
+
+
+class ContainerManager(Protocol):
+    async def reconcile(self, desired: dict[ModelId, tuple[ModelSpec, int]]) -> None: ...
+
+    def replicas(self) -> list[dict[str, Any]]: ...
+
+    async def stop_all(self) -> None: ...
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValidationError(message)
+
+
+class ManagementService:
+    """Operator commands, validated, applied to the store, then propagated."""
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        catalog: Catalog,
+        manager: ContainerManager,
+        state_dir: Path,
+        *,
+        default_batch_size: int = 64,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.manager = manager
+        self.models_dir = state_dir / "models"
+        self.default_batch_size = default_batch_size
+
+    async def _changed(self) -> None:
+        self.catalog.refresh()
+        await self.sync_replicas()
+
+    async def sync_replicas(self) -> None:
+        """Ask the manager for the replicas every deployed model version wants."""
+        desired: dict[ModelId, tuple[ModelSpec, int]] = {}
+        for model in self.store.list_models():
+            if model.container_name == PYTHON_CLOSURE and Path(model.model_data_path).is_file():
+                desired[model.id] = (model, self.store.get_num_replicas(model.name, model.version))
+        await self.manager.reconcile(desired)
+
+    # -- apps ------------------------------------------------------------------
+
+    async def add_app(
+        self,
+        name: str,
+        input_type: str,
+        default_output: str,
+        latency_slo_micros: int,
+        input_shape: list[int] | None = None,
+    ) -> AppSpec:
+        validate_app_name(name)
+        itype = InputType.parse(input_type)
+        _check(isinstance(default_output, str), "default_output must be a string")
+        _check(
+            isinstance(latency_slo_micros, int)
+            and not isinstance(latency_slo_micros, bool)
+            and 1000 <= latency_slo_micros <= 600_000_000,
+            "latency_slo_micros must be an integer between 1000 (1 ms) and 600000000 (10 min)",
+        )
+        shape: tuple[int, ...] | None = None
+        if input_shape is not None:
+            _check(
+                isinstance(input_shape, list)
+                and len(input_shape) > 0
+                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape),
+                "input_shape must be a non-empty list of positive integers",
+            )
+            _check(itype.is_numeric, "input_shape applies only to numeric input types")
+            shape = tuple(input_shape)
+        spec = AppSpec(name, itype, default_output, latency_slo_micros, shape)
+        self.store.add_app(spec)
+        log.info("added app %s (%s, slo %d us)", name, itype.value, latency_slo_micros)
+        await self._changed()
+        return spec
+
+    async def delete_app(self, name: str) -> None:
+        if not self.store.delete_app(name):
+            raise NotFoundError(f"application '{name}' does not exist")
+        log.info("deleted app %s", name)
+        await self._changed()
+
+    def get_app(self, name: str) -> dict[str, Any]:
+        app = self.store.get_app(name)
+        if app is None:
+            return {}
+        return {**app.to_json(), "linked_models": self.store.get_links(name)}
+
+    def list_apps(self, verbose: bool = False) -> list[Any]:
+        if not verbose:
+            return [a.name for a in self.store.list_apps()]
+        return [self.get_app(a.name) for a in self.store.list_apps()]
+
+    # -- models ----------------------------------------------------------------
+
+    async def add_model(
+        self,
+        model_name: str,
+        model_version: str,
+        input_type: str,
+        *,
+        labels: list[str] | None = None,
+        container_name: str = PYTHON_CLOSURE,
+        model_data_path: str = "",
+        batch_size: int = -1,
+        model_data: bytes | None = None,
+        num_replicas: int = 1,
+    ) -> ModelSpec:
+        """Register a model version; with ``model_data`` (a cloudpickled
+        callable) the server stores it and starts replicas from it."""
+        validate_name(model_name, "model name")
+        validate_name(model_version, "model version")
+        itype = InputType.parse(input_type)
+        labels = labels or []
+        _check(isinstance(labels, list) and all(isinstance(x, str) for x in labels),
+               "labels must be a list of strings")
+        _check(isinstance(batch_size, int) and (batch_size == -1 or batch_size >= 1),
+               "batch_size must be -1 (the server default) or a positive integer")
+        _check(isinstance(num_replicas, int) and 0 <= num_replicas <= 64,
+               "num_replicas must be an integer between 0 and 64")
+        if self.store.get_model(model_name, model_version) is not None:
+            raise ValidationError(f"model '{model_name}' already has a version '{model_version}'")
+        for other in self.store.list_models(model_name):
+            _check(other.input_type == itype,
+                   f"model '{model_name}' has input type '{other.input_type.value}', "
+                   f"not '{itype.value}'")
+        artifact_dir = self.models_dir / model_name / model_version
+        if model_data is not None:
+            artifact_dir.mkdir(parents=True, exist_ok=True)
+            path = artifact_dir / ARTIFACT_NAME
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(model_data)
+            tmp.replace(path)
+            model_data_path = str(path)
+            container_name = PYTHON_CLOSURE
+        spec = ModelSpec(model_name, model_version, itype, tuple(labels), container_name,
+                         model_data_path, batch_size)
+        try:
+            self.store.add_model(spec, make_current=True)
+            if num_replicas != 1:
+                self.store.set_num_replicas(model_name, model_version, num_replicas)
+        except Exception:
+            if model_data is not None:
+                shutil.rmtree(artifact_dir, ignore_errors=True)
+            raise
+        log.info("added model %s:%s", model_name, model_version)
+        await self._changed()
+        return spec
+
+    def get_model(self, name: str, version: str) -> dict[str, Any]:
+        model = self.store.get_model(name, version)
+        if model is None:
+            return {}
+        return model.to_json(self.store.get_current_version(name))
+
+    def list_models(self, verbose: bool = False) -> list[Any]:
+        models = self.store.list_models()
+        if not verbose:
+            return [f"{m.name}:{m.version}" for m in models]
+        current = {m.name: self.store.get_current_version(m.name) for m in models}
+        return [m.to_json(current[m.name]) for m in models]
+
+    async def set_model_version(self, model_name: str, model_version: str) -> None:
+        if self.store.get_model(model_name, model_version) is None:
+            raise ValidationError(f"model '{model_name}' has no version '{model_version}'")
+        self.store.set_current_version(model_name, model_version)
+        log.info("model %s now serves version %s", model_name, model_version)
+        await self._changed()
+
+    async def set_num_replicas(self, model_name: str, model_version: str, n: int) -> None:
+        _check(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 64,
+               "num_replicas must be an integer between 0 and 64")
+        if self.store.get_model(model_name, model_version) is None:
+            raise ValidationError(f"model '{model_name}' has no version '{model_version}'")
+        self.store.set_num_replicas(model_name, model_version, n)
+        log.info("model %s:%s scaled to %d replicas", model_name, model_version, n)
+        await self._changed()
+
+    # -- links -----------------------------------------------------------------
+
+    async def add_links(self, app_name: str, model_names: list[str]) -> None:
+        app = self.store.get_app(app_name)
+        if app is None:
+            raise ValidationError(f"application '{app_name}' does not exist")
+        _check(isinstance(model_names, list) and model_names
+               and all(isinstance(m, str) for m in model_names),
+               "model_names must be a non-empty list of strings")
+        for name in model_names:
+            versions = self.store.list_models(name)
+            _check(bool(versions), f"model '{name}' does not exist")
+            _check(versions[0].input_type == app.input_type,
+                   f"model '{name}' takes '{versions[0].input_type.value}' but application "
+                   f"'{app_name}' takes '{app.input_type.value}'")
+        linked = self.store.get_links(app_name)
+        total = set(linked) | set(model_names)
+        if app.policy == "single" and len(total) > 1:
+            raise ValidationError(
+                f"application '{app_name}' uses the 'single' selection policy, which takes "
+                f"exactly one linked model (already linked: {linked or 'none'})"
+            )
+        self.store.add_links(app_name, model_names)
+        log.info("linked %s to app %s", ", ".join(model_names), app_name)
+        await self._changed()
+
+    async def remove_links(self, app_name: str, model_names: list[str]) -> None:
+        if self.store.get_app(app_name) is None:
+            raise ValidationError(f"application '{app_name}' does not exist")
+        self.store.remove_links(app_name, model_names)
+        await self._changed()
+
+    def get_linked_models(self, app_name: str) -> list[str]:
+        return self.store.get_links(app_name)

@@ -1,0 +1,182 @@
+"""The local container manager: each replica a child process, restarted on crash.
+
+The manager starts and stops processes; whether a replica is *live* is the
+RPC layer's business (it registered and keeps heartbeating). It stops
+exactly the processes it started, and a child stops by itself if the
+server dies without cleaning up (``--exit-with-parent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ..types import ModelId, ModelSpec
+
+log = logging.getLogger("clipper.manager")
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What a replica process runs."""
+
+    model: ModelSpec
+    index: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name}-{self.model.version}-{self.index}"
+
+
+class _ReplicaProcess:
+    """Supervises one replica: start, watch, restart with back-off, stop."""
+
+    def __init__(self, manager: LocalProcessManager, spec: ReplicaSpec) -> None:
+        self.manager = manager
+        self.spec = spec
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.started_at = 0.0
+        self._stopping = False
+        self._task = asyncio.create_task(self._supervise(), name=f"replica-{spec.label}")
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.returncode is None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_name": self.spec.model.name,
+            "model_version": self.spec.model.version,
+            "replica": self.spec.label,
+            "pid": self.pid,
+            "restarts": self.restarts,
+        }
+
+    async def _supervise(self) -> None:
+        backoff = self.manager.backoff_initial
+        while not self._stopping:
+            self.started_at = time.monotonic()
+            try:
+                self.process = await self._spawn()
+            except OSError as exc:
+                log.error("could not start replica %s: %s", self.spec.label, exc)
+            else:
+                log.info("started replica %s (pid %d)", self.spec.label, self.process.pid)
+                code = await self.process.wait()
+                # Tell the RPC layer at once, rather than after a heartbeat timeout.
+                self.manager.on_exit(self.process.pid)
+                if self._stopping:
+                    break
+                log.warning("replica %s exited with status %s", self.spec.label, code)
+            if time.monotonic() - self.started_at > self.manager.backoff_reset_after:
+                backoff = self.manager.backoff_initial
+            self.restarts += 1
+            log.info("restarting replica %s in %.1fs", self.spec.label, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.manager.backoff_max)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        model = self.spec.model
+        logfile: IO[bytes] = open(self.manager.log_dir / f"{self.spec.label}.log", "ab")  # noqa: SIM115
+        try:
+            return await asyncio.create_subprocess_exec(
+                self.manager.python, "-m", "clipper.container",
+                "--address", self.manager.rpc_address,
+                "--model-name", model.name,
+                "--model-version", model.version,
+                "--input-type", model.input_type.value,
+                "--model-path", model.model_data_path,
+                "--replica", self.spec.label,
+                "--exit-with-parent",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+                env=self.manager.child_env,
+                # Own session: a terminal's Ctrl-C reaches the server only, which
+                # then stops its replicas in order.
+                start_new_session=True,
+            )
+        finally:
+            logfile.close()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                log.warning("replica %s did not stop in %.0fs; killing it", self.spec.label, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        log.info("stopped replica %s", self.spec.label)
+
+
+class LocalProcessManager:
+    """Keeps the requested number of replica processes per model version."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        rpc_address: str,
+        state_dir: Path,
+        python: str = sys.executable,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 10.0,
+        backoff_reset_after: float = 30.0,
+        on_exit: Callable[[int], None] = lambda _pid: None,
+    ) -> None:
+        self.rpc_address = rpc_address
+        self.state_dir = state_dir
+        self.log_dir = state_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.python = python
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.backoff_reset_after = backoff_reset_after
+        self.on_exit = on_exit
+        self.child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._replicas: dict[ModelId, list[_ReplicaProcess]] = {}
+
+    async def reconcile(self, desired: dict[ModelId, tuple[ModelSpec, int]]) -> None:
+        """Start or stop processes so each model version has its desired count."""
+        for model in list(self._replicas):
+            if model not in desired:
+                await self._scale(model, None, 0)
+        for model, (spec, count) in desired.items():
+            await self._scale(model, spec, count)
+
+    async def _scale(self, model: ModelId, spec: ModelSpec | None, count: int) -> None:
+        running = self._replicas.setdefault(model, [])
+        while len(running) > count:
+            await running.pop().stop()
+        while spec is not None and len(running) < count:
+            running.append(_ReplicaProcess(self, ReplicaSpec(spec, len(running))))
+        if not running:
+            del self._replicas[model]
+
+    def replicas(self) -> list[dict[str, Any]]:
+        return [r.describe() for procs in self._replicas.values() for r in procs]
+
+    async def stop_all(self) -> None:
+        procs = [r for procs in self._replicas.values() for r in procs]
+        self._replicas.clear()
+        await asyncio.gather(*(r.stop() for r in procs))

@@ -1,0 +1,213 @@
+"""The RPC wire protocol between the frontend and model containers (pure, no I/O).
+
+A message is a list of ZeroMQ frames: one msgpack header (a map with ``v``,
+the protocol version, and ``type``), then zero or more raw data frames that
+the header describes. The frontend binds a ROUTER; each container connects
+a DEALER, so the ROUTER sees an identity frame first, which this module
+never handles.
+
+Message types (see docs/rpc-protocol.md for the full specification):
+
+- ``register`` (container → frontend): model name, version, input type,
+  pid and a replica label. Answered by ``registered`` or ``rejected``.
+- ``heartbeat`` (both ways): liveness. A frontend that does not know the
+  sender answers a heartbeat with ``reregister``.
+- ``batch`` (frontend → container): a batch id, the input type and an
+  encoding of the inputs in the data frames.
+- ``result`` (container → frontend): the batch id and either ``outputs``
+  (one per input) or ``error_type``/``error_message``.
+- ``goodbye`` (container → frontend): a clean shutdown.
+
+Inputs travel as raw buffers: a rectangular numeric batch as one 2-D (or
+N-D) array frame (``encoding: "array"``, with dtype and shape), a ragged
+numeric batch as one frame per input (``"arrays"``, with shapes), bytes as
+one frame per input (``"frames"``), strings and JSON values in a msgpack
+frame (``"msgpack"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ..exceptions import RPCError
+
+PROTOCOL_VERSION = 1
+
+REGISTER = "register"
+REGISTERED = "registered"
+REJECTED = "rejected"
+REREGISTER = "reregister"
+HEARTBEAT = "heartbeat"
+BATCH = "batch"
+RESULT = "result"
+GOODBYE = "goodbye"
+MESSAGE_TYPES = frozenset(
+    {REGISTER, REGISTERED, REJECTED, REREGISTER, HEARTBEAT, BATCH, RESULT, GOODBYE}
+)
+
+NUMERIC_DTYPES = {"integers": "<i4", "floats": "<f4", "doubles": "<f8"}
+MAX_HEADER_BYTES = 1 << 20
+
+Frames = list[bytes | memoryview]
+
+
+def _default(obj: Any) -> Any:
+    # Models often return numpy scalars or arrays; send them as plain values.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot encode object of type {type(obj).__name__}")
+
+
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode a header or value, converting numpy values."""
+    return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    """msgpack-decode, raising RPCError on malformed data."""
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=False, max_bin_len=1 << 30, max_str_len=1 << 30
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise RPCError(f"malformed msgpack data: {exc}") from exc
+
+
+def make(msg_type: str, **fields: Any) -> bytes:
+    """Encode a header frame."""
+    return pack({"v": PROTOCOL_VERSION, "type": msg_type, **fields})
+
+
+def parse_header(frame: bytes | memoryview) -> dict[str, Any]:
+    """Decode and check a header frame: a map with a known version and type."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise RPCError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+    header = unpack(frame)
+    if not isinstance(header, dict):
+        raise RPCError("header is not a map")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RPCError(f"unsupported protocol version {version!r} (this side speaks 1)")
+    msg_type = header.get("type")
+    if msg_type not in MESSAGE_TYPES:
+        raise RPCError(f"unknown message type {msg_type!r}")
+    return header
+
+
+# -- inputs ------------------------------------------------------------------
+
+
+def encode_inputs(input_type: str, inputs: Sequence[Any]) -> tuple[dict[str, Any], Frames]:
+    """Encode one batch of validated inputs as header fields plus data frames.
+
+    Rectangular numeric batches become a single stacked array frame, so the
+    container receives a 2-D array without copying per element.
+    """
+    count = len(inputs)
+    if input_type in NUMERIC_DTYPES:
+        dtype = NUMERIC_DTYPES[input_type]
+        first = inputs[0].shape if count else ()
+        if count and all(a.shape == first for a in inputs):
+            batch = np.stack(inputs) if count > 1 else inputs[0][np.newaxis, ...]
+            batch = np.ascontiguousarray(batch, dtype=dtype)
+            return (
+                {"encoding": "array", "dtype": dtype, "shape": list(batch.shape), "count": count},
+                [memoryview(batch).cast("B")],
+            )
+        arrays = [np.ascontiguousarray(a, dtype=dtype) for a in inputs]
+        return (
+            {
+                "encoding": "arrays",
+                "dtype": dtype,
+                "shapes": [list(a.shape) for a in arrays],
+                "count": count,
+            },
+            [memoryview(a).cast("B") for a in arrays],
+        )
+    if input_type == "bytes":
+        return {"encoding": "frames", "count": count}, list(inputs)
+    return {"encoding": "msgpack", "count": count}, [pack(list(inputs))]
+
+
+def decode_inputs(header: dict[str, Any], frames: Sequence[bytes | memoryview]) -> Any:
+    """Decode the inputs of a ``batch`` message (container side).
+
+    Returns a 2-D (N-D) numpy array for a rectangular numeric batch, a list of
+    arrays for a ragged one, and a list otherwise. Raises RPCError when the
+    header and frames disagree.
+    """
+    encoding = header.get("encoding")
+    count = header.get("count")
+    if not isinstance(count, int) or count < 0:
+        raise RPCError("batch header lacks a valid 'count'")
+    try:
+        if encoding == "array":
+            dtype = np.dtype(header["dtype"])
+            shape = tuple(int(d) for d in header["shape"])
+            if len(frames) != 1:
+                raise RPCError(f"'array' encoding expects 1 data frame, got {len(frames)}")
+            arr = np.frombuffer(frames[0], dtype=dtype)
+            if arr.size != int(np.prod(shape)) or shape[0] != count:
+                raise RPCError(f"array frame does not match shape {shape}")
+            return arr.reshape(shape)
+        if encoding == "arrays":
+            dtype = np.dtype(header["dtype"])
+            shapes = header["shapes"]
+            if len(frames) != count or len(shapes) != count:
+                raise RPCError("'arrays' encoding: frame count does not match 'count'")
+            out = []
+            for frame, shape in zip(frames, shapes, strict=True):
+                arr = np.frombuffer(frame, dtype=dtype)
+                out.append(arr.reshape(tuple(int(d) for d in shape)))
+            return out
+        if encoding == "frames":
+            if len(frames) != count:
+                raise RPCError("'frames' encoding: frame count does not match 'count'")
+            return [bytes(f) for f in frames]
+        if encoding == "msgpack":
+            if len(frames) != 1:
+                raise RPCError("'msgpack' encoding expects 1 data frame")
+            values = unpack(frames[0])
+            if not isinstance(values, list) or len(values) != count:
+                raise RPCError("'msgpack' encoding: value is not a list of 'count' items")
+            return values
+    except RPCError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RPCError(f"malformed batch header: {exc}") from exc
+    raise RPCError(f"unknown input encoding {encoding!r}")
+
+
+# -- outputs -----------------------------------------------------------------
+
+
+def encode_result_ok(batch_id: int, outputs: list[Any]) -> Frames:
+    """A ``result`` message carrying outputs (container side)."""
+    return [make(RESULT, id=batch_id, ok=True), pack(outputs)]
+
+
+def encode_result_error(batch_id: int, error_type: str, message: str) -> Frames:
+    """A ``result`` message carrying an error as data (container side)."""
+    return [make(RESULT, id=batch_id, ok=False, error_type=error_type, error_message=message)]
+
+
+def decode_outputs(frames: Sequence[bytes | memoryview], expected: int) -> list[Any]:
+    """Decode the outputs frame of an ok ``result`` and check the count."""
+    if len(frames) != 1:
+        raise RPCError(f"result expects 1 outputs frame, got {len(frames)}")
+    outputs = unpack(frames[0])
+    if not isinstance(outputs, list):
+        raise RPCError("outputs frame is not a list")
+    if len(outputs) != expected:
+        raise RPCError(f"model returned {len(outputs)} outputs for {expected} inputs")
+    return outputs

@@ -1,0 +1,236 @@
+"""The frontend's RPC endpoint: a ZeroMQ ROUTER that containers connect to.
+
+It owns the socket, registration and liveness (heartbeats both ways, a
+timeout that removes silent replicas) and hands everything else to a
+``ReplicaListener`` (the dispatcher): a replica joined, left, or answered a
+batch. Malformed frames and unknown protocol versions are logged and
+dropped; they never stop the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import zmq
+import zmq.asyncio
+
+from ..exceptions import RPCError
+from ..types import ModelId
+from . import protocol as p
+
+log = logging.getLogger("clipper.rpc")
+
+
+@dataclass(eq=False)
+class Replica:
+    """A connected container, as the frontend knows it."""
+
+    identity: bytes
+    model: ModelId
+    input_type: str
+    pid: int | None
+    label: str
+    joined_at: float
+    last_seen: float
+    batches: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model.name,
+            "model_version": self.model.version,
+            "input_type": self.input_type,
+            "replica": self.label,
+            "pid": self.pid,
+            "batches": self.batches,
+        }
+
+
+class ReplicaListener(Protocol):
+    def replica_joined(self, replica: Replica) -> None: ...
+
+    def replica_left(self, replica: Replica, reason: str) -> None: ...
+
+    def batch_result(
+        self, replica: Replica, batch_id: int, header: dict[str, Any], frames: list[bytes]
+    ) -> None: ...
+
+
+# Decides whether a registering container is acceptable: None, or the reason not.
+RegistrationCheck = Callable[[ModelId, str], str | None]
+
+
+class RPCServer:
+    """Binds the ROUTER socket and keeps the table of live replicas."""
+
+    def __init__(
+        self,
+        address: str,
+        listener: ReplicaListener,
+        *,
+        check_registration: RegistrationCheck | None = None,
+        heartbeat_interval: float = 0.5,
+        heartbeat_timeout: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.address = address
+        self.listener = listener
+        self.check_registration = check_registration
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.clock = clock
+        self.replicas: dict[bytes, Replica] = {}
+        self.malformed_messages = 0
+        self._ctx = zmq.asyncio.Context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Fail sends to vanished peers instead of silently dropping them.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, 10000)
+        sock.setsockopt(zmq.RCVHWM, 10000)
+        sock.bind(self.address)
+        self._sock = sock
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name="rpc-receive"),
+            asyncio.create_task(self._liveness_loop(), name="rpc-liveness"),
+        ]
+        log.info("RPC endpoint listening on %s", self.address)
+
+    @property
+    def bound_address(self) -> str:
+        assert self._sock is not None
+        return str(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self._ctx.term()
+
+    def send(self, identity: bytes, frames: p.Frames) -> bool:
+        """Send frames to one container; False when it is gone."""
+        if self._sock is None:
+            return False
+        try:
+            self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except (zmq.Again, zmq.ZMQError) as exc:
+            log.warning("could not send to replica %s: %s", identity.hex(), exc)
+            return False
+
+    def process_exited(self, pid: int) -> None:
+        """A manager saw a replica's process exit: forget it without waiting."""
+        for identity, replica in list(self.replicas.items()):
+            if replica.pid == pid:
+                self._drop(identity, f"process {pid} exited")
+
+    def _drop(self, identity: bytes, reason: str) -> None:
+        replica = self.replicas.pop(identity, None)
+        if replica is not None:
+            log.info("replica %s of %s left: %s", replica.label, replica.model, reason)
+            self.listener.replica_left(replica, reason)
+
+    async def _receive_loop(self) -> None:
+        assert self._sock is not None
+        sock = self._sock
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                self._handle(frames)
+            except RPCError as exc:
+                self.malformed_messages += 1
+                log.warning("dropped a malformed RPC message: %s", exc)
+            except Exception:  # never let one message stop the endpoint
+                self.malformed_messages += 1
+                log.exception("error while handling an RPC message")
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            raise RPCError("message has no header frame")
+        identity, header_frame, data = frames[0], frames[1], frames[2:]
+        header = p.parse_header(header_frame)
+        kind = header["type"]
+        replica = self.replicas.get(identity)
+        now = self.clock()
+        if replica is not None:
+            replica.last_seen = now
+        if kind == p.RESULT:
+            if replica is None:
+                raise RPCError("result from an unregistered container")
+            batch_id = header.get("id")
+            if not isinstance(batch_id, int):
+                raise RPCError("result without an integer 'id'")
+            replica.batches += 1
+            self.listener.batch_result(replica, batch_id, header, data)
+        elif kind == p.HEARTBEAT:
+            if replica is None:
+                self.send(identity, [p.make(p.REREGISTER)])
+            else:
+                self.send(identity, [p.make(p.HEARTBEAT)])
+        elif kind == p.REGISTER:
+            self._register(identity, header, now)
+        elif kind == p.GOODBYE:
+            self._drop(identity, "container shut down")
+        else:
+            raise RPCError(f"unexpected message type {kind!r} from a container")
+
+    def _register(self, identity: bytes, header: dict[str, Any], now: float) -> None:
+        name, version = header.get("model_name"), header.get("model_version")
+        input_type = header.get("input_type")
+        if not all(isinstance(v, str) and v for v in (name, version, input_type)):
+            self.send(identity, [p.make(p.REJECTED, reason="register needs model_name, "
+                                        "model_version and input_type strings")])
+            return
+        assert isinstance(name, str) and isinstance(version, str) and isinstance(input_type, str)
+        model = ModelId(name, version)
+        if identity in self.replicas:
+            existing = self.replicas[identity]
+            if existing.model == model:
+                self.send(identity, [p.make(p.REGISTERED)])
+                return
+            self._drop(identity, "re-registered as another model")
+        reason = self.check_registration(model, input_type) if self.check_registration else None
+        if reason is not None:
+            log.warning("rejected container for %s: %s", model, reason)
+            self.send(identity, [p.make(p.REJECTED, reason=reason)])
+            return
+        pid = header.get("pid")
+        replica = Replica(
+            identity=identity,
+            model=model,
+            input_type=input_type,
+            pid=pid if isinstance(pid, int) else None,
+            label=str(header.get("replica") or identity.hex()),
+            joined_at=now,
+            last_seen=now,
+        )
+        self.replicas[identity] = replica
+        self.send(identity, [p.make(p.REGISTERED, heartbeat_interval=self.heartbeat_interval)])
+        log.info("replica %s of %s joined (pid %s)", replica.label, model, replica.pid)
+        self.listener.replica_joined(replica)
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = self.clock()
+            for identity, replica in list(self.replicas.items()):
+                if now - replica.last_seen > self.heartbeat_timeout:
+                    self._drop(identity, f"no heartbeat for {now - replica.last_seen:.1f}s")
+                elif not self.send(identity, [p.make(p.HEARTBEAT)]):
+                    self._drop(identity, "connection lost")

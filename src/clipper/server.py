@@ -1,0 +1,275 @@
+"""The composition root: ``python -m clipper.server`` wires every layer together.
+
+One process hosts the query frontend, the management frontend, the RPC
+endpoint and the container manager (DESIGN.md's process model). This is the
+only module that imports across layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from . import settings as settings_mod
+from .batching.controllers import BatchSizeController, FixedBatchSize
+from .batching.dispatcher import Dispatcher
+from .exceptions import ValidationError
+from .frontend.query import QueryFrontend
+from .management.api import ManagementFrontend
+from .management.service import ManagementService
+from .managers.local import LocalProcessManager
+from .rpc.server import RPCServer
+from .selection.processor import QueryProcessor
+from .settings import Settings
+from .store import open_store
+from .store.catalog import Catalog
+from .types import InputType, ModelId
+
+log = logging.getLogger("clipper.server")
+
+SERVER_FILE = "server.json"
+
+
+class _UvicornServer(uvicorn.Server):
+    # Two uvicorn servers share this process; the server process owns signals.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ClipperServer:
+    """Every layer of one query frontend, wired together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if settings.manager != "local":
+            raise ValidationError(f"unknown container manager {settings.manager!r}; use 'local'")
+        self.store = open_store(settings.store)
+        self.catalog = Catalog(self.store)
+        self.dispatcher = Dispatcher(controller_factory=self._controller_for)
+        self.rpc = RPCServer(
+            f"tcp://{settings.rpc_host}:{settings.rpc_port}",
+            self.dispatcher,
+            check_registration=self._check_registration,
+            heartbeat_interval=settings.heartbeat_interval,
+            heartbeat_timeout=settings.heartbeat_timeout,
+        )
+        self.dispatcher.set_transport(self.rpc.send)
+        self.manager = LocalProcessManager(
+            rpc_address=settings.rpc_address,
+            state_dir=settings.state_dir,
+            on_exit=self.rpc.process_exited,
+        )
+        self.service = ManagementService(
+            self.store,
+            self.catalog,
+            self.manager,
+            settings.state_dir,
+            default_batch_size=settings.default_batch_size,
+        )
+        self.processor = QueryProcessor(self.catalog, self.dispatcher)
+        self.query_app = QueryFrontend(
+            self.catalog,
+            self.processor,
+            max_body_bytes=settings.max_body_bytes,
+            is_ready=lambda: self.ready,
+        )
+        self.management_app = ManagementFrontend(
+            self.service, self.status, max_body_bytes=settings.max_body_bytes
+        )
+        self.ready = False
+        self.started_at = time.time()
+        self._servers: list[_UvicornServer] = []
+        self._server_tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    # -- wiring callbacks ---------------------------------------------------------
+
+    def _controller_for(self, model: ModelId) -> BatchSizeController:
+        spec = self.catalog.model(model)
+        size = spec.batch_size if spec is not None and spec.batch_size > 0 else None
+        return FixedBatchSize(size or self.settings.default_batch_size)
+
+    def _check_registration(self, model: ModelId, input_type: str) -> str | None:
+        self.catalog.refresh()
+        spec = self.catalog.model(model)
+        if spec is None:
+            return f"model {model} is not registered with this Clipper; add it first"
+        try:
+            itype = InputType.parse(input_type)
+        except ValueError as exc:
+            return str(exc)
+        if itype != spec.input_type:
+            return f"model {model} takes '{spec.input_type.value}', not '{itype.value}'"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """What ``/admin/status`` and ``get_all_containers`` report."""
+        live = {(r.model, r.label): r for r in self.dispatcher.replicas()}
+        replicas = []
+        for proc in self.manager.replicas():
+            key = (ModelId(proc["model_name"], proc["model_version"]), proc["replica"])
+            replicas.append({**proc, "live": live.pop(key, None) is not None})
+        for replica in live.values():  # containers started by someone else
+            replicas.append({**replica.describe(), "restarts": 0, "live": True})
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "query_port": self.settings.query_port,
+            "management_port": self.settings.management_port,
+            "rpc_port": self.settings.rpc_port,
+            "state_dir": str(self.settings.state_dir),
+            "store": self.settings.store,
+            "manager": self.settings.manager,
+            "replicas": replicas,
+            "models": [dataclasses.asdict(m) for m in self.dispatcher.statistics()],
+        }
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.rpc.start()
+        for app, port in (
+            (self.query_app, self.settings.query_port),
+            (self.management_app, self.settings.management_port),
+        ):
+            config = uvicorn.Config(
+                app,
+                host=self.settings.host,
+                port=port,
+                http="httptools",
+                lifespan="off",
+                access_log=False,
+                log_level="warning",
+                server_header=False,
+                timeout_graceful_shutdown=5,
+            )
+            server = _UvicornServer(config)
+            self._servers.append(server)
+            self._server_tasks.append(asyncio.create_task(server.serve()))
+        deadline = time.monotonic() + 30
+        while not all(s.started for s in self._servers):
+            if any(t.done() for t in self._server_tasks):
+                raise SystemExit(
+                    f"could not bind the query port {self.settings.query_port} or the "
+                    f"management port {self.settings.management_port} on {self.settings.host}"
+                )
+            if time.monotonic() > deadline:
+                raise SystemExit("the HTTP frontends did not start within 30 s")
+            await asyncio.sleep(0.01)
+        await self.service.sync_replicas()
+        self._write_server_file()
+        self.ready = True
+        log.info(
+            "Clipper is up: queries on http://%s:%d, management on http://%s:%d, RPC on %s",
+            self.settings.host, self.settings.query_port,
+            self.settings.host, self.settings.management_port, self.rpc.bound_address,
+        )
+
+    def _write_server_file(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "host": self.settings.host,
+            "query_port": self.settings.query_port,
+            "management_port": self.settings.management_port,
+            "rpc_port": self.settings.rpc_port,
+            "started_at": self.started_at,
+        }
+        path = self.settings.state_dir / SERVER_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(path)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self.ready = False
+        log.info("stopping Clipper")
+        for server in self._servers:
+            server.should_exit = True
+        await asyncio.gather(*self._server_tasks, return_exceptions=True)
+        await self.manager.stop_all()
+        await self.rpc.stop()
+        self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            path = self.settings.state_dir / SERVER_FILE
+            info = json.loads(path.read_text())
+            if info.get("pid") == os.getpid():
+                path.unlink()
+        log.info("Clipper stopped")
+
+    async def run(self, demo: bool = False) -> None:
+        """Start, serve until SIGINT/SIGTERM, stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            if demo:
+                from .demo import MODEL as DEMO_MODEL
+                from .demo import install_demo
+
+                greeting = await install_demo(self.service, self.settings)
+                model = ModelId(DEMO_MODEL, "1")
+                deadline = time.monotonic() + 60
+                while (
+                    self.dispatcher.live_replicas(model) == 0
+                    and time.monotonic() < deadline
+                    and not self._stop.is_set()
+                ):
+                    await asyncio.sleep(0.1)
+                print(greeting, flush=True)
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clipper.server",
+        description="Run a Clipper server: query frontend, management frontend, RPC endpoint "
+        "and container manager in one process.",
+    )
+    settings_mod.add_arguments(parser)
+    parser.add_argument("--demo", action="store_true",
+                        help="deploy the demo app 'digits' (a scikit-learn classifier)")
+    args = parser.parse_args(argv)
+    settings = settings_mod.from_args(args)
+    configure_logging(settings.log_level)
+    try:
+        server = ClipperServer(settings)
+    except ValidationError as exc:
+        parser.error(str(exc))
+    try:
+        import uvloop
+
+        uvloop.run(server.run(demo=args.demo))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(server.run(demo=args.demo))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""An in-process config store: plain dicts behind a lock. The test double."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from clipper.exceptions import StoreError
+from clipper.store.base import (
+    ConfigStore,
+    check_replicas,
+    dump_json,
+    duplicate_app,
+    duplicate_model,
+    missing_app,
+    missing_version,
+)
+from clipper.types import AppSpec, InputType, ModelId, ModelSpec
+
+
+def _normalize_app(spec: AppSpec) -> AppSpec:
+    # Round-trip through JSON as the SQLite store does, so both accept the same values
+    # and a caller mutating its policy_params afterwards cannot reach the stored copy.
+    params = json.loads(dump_json(spec.policy_params, "policy_params"))
+    shape = json.loads(dump_json(spec.input_shape, "input_shape"))
+    return dataclasses.replace(
+        spec,
+        input_type=InputType(spec.input_type),
+        input_shape=tuple(shape) if shape is not None else None,
+        policy_params=params,
+    )
+
+
+def _normalize_model(spec: ModelSpec) -> ModelSpec:
+    labels = json.loads(dump_json(list(spec.labels), "labels"))
+    return dataclasses.replace(spec, input_type=InputType(spec.input_type), labels=tuple(labels))
+
+
+def _copy_app(spec: AppSpec) -> AppSpec:
+    return dataclasses.replace(spec, policy_params=copy.deepcopy(spec.policy_params))
+
+
+class MemoryStore(ConfigStore):
+    """A :class:`ConfigStore` that lives in memory and is lost with the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._apps: dict[str, AppSpec] = {}
+        # model name -> version -> spec; dicts keep the order versions were added in.
+        self._versions: dict[str, dict[str, ModelSpec]] = {}
+        self._current: dict[str, str] = {}
+        self._replicas: dict[ModelId, int] = {}
+        self._links: dict[str, list[str]] = {}
+        self._generation = 0
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the memory store is closed")
+            yield
+
+    def _changed(self) -> None:
+        self._generation += 1
+
+    # Applications
+
+    def add_app(self, spec: AppSpec) -> None:
+        """Register an application; ValidationError if the name is taken."""
+        spec = _normalize_app(spec)
+        with self._locked():
+            if spec.name in self._apps:
+                raise duplicate_app(spec.name)
+            self._apps[spec.name] = spec
+            self._links[spec.name] = []
+            self._changed()
+
+    def get_app(self, name: str) -> AppSpec | None:
+        """Return the application called ``name``, or None."""
+        with self._locked():
+            spec = self._apps.get(name)
+            return _copy_app(spec) if spec is not None else None
+
+    def list_apps(self) -> list[AppSpec]:
+        """Return every application, sorted by name."""
+        with self._locked():
+            return [_copy_app(self._apps[name]) for name in sorted(self._apps)]
+
+    def update_app(self, spec: AppSpec) -> None:
+        """Replace the record of an existing application; NotFoundError if absent."""
+        spec = _normalize_app(spec)
+        with self._locked():
+            if spec.name not in self._apps:
+                raise missing_app(spec.name)
+            self._apps[spec.name] = spec
+            self._changed()
+
+    def delete_app(self, name: str) -> bool:
+        """Delete an application and its links; False if there was none."""
+        with self._locked():
+            if self._apps.pop(name, None) is None:
+                return False
+            self._links.pop(name, None)
+            self._changed()
+            return True
+
+    # Models
+
+    def add_model(self, spec: ModelSpec, make_current: bool = True) -> None:
+        """Add a model version, optionally making it the current one."""
+        spec = _normalize_model(spec)
+        with self._locked():
+            versions = self._versions.setdefault(spec.name, {})
+            if spec.version in versions:
+                raise duplicate_model(spec.name, spec.version)
+            versions[spec.version] = spec
+            if make_current:
+                self._current[spec.name] = spec.version
+            self._changed()
+
+    def get_model(self, name: str, version: str) -> ModelSpec | None:
+        """Return one model version, or None."""
+        with self._locked():
+            return self._versions.get(name, {}).get(version)
+
+    def list_models(self, name: str | None = None) -> list[ModelSpec]:
+        """Return model versions, sorted by name, then by the order they were added."""
+        with self._locked():
+            names = sorted(self._versions) if name is None else [name]
+            return [spec for n in names for spec in self._versions.get(n, {}).values()]
+
+    def delete_model_version(self, name: str, version: str) -> bool:
+        """Delete a model version; False if there was none."""
+        with self._locked():
+            versions = self._versions.get(name, {})
+            if versions.pop(version, None) is None:
+                return False
+            self._replicas.pop(ModelId(name, version), None)
+            if self._current.get(name) == version:
+                del self._current[name]
+            if not versions:
+                del self._versions[name]
+                for linked in self._links.values():
+                    if name in linked:
+                        linked.remove(name)
+            self._changed()
+            return True
+
+    def get_current_version(self, name: str) -> str | None:
+        """Return the model's current version, or None."""
+        with self._locked():
+            return self._current.get(name)
+
+    def set_current_version(self, name: str, version: str) -> None:
+        """Make ``version`` the model's current one; NotFoundError if it does not exist."""
+        with self._locked():
+            if version not in self._versions.get(name, {}):
+                raise missing_version(name, version)
+            self._current[name] = version
+            self._changed()
+
+    # Links
+
+    def add_links(self, app: str, models: list[str]) -> None:
+        """Link models to an application, keeping order; already linked ones are skipped."""
+        with self._locked():
+            linked = self._links.get(app)
+            if linked is None:
+                raise missing_app(app)
+            new = [m for m in dict.fromkeys(models) if m not in linked]
+            if new:
+                linked.extend(new)
+                self._changed()
+
+    def remove_links(self, app: str, models: list[str]) -> None:
+        """Unlink models from an application; ones not linked are ignored."""
+        with self._locked():
+            linked = self._links.get(app)
+            if linked is None:
+                raise missing_app(app)
+            dropped = set(models)
+            kept = [m for m in linked if m not in dropped]
+            if len(kept) != len(linked):
+                self._links[app] = kept
+                self._changed()
+
+    def get_links(self, app: str) -> list[str]:
+        """Return the models linked to an application in link order; [] if unknown."""
+        with self._locked():
+            return list(self._links.get(app, []))
+
+    def apps_linked_to(self, model: str) -> list[str]:
+        """Return the names of the applications linked to a model, sorted."""
+        with self._locked():
+            return sorted(app for app, linked in self._links.items() if model in linked)
+
+    # Replicas
+
+    def set_num_replicas(self, name: str, version: str, n: int) -> None:
+        """Set a model version's replica count."""
+        check_replicas(n)
+        with self._locked():
+            if version not in self._versions.get(name, {}):
+                raise missing_version(name, version)
+            self._replicas[ModelId(name, version)] = n
+            self._changed()
+
+    def get_num_replicas(self, name: str, version: str) -> int:
+        """Return a model version's replica count (1 unless set); NotFoundError if absent."""
+        with self._locked():
+            if version not in self._versions.get(name, {}):
+                raise missing_version(name, version)
+            return self._replicas.get(ModelId(name, version), 1)
+
+    # Housekeeping
+
+    def generation(self) -> int:
+        """Return the change counter."""
+        with self._locked():
+            return self._generation
+
+    def close(self) -> None:
+        """Mark the store closed; later calls raise StoreError."""
+        with self._lock:
+            self._closed = True

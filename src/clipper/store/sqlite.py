@@ -1,0 +1,376 @@
+"""A config store in one SQLite file (WAL mode), safe to share between threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from clipper.exceptions import StoreError
+from clipper.store.base import (
+    ConfigStore,
+    check_replicas,
+    dump_json,
+    duplicate_app,
+    duplicate_model,
+    missing_app,
+    missing_version,
+)
+from clipper.types import AppSpec, InputType, ModelSpec
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY, input_type TEXT NOT NULL, default_output TEXT NOT NULL,
+    slo_micros INTEGER NOT NULL, input_shape TEXT, policy TEXT NOT NULL,
+    policy_params TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
+    input_type TEXT NOT NULL, labels TEXT NOT NULL, container_name TEXT NOT NULL,
+    model_data_path TEXT NOT NULL, batch_size INTEGER NOT NULL,
+    is_current INTEGER NOT NULL DEFAULT 0, num_replicas INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (name, version)
+);
+CREATE TABLE IF NOT EXISTS links (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL REFERENCES apps (name) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    UNIQUE (app, model)
+);
+CREATE INDEX IF NOT EXISTS links_by_model ON links (model);
+"""
+
+_APP_COLUMNS = "name, input_type, default_output, slo_micros, input_shape, policy, policy_params"
+_MODEL_COLUMNS = "name, version, input_type, labels, container_name, model_data_path, batch_size"
+
+
+def _app_row(spec: AppSpec) -> tuple[Any, ...]:
+    shape = list(spec.input_shape) if spec.input_shape is not None else None
+    return (
+        spec.name,
+        InputType(spec.input_type).value,
+        spec.default_output,
+        spec.slo_micros,
+        dump_json(shape, "input_shape") if shape is not None else None,
+        spec.policy,
+        dump_json(spec.policy_params, "policy_params"),
+    )
+
+
+def _app_from_row(row: sqlite3.Row) -> AppSpec:
+    # The columns are named after the AppSpec fields.
+    shape = row["input_shape"]
+    return AppSpec(
+        **{
+            **dict(row),
+            "input_type": InputType(row["input_type"]),
+            "input_shape": tuple(json.loads(shape)) if shape is not None else None,
+            "policy_params": json.loads(row["policy_params"]),
+        }
+    )
+
+
+def _model_row(spec: ModelSpec) -> tuple[Any, ...]:
+    return (
+        spec.name,
+        spec.version,
+        InputType(spec.input_type).value,
+        dump_json(list(spec.labels), "labels"),
+        spec.container_name,
+        spec.model_data_path,
+        spec.batch_size,
+    )
+
+
+def _model_from_row(row: sqlite3.Row) -> ModelSpec:
+    # The columns are named after the ModelSpec fields.
+    labels = tuple(json.loads(row["labels"]))
+    return ModelSpec(**{**dict(row), "input_type": InputType(row["input_type"]), "labels": labels})
+
+
+class SQLiteStore(ConfigStore):
+    """A :class:`ConfigStore` kept in the SQLite file at ``path``.
+
+    One connection, shared by all threads behind a lock. Each change runs in
+    its own ``BEGIN IMMEDIATE`` transaction, so other processes opening the
+    same file see either all of it or none of it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the directory of {self.path}: {e}") from e
+        try:
+            # isolation_level=None: no implicit transactions; writes open their own below.
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the config store {self.path}: {e}") from e
+        try:
+            self._init_db()
+        except BaseException as e:
+            self._conn.close()
+            self._closed = True
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"cannot open the config store {self.path}: {e}") from e
+            raise
+
+    def _init_db(self) -> None:
+        conn = self._conn
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        with conn:
+            # Not executescript(): it would commit the transaction that makes this atomic.
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', 0)")
+            elif row["value"] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"config store {self.path} has schema version {row['value']}, "
+                    f"this version of clipper reads version {SCHEMA_VERSION}"
+                )
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"config store {self.path} is closed")
+            try:
+                yield self._conn
+            except sqlite3.Error as e:
+                raise StoreError(f"config store {self.path}: cannot {what}: {e}") from e
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so checks made inside the
+        # transaction still hold when it commits, even with other processes.
+        with self._reading(what) as conn, conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+
+    @staticmethod
+    def _app_exists(conn: sqlite3.Connection, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone() is not None
+
+    # Applications
+
+    def add_app(self, spec: AppSpec) -> None:
+        """Register an application; ValidationError if the name is taken."""
+        row = _app_row(spec)
+        with self._writing("add an application") as conn:
+            try:
+                conn.execute(f"INSERT INTO apps ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            except sqlite3.IntegrityError:
+                raise duplicate_app(spec.name) from None
+            self._bump(conn)
+
+    def get_app(self, name: str) -> AppSpec | None:
+        """Return the application called ``name``, or None."""
+        with self._reading("read an application") as conn:
+            sql = f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?"
+            row = conn.execute(sql, (name,)).fetchone()
+            return _app_from_row(row) if row is not None else None
+
+    def list_apps(self) -> list[AppSpec]:
+        """Return every application, sorted by name."""
+        with self._reading("list applications") as conn:
+            rows = conn.execute(f"SELECT {_APP_COLUMNS} FROM apps ORDER BY name").fetchall()
+            return [_app_from_row(row) for row in rows]
+
+    def update_app(self, spec: AppSpec) -> None:
+        """Replace the record of an existing application; NotFoundError if absent."""
+        row = _app_row(spec)
+        with self._writing("update an application") as conn:
+            cursor = conn.execute(
+                "UPDATE apps SET input_type = ?, default_output = ?, slo_micros = ?, "
+                "input_shape = ?, policy = ?, policy_params = ? WHERE name = ?",
+                (*row[1:], spec.name),
+            )
+            if cursor.rowcount == 0:
+                raise missing_app(spec.name)
+            self._bump(conn)
+
+    def delete_app(self, name: str) -> bool:
+        """Delete an application and its links; False if there was none."""
+        with self._writing("delete an application") as conn:
+            # The links go with it: ON DELETE CASCADE.
+            if conn.execute("DELETE FROM apps WHERE name = ?", (name,)).rowcount == 0:
+                return False
+            self._bump(conn)
+            return True
+
+    # Models
+
+    def add_model(self, spec: ModelSpec, make_current: bool = True) -> None:
+        """Add a model version, optionally making it the current one."""
+        row = _model_row(spec)
+        with self._writing("add a model version") as conn:
+            try:
+                conn.execute(
+                    f"INSERT INTO model_versions ({_MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            except sqlite3.IntegrityError:
+                raise duplicate_model(spec.name, spec.version) from None
+            if make_current:
+                self._make_current(conn, spec.name, spec.version)
+            self._bump(conn)
+
+    def get_model(self, name: str, version: str) -> ModelSpec | None:
+        """Return one model version, or None."""
+        with self._reading("read a model version") as conn:
+            row = conn.execute(
+                f"SELECT {_MODEL_COLUMNS} FROM model_versions WHERE name = ? AND version = ?",
+                (name, version),
+            ).fetchone()
+            return _model_from_row(row) if row is not None else None
+
+    def list_models(self, name: str | None = None) -> list[ModelSpec]:
+        """Return model versions, sorted by name, then by the order they were added."""
+        with self._reading("list models") as conn:
+            rows = conn.execute(
+                f"SELECT {_MODEL_COLUMNS} FROM model_versions "
+                "WHERE ?1 IS NULL OR name = ?1 ORDER BY name, seq",
+                (name,),
+            ).fetchall()
+            return [_model_from_row(row) for row in rows]
+
+    def delete_model_version(self, name: str, version: str) -> bool:
+        """Delete a model version; False if there was none."""
+        with self._writing("delete a model version") as conn:
+            cursor = conn.execute(
+                "DELETE FROM model_versions WHERE name = ? AND version = ?", (name, version)
+            )
+            if cursor.rowcount == 0:
+                return False
+            left = conn.execute("SELECT 1 FROM model_versions WHERE name = ?", (name,)).fetchone()
+            if left is None:
+                conn.execute("DELETE FROM links WHERE model = ?", (name,))
+            self._bump(conn)
+            return True
+
+    def get_current_version(self, name: str) -> str | None:
+        """Return the model's current version, or None."""
+        with self._reading("read the current version") as conn:
+            row = conn.execute(
+                "SELECT version FROM model_versions WHERE name = ? AND is_current = 1", (name,)
+            ).fetchone()
+            return row["version"] if row is not None else None
+
+    def set_current_version(self, name: str, version: str) -> None:
+        """Make ``version`` the model's current one; NotFoundError if it does not exist."""
+        with self._writing("set the current version") as conn:
+            if not self._make_current(conn, name, version):
+                raise missing_version(name, version)
+            self._bump(conn)
+
+    @staticmethod
+    def _make_current(conn: sqlite3.Connection, name: str, version: str) -> bool:
+        cursor = conn.execute(
+            "UPDATE model_versions SET is_current = (version = ?) WHERE name = ? "
+            "AND EXISTS (SELECT 1 FROM model_versions WHERE name = ? AND version = ?)",
+            (version, name, name, version),
+        )
+        return cursor.rowcount > 0
+
+    # Links
+
+    def add_links(self, app: str, models: list[str]) -> None:
+        """Link models to an application, keeping order; already linked ones are skipped."""
+        with self._writing("link models") as conn:
+            if not self._app_exists(conn, app):
+                raise missing_app(app)
+            cursor = conn.executemany(
+                "INSERT OR IGNORE INTO links (app, model) VALUES (?, ?)",
+                [(app, model) for model in models],
+            )
+            if cursor.rowcount > 0:
+                self._bump(conn)
+
+    def remove_links(self, app: str, models: list[str]) -> None:
+        """Unlink models from an application; ones not linked are ignored."""
+        with self._writing("unlink models") as conn:
+            if not self._app_exists(conn, app):
+                raise missing_app(app)
+            cursor = conn.executemany(
+                "DELETE FROM links WHERE app = ? AND model = ?",
+                [(app, model) for model in models],
+            )
+            if cursor.rowcount > 0:
+                self._bump(conn)
+
+    def get_links(self, app: str) -> list[str]:
+        """Return the models linked to an application in link order; [] if unknown."""
+        with self._reading("read links") as conn:
+            rows = conn.execute("SELECT model FROM links WHERE app = ? ORDER BY seq", (app,))
+            return [row["model"] for row in rows.fetchall()]
+
+    def apps_linked_to(self, model: str) -> list[str]:
+        """Return the names of the applications linked to a model, sorted."""
+        with self._reading("read links") as conn:
+            rows = conn.execute("SELECT app FROM links WHERE model = ? ORDER BY app", (model,))
+            return [row["app"] for row in rows.fetchall()]
+
+    # Replicas
+
+    def set_num_replicas(self, name: str, version: str, n: int) -> None:
+        """Set a model version's replica count."""
+        check_replicas(n)
+        with self._writing("set the number of replicas") as conn:
+            cursor = conn.execute(
+                "UPDATE model_versions SET num_replicas = ? WHERE name = ? AND version = ?",
+                (n, name, version),
+            )
+            if cursor.rowcount == 0:
+                raise missing_version(name, version)
+            self._bump(conn)
+
+    def get_num_replicas(self, name: str, version: str) -> int:
+        """Return a model version's replica count (1 unless set); NotFoundError if absent."""
+        with self._reading("read the number of replicas") as conn:
+            row = conn.execute(
+                "SELECT num_replicas FROM model_versions WHERE name = ? AND version = ?",
+                (name, version),
+            ).fetchone()
+            if row is None:
+                raise missing_version(name, version)
+            return int(row["num_replicas"])
+
+    # Housekeeping
+
+    def generation(self) -> int:
+        """Return the change counter, as stored in the file."""
+        with self._reading("read the generation") as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            if row is None:
+                raise StoreError(f"config store {self.path} has no generation counter")
+            return int(row["value"])
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreError."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()

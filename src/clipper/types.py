@@ -1,0 +1,159 @@
+"""Shared value types: input types, names, and the records of the config store.
+
+A leaf module: no I/O, no imports from the rest of the package, so that the
+model container side can import it beside the RPC protocol.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class InputType(str, Enum):
+    """Clipper's canonical input types, plus ``json``."""
+
+    INTEGERS = "integers"
+    FLOATS = "floats"
+    DOUBLES = "doubles"
+    BYTES = "bytes"
+    STRINGS = "strings"
+    JSON = "json"
+
+    @property
+    def is_numeric(self) -> bool:
+        return self in (InputType.INTEGERS, InputType.FLOATS, InputType.DOUBLES)
+
+    @classmethod
+    def parse(cls, name: str) -> InputType:
+        """Return the canonical type for a name or one of Clipper's aliases.
+
+        Raises ``ValueError`` naming the accepted names for anything else.
+        """
+        if isinstance(name, InputType):
+            return name
+        if not isinstance(name, str):
+            raise ValueError(f"input_type must be a string, got {type(name).__name__}")
+        canonical = _INPUT_TYPE_ALIASES.get(name.strip().lower())
+        if canonical is None:
+            raise ValueError(
+                f"unknown input_type {name!r}; expected one of "
+                + ", ".join(t.value for t in InputType)
+            )
+        return canonical
+
+
+_INPUT_TYPE_ALIASES: dict[str, InputType] = {
+    # Clipper's clipper_admin accepted these spellings (util.py, datatypes.hpp).
+    **{a: InputType.INTEGERS for a in ("integers", "integer", "ints", "int", "i")},
+    **{a: InputType.FLOATS for a in ("floats", "float", "f")},
+    **{a: InputType.DOUBLES for a in ("doubles", "double", "d")},
+    **{a: InputType.BYTES for a in ("bytes", "byte", "b")},
+    **{a: InputType.STRINGS for a in ("strings", "string", "str", "strs", "s")},
+    **{a: InputType.JSON for a in ("json", "j")},
+}
+
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+RESERVED_APP_NAMES = frozenset({"v2", "health", "ready", "metrics", "admin", "dashboard"})
+
+
+def validate_name(name: object, what: str = "name") -> str:
+    """Check an app, model or version name against DESIGN.md's rule.
+
+    Lowercase letters, digits, ``-``, ``_`` and ``.``, starting and ending with
+    a letter or digit, at most 63 characters. Raises ``ValueError``.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a string, got {type(name).__name__}")
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"invalid {what} {name!r}: use 1-63 lowercase letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def validate_app_name(name: object) -> str:
+    validate_name(name, "app name")
+    assert isinstance(name, str)
+    if name in RESERVED_APP_NAMES:
+        raise ValueError(f"app name {name!r} is reserved")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """A model version: the unit that has a queue, a batcher and replicas."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """An application as the config store holds it."""
+
+    name: str
+    input_type: InputType
+    default_output: str
+    slo_micros: int
+    input_shape: tuple[int, ...] | None = None
+    policy: str = "single"
+    policy_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_type": self.input_type.value,
+            "default_output": self.default_output,
+            "latency_slo_micros": self.slo_micros,
+            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+            "selection_policy": self.policy,
+            "policy_params": dict(self.policy_params),
+        }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One deployed version of a model."""
+
+    name: str
+    version: str
+    input_type: InputType
+    labels: tuple[str, ...] = ()
+    container_name: str = "python-closure"
+    model_data_path: str = ""
+    batch_size: int = -1  # -1: the server's default maximum batch size
+
+    @property
+    def id(self) -> ModelId:
+        return ModelId(self.name, self.version)
+
+    def to_json(self, current_version: str | None = None) -> dict[str, Any]:
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "input_type": self.input_type.value,
+            "labels": list(self.labels),
+            "container_name": self.container_name,
+            "model_data_path": self.model_data_path,
+            "batch_size": self.batch_size,
+            "is_current_version": current_version == self.version,
+        }
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one model version made of one query: an output, or why not."""
+
+    output: Any = None
+    error: str | None = None  # a human explanation when there is no output
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,55 @@
+"""Models deployed by the end-to-end tests (pickled by value into containers)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+
+def total(xs: Any) -> list[float]:
+    return [float(np.sum(x)) for x in xs]
+
+
+def describe(xs: Any) -> list[str]:
+    """Shows what the container received: type and dtype per input."""
+    if isinstance(xs, np.ndarray):
+        return [f"ndarray{xs.shape}:{xs.dtype}:{float(x.sum())}" for x in xs]
+    out = []
+    for x in xs:
+        if isinstance(x, np.ndarray):
+            out.append(f"array{x.shape}:{x.dtype}")
+        elif isinstance(x, bytes):
+            out.append(f"bytes:{len(x)}:{x[:4].hex()}")
+        elif isinstance(x, str):
+            out.append(f"str:{x.upper()}")
+        else:
+            out.append(f"json:{type(x).__name__}:{x!r}")
+    return out
+
+
+def sleepy(xs: Any) -> list[str]:
+    time.sleep(float(os.environ.get("TEST_SLEEP", "1.0")))
+    return ["late"] * len(xs)
+
+
+def slow_total(xs: Any) -> list[float]:
+    time.sleep(0.3)
+    return [float(np.sum(x)) for x in xs]
+
+
+def picky(xs: Any) -> list[float]:
+    if any(float(np.sum(x)) < 0 for x in xs):
+        raise ValueError("negative input")
+    return [float(np.sum(x)) for x in xs]
+
+
+def wrong_count(xs: Any) -> list[int]:
+    return [1] * (len(xs) + 1)
+
+
+def pid(xs: Any) -> list[int]:
+    time.sleep(0.05)
+    return [os.getpid()] * len(xs)

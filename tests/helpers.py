@@ -1,0 +1,101 @@
+"""Shared test helpers: free ports, waiting on conditions, a running server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from clipper.admin import ClipperConnection, LocalContainerManager
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll until ``condition()`` is truthy; generous deadlines, no bare sleeps."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # keep polling through transient errors
+            last_exc = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Clipper:
+    """A real server process on free ports, driven through the admin client."""
+
+    def __init__(self, state_dir: Path, **server_env: str) -> None:
+        self.cm = LocalContainerManager(
+            clipper_query_port=free_port(),
+            clipper_management_port=free_port(),
+            clipper_rpc_port=free_port(),
+            state_dir=state_dir,
+        )
+        self.conn = ClipperConnection(self.cm)
+        self.query_url = f"http://127.0.0.1:{self.cm.clipper_query_port}"
+        self.admin_url = f"http://127.0.0.1:{self.cm.clipper_management_port}"
+        self.http = httpx.Client(timeout=30.0)
+
+    def start(self) -> Clipper:
+        self.conn.start_clipper(timeout=120)
+        return self
+
+    def admin(self, route: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return self.http.post(f"{self.admin_url}/admin/{route}", json=body or {})
+
+    def status(self) -> dict[str, Any]:
+        r = self.http.get(f"{self.admin_url}/admin/status")
+        r.raise_for_status()
+        return r.json()  # type: ignore[no-any-return]
+
+    def predict(self, app: str, body: Any, **kw: Any) -> httpx.Response:
+        return self.http.post(f"{self.query_url}/{app}/predict", json=body, **kw)
+
+    def live_replicas(self, model: str, version: str = "1") -> list[dict[str, Any]]:
+        return [
+            r for r in self.status()["replicas"]
+            if r["model_name"] == model and r["model_version"] == version and r["live"]
+        ]
+
+    def wait_live(self, model: str, count: int = 1, version: str = "1") -> list[dict[str, Any]]:
+        return wait_for(  # type: ignore[no-any-return]
+            lambda: (r := self.live_replicas(model, version)) and len(r) >= count and r,
+            what=f"{count} live replica(s) of {model}:{version}",
+        )
+
+    def stop(self) -> None:
+        pids = [r["pid"] for r in self.status()["replicas"] if r.get("pid")]
+        server_pid = self.status()["pid"]
+        self.conn.stop_all()
+        self.http.close()
+        # Everything the server started is gone with it.
+        wait_for(lambda: not pid_alive(server_pid), 30, "the server to exit")
+        for pid in pids:
+            wait_for(lambda pid=pid: not pid_alive(pid), 30, f"replica pid {pid} to exit")

@@ -1,0 +1,90 @@
+import msgpack
+import numpy as np
+import pytest
+
+from clipper.exceptions import RPCError
+from clipper.rpc import protocol as p
+
+
+def roundtrip(input_type, inputs):
+    fields, frames = p.encode_inputs(input_type, inputs)
+    header = p.parse_header(p.make(p.BATCH, id=1, input_type=input_type, **fields))
+    return header, p.decode_inputs(header, [bytes(f) for f in frames])
+
+
+def test_rectangular_numeric_batch_travels_as_one_2d_array():
+    inputs = [np.arange(4, dtype=np.float64) + i for i in range(3)]
+    header, out = roundtrip("doubles", inputs)
+    assert header["encoding"] == "array"
+    assert isinstance(out, np.ndarray) and out.shape == (3, 4) and out.dtype == np.float64
+    np.testing.assert_array_equal(out, np.stack(inputs))
+
+
+@pytest.mark.parametrize(("input_type", "dtype"), [("integers", np.int32), ("floats", np.float32)])
+def test_numeric_dtypes(input_type, dtype):
+    _, out = roundtrip(input_type, [np.array([1, 2], dtype=dtype)])
+    assert out.dtype == dtype and out.shape == (1, 2)
+
+
+def test_ragged_numeric_batch_is_a_list_of_arrays():
+    inputs = [np.array([1.0]), np.array([1.0, 2.0])]
+    header, out = roundtrip("doubles", inputs)
+    assert header["encoding"] == "arrays"
+    assert [a.tolist() for a in out] == [[1.0], [1.0, 2.0]]
+
+
+def test_multidimensional_inputs_keep_their_shape():
+    _, out = roundtrip("floats", [np.ones((2, 3), dtype=np.float32)] * 2)
+    assert out.shape == (2, 2, 3)
+
+
+def test_bytes_strings_json():
+    assert roundtrip("bytes", [b"\x00\xff", b""])[1] == [b"\x00\xff", b""]
+    assert roundtrip("strings", ["a", "ü"])[1] == ["a", "ü"]
+    assert roundtrip("json", [{"a": [1, None]}, 3])[1] == [{"a": [1, None]}, 3]
+
+
+def test_outputs_convert_numpy_values():
+    frames = p.encode_result_ok(7, [np.int64(3), np.float32(0.5), np.array([1, 2])])
+    header = p.parse_header(frames[0])
+    assert header["ok"] is True and header["id"] == 7
+    assert p.decode_outputs(frames[1:], 3) == [3, 0.5, [1, 2]]
+
+
+def test_output_count_mismatch_is_an_error():
+    frames = p.encode_result_ok(1, [1, 2])
+    with pytest.raises(RPCError, match="2 outputs for 3 inputs"):
+        p.decode_outputs(frames[1:], 3)
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (b"\xc1garbage", "malformed"),
+        (msgpack.packb([1, 2]), "not a map"),
+        (msgpack.packb({"v": 99, "type": "heartbeat"}), "unsupported protocol version 99"),
+        (msgpack.packb({"v": 1, "type": "bogus"}), "unknown message type"),
+        (msgpack.packb({"type": "heartbeat"}), "protocol version None"),
+    ],
+)
+def test_bad_headers_are_rejected(frame, match):
+    with pytest.raises(RPCError, match=match):
+        p.parse_header(frame)
+
+
+@pytest.mark.parametrize(
+    ("fields", "frames"),
+    [
+        ({"encoding": "array", "dtype": "<f8", "shape": [2, 2], "count": 2}, [b"\x00" * 8]),
+        ({"encoding": "array", "dtype": "<f8", "shape": [1, 1], "count": 1}, []),
+        ({"encoding": "arrays", "dtype": "<f8", "shapes": [[1]], "count": 2}, [b"\x00" * 8]),
+        ({"encoding": "frames", "count": 2}, [b"a"]),
+        ({"encoding": "msgpack", "count": 2}, [msgpack.packb(["a"])]),
+        ({"encoding": "nope", "count": 1}, [b""]),
+        ({"encoding": "array", "count": 1}, [b""]),
+        ({"encoding": "array", "count": "x"}, [b""]),
+    ],
+)
+def test_inconsistent_batches_are_rejected(fields, frames):
+    with pytest.raises(RPCError):
+        p.decode_inputs(fields, frames)
