@@ -51,8 +51,9 @@ def pid_alive(pid: int) -> bool:
 class Clipper:
     """A real server process on free ports, driven through the admin client."""
 
-    def __init__(self, state_dir: Path, **server_env: str) -> None:
-        self.cm = LocalContainerManager(
+    def __init__(self, state_dir: Path, cm: LocalContainerManager | None = None) -> None:
+        """A server on free ports; pass ``cm`` to reuse another's ports and state."""
+        self.cm = cm or LocalContainerManager(
             clipper_query_port=free_port(),
             clipper_management_port=free_port(),
             clipper_rpc_port=free_port(),
@@ -80,7 +81,8 @@ class Clipper:
 
     def live_replicas(self, model: str, version: str = "1") -> list[dict[str, Any]]:
         return [
-            r for r in self.status()["replicas"]
+            r
+            for r in self.status()["replicas"]
             if r["model_name"] == model and r["model_version"] == version and r["live"]
         ]
 

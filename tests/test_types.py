@@ -6,9 +6,20 @@ from clipper.types import InputType, validate_app_name, validate_name
 
 @pytest.mark.parametrize(
     ("alias", "canonical"),
-    [("i", "integers"), ("ints", "integers"), ("int", "integers"), ("f", "floats"),
-     ("d", "doubles"), ("double", "doubles"), ("DOUBLES", "doubles"), ("b", "bytes"),
-     ("s", "strings"), ("str", "strings"), ("strings", "strings"), ("json", "json")],
+    [
+        ("i", "integers"),
+        ("ints", "integers"),
+        ("int", "integers"),
+        ("f", "floats"),
+        ("d", "doubles"),
+        ("double", "doubles"),
+        ("DOUBLES", "doubles"),
+        ("b", "bytes"),
+        ("s", "strings"),
+        ("str", "strings"),
+        ("strings", "strings"),
+        ("json", "json"),
+    ],
 )
 def test_clipper_aliases_map_to_canonical_names(alias, canonical):
     assert InputType.parse(alias).value == canonical

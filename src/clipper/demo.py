@@ -1,7 +1,8 @@
 """The demo behind ``make run``: app ``digits``, a scikit-learn classifier.
 
-An RBF support-vector classifier, trained at start-up on scikit-learn's bundled digits data (8×8 images, 64
-doubles per query), so nothing is downloaded.
+An RBF support-vector classifier, trained at start-up on scikit-learn's
+bundled digits data (8x8 images, 64 doubles per query), so nothing is
+downloaded.
 """
 
 from __future__ import annotations

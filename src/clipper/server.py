@@ -175,8 +175,11 @@ class ClipperServer:
         self.ready = True
         log.info(
             "Clipper is up: queries on http://%s:%d, management on http://%s:%d, RPC on %s",
-            self.settings.host, self.settings.query_port,
-            self.settings.host, self.settings.management_port, self.rpc.bound_address,
+            self.settings.host,
+            self.settings.query_port,
+            self.settings.host,
+            self.settings.management_port,
+            self.rpc.bound_address,
         )
 
     def _write_server_file(self) -> None:
@@ -253,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         "and container manager in one process.",
     )
     settings_mod.add_arguments(parser)
-    parser.add_argument("--demo", action="store_true",
-                        help="deploy the demo app 'digits' (a scikit-learn classifier)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="deploy the demo app 'digits' (a scikit-learn classifier)",
+    )
     args = parser.parse_args(argv)
     settings = settings_mod.from_args(args)
     configure_logging(settings.log_level)

@@ -1,8 +1,9 @@
-"""Server settings: one typed record, read from flags and ``CLIPPER_*`` variables."""
+"""Server settings: one typed record, read from flags and CLIPPER_* variables."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,28 +11,64 @@ from typing import Any
 
 
 def default_state_dir() -> Path:
-    """``$CLIPPER_HOME``, else ``~/.clipper`` (DESIGN.md's state folder)."""
+    """$CLIPPER_HOME, else ~/.clipper (DESIGN.md's state folder)."""
     home = os.environ.get("CLIPPER_HOME")
     return Path(home).expanduser() if home else Path.home() / ".clipper"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server process can be told. Env: ``CLIPPER_<FIELD>``."""
+    """Everything the server process can be told. Env: CLIPPER_<FIELD>."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": 'Address the query and management frontends bind.'})
-    query_port: int = field(default=1337, metadata={"help": 'Port of the query frontend (``/{app}/predict``).'})
-    management_port: int = field(default=1338, metadata={"help": 'Port of the management frontend (``/admin/*``).'})
-    rpc_host: str = field(default="127.0.0.1", metadata={"help": 'Address the RPC endpoint binds (``0.0.0.0`` for containers on other hosts).'})
-    rpc_port: int = field(default=7000, metadata={"help": 'Port of the RPC endpoint that model containers connect to.'})
-    state_dir: Path = field(default=Path(), metadata={"help": 'State folder: store, model artifacts, logs. Default ``$CLIPPER_HOME`` or ``~/.clipper``.'})
-    store: str = field(default="", metadata={"help": 'Config store URL; default ``sqlite:///<state_dir>/clipper.db``.'})
-    manager: str = field(default="local", metadata={"help": 'Container manager: ``local`` (child processes).'})
-    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": 'Largest accepted request body; larger ones get a 413.'})
-    default_batch_size: int = field(default=64, metadata={"help": 'Maximum batch size for models deployed without one.'})
-    heartbeat_interval: float = field(default=0.5, metadata={"help": 'Seconds between heartbeats on the RPC socket.'})
-    heartbeat_timeout: float = field(default=3.0, metadata={"help": 'A replica silent this many seconds is removed.'})
-    log_level: str = field(default="INFO", metadata={"help": "Log level: DEBUG, INFO, WARNING, ERROR."})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Address the query and management frontends bind."}
+    )
+    query_port: int = field(
+        default=1337, metadata={"help": "Port of the query frontend (/{app}/predict)."}
+    )
+    management_port: int = field(
+        default=1338, metadata={"help": "Port of the management frontend (/admin/*)."}
+    )
+    rpc_host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "Address the RPC endpoint binds (0.0.0.0 for containers on other hosts)."
+        },
+    )
+    rpc_port: int = field(
+        default=7000,
+        metadata={"help": "Port of the RPC endpoint that model containers connect to."},
+    )
+    state_dir: Path = field(
+        default=Path(),
+        metadata={
+            "help": "State folder: store, model artifacts, logs. "
+            "Default $CLIPPER_HOME, else ~/.clipper."
+        },
+    )
+    store: str = field(
+        default="",
+        metadata={"help": "Config store URL; default sqlite:///<state_dir>/clipper.db."},
+    )
+    manager: str = field(
+        default="local", metadata={"help": "Container manager: local (child processes)."}
+    )
+    max_body_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={"help": "Largest accepted request body; larger ones get a 413."},
+    )
+    default_batch_size: int = field(
+        default=64, metadata={"help": "Maximum batch size for models deployed without one."}
+    )
+    heartbeat_interval: float = field(
+        default=0.5, metadata={"help": "Seconds between heartbeats on the RPC socket."}
+    )
+    heartbeat_timeout: float = field(
+        default=3.0, metadata={"help": "A replica silent this many seconds is removed."}
+    )
+    log_level: str = field(
+        default="INFO", metadata={"help": "Log level: DEBUG, INFO, WARNING, ERROR."}
+    )
 
     def __post_init__(self) -> None:
         if self.state_dir == Path():
@@ -48,7 +85,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
-        """Defaults, then ``CLIPPER_*`` variables, then non-None ``overrides``."""
+        """Defaults, then CLIPPER_* variables, then non-None overrides."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = os.environ.get(f"CLIPPER_{f.name.upper()}")
@@ -61,11 +98,14 @@ class Settings:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per setting, so flags, env and code never drift apart."""
+    """One --flag per setting, so flags, env and code never drift apart."""
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(
-            flag, dest=f.name, default=None, type=lambda raw, t=f.type: _convert(t, raw),
+            flag,
+            dest=f.name,
+            default=None,
+            type=functools.partial(_convert, f.type),
             help=f"{f.metadata.get('help', '')} (env CLIPPER_{f.name.upper()})",
         )
 

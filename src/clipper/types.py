@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class InputType(str, Enum):
+class InputType(StrEnum):
     """Clipper's canonical input types, plus ``json``."""
 
     INTEGERS = "integers"

@@ -1,7 +1,7 @@
+import pytest
+
 from clipper.batching.controllers import FixedBatchSize
 from clipper.batching.queue import DeadlineQueue, Task
-
-import pytest
 
 
 def task(deadline, results, name):

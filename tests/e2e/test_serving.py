@@ -16,8 +16,17 @@ pytestmark = pytest.mark.slow
 NO_MODELS = "No connected models found for query"
 
 
-def deploy(clipper, app, model, func, input_type="doubles", slo=2_000_000, shape=None,
-           replicas=1, default="-1"):
+def deploy(
+    clipper,
+    app,
+    model,
+    func,
+    input_type="doubles",
+    slo=2_000_000,
+    shape=None,
+    replicas=1,
+    default="-1",
+):
     clipper.conn.register_application(app, input_type, default, slo, input_shape=shape)
     deploy_python_closure(clipper.conn, model, "1", input_type, func, num_replicas=replicas)
     clipper.conn.link_model_to_app(app, model)
@@ -51,8 +60,9 @@ def test_batch_query_answers_each_input_in_order(clipper, summing):
 
 def test_concurrent_queries_are_batched_and_all_answered(clipper, summing):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: clipper.predict(summing, {"input": [i, 0, 0]}),
-                                range(200)))
+        results = list(
+            pool.map(lambda i: clipper.predict(summing, {"input": [i, 0, 0]}), range(200))
+        )
     assert [r.json()["output"] for r in results] == [float(i) for i in range(200)]
 
 
@@ -158,8 +168,7 @@ def test_a_killed_container_is_restarted_and_no_query_is_lost(clipper):
     deploy(clipper, "crashy", "crashy", models.slow_total)
     before = clipper.wait_live("crashy")[0]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(clipper.predict, "crashy", {"input": [float(i)]})
-                   for i in range(40)]
+        futures = [pool.submit(clipper.predict, "crashy", {"input": [float(i)]}) for i in range(40)]
         wait_for(lambda: sum(f.done() for f in futures) >= 2, what="some answers")
         os.kill(before["pid"], signal.SIGKILL)
         responses = [f.result() for f in futures]
@@ -206,8 +215,17 @@ def test_malformed_rpc_messages_do_not_harm_the_frontend(clipper, summing):
             [b"\xc1\xc1"],
             [msgpack.packb({"v": 42, "type": "register"})],
             [msgpack.packb({"v": 1, "type": "result", "id": 1, "ok": True}), b"junk"],
-            [msgpack.packb({"v": 1, "type": "register", "model_name": "ghost",
-                            "model_version": "1", "input_type": "doubles"})],
+            [
+                msgpack.packb(
+                    {
+                        "v": 1,
+                        "type": "register",
+                        "model_name": "ghost",
+                        "model_version": "1",
+                        "input_type": "doubles",
+                    }
+                )
+            ],
         ):
             sock.send_multipart(frames)
         # The unknown model is refused with a reason.
@@ -221,11 +239,20 @@ def test_malformed_rpc_messages_do_not_harm_the_frontend(clipper, summing):
 
 
 def test_admin_errors_are_json_400s(clipper):
-    r = clipper.admin("add_app", {"name": "Bad Name", "input_type": "doubles",
-                                  "default_output": "x", "latency_slo_micros": 1000})
+    r = clipper.admin(
+        "add_app",
+        {
+            "name": "Bad Name",
+            "input_type": "doubles",
+            "default_output": "x",
+            "latency_slo_micros": 1000,
+        },
+    )
     assert r.status_code == 400 and "Bad Name" in r.json()["cause"]
-    r = clipper.admin("add_app", {"name": "ok", "input_type": "tensors",
-                                  "default_output": "x", "latency_slo_micros": 1000})
+    r = clipper.admin(
+        "add_app",
+        {"name": "ok", "input_type": "tensors", "default_output": "x", "latency_slo_micros": 1000},
+    )
     assert r.status_code == 400 and "tensors" in r.json()["cause"]
     r = clipper.admin("add_model_links", {"app_name": "sum", "model_names": ["picky"]})
     assert r.status_code == 400 and "single" in r.json()["cause"]

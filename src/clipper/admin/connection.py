@@ -33,8 +33,9 @@ def _pid_alive(pid: int) -> bool:
 class ClipperConnection:
     """A handle on one Clipper server, through its management API."""
 
-    def __init__(self, container_manager: LocalContainerManager | None = None,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self, container_manager: LocalContainerManager | None = None, timeout: float = 60.0
+    ) -> None:
         self.cm = container_manager or LocalContainerManager()
         self.timeout = timeout
         self.connected = False
@@ -166,15 +167,28 @@ class ClipperConnection:
         except ValueError:
             payload = {"error": r.text}
         if r.status_code != 200:
-            cause = payload.get("cause") or payload.get("error") if isinstance(payload, dict) else r.text
+            cause = (
+                payload.get("cause") or payload.get("error")
+                if isinstance(payload, dict)
+                else r.text
+            )
             raise ClipperException(f"{route} failed ({r.status_code}): {cause}")
         return payload
 
-    def register_application(self, name: str, input_type: str, default_output: str,
-                             slo_micros: int, input_shape: list[int] | None = None) -> None:
-        body: dict[str, Any] = {"name": name, "input_type": input_type,
-                                "default_output": default_output,
-                                "latency_slo_micros": slo_micros}
+    def register_application(
+        self,
+        name: str,
+        input_type: str,
+        default_output: str,
+        slo_micros: int,
+        input_shape: list[int] | None = None,
+    ) -> None:
+        body: dict[str, Any] = {
+            "name": name,
+            "input_type": input_type,
+            "default_output": default_output,
+            "latency_slo_micros": slo_micros,
+        }
         if input_shape is not None:
             body["input_shape"] = list(input_shape)
         self._post("add_app", body)
@@ -205,8 +219,10 @@ class ClipperConnection:
 
     def set_num_replicas(self, name: str, num_replicas: int, version: str | None = None) -> None:
         version = version or self.get_current_model_version(name)
-        self._post("set_num_replicas", {"model_name": name, "model_version": str(version),
-                                        "num_replicas": num_replicas})
+        self._post(
+            "set_num_replicas",
+            {"model_name": name, "model_version": str(version), "num_replicas": num_replicas},
+        )
 
     def get_num_replicas(self, name: str, version: str | None = None) -> int:
         version = version or self.get_current_model_version(name)

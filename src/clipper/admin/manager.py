@@ -24,7 +24,9 @@ class LocalContainerManager:
     host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        self.state_dir = Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+        self.state_dir = (
+            Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+        )
 
     @property
     def state_path(self) -> Path:
@@ -34,11 +36,16 @@ class LocalContainerManager:
     def server_args(self) -> list[str]:
         """Flags for ``python -m clipper.server``."""
         args = [
-            "--host", self.host,
-            "--query-port", str(self.clipper_query_port),
-            "--management-port", str(self.clipper_management_port),
-            "--rpc-port", str(self.clipper_rpc_port),
-            "--state-dir", str(self.state_path),
+            "--host",
+            self.host,
+            "--query-port",
+            str(self.clipper_query_port),
+            "--management-port",
+            str(self.clipper_management_port),
+            "--rpc-port",
+            str(self.clipper_rpc_port),
+            "--state-dir",
+            str(self.state_path),
         ]
         if self.redis_url:
             args += ["--store", self.redis_url]

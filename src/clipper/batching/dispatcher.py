@@ -138,7 +138,9 @@ class Dispatcher:
                 return
             self._dispatch(state, replica, batch, now)
 
-    def _dispatch(self, state: _ModelState, replica: Replica, batch: list[Task], now: float) -> None:
+    def _dispatch(
+        self, state: _ModelState, replica: Replica, batch: list[Task], now: float
+    ) -> None:
         batch_id = next(self._batch_ids)
         try:
             fields, frames = p.encode_inputs(replica.input_type, [t.input for t in batch])

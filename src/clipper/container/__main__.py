@@ -28,7 +28,9 @@ def load_model(path: str | None, import_spec: str | None) -> Any:
     if import_spec:
         module_name, _, attr = import_spec.partition(":")
         if not attr:
-            raise SystemExit(f"--model-import must look like 'package.module:attr', got {import_spec!r}")
+            raise SystemExit(
+                f"--model-import must look like 'package.module:attr', got {import_spec!r}"
+            )
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
@@ -39,26 +41,44 @@ def load_model(path: str | None, import_spec: str | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
     parser = argparse.ArgumentParser(
-        prog="python -m clipper.container", description="Serve one model version to a Clipper frontend."
+        prog="python -m clipper.container",
+        description="Serve one model version to a Clipper frontend.",
     )
-    parser.add_argument("--address", default=env("CLIPPER_RPC_ADDRESS", "tcp://127.0.0.1:7000"),
-                        help="the frontend's RPC address (default: $CLIPPER_RPC_ADDRESS or %(default)s)")
-    parser.add_argument("--model-name", default=env("CLIPPER_MODEL_NAME"), required=not env("CLIPPER_MODEL_NAME"))
+    parser.add_argument(
+        "--address",
+        default=env("CLIPPER_RPC_ADDRESS", "tcp://127.0.0.1:7000"),
+        help="the frontend's RPC address (default: $CLIPPER_RPC_ADDRESS or %(default)s)",
+    )
+    parser.add_argument(
+        "--model-name", default=env("CLIPPER_MODEL_NAME"), required=not env("CLIPPER_MODEL_NAME")
+    )
     parser.add_argument("--model-version", default=env("CLIPPER_MODEL_VERSION", "1"))
     parser.add_argument("--input-type", default=env("CLIPPER_INPUT_TYPE", "doubles"))
-    parser.add_argument("--model-path", default=env("CLIPPER_MODEL_PATH"),
-                        help="a cloudpickle file holding the model (a callable or an object with predict)")
-    parser.add_argument("--model-import", default=env("CLIPPER_MODEL_IMPORT"),
-                        help="import the model from 'package.module:attr'")
-    parser.add_argument("--replica", default=env("CLIPPER_REPLICA"), help="a label for this replica")
+    parser.add_argument(
+        "--model-path",
+        default=env("CLIPPER_MODEL_PATH"),
+        help="a cloudpickle file holding the model (a callable or an object with predict)",
+    )
+    parser.add_argument(
+        "--model-import",
+        default=env("CLIPPER_MODEL_IMPORT"),
+        help="import the model from 'package.module:attr'",
+    )
+    parser.add_argument(
+        "--replica", default=env("CLIPPER_REPLICA"), help="a label for this replica"
+    )
     parser.add_argument("--heartbeat-interval", type=float, default=0.5)
-    parser.add_argument("--exit-with-parent", action="store_true",
-                        help="stop when the parent process exits (used by the local manager)")
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the parent process exits (used by the local manager)",
+    )
     parser.add_argument("--log-level", default=env("CLIPPER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s container[{args.model_name}:{args.model_version}] %(message)s",
+        format=f"%(asctime)s %(levelname)s container[{args.model_name}:{args.model_version}]"
+        " %(message)s",
     )
     model = load_model(args.model_path, args.model_import)
     runtime = ContainerRuntime(

@@ -34,14 +34,16 @@ MAX_ERROR_MESSAGE = 2000
 def as_predict_fn(model: Any) -> PredictFn:
     """Accept a callable or an object with a ``predict`` method."""
     if callable(model):
-        return model  # type: ignore[no-any-return]
+        return model
     predict = getattr(model, "predict", None)
     if callable(predict):
-        return predict  # type: ignore[no-any-return]
+        return predict
     raise TypeError(f"model of type {type(model).__name__} is neither callable nor has predict()")
 
 
-def run_predict(predict: PredictFn, batch_id: int, header: dict[str, Any], frames: list[Any]) -> p.Frames:
+def run_predict(
+    predict: PredictFn, batch_id: int, header: dict[str, Any], frames: list[Any]
+) -> p.Frames:
     """Run one batch and encode the result; any failure becomes an error result."""
     try:
         inputs = p.decode_inputs(header, frames)
@@ -144,7 +146,10 @@ class ContainerRuntime:
 
         log.info(
             "container %s:%s (replica %s) connecting to %s",
-            self.model_name, self.model_version, self.replica_label, self.address,
+            self.model_name,
+            self.model_version,
+            self.replica_label,
+            self.address,
         )
         send(self._register_message())
         last_heard = last_register = last_beat = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from logging import Logger
 from typing import Any
 
 import orjson
@@ -37,7 +38,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     if not message.get("more_body", False):
         if len(body) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        return body  # type: ignore[no-any-return]
+        return body
     chunks = [body]
     size = len(body)
     while message.get("more_body", False):
@@ -66,6 +67,27 @@ async def send_json(send: Send, status: int, obj: Any) -> None:
 async def send_error(send: Send, status: int, error: str, cause: str) -> None:
     """Clipper's error shape: ``{"error": short, "cause": detail}``."""
     await send_json(send, status, {"error": error, "cause": cause})
+
+
+Route = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def serve(route: Route, scope: Scope, receive: Receive, send: Send, log: Logger) -> None:
+    """Run one ASGI call: lifespan events, HTTP through ``route``, errors as JSON.
+
+    The last line of defence: an unexpected exception becomes a JSON 500 with
+    the exception's type only, never a traceback to the client.
+    """
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    if scope["type"] != "http":
+        return
+    try:
+        await route(scope, receive, send)
+    except Exception as exc:
+        log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+        await send_error(send, 500, "internal error", type(exc).__name__)
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

@@ -242,9 +242,7 @@ def _leaves_are_numbers(value: list[Any]) -> bool:
     return types <= _NUMBER_TYPES
 
 
-def _to_array(
-    value: list[Any], input_type: InputType, finite: bool
-) -> npt.NDArray[Any] | None:
+def _to_array(value: list[Any], input_type: InputType, finite: bool) -> npt.NDArray[Any] | None:
     """Convert nested lists of ints and floats, or return None to leave the
     decision (and the error message) to the slow path: ragged or empty arrays,
     floats for ``integers``, values out of range or not finite.
@@ -370,8 +368,7 @@ def _check_number(value: Any, input_type: InputType, where: str, index: list[int
         number = float(value)
     except OverflowError:  # an int beyond float64's range
         raise InputError(
-            f"{_path(where, index)}: {_fmt(value)} is out of range for input type "
-            f"'{type_name}'"
+            f"{_path(where, index)}: {_fmt(value)} is out of range for input type '{type_name}'"
         ) from None
     if not math.isfinite(number):
         raise InputError(f"{_path(where, index)}: {value!r} is not a finite number")

@@ -16,7 +16,7 @@ import orjson
 from ..exceptions import InputError, PayloadTooLarge, ValidationError
 from ..selection.processor import QueryProcessor
 from ..store.catalog import Catalog
-from .http import Receive, Scope, Send, lifespan, read_body, send_bytes, send_error, send_json
+from .http import Receive, Scope, Send, read_body, send_bytes, send_error, send_json, serve
 from .inputs import parse_predict_body
 
 log = logging.getLogger("clipper.frontend")
@@ -39,16 +39,7 @@ class QueryFrontend:
         self.is_ready = is_ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        try:
-            await self._route(scope, receive, send)
-        except Exception as exc:  # the last line of defence: no traceback to clients
-            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-            await send_error(send, 500, "internal error", type(exc).__name__)
+        await serve(self._route, scope, receive, send, log)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

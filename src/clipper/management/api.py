@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ..exceptions import ClipperError, NotFoundError, PayloadTooLarge, ValidationError
-from ..frontend.http import Receive, Scope, Send, lifespan, read_body, send_error, send_json
+from ..frontend.http import Receive, Scope, Send, read_body, send_error, send_json, serve
 from .service import ManagementService
 
 log = logging.getLogger("clipper.management")
@@ -166,8 +166,17 @@ ROUTES: dict[str, Handler] = {
 FIELDS: dict[str, tuple[str, ...]] = {
     "add_app": ("name", "input_type", "default_output", "latency_slo_micros", "input_shape"),
     "delete_app": ("name",),
-    "add_model": ("model_name", "model_version", "input_type", "labels", "container_name",
-                  "model_data_path", "batch_size", "model_data", "num_replicas"),
+    "add_model": (
+        "model_name",
+        "model_version",
+        "input_type",
+        "labels",
+        "container_name",
+        "model_data_path",
+        "batch_size",
+        "model_data",
+        "num_replicas",
+    ),
     "add_model_links": ("app_name", "model_names"),
     "delete_model_links": ("app_name", "model_names"),
     "set_model_version": ("model_name", "model_version"),
@@ -197,16 +206,7 @@ class ManagementFrontend:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        try:
-            await self._route(scope, receive, send)
-        except Exception as exc:
-            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-            await send_error(send, 500, "internal error", type(exc).__name__)
+        await serve(self._route, scope, receive, send, log)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"].rstrip("/")
@@ -220,7 +220,7 @@ class ManagementFrontend:
         if not path.startswith("/admin/"):
             await send_error(send, 404, "not found", f"no route {method} {path}")
             return
-        name = path[len("/admin/"):]
+        name = path[len("/admin/") :]
         handler = ROUTES.get(name)
         if handler is None and name in ("get_all_containers", "get_container"):
             handler = self._containers
@@ -261,8 +261,10 @@ class ManagementFrontend:
             name, version = f.get("model_name", str), f.get("model_version", str)
             replica = f.get("replica_id", str, None)
             containers = [
-                c for c in containers
-                if c["model_name"] == name and c["model_version"] == version
+                c
+                for c in containers
+                if c["model_name"] == name
+                and c["model_version"] == version
                 and (replica is None or c["replica"] == replica)
             ]
             return containers[0] if containers else {}

@@ -90,7 +90,9 @@ class ManagementService:
             _check(
                 isinstance(input_shape, list)
                 and len(input_shape) > 0
-                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape),
+                and all(
+                    isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape
+                ),
                 "input_shape must be a non-empty list of positive integers",
             )
             _check(itype.is_numeric, "input_shape applies only to numeric input types")
@@ -139,18 +141,26 @@ class ManagementService:
         validate_name(model_version, "model version")
         itype = InputType.parse(input_type)
         labels = labels or []
-        _check(isinstance(labels, list) and all(isinstance(x, str) for x in labels),
-               "labels must be a list of strings")
-        _check(isinstance(batch_size, int) and (batch_size == -1 or batch_size >= 1),
-               "batch_size must be -1 (the server default) or a positive integer")
-        _check(isinstance(num_replicas, int) and 0 <= num_replicas <= 64,
-               "num_replicas must be an integer between 0 and 64")
+        _check(
+            isinstance(labels, list) and all(isinstance(x, str) for x in labels),
+            "labels must be a list of strings",
+        )
+        _check(
+            isinstance(batch_size, int) and (batch_size == -1 or batch_size >= 1),
+            "batch_size must be -1 (the server default) or a positive integer",
+        )
+        _check(
+            isinstance(num_replicas, int) and 0 <= num_replicas <= 64,
+            "num_replicas must be an integer between 0 and 64",
+        )
         if self.store.get_model(model_name, model_version) is not None:
             raise ValidationError(f"model '{model_name}' already has a version '{model_version}'")
         for other in self.store.list_models(model_name):
-            _check(other.input_type == itype,
-                   f"model '{model_name}' has input type '{other.input_type.value}', "
-                   f"not '{itype.value}'")
+            _check(
+                other.input_type == itype,
+                f"model '{model_name}' has input type '{other.input_type.value}', "
+                f"not '{itype.value}'",
+            )
         artifact_dir = self.models_dir / model_name / model_version
         if model_data is not None:
             artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -160,8 +170,15 @@ class ManagementService:
             tmp.replace(path)
             model_data_path = str(path)
             container_name = PYTHON_CLOSURE
-        spec = ModelSpec(model_name, model_version, itype, tuple(labels), container_name,
-                         model_data_path, batch_size)
+        spec = ModelSpec(
+            model_name,
+            model_version,
+            itype,
+            tuple(labels),
+            container_name,
+            model_data_path,
+            batch_size,
+        )
         try:
             self.store.add_model(spec, make_current=True)
             if num_replicas != 1:
@@ -195,8 +212,10 @@ class ManagementService:
         await self._changed()
 
     async def set_num_replicas(self, model_name: str, model_version: str, n: int) -> None:
-        _check(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 64,
-               "num_replicas must be an integer between 0 and 64")
+        _check(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 64,
+            "num_replicas must be an integer between 0 and 64",
+        )
         if self.store.get_model(model_name, model_version) is None:
             raise ValidationError(f"model '{model_name}' has no version '{model_version}'")
         self.store.set_num_replicas(model_name, model_version, n)
@@ -209,15 +228,20 @@ class ManagementService:
         app = self.store.get_app(app_name)
         if app is None:
             raise ValidationError(f"application '{app_name}' does not exist")
-        _check(isinstance(model_names, list) and model_names
-               and all(isinstance(m, str) for m in model_names),
-               "model_names must be a non-empty list of strings")
+        _check(
+            isinstance(model_names, list)
+            and len(model_names) > 0
+            and all(isinstance(m, str) for m in model_names),
+            "model_names must be a non-empty list of strings",
+        )
         for name in model_names:
             versions = self.store.list_models(name)
             _check(bool(versions), f"model '{name}' does not exist")
-            _check(versions[0].input_type == app.input_type,
-                   f"model '{name}' takes '{versions[0].input_type.value}' but application "
-                   f"'{app_name}' takes '{app.input_type.value}'")
+            _check(
+                versions[0].input_type == app.input_type,
+                f"model '{name}' takes '{versions[0].input_type.value}' but application "
+                f"'{app_name}' takes '{app.input_type.value}'",
+            )
         linked = self.store.get_links(app_name)
         total = set(linked) | set(model_names)
         if app.policy == "single" and len(total) > 1:

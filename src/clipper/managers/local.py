@@ -90,13 +90,21 @@ class _ReplicaProcess:
         logfile: IO[bytes] = open(self.manager.log_dir / f"{self.spec.label}.log", "ab")  # noqa: SIM115
         try:
             return await asyncio.create_subprocess_exec(
-                self.manager.python, "-m", "clipper.container",
-                "--address", self.manager.rpc_address,
-                "--model-name", model.name,
-                "--model-version", model.version,
-                "--input-type", model.input_type.value,
-                "--model-path", model.model_data_path,
-                "--replica", self.spec.label,
+                self.manager.python,
+                "-m",
+                "clipper.container",
+                "--address",
+                self.manager.rpc_address,
+                "--model-name",
+                model.name,
+                "--model-version",
+                model.version,
+                "--input-type",
+                model.input_type.value,
+                "--model-path",
+                model.model_data_path,
+                "--replica",
+                self.spec.label,
                 "--exit-with-parent",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
@@ -118,7 +126,9 @@ class _ReplicaProcess:
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
-                log.warning("replica %s did not stop in %.0fs; killing it", self.spec.label, timeout)
+                log.warning(
+                    "replica %s did not stop in %.0fs; killing it", self.spec.label, timeout
+                )
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()

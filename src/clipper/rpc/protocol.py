@@ -52,7 +52,8 @@ MESSAGE_TYPES = frozenset(
 NUMERIC_DTYPES = {"integers": "<i4", "floats": "<f4", "doubles": "<f8"}
 MAX_HEADER_BYTES = 1 << 20
 
-Frames = list[bytes | memoryview]
+# Frames: bytes, memoryviews or zmq.Frame objects, as pyzmq accepts them.
+Frames = list[Any]
 
 
 def _default(obj: Any) -> Any:
@@ -64,8 +65,6 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return list(obj)
     raise TypeError(f"cannot encode object of type {type(obj).__name__}")
-
-
 
 
 def pack(obj: Any) -> bytes:
@@ -122,7 +121,7 @@ def encode_inputs(input_type: str, inputs: Sequence[Any]) -> tuple[dict[str, Any
             batch = np.ascontiguousarray(batch, dtype=dtype)
             return (
                 {"encoding": "array", "dtype": dtype, "shape": list(batch.shape), "count": count},
-                [memoryview(batch).cast("B")],
+                [batch.data.cast("B")],
             )
         arrays = [np.ascontiguousarray(a, dtype=dtype) for a in inputs]
         return (
@@ -132,7 +131,7 @@ def encode_inputs(input_type: str, inputs: Sequence[Any]) -> tuple[dict[str, Any
                 "shapes": [list(a.shape) for a in arrays],
                 "count": count,
             },
-            [memoryview(a).cast("B") for a in arrays],
+            [a.data.cast("B") for a in arrays],
         )
     if input_type == "bytes":
         return {"encoding": "frames", "count": count}, list(inputs)

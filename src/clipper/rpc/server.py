@@ -194,8 +194,15 @@ class RPCServer:
         name, version = header.get("model_name"), header.get("model_version")
         input_type = header.get("input_type")
         if not all(isinstance(v, str) and v for v in (name, version, input_type)):
-            self.send(identity, [p.make(p.REJECTED, reason="register needs model_name, "
-                                        "model_version and input_type strings")])
+            self.send(
+                identity,
+                [
+                    p.make(
+                        p.REJECTED,
+                        reason="register needs model_name, model_version and input_type strings",
+                    )
+                ],
+            )
             return
         assert isinstance(name, str) and isinstance(version, str) and isinstance(input_type, str)
         model = ModelId(name, version)

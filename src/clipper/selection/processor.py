@@ -35,8 +35,11 @@ class Prediction:
     explanation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"query_id": self.query_id, "output": self.output,
-                                "default": self.default}
+        body: dict[str, Any] = {
+            "query_id": self.query_id,
+            "output": self.output,
+            "default": self.default,
+        }
         if self.default:
             body["default_explanation"] = self.explanation
         return body
