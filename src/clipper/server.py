@@ -13,11 +13,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -241,11 +243,20 @@ class ClipperServer:
             await self.stop()
 
 
-def configure_logging(level: str) -> None:
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, state_dir: Path) -> None:
+    """Log to stderr and to ``<state_dir>/logs/server.log`` (what ``clipper logs`` reads)."""
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_dir / "server.log", maxBytes=20 * 1024 * 1024, backupCount=3
+    )
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        format=LOG_FORMAT,
+        handlers=[logging.StreamHandler(sys.stderr), file_handler],
     )
 
 
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = settings_mod.from_args(args)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.state_dir)
     try:
         server = ClipperServer(settings)
     except ValidationError as exc:

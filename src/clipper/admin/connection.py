@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -9,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any
 
 import httpx
+import orjson
 
 from ..server import SERVER_FILE
 from .exceptions import ClipperException, UnconnectedException
@@ -67,7 +70,9 @@ class ClipperConnection:
                 f"a Clipper server already answers on {self.management_url}; "
                 "use connect() or stop it first"
             )
-        log_path = state / "logs" / "server.log"
+        # The server logs to logs/server.log itself; this catches what it
+        # prints before logging starts (bad flags, a crash at import).
+        log_path = state / "logs" / "server.out"
         with open(log_path, "ab") as logfile:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "clipper.server", *self.cm.server_args()],
@@ -206,6 +211,54 @@ class ClipperConnection:
         """Send a complete ``add_model`` body (what the deployers build)."""
         self._post("add_model", body)
 
+    def register_model(
+        self,
+        name: str,
+        version: str,
+        input_type: str,
+        labels: list[str] | None = None,
+        batch_size: int = -1,
+    ) -> None:
+        """Register a model version without an artifact: its containers are
+        started elsewhere and connect to the RPC port by themselves."""
+        self.add_model(
+            {
+                "model_name": name,
+                "model_version": str(version),
+                "input_type": input_type,
+                "labels": labels or [],
+                "batch_size": batch_size,
+                "container_name": "external",
+                "num_replicas": 0,
+            }
+        )
+
+    def deploy_model(
+        self,
+        name: str,
+        version: str,
+        input_type: str,
+        model_data: bytes,
+        labels: list[str] | None = None,
+        num_replicas: int = 1,
+        batch_size: int = -1,
+        pkgs_to_install: list[str] | None = None,
+    ) -> None:
+        """Deploy a cloudpickled model (a callable, or an object with ``predict``)
+        and start ``num_replicas`` containers for it."""
+        self.add_model(
+            {
+                "model_name": name,
+                "model_version": str(version),
+                "input_type": input_type,
+                "labels": labels or [],
+                "batch_size": batch_size,
+                "num_replicas": num_replicas,
+                "model_data": base64.b64encode(model_data).decode(),
+                "pkgs_to_install": list(pkgs_to_install or []),
+            }
+        )
+
     def set_model_version(self, name: str, version: str, num_replicas: int | None = None) -> None:
         self._post("set_model_version", {"model_name": name, "model_version": str(version)})
         if num_replicas is not None:
@@ -247,4 +300,95 @@ class ClipperConnection:
         return info or None
 
     def get_all_model_replicas(self, verbose: bool = False) -> list[Any]:
+        """Every replica the server knows: started by its manager, or connected."""
         return list(self._post("get_all_containers", {"verbose": verbose}))
+
+    def get_model_replica_info(
+        self, name: str, version: str, replica_id: str | None = None
+    ) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"model_name": name, "model_version": str(version)}
+        if replica_id is not None:
+            body["replica_id"] = replica_id
+        return self._post("get_container", body) or None
+
+    def delete_versioned_model(self, model_name: str, version: str) -> None:
+        """Remove one version of a model: its record, artifact and replicas."""
+        self._post("delete_versioned_model", {"model_name": model_name, "model_version": version})
+
+    def inspect_instance(self) -> dict[str, Any]:
+        """The server's status: ports, uptime, replicas, per-model queue figures."""
+        if not self.connected:
+            raise UnconnectedException()
+        try:
+            r = httpx.get(f"{self.management_url}/admin/status", timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise ClipperException(f"cannot reach {self.management_url}: {exc}") from exc
+        return dict(r.json())
+
+    def get_metric_addr(self) -> str:
+        """``host:port`` of the Prometheus endpoint (``/metrics`` on the query port)."""
+        return self.get_query_addr()
+
+    def get_clipper_logs(self, lines: int = 200, replica: str | None = None) -> list[str]:
+        """The last ``lines`` lines of the server's log, or of one replica's."""
+        body: dict[str, Any] = {"lines": lines}
+        if replica is not None:
+            body["replica"] = replica
+        return list(self._post("get_logs", body)["lines"])
+
+    def stop_versioned_models(self, model_versions_dict: dict[str, list[str]]) -> None:
+        """Stop the replicas of the given versions: ``{"m": ["1", "2"]}``."""
+        for name, versions in model_versions_dict.items():
+            for version in versions:
+                self.set_num_replicas(name, 0, str(version))
+
+    def stop_models(self, model_names: list[str]) -> None:
+        """Stop the replicas of every version of the given models."""
+        wanted = set(model_names)
+        versions: dict[str, list[str]] = {}
+        for m in self.get_all_models(verbose=True):
+            if m["model_name"] in wanted:
+                versions.setdefault(m["model_name"], []).append(m["model_version"])
+        self.stop_versioned_models(versions)
+
+    def stop_inactive_model_versions(self, model_names: list[str]) -> None:
+        """Stop the replicas of every version but the current one."""
+        wanted = set(model_names)
+        versions: dict[str, list[str]] = {}
+        for m in self.get_all_models(verbose=True):
+            if m["model_name"] in wanted and not m["is_current_version"]:
+                versions.setdefault(m["model_name"], []).append(m["model_version"])
+        self.stop_versioned_models(versions)
+
+    def stop_all_model_containers(self) -> None:
+        """Stop every replica of every model (the server keeps running)."""
+        self.stop_models(sorted({m["model_name"] for m in self.get_all_models(verbose=True)}))
+
+    def delete_application(self, name: str) -> None:
+        """Deprecated alias of :meth:`unregister_application`."""
+        warnings.warn(
+            "delete_application is deprecated; use unregister_application",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.unregister_application(name)
+
+    def test_predict_function(self, query: dict[str, Any], func: Any, input_type: str) -> Any:
+        """Run ``func`` here on ``query`` exactly as a container would receive it.
+
+        ``query`` is a predict body (``{"input": x}`` or ``{"input_batch": [...]}``);
+        returns the list of outputs. Raises ClipperException for a bad query.
+        """
+        from ..exceptions import InputError
+        from ..frontend.inputs import parse_predict_body
+        from ..rpc import protocol
+        from ..types import InputType
+
+        itype = InputType.parse(input_type)
+        try:
+            request = parse_predict_body(orjson.dumps(query), itype, None)
+        except InputError as exc:
+            raise ClipperException(str(exc)) from exc
+        fields, frames = protocol.encode_inputs(itype.value, request.inputs)
+        inputs = protocol.decode_inputs(fields, [bytes(f) for f in frames])
+        return list(func(inputs))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,23 +21,24 @@ def deploy_python_closure(
     labels: list[str] | None = None,
     batch_size: int = -1,
     num_replicas: int = 1,
+    pkgs_to_install: list[str] | None = None,
 ) -> None:
     """Deploy ``func`` as model ``name:version``.
 
     ``func`` receives one batch (a 2-D numpy array for same-length numeric
     inputs, else a list) and returns one JSON-serialisable output per input.
-    Its referenced modules must import in the container (the server's
-    Python environment).
+    The modules it references must import in the container: the server's
+    Python environment, plus ``pkgs_to_install`` (pip requirements), which
+    give the model an environment of its own. A deploy whose closure needs a
+    missing module fails with a message naming it.
     """
-    data = cloudpickle.dumps(func)
-    clipper_conn.add_model(
-        {
-            "model_name": name,
-            "model_version": str(version),
-            "input_type": input_type,
-            "labels": labels or [],
-            "batch_size": batch_size,
-            "num_replicas": num_replicas,
-            "model_data": base64.b64encode(data).decode(),
-        }
+    clipper_conn.deploy_model(
+        name,
+        str(version),
+        input_type,
+        cloudpickle.dumps(func),
+        labels=labels,
+        num_replicas=num_replicas,
+        batch_size=batch_size,
+        pkgs_to_install=pkgs_to_install,
     )

@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
+import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -94,7 +97,13 @@ async def _add_model(s: ManagementService, f: Fields) -> Any:
         batch_size=f.get("batch_size", int, -1),
         model_data=_decode_artifact(f.get("model_data", str, None)),
         num_replicas=f.get("num_replicas", int, 1),
+        pkgs_to_install=f.get("pkgs_to_install", list, []),
     )
+    return {"success": True}
+
+
+async def _delete_version(s: ManagementService, f: Fields) -> Any:
+    await s.delete_model_version(f.get("model_name", str), f.get("model_version", str))
     return {"success": True}
 
 
@@ -127,6 +136,32 @@ async def _get_replicas(s: ManagementService, f: Fields) -> Any:
     return {"num_replicas": s.store.get_num_replicas(name, version)}
 
 
+LOG_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    # Logs rotate at 20 MiB: read at most the last 4 MiB for a tail.
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 4 * 1024 * 1024))
+        data = f.read().decode(errors="replace")
+    return data.splitlines()[-lines:]
+
+
+async def _get_logs(s: ManagementService, f: Fields) -> Any:
+    lines = f.get("lines", int, 200)
+    if not 1 <= lines <= 10_000:
+        raise ValidationError("get_logs: lines must be between 1 and 10000")
+    replica = f.get("replica", str, None)
+    if replica is not None and not LOG_NAME.match(replica):
+        raise ValidationError(f"get_logs: invalid replica label {replica!r}")
+    path = s.log_dir / (f"{replica}.log" if replica else "server.log")
+    if not path.is_file():
+        raise ValidationError(f"get_logs: no log for {replica or 'the server'} ({path.name})")
+    return {"lines": _tail(path, lines)}
+
+
 async def _all_apps(s: ManagementService, f: Fields) -> Any:
     return s.list_apps(f.get("verbose", bool, False))
 
@@ -154,6 +189,7 @@ ROUTES: dict[str, Handler] = {
     "add_model_links": _add_links,
     "delete_model_links": _delete_links,
     "set_model_version": _set_version,
+    "delete_versioned_model": _delete_version,
     "set_num_replicas": _set_replicas,
     "get_num_replicas": _get_replicas,
     "get_all_applications": _all_apps,
@@ -161,6 +197,7 @@ ROUTES: dict[str, Handler] = {
     "get_linked_models": _linked,
     "get_all_models": _all_models,
     "get_model": _get_model,
+    "get_logs": _get_logs,
 }
 
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -176,7 +213,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "batch_size",
         "model_data",
         "num_replicas",
+        "pkgs_to_install",
     ),
+    "delete_versioned_model": ("model_name", "model_version"),
     "add_model_links": ("app_name", "model_names"),
     "delete_model_links": ("app_name", "model_names"),
     "set_model_version": ("model_name", "model_version"),
@@ -189,6 +228,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "get_model": ("model_name", "model_version"),
     "get_all_containers": ("verbose",),
     "get_container": ("model_name", "model_version", "replica_id"),
+    "get_logs": ("lines", "replica"),
 }
 
 # Status of the server itself, for ``get_all_containers`` and friends.

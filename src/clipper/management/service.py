@@ -7,12 +7,15 @@ to match the requested replicas. It knows nothing of HTTP.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..exceptions import NotFoundError, ValidationError
+from ..managers.envs import EnvironmentBuilder, check_model_loads
 from ..store.base import ConfigStore
 from ..store.catalog import Catalog
 from ..types import AppSpec, InputType, ModelId, ModelSpec, validate_app_name, validate_name
@@ -21,6 +24,7 @@ log = logging.getLogger("clipper.management")
 
 PYTHON_CLOSURE = "python-closure"
 ARTIFACT_NAME = "model.pkl"
+ENV_FILE = "env.json"
 
 
 class ContainerManager(Protocol):
@@ -52,6 +56,8 @@ class ManagementService:
         self.catalog = catalog
         self.manager = manager
         self.models_dir = state_dir / "models"
+        self.log_dir = state_dir / "logs"
+        self.envs = EnvironmentBuilder(state_dir / "envs")
         self.default_batch_size = default_batch_size
 
     async def _changed(self) -> None:
@@ -134,9 +140,15 @@ class ManagementService:
         batch_size: int = -1,
         model_data: bytes | None = None,
         num_replicas: int = 1,
+        pkgs_to_install: list[str] | None = None,
     ) -> ModelSpec:
         """Register a model version; with ``model_data`` (a cloudpickled
-        callable) the server stores it and starts replicas from it."""
+        callable) the server stores it and starts replicas from it.
+
+        ``pkgs_to_install`` gives the model its own environment. The artifact
+        must unpickle in that environment, or the deploy fails naming the
+        missing module and leaves nothing registered.
+        """
         validate_name(model_name, "model name")
         validate_name(model_version, "model version")
         itype = InputType.parse(input_type)
@@ -161,14 +173,15 @@ class ManagementService:
                 f"model '{model_name}' has input type '{other.input_type.value}', "
                 f"not '{itype.value}'",
             )
+        pkgs = pkgs_to_install or []
+        _check(
+            isinstance(pkgs, list) and all(isinstance(p, str) and p.strip() for p in pkgs),
+            "pkgs_to_install must be a list of pip requirement strings",
+        )
+        _check(not pkgs or model_data is not None, "pkgs_to_install needs model_data")
         artifact_dir = self.models_dir / model_name / model_version
         if model_data is not None:
-            artifact_dir.mkdir(parents=True, exist_ok=True)
-            path = artifact_dir / ARTIFACT_NAME
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(model_data)
-            tmp.replace(path)
-            model_data_path = str(path)
+            model_data_path = str(await self._store_artifact(artifact_dir, model_data, pkgs))
             container_name = PYTHON_CLOSURE
         spec = ModelSpec(
             model_name,
@@ -190,6 +203,33 @@ class ManagementService:
         log.info("added model %s:%s", model_name, model_version)
         await self._changed()
         return spec
+
+    async def _store_artifact(self, artifact_dir: Path, data: bytes, pkgs: list[str]) -> Path:
+        """Write the artifact, build its environment, check it loads; all or nothing."""
+        if artifact_dir.exists():  # left over from a version deleted earlier
+            shutil.rmtree(artifact_dir)
+        artifact_dir.mkdir(parents=True)
+        try:
+            path = artifact_dir / ARTIFACT_NAME
+            path.write_bytes(data)
+            python = await self.envs.ensure(pkgs) if pkgs else sys.executable
+            if pkgs:
+                (artifact_dir / ENV_FILE).write_text(
+                    json.dumps({"pkgs_to_install": pkgs, "python": python})
+                )
+            await check_model_loads(python, path)
+        except BaseException:
+            shutil.rmtree(artifact_dir, ignore_errors=True)
+            raise
+        return path
+
+    async def delete_model_version(self, model_name: str, model_version: str) -> None:
+        """Remove a version: its record, its replicas and its artifact."""
+        if not self.store.delete_model_version(model_name, model_version):
+            raise ValidationError(f"model '{model_name}' has no version '{model_version}'")
+        log.info("deleted model %s:%s", model_name, model_version)
+        await self._changed()
+        shutil.rmtree(self.models_dir / model_name / model_version, ignore_errors=True)
 
     def get_model(self, name: str, version: str) -> dict[str, Any]:
         model = self.store.get_model(name, version)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -87,10 +88,14 @@ class _ReplicaProcess:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         model = self.spec.model
+        python = self.manager.python
+        env_file = Path(model.model_data_path).parent / "env.json"
+        if env_file.is_file():  # deployed with pkgs_to_install: its own environment
+            python = json.loads(env_file.read_text())["python"]
         logfile: IO[bytes] = open(self.manager.log_dir / f"{self.spec.label}.log", "ab")  # noqa: SIM115
         try:
             return await asyncio.create_subprocess_exec(
-                self.manager.python,
+                python,
                 "-m",
                 "clipper.container",
                 "--address",
