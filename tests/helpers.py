@@ -51,13 +51,19 @@ def pid_alive(pid: int) -> bool:
 class Clipper:
     """A real server process on free ports, driven through the admin client."""
 
-    def __init__(self, state_dir: Path, cm: LocalContainerManager | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        cm: LocalContainerManager | None = None,
+        redis_url: str | None = None,
+    ) -> None:
         """A server on free ports; pass ``cm`` to reuse another's ports and state."""
         self.cm = cm or LocalContainerManager(
             clipper_query_port=free_port(),
             clipper_management_port=free_port(),
             clipper_rpc_port=free_port(),
             state_dir=state_dir,
+            redis_url=redis_url,
         )
         self.conn = ClipperConnection(self.cm)
         self.query_url = f"http://127.0.0.1:{self.cm.clipper_query_port}"

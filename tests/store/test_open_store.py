@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from clipper.exceptions import ValidationError
+from clipper.exceptions import StoreError, ValidationError
 from clipper.store import MemoryStore, SQLiteStore, open_store
+from tests.helpers import free_port
 
 
 def test_memory_url() -> None:
@@ -45,9 +46,9 @@ def test_one_slash_is_an_absolute_path(tmp_path: Path) -> None:
         assert store.path == path
 
 
-def test_redis_is_not_available_yet() -> None:
-    with pytest.raises(ValidationError, match="the redis store is not available yet"):
-        open_store("redis://localhost:6379/0")
+def test_redis_url_without_a_server_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
+        open_store(f"redis://127.0.0.1:{free_port()}/0")
 
 
 @pytest.mark.parametrize(

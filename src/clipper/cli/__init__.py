@@ -1,47 +1,35 @@
-"""The ``clipper`` command."""
+"""The ``clipper`` command: start/stop a server, and drive one through its management API.
+
+Commands live in ``server_cmds`` (start, stop, status), ``admin_cmds`` (apps,
+models, links, deploys, replicas) and ``query_cmds`` (query, logs); the
+global options (where the server is) in ``base``; pure helpers in
+``parsing`` and ``render``.
+"""
 
 from __future__ import annotations
 
 import sys
 
+import httpx
 import typer
 
-from ..admin import ClipperConnection, ClipperException, LocalContainerManager
+from ..exceptions import ClipperError
+from . import admin_cmds, query_cmds, server_cmds
+from .base import CliError, app
 
-app = typer.Typer(
-    help="Clipper: a low-latency prediction serving system.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+__all__ = ["admin_cmds", "app", "main", "query_cmds", "server_cmds"]
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    help="Run a Clipper server in the foreground (Ctrl-C stops it and its replicas). "
-    "Every option of `python -m clipper.server --help` is accepted, e.g. --demo, "
-    "--query-port, --state-dir.",
-)
-def start(ctx: typer.Context) -> None:
-    from ..server import main as server_main
-
-    raise typer.Exit(server_main(list(ctx.args)))
-
-
-@app.command(help="Stop the Clipper server recorded in the state folder, and its replicas.")
-def stop(
-    state_dir: str = typer.Option(None, help="state folder (default $CLIPPER_HOME or ~/.clipper)"),
-    management_port: int = typer.Option(1338, help="management port of the server"),
-) -> None:
-    conn = ClipperConnection(
-        LocalContainerManager(clipper_management_port=management_port, state_dir=state_dir)
-    )
-    conn.stop_all()
-    typer.echo("Clipper stopped.")
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``clipper`` and ``python -m clipper``: errors are one line, no traceback."""
     try:
-        app()
-    except ClipperException as exc:
+        app(args=argv, prog_name="clipper")
+    except (ClipperError, CliError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -6,11 +6,15 @@
     sqlite:////abs/path.db      a SQLite file, absolute path (four slashes)
     sqlite:///rel/path.db       a SQLite file, path relative to the working directory
     sqlite:rel/path.db          the same, without the slashes
+    redis://host:port/db        a Redis server, shared by several frontends
+    rediss://host:port/db       the same over TLS; both take ?prefix=name (keys
+                                under name:..., default clipper) besides
+                                redis-py's own options
 """
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clipper.exceptions import ValidationError
 from clipper.store.base import ConfigStore
@@ -19,7 +23,9 @@ from clipper.store.sqlite import SQLiteStore
 
 __all__ = ["ConfigStore", "MemoryStore", "SQLiteStore", "open_store"]
 
-_ACCEPTED = "memory://, sqlite:///relative/path.db or sqlite:////absolute/path.db"
+_ACCEPTED = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db or redis://host:port/db"
+)
 
 
 def open_store(url: str) -> ConfigStore:
@@ -34,7 +40,7 @@ def open_store(url: str) -> ConfigStore:
     if parts.scheme == "sqlite":
         return SQLiteStore(_sqlite_path(url, parts))
     if parts.scheme in ("redis", "rediss"):
-        raise ValidationError("the redis store is not available yet")
+        return _open_redis(parts)
     raise ValidationError(f"unsupported store URL {url!r}: expected {_ACCEPTED}")
 
 
@@ -53,3 +59,26 @@ def _sqlite_path(url: str, parts: SplitResult) -> str:
     if not path:
         raise ValidationError(f"store URL {url!r} names no database file; expected {_ACCEPTED}")
     return path
+
+
+def _open_redis(parts: SplitResult) -> ConfigStore:
+    # Imported here: redis-py is an optional extra, and only this URL needs it.
+    try:
+        from clipper.store.redis import RedisStore
+    except ImportError as e:
+        raise ValidationError(
+            f"a redis:// store needs the redis package ({e}); "
+            "install clipper-serve[redis] or pip install 'redis>=5'"
+        ) from None
+    # prefix is ours; the other options are redis-py's, so they stay in the URL.
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for key, value in options if key == "prefix"]
+    if len(prefixes) > 1:
+        raise ValidationError("the store URL gives ?prefix= more than once")
+    if prefixes and not prefixes[0]:
+        raise ValidationError("the store URL's ?prefix= is empty")
+    rest = urlencode([(key, value) for key, value in options if key != "prefix"])
+    url = urlunsplit(parts._replace(query=rest))
+    if prefixes:
+        return RedisStore(url, prefix=prefixes[0])
+    return RedisStore(url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Callable
 from typing import Any, Self
 
 from clipper.exceptions import NotFoundError, ValidationError
@@ -123,6 +124,14 @@ class ConfigStore(abc.ABC):
     @abc.abstractmethod
     def generation(self) -> int:
         """Return the change counter; it rises with every successful change."""
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from any thread) when another writer may have changed the store.
+
+        The default store has a single writer and never calls it.
+        """
+        # Deliberately a no-op rather than abstract: only shared stores have other writers.
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

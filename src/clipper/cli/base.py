@@ -1,0 +1,137 @@
+"""The Typer application, its global options and the helpers every command shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+from ..admin import ClipperConnection, LocalContainerManager
+
+app = typer.Typer(
+    help="Clipper: a low-latency prediction serving system. Every command but `start` "
+    "talks to the server's management API, so it works against a remote server too.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A failure the CLI reports as one ``error: ...`` line and exit status 1."""
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with status 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@dataclass
+class ServerManager(LocalContainerManager):
+    """A ``LocalContainerManager`` that passes extra flags on to ``python -m clipper.server``."""
+
+    extra_args: list[str] = field(default_factory=list)
+
+    def server_args(self) -> list[str]:
+        return [*super().server_args(), *self.extra_args]
+
+
+@dataclass
+class Target:
+    """Where the Clipper server is: the global options of the command line."""
+
+    host: str = "127.0.0.1"
+    management_port: int = 1338
+    query_port: int = 1337
+    rpc_port: int = 7000
+    state_dir: Path | None = None
+
+    def manager(self, extra_args: list[str] | None = None) -> ServerManager:
+        return ServerManager(
+            clipper_query_port=self.query_port,
+            clipper_management_port=self.management_port,
+            clipper_rpc_port=self.rpc_port,
+            state_dir=self.state_dir,
+            host=self.host,
+            extra_args=list(extra_args or []),
+        )
+
+    def connection(self) -> ClipperConnection:
+        """A connection object, not yet connected (``start``/``stop`` use it as is)."""
+        return ClipperConnection(self.manager())
+
+    def connect(self) -> ClipperConnection:
+        """A connection to the running server; raises ClipperException if none answers."""
+        conn = self.connection()
+        conn.connect()
+        return conn
+
+    @property
+    def query_url(self) -> str:
+        return f"http://{self.host}:{self.query_port}"
+
+    def replace(self, **changes: Any) -> Target:
+        return dataclasses.replace(self, **changes)
+
+
+def target(ctx: typer.Context) -> Target:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Target) else Target()
+
+
+def print_json(value: Any) -> None:
+    """Raw JSON on stdout (``--json``), for scripts and ``jq``."""
+    typer.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"clipper {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    host: Annotated[
+        str,
+        typer.Option(envvar="CLIPPER_HOST", help="Address of the Clipper server (start: bind it)."),
+    ] = "127.0.0.1",
+    management_port: Annotated[
+        int,
+        typer.Option(envvar="CLIPPER_MANAGEMENT_PORT", help="Port of the management API."),
+    ] = 1338,
+    query_port: Annotated[
+        int, typer.Option(envvar="CLIPPER_QUERY_PORT", help="Port of the query frontend.")
+    ] = 1337,
+    rpc_port: Annotated[
+        int,
+        typer.Option(envvar="CLIPPER_RPC_PORT", help="RPC port for model containers (start only)."),
+    ] = 7000,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=["CLIPPER_STATE_DIR", "CLIPPER_HOME"],
+            file_okay=False,
+            help="State folder: store, models, logs, server record (default: ~/.clipper).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Clipper: a low-latency prediction serving system."""
+    ctx.obj = Target(host, management_port, query_port, rpc_port, state_dir)

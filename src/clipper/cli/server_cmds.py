@@ -1,0 +1,121 @@
+"""``clipper start``, ``stop`` and ``status``: the server's lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..server import SERVER_FILE
+from .base import app, console, err_console, print_json, target
+from .parsing import split_server_args
+from .render import status_summary, status_table
+
+
+def read_server_record(state_dir: Path) -> dict[str, Any] | None:
+    """The record a running server keeps in its state folder (pid, ports), if any."""
+    try:
+        info = json.loads((state_dir / SERVER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    help="Run a Clipper server in the foreground (Ctrl-C stops it and its replicas), "
+    "or in the background with --detach. Every option of `python -m clipper.server "
+    "--help` is accepted after the command, e.g. --demo, --query-port, --log-level.",
+)
+def start(
+    ctx: typer.Context,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", "-d", help="Start the server in the background, wait until it answers."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="With --detach: seconds to wait for the server to answer.")
+    ] = 60.0,
+) -> None:
+    overrides, rest = split_server_args(list(ctx.args))
+    where = target(ctx).replace(**overrides)
+    manager = where.manager(extra_args=rest)
+    if not detach:
+        from ..server import main as server_main
+
+        raise typer.Exit(server_main(manager.server_args()))
+
+    from ..admin import ClipperConnection
+
+    conn = ClipperConnection(manager)
+    with err_console.status("Starting Clipper…"):
+        conn.start_clipper(timeout=timeout)
+    record = read_server_record(manager.state_path) or {}
+    pid = record.get("pid", "?")
+    typer.echo(f"Clipper is running in the background (pid {pid}).")
+    typer.echo(f"  queries:    http://{where.host}:{where.query_port}/<app>/predict")
+    typer.echo(f"  management: http://{where.host}:{where.management_port}/admin/")
+    typer.echo(f"  RPC port:   {where.rpc_port}")
+    typer.echo(f"  state:      {manager.state_path}")
+    typer.echo(f"  log:        {manager.state_path / 'logs' / 'server.log'}")
+    typer.echo("Stop it with `clipper stop` (with the same --state-dir).")
+
+
+@app.command(help="Stop the Clipper server recorded in the state folder, and its replicas.")
+def stop(
+    ctx: typer.Context,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="State folder (overrides the global --state-dir)."),
+    ] = None,
+    management_port: Annotated[
+        int | None, typer.Option(help="Management port (overrides the global option).")
+    ] = None,
+) -> None:
+    where = target(ctx)
+    if state_dir is not None:
+        where = where.replace(state_dir=state_dir)
+    if management_port is not None:
+        where = where.replace(management_port=management_port)
+    conn = where.connection()
+    state = conn.cm.state_path
+    record = read_server_record(state)
+    pid = record.get("pid") if record else None
+    if not isinstance(pid, int) or not pid_alive(pid):
+        typer.echo(f"No running Clipper server is recorded in {state}.")
+        return
+    with err_console.status(f"Stopping Clipper (pid {pid})…"):
+        conn.stop_all()
+    typer.echo(f"Clipper stopped (pid {pid}).")
+
+
+@app.command(help="Show whether the server answers, its pid, uptime, ports and what it serves.")
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON instead.")] = False,
+) -> None:
+    where = target(ctx)
+    conn = where.connect()
+    info = conn.inspect_instance()
+    summary = status_summary(
+        info, where.host, conn.get_all_apps(), conn.get_all_models(verbose=True)
+    )
+    if as_json:
+        print_json({**summary, "status": info})
+    else:
+        console.print(status_table(summary))

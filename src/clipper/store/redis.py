@@ -1,0 +1,633 @@
+"""A config store in Redis, shared by several frontends, with change notifications.
+
+Data model, every key under ``{prefix}:`` (``clipper`` unless told otherwise)::
+
+    {prefix}:generation        string  the change counter (INCR)
+    {prefix}:apps              hash    app name -> AppSpec record (JSON)
+    {prefix}:links:{app}       list    the models linked to an app, in link order
+    {prefix}:linked:{model}    set     the apps a model is linked to (reverse index)
+    {prefix}:models            set     the names of models with at least one version
+    {prefix}:versions:{model}  list    a model's versions, in the order they were added
+    {prefix}:specs:{model}     hash    version -> ModelSpec record (JSON)
+    {prefix}:replicas:{model}  hash    version -> replica count (absent: 1)
+    {prefix}:current           hash    model name -> current version
+
+Every change is one Lua script: Redis runs a script alone, so its checks and
+its writes form one step that no other client (in any process) can interleave
+with, and a reader never sees half of it. Each script checks everything before
+writing anything, so a refused change leaves no trace. A script that changes
+something ends by INCRing the generation and PUBLISHing the new value on
+``{prefix}:changes``, inside the same atomic step, so a notification can never
+go missing between the write and the publish. Reads of more than one key go
+through a script or a MULTI/EXEC block too, so they see a single state.
+
+The scripts build key names from the prefix, so this needs a single Redis
+server (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import cast
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from clipper.exceptions import StoreError, ValidationError
+from clipper.store.base import (
+    ConfigStore,
+    check_replicas,
+    dump_json,
+    duplicate_app,
+    duplicate_model,
+    missing_app,
+    missing_version,
+)
+from clipper.types import AppSpec, InputType, ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Seconds. Generous enough for a loaded server, short enough that a dead one
+# turns into a StoreError instead of a hung management request.
+CONNECT_TIMEOUT = 5.0
+SOCKET_TIMEOUT = 10.0
+# The watcher's reconnection back-off (seconds), and how often it looks up
+# from a quiet subscription to see whether close() asked it to stop.
+BACKOFF_START = 0.1
+BACKOFF_MAX = 5.0
+POLL_INTERVAL = 0.2
+JOIN_TIMEOUT = 10.0
+
+# What a mutating script returns when it changed nothing: a no-op, or a refusal
+# that Python turns into the same exception as the other stores. A change
+# returns the new generation (an integer) instead.
+_NOOP, _EXISTS, _MISSING = "noop", "exists", "missing"
+
+# Shared head of every mutating script. ARGV[1] is the key prefix.
+_PRELUDE = """
+local P = ARGV[1]
+local function changed()
+    local generation = redis.call('INCR', P .. ':generation')
+    redis.call('PUBLISH', P .. ':changes', generation)
+    return generation
+end
+"""
+
+_ADD_APP = """
+-- ARGV: prefix, name, record
+if redis.call('HSETNX', P .. ':apps', ARGV[2], ARGV[3]) == 0 then return 'exists' end
+return changed()
+"""
+
+_UPDATE_APP = """
+-- ARGV: prefix, name, record
+if redis.call('HEXISTS', P .. ':apps', ARGV[2]) == 0 then return 'missing' end
+redis.call('HSET', P .. ':apps', ARGV[2], ARGV[3])
+return changed()
+"""
+
+_DELETE_APP = """
+-- ARGV: prefix, name
+local app = ARGV[2]
+if redis.call('HDEL', P .. ':apps', app) == 0 then return 'noop' end
+local links = P .. ':links:' .. app
+for _, model in ipairs(redis.call('LRANGE', links, 0, -1)) do
+    redis.call('SREM', P .. ':linked:' .. model, app)
+end
+redis.call('DEL', links)
+return changed()
+"""
+
+_ADD_MODEL = """
+-- ARGV: prefix, name, version, record, make_current ('1' or '0')
+local name, version = ARGV[2], ARGV[3]
+if redis.call('HSETNX', P .. ':specs:' .. name, version, ARGV[4]) == 0 then return 'exists' end
+redis.call('RPUSH', P .. ':versions:' .. name, version)
+redis.call('SADD', P .. ':models', name)
+if ARGV[5] == '1' then redis.call('HSET', P .. ':current', name, version) end
+return changed()
+"""
+
+_DELETE_MODEL_VERSION = """
+-- ARGV: prefix, name, version
+local name, version = ARGV[2], ARGV[3]
+local specs = P .. ':specs:' .. name
+if redis.call('HDEL', specs, version) == 0 then return 'noop' end
+redis.call('LREM', P .. ':versions:' .. name, 0, version)
+redis.call('HDEL', P .. ':replicas:' .. name, version)
+if redis.call('HGET', P .. ':current', name) == version then
+    redis.call('HDEL', P .. ':current', name)
+end
+if redis.call('HLEN', specs) == 0 then
+    -- The last version: the model is gone, and so are its links.
+    redis.call('SREM', P .. ':models', name)
+    redis.call('DEL', P .. ':versions:' .. name, P .. ':replicas:' .. name)
+    local linked = P .. ':linked:' .. name
+    for _, app in ipairs(redis.call('SMEMBERS', linked)) do
+        redis.call('LREM', P .. ':links:' .. app, 0, name)
+    end
+    redis.call('DEL', linked)
+end
+return changed()
+"""
+
+_SET_CURRENT_VERSION = """
+-- ARGV: prefix, name, version
+if redis.call('HEXISTS', P .. ':specs:' .. ARGV[2], ARGV[3]) == 0 then return 'missing' end
+redis.call('HSET', P .. ':current', ARGV[2], ARGV[3])
+return changed()
+"""
+
+_ADD_LINKS = """
+-- ARGV: prefix, app, model...
+local app = ARGV[2]
+if redis.call('HEXISTS', P .. ':apps', app) == 0 then return 'missing' end
+local added = 0
+for i = 3, #ARGV do
+    -- The reverse index doubles as the membership test, which also skips
+    -- a model named twice in one call.
+    if redis.call('SADD', P .. ':linked:' .. ARGV[i], app) == 1 then
+        redis.call('RPUSH', P .. ':links:' .. app, ARGV[i])
+        added = added + 1
+    end
+end
+if added == 0 then return 'noop' end
+return changed()
+"""
+
+_REMOVE_LINKS = """
+-- ARGV: prefix, app, model...
+local app = ARGV[2]
+if redis.call('HEXISTS', P .. ':apps', app) == 0 then return 'missing' end
+local removed = 0
+for i = 3, #ARGV do
+    if redis.call('SREM', P .. ':linked:' .. ARGV[i], app) == 1 then
+        redis.call('LREM', P .. ':links:' .. app, 0, ARGV[i])
+        removed = removed + 1
+    end
+end
+if removed == 0 then return 'noop' end
+return changed()
+"""
+
+_SET_NUM_REPLICAS = """
+-- ARGV: prefix, name, version, n
+if redis.call('HEXISTS', P .. ':specs:' .. ARGV[2], ARGV[3]) == 0 then return 'missing' end
+redis.call('HSET', P .. ':replicas:' .. ARGV[2], ARGV[3], ARGV[4])
+return changed()
+"""
+
+# Read-only: every version record, each model's in the order added. ARGV: prefix[, name]
+_LIST_MODELS = """
+local P = ARGV[1]
+local names
+if #ARGV >= 2 then names = {ARGV[2]} else names = redis.call('SMEMBERS', P .. ':models') end
+local out = {}
+for _, name in ipairs(names) do
+    local specs = P .. ':specs:' .. name
+    for _, version in ipairs(redis.call('LRANGE', P .. ':versions:' .. name, 0, -1)) do
+        local record = redis.call('HGET', specs, version)
+        if record then out[#out + 1] = record end
+    end
+end
+return out
+"""
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` fit for messages and logs: no password, no query options."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable Redis URL>"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    netloc = host if port is None else f"{host}:{port}"
+    if parts.username:
+        netloc = f"{parts.username}{':***' if parts.password else ''}@{netloc}"
+    elif parts.password:
+        netloc = f":***@{netloc}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def _app_record(spec: AppSpec) -> str:
+    shape = list(spec.input_shape) if spec.input_shape is not None else None
+    # Check the free-form parts one by one, so the error names the bad one.
+    dump_json(shape, "input_shape")
+    dump_json(spec.policy_params, "policy_params")
+    record = {
+        "name": spec.name,
+        "input_type": InputType(spec.input_type).value,
+        "default_output": spec.default_output,
+        "slo_micros": spec.slo_micros,
+        "input_shape": shape,
+        "policy": spec.policy,
+        "policy_params": spec.policy_params,
+    }
+    return dump_json(record, "application")
+
+
+def _app_from_record(record: str) -> AppSpec:
+    r = json.loads(record)
+    shape = r["input_shape"]
+    return AppSpec(
+        name=r["name"],
+        input_type=InputType(r["input_type"]),
+        default_output=r["default_output"],
+        slo_micros=r["slo_micros"],
+        input_shape=tuple(shape) if shape is not None else None,
+        policy=r["policy"],
+        policy_params=r["policy_params"],
+    )
+
+
+def _model_record(spec: ModelSpec) -> str:
+    dump_json(list(spec.labels), "labels")
+    record = {
+        "name": spec.name,
+        "version": spec.version,
+        "input_type": InputType(spec.input_type).value,
+        "labels": list(spec.labels),
+        "container_name": spec.container_name,
+        "model_data_path": spec.model_data_path,
+        "batch_size": spec.batch_size,
+    }
+    return dump_json(record, "model")
+
+
+def _model_from_record(record: str) -> ModelSpec:
+    r = json.loads(record)
+    return ModelSpec(
+        name=r["name"],
+        version=r["version"],
+        input_type=InputType(r["input_type"]),
+        labels=tuple(r["labels"]),
+        container_name=r["container_name"],
+        model_data_path=r["model_data_path"],
+        batch_size=r["batch_size"],
+    )
+
+
+def _client(url: str) -> redis.Redis:
+    # No automatic retries: a retried script may run twice if the connection
+    # dropped after Redis ran it, and then add_app would report its own success
+    # as "already exists". The pool already replaces connections that a Redis
+    # restart closed when it hands them out, so retries would buy little.
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+class RedisStore(ConfigStore):
+    """A :class:`ConfigStore` kept in the Redis server at ``url``, under ``prefix``.
+
+    Several processes may share one store; each change is a single atomic Lua
+    script (see the module docstring), and ``watch`` tells each of them when
+    another one changed something. Redis errors become :class:`StoreError`.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "clipper") -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise ValidationError(
+                f"the Redis key prefix must be a non-empty string, got {prefix!r}"
+            )
+        self.url = url
+        self.prefix = prefix
+        self.channel = f"{prefix}:changes"
+        self._where = redact_url(url)
+        # In-flight calls, so that close() can wait for them instead of pulling
+        # the pool from under them (the pool would reopen connections nobody closes).
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+        self._callbacks: list[Callable[[], None]] = []
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        try:
+            self._redis = _client(url)
+        except ValueError as e:  # redis-py's word for a URL it cannot read
+            raise ValidationError(f"invalid Redis URL {self._where}: {e}") from None
+        try:
+            self._redis.ping()
+            register = self._redis.register_script
+            self._add_app = register(_PRELUDE + _ADD_APP)
+            self._update_app = register(_PRELUDE + _UPDATE_APP)
+            self._delete_app = register(_PRELUDE + _DELETE_APP)
+            self._add_model = register(_PRELUDE + _ADD_MODEL)
+            self._delete_model_version = register(_PRELUDE + _DELETE_MODEL_VERSION)
+            self._set_current_version = register(_PRELUDE + _SET_CURRENT_VERSION)
+            self._add_links = register(_PRELUDE + _ADD_LINKS)
+            self._remove_links = register(_PRELUDE + _REMOVE_LINKS)
+            self._set_num_replicas = register(_PRELUDE + _SET_NUM_REPLICAS)
+            self._list_models = register(_LIST_MODELS)
+        except (redis.RedisError, OSError) as e:
+            self._redis.close()
+            self._closed = True
+            raise StoreError(f"cannot reach the Redis config store at {self._where}: {e}") from e
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[redis.Redis]:
+        with self._cond:
+            if self._closed:
+                raise StoreError(f"Redis config store {self._where} is closed")
+            self._active += 1
+        try:
+            yield self._redis
+        except (redis.RedisError, OSError) as e:
+            # OSError: socket and TLS trouble that redis-py lets through as is.
+            raise StoreError(f"Redis config store {self._where}: cannot {what}: {e}") from e
+        except (ValueError, KeyError, TypeError) as e:
+            # Only a record this module did not write (or a foreign key) gets here.
+            raise StoreError(
+                f"Redis config store {self._where}: cannot {what}: malformed record: {e!r}"
+            ) from e
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    # Applications
+
+    def add_app(self, spec: AppSpec) -> None:
+        """Register an application; ValidationError if the name is taken."""
+        record = _app_record(spec)
+        with self._calling("add an application"):
+            result = self._add_app(args=[self.prefix, spec.name, record])
+        if result == _EXISTS:
+            raise duplicate_app(spec.name)
+        self._check_changed(result)
+
+    def get_app(self, name: str) -> AppSpec | None:
+        """Return the application called ``name``, or None."""
+        with self._calling("read an application") as r:
+            record = cast(str | None, r.hget(self._key("apps"), name))
+            return _app_from_record(record) if record is not None else None
+
+    def list_apps(self) -> list[AppSpec]:
+        """Return every application, sorted by name."""
+        with self._calling("list applications") as r:
+            records = cast(list[str], r.hvals(self._key("apps")))
+            return sorted((_app_from_record(rec) for rec in records), key=lambda a: a.name)
+
+    def update_app(self, spec: AppSpec) -> None:
+        """Replace the record of an existing application; NotFoundError if absent."""
+        record = _app_record(spec)
+        with self._calling("update an application"):
+            result = self._update_app(args=[self.prefix, spec.name, record])
+        if result == _MISSING:
+            raise missing_app(spec.name)
+        self._check_changed(result)
+
+    def delete_app(self, name: str) -> bool:
+        """Delete an application and its links; False if there was none."""
+        with self._calling("delete an application"):
+            result = self._delete_app(args=[self.prefix, name])
+        return self._check_changed(result)
+
+    # Models
+
+    def add_model(self, spec: ModelSpec, make_current: bool = True) -> None:
+        """Add a model version, optionally making it the current one."""
+        record = _model_record(spec)
+        flag = "1" if make_current else "0"
+        with self._calling("add a model version"):
+            result = self._add_model(args=[self.prefix, spec.name, spec.version, record, flag])
+        if result == _EXISTS:
+            raise duplicate_model(spec.name, spec.version)
+        self._check_changed(result)
+
+    def get_model(self, name: str, version: str) -> ModelSpec | None:
+        """Return one model version, or None."""
+        with self._calling("read a model version") as r:
+            record = cast(str | None, r.hget(self._key("specs", name), version))
+            return _model_from_record(record) if record is not None else None
+
+    def list_models(self, name: str | None = None) -> list[ModelSpec]:
+        """Return model versions, sorted by name, then by the order they were added."""
+        args = [self.prefix] if name is None else [self.prefix, name]
+        with self._calling("list models"):
+            records = cast(list[str], self._list_models(args=args))
+            specs = [_model_from_record(rec) for rec in records]
+        # A stable sort: each model's versions keep the order the script gave them.
+        return sorted(specs, key=lambda m: m.name)
+
+    def delete_model_version(self, name: str, version: str) -> bool:
+        """Delete a model version; False if there was none."""
+        with self._calling("delete a model version"):
+            result = self._delete_model_version(args=[self.prefix, name, version])
+        return self._check_changed(result)
+
+    def get_current_version(self, name: str) -> str | None:
+        """Return the model's current version, or None."""
+        with self._calling("read the current version") as r:
+            return cast(str | None, r.hget(self._key("current"), name))
+
+    def set_current_version(self, name: str, version: str) -> None:
+        """Make ``version`` the model's current one; NotFoundError if it does not exist."""
+        with self._calling("set the current version"):
+            result = self._set_current_version(args=[self.prefix, name, version])
+        if result == _MISSING:
+            raise missing_version(name, version)
+        self._check_changed(result)
+
+    # Links
+
+    def add_links(self, app: str, models: list[str]) -> None:
+        """Link models to an application, keeping order; already linked ones are skipped."""
+        with self._calling("link models"):
+            result = self._add_links(args=[self.prefix, app, *models])
+        if result == _MISSING:
+            raise missing_app(app)
+        self._check_changed(result)
+
+    def remove_links(self, app: str, models: list[str]) -> None:
+        """Unlink models from an application; ones not linked are ignored."""
+        with self._calling("unlink models"):
+            result = self._remove_links(args=[self.prefix, app, *models])
+        if result == _MISSING:
+            raise missing_app(app)
+        self._check_changed(result)
+
+    def get_links(self, app: str) -> list[str]:
+        """Return the models linked to an application in link order; [] if unknown."""
+        with self._calling("read links") as r:
+            return cast(list[str], r.lrange(self._key("links", app), 0, -1))
+
+    def apps_linked_to(self, model: str) -> list[str]:
+        """Return the names of the applications linked to a model, sorted."""
+        with self._calling("read links") as r:
+            return sorted(cast(set[str], r.smembers(self._key("linked", model))))
+
+    # Replicas
+
+    def set_num_replicas(self, name: str, version: str, n: int) -> None:
+        """Set a model version's replica count."""
+        check_replicas(n)
+        with self._calling("set the number of replicas"):
+            result = self._set_num_replicas(args=[self.prefix, name, version, n])
+        if result == _MISSING:
+            raise missing_version(name, version)
+        self._check_changed(result)
+
+    def get_num_replicas(self, name: str, version: str) -> int:
+        """Return a model version's replica count (1 unless set); NotFoundError if absent."""
+        with self._calling("read the number of replicas") as r:
+            # MULTI/EXEC, so a concurrent delete cannot fall between the two reads.
+            pipe = r.pipeline(transaction=True)
+            pipe.hexists(self._key("specs", name), version)
+            pipe.hget(self._key("replicas", name), version)
+            exists, n = pipe.execute()
+        if not exists:
+            raise missing_version(name, version)
+        return int(n) if n is not None else 1
+
+    # Housekeeping
+
+    def generation(self) -> int:
+        """Return the change counter, as stored in Redis (0 before the first change)."""
+        with self._calling("read the generation") as r:
+            value = cast(str | None, r.get(self._key("generation")))
+            return int(value) if value is not None else 0
+
+    def _check_changed(self, result: object) -> bool:
+        # A change returns the new generation; anything else but a no-op is a bug.
+        if result == _NOOP:
+            return False
+        if isinstance(result, int) and not isinstance(result, bool):
+            return True
+        raise StoreError(f"Redis config store {self._where}: unexpected reply {result!r}")
+
+    # Change notifications
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from a background thread) whenever the store may have changed.
+
+        That is: after every change by any writer, this one included, and once
+        after each reconnection to Redis, since changes made while the watcher
+        was cut off went unannounced. The first call starts the watcher and
+        returns once it has subscribed (or failed its first attempt, after
+        which it keeps retrying with back-off and calls back when it gets
+        through), so changes made after ``watch`` returns are never missed.
+        Exceptions from ``callback`` are logged and otherwise ignored.
+        """
+        with self._cond:
+            if self._closed:
+                raise StoreError(f"Redis config store {self._where} is closed")
+            self._callbacks.append(callback)
+            if self._watcher is not None:
+                return
+            first_attempt = threading.Event()
+            self._watcher = threading.Thread(
+                target=self._watch_loop,
+                args=(first_attempt,),
+                name=f"clipper-store-watch-{self.prefix}",
+                daemon=True,
+            )
+            self._watcher.start()
+        # Bounded: one attempt lasts at most the connect and socket timeouts.
+        first_attempt.wait()
+
+    def _notify(self) -> None:
+        with self._cond:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("config store watch callback %r failed", callback)
+
+    def _watch_loop(self, first_attempt: threading.Event) -> None:
+        delay = BACKOFF_START
+        # The first subscription needs no resync: watch() waits for it, so its
+        # caller reads the store after it. Any later one follows a gap.
+        resync = False
+
+        def subscribed() -> None:
+            nonlocal delay
+            delay = BACKOFF_START
+            first_attempt.set()
+            if resync:
+                log.info("config store watcher reconnected to %s", self._where)
+                self._notify()
+
+        while not self._stop.is_set():
+            try:
+                self._listen(subscribed)
+                return  # close() asked it to stop
+            except Exception as e:
+                # Anything at all, so that the watcher outlives odd replies and bugs too.
+                if self._stop.is_set():
+                    return
+                log.warning(
+                    "config store watcher lost %s (%s); reconnecting in %.1f s",
+                    self._where,
+                    e,
+                    delay,
+                )
+            finally:
+                first_attempt.set()
+            resync = True
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _listen(self, subscribed: Callable[[], None]) -> None:
+        """Subscribe, report it, then forward messages until stopped or cut off."""
+        client = _client(self.url)
+        pubsub = client.pubsub()
+        try:
+            pubsub.subscribe(self.channel)
+            self._await_subscription(pubsub)
+            subscribed()
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=POLL_INTERVAL)
+                if message is not None and message["type"] == "message":
+                    self._notify()
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _await_subscription(self, pubsub: redis.client.PubSub) -> None:
+        # subscribe() only sends the command; until Redis confirms it, a
+        # change could be published without reaching us.
+        deadline = time.monotonic() + SOCKET_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                raise StoreError("the store is closing")
+            message = pubsub.get_message(timeout=POLL_INTERVAL)
+            if message is not None and message["type"] == "subscribe":
+                return
+        raise StoreError(f"no confirmation of SUBSCRIBE {self.channel} from {self._where}")
+
+    def close(self) -> None:
+        """Stop the watcher and close the connections; later calls raise StoreError."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+            # Calls already running finish first (each within the socket timeout).
+            self._cond.wait_for(lambda: self._active == 0)
+            watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(JOIN_TIMEOUT)
+            if watcher.is_alive():
+                log.warning("config store watcher for %s did not stop", self._where)
+        self._redis.close()
