@@ -25,8 +25,14 @@ from typing import Any
 import uvicorn
 
 from . import settings as settings_mod
-from .batching.controllers import BatchSizeController, FixedBatchSize
-from .batching.dispatcher import Dispatcher
+from .batching.controllers import (
+    AIMDController,
+    BatchSizeController,
+    FixedBatchSize,
+    QuantileRegressionController,
+)
+from .batching.dispatcher import Dispatcher, ModelConfig
+from .cache import PredictionCache
 from .exceptions import ValidationError
 from .frontend.query import QueryFrontend
 from .management.api import ManagementFrontend
@@ -42,6 +48,8 @@ from .types import InputType, ModelId
 log = logging.getLogger("clipper.server")
 
 SERVER_FILE = "server.json"
+DEFAULT_SLO_MICROS = 100_000  # for a model no app links to yet
+MAX_BATCH_SIZE = 1024
 
 
 class _UvicornServer(uvicorn.Server):
@@ -61,7 +69,12 @@ class ClipperServer:
             raise ValidationError(f"unknown container manager {settings.manager!r}; use 'local'")
         self.store = open_store(settings.store)
         self.catalog = Catalog(self.store)
-        self.dispatcher = Dispatcher(controller_factory=self._controller_for)
+        if settings.batching not in ("aimd", "quantile", "fixed"):
+            raise ValidationError(
+                f"unknown batching policy {settings.batching!r}; use aimd, quantile or fixed"
+            )
+        self.cache = PredictionCache(settings.cache_bytes) if settings.cache_bytes > 0 else None
+        self.dispatcher = Dispatcher(configure=self._configure_model, cache=self.cache)
         self.rpc = RPCServer(
             f"tcp://{settings.rpc_host}:{settings.rpc_port}",
             self.dispatcher,
@@ -82,6 +95,7 @@ class ClipperServer:
             settings.state_dir,
             default_batch_size=settings.default_batch_size,
         )
+        self.service.listeners.append(self._after_change)
         self.processor = QueryProcessor(self.catalog, self.dispatcher)
         self.query_app = QueryFrontend(
             self.catalog,
@@ -97,13 +111,35 @@ class ClipperServer:
         self._servers: list[_UvicornServer] = []
         self._server_tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- wiring callbacks ---------------------------------------------------------
 
-    def _controller_for(self, model: ModelId) -> BatchSizeController:
+    def _configure_model(self, model: ModelId) -> ModelConfig:
+        """Batching and queueing of a model version, from its spec and the settings."""
+        st = self.settings
         spec = self.catalog.model(model)
-        size = spec.batch_size if spec is not None and spec.batch_size > 0 else None
-        return FixedBatchSize(size or self.settings.default_batch_size)
+        slo_micros = self.catalog.slo_for_model(model.name) or DEFAULT_SLO_MICROS
+        target = slo_micros / 1e6 * st.batch_slo_fraction
+        controller: BatchSizeController
+        if spec is not None and spec.batch_size > 0:
+            controller = FixedBatchSize(spec.batch_size)
+        elif st.batching == "aimd":
+            controller = AIMDController(target, ceiling=MAX_BATCH_SIZE)
+        elif st.batching == "quantile":
+            controller = QuantileRegressionController(target, ceiling=MAX_BATCH_SIZE)
+        else:
+            controller = FixedBatchSize(st.default_batch_size)
+        return ModelConfig(
+            controller,
+            max_delay_s=st.max_batch_delay_ms / 1000,
+            queue_capacity=st.queue_capacity,
+        )
+
+    def _after_change(self) -> None:
+        self.dispatcher.reconfigure()
+        if self.cache is not None:
+            self.cache.retain_models({(m.name, m.version) for m in self.catalog.snapshot.models})
 
     def _check_registration(self, model: ModelId, input_type: str) -> str | None:
         self.catalog.refresh()
@@ -138,11 +174,27 @@ class ClipperServer:
             "manager": self.settings.manager,
             "replicas": replicas,
             "models": [dataclasses.asdict(m) for m in self.dispatcher.statistics()],
+            "cache": dataclasses.asdict(self.cache.statistics()) if self.cache else None,
         }
 
     # -- lifecycle ---------------------------------------------------------------
 
+    def _store_changed(self) -> None:
+        """Another writer changed the store (or it reconnected): catch up."""
+        if self.catalog.refresh():
+            self._after_change()
+            task = asyncio.create_task(self.service.sync_replicas())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        # Redis-backed stores notify changes made by other frontends.
+        def notify() -> None:  # called from the store's watcher thread
+            loop.call_soon_threadsafe(self._store_changed)
+
+        self.store.watch(notify)
         await self.rpc.start()
         for app, port in (
             (self.query_app, self.settings.query_port),
@@ -208,6 +260,7 @@ class ClipperServer:
             server.should_exit = True
         await asyncio.gather(*self._server_tasks, return_exceptions=True)
         await self.manager.stop_all()
+        self.dispatcher.close()
         await self.rpc.stop()
         self.store.close()
         with contextlib.suppress(FileNotFoundError):

@@ -60,6 +60,38 @@ class Settings:
     default_batch_size: int = field(
         default=64, metadata={"help": "Maximum batch size for models deployed without one."}
     )
+    batching: str = field(
+        default="aimd",
+        metadata={
+            "help": "Default batch-size policy of models deployed without a fixed "
+            "batch size: aimd, quantile or fixed."
+        },
+    )
+    batch_slo_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of a model's SLO one batch may take (the rest is left for "
+            "queueing); the target of the adaptive batch-size policies."
+        },
+    )
+    max_batch_delay_ms: float = field(
+        default=0.0,
+        metadata={
+            "help": "Delayed batching: how long an idle replica may wait for a fuller "
+            "batch when the queue is short (0: off)."
+        },
+    )
+    queue_capacity: int = field(
+        default=10_000,
+        metadata={
+            "help": "Queries that may wait per model version; past it, new queries "
+            "are answered at once (overloaded)."
+        },
+    )
+    cache_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata={"help": "Size of the prediction cache in bytes (0: no cache)."},
+    )
     heartbeat_interval: float = field(
         default=0.5, metadata={"help": "Seconds between heartbeats on the RPC socket."}
     )

@@ -153,6 +153,7 @@ class Outcome:
 
     output: Any = None
     error: str | None = None  # a human explanation when there is no output
+    overloaded: bool = False  # refused because the model's queue was full
 
     @property
     def ok(self) -> bool:

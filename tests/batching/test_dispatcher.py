@@ -1,11 +1,13 @@
 """The dispatcher against a fake transport (the real one is tested end to end)."""
 
 import asyncio
+import time
 
 import numpy as np
 
 from clipper.batching.controllers import FixedBatchSize
-from clipper.batching.dispatcher import Dispatcher
+from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, Dispatcher, ModelConfig
+from clipper.cache import PredictionCache
 from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
 from clipper.types import ModelId
@@ -30,8 +32,10 @@ def replica(name: bytes) -> Replica:
     return Replica(name, MODEL, "doubles", None, name.decode(), 0.0, 0.0)
 
 
-def make(batch=4):
-    d = Dispatcher(controller_factory=lambda _m: FixedBatchSize(batch))
+def make(batch=4, cache=None, delay=0.0, capacity=100):
+    d = Dispatcher(
+        configure=lambda _m: ModelConfig(FixedBatchSize(batch), delay, capacity), cache=cache
+    )
     t = FakeTransport()
     d.set_transport(t)
     return d, t
@@ -124,5 +128,132 @@ def test_results_for_unknown_batches_are_ignored():
         frames = p.encode_result_ok(999, [1])
         d.batch_result(r, 999, p.parse_header(frames[0]), frames[1:])
         assert d.statistics()[0].batches == 0
+
+    asyncio.run(main())
+
+
+def soon(seconds):
+    return time.monotonic() + seconds
+
+
+def test_expired_tasks_answer_by_their_deadline_without_a_replica():
+    async def main():
+        d, t = make()
+        fut = d.submit(MODEL, np.array([1.0]), deadline=soon(0.05))
+        outcome = await asyncio.wait_for(fut, 10)
+        assert not outcome.ok and EXPIRED in outcome.error
+        r = replica(b"r1")
+        d.replica_joined(r)
+        assert t.sent == []  # an expired task is never computed
+        assert d.statistics()[0].queue.expired == 1
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_refuses_at_once():
+    async def main():
+        d, _ = make(capacity=2)
+        futures = [d.submit(MODEL, np.array([float(i)]), deadline=1e12) for i in range(3)]
+        refused = futures[2].result()
+        assert refused.overloaded and refused.error == QUEUE_FULL
+        assert not futures[0].done()
+        assert d.statistics()[0].queue.rejected == 1
+
+    asyncio.run(main())
+
+
+def test_identical_concurrent_queries_share_one_computation_and_fill_the_cache():
+    async def main():
+        cache = PredictionCache(1 << 20)
+        d, t = make(cache=cache)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        a = d.submit(MODEL, np.array([7.0]), deadline=1e12)
+        b = d.submit(MODEL, np.array([7.0]), deadline=1e12)
+        assert a is b
+        await asyncio.sleep(0)
+        assert len(t.sent) == 1 and t.sent[0][1]["count"] == 1
+        answer(d, r, t.sent[0][1], ["seven"])
+        assert (await a).output == "seven"
+        await asyncio.sleep(0)  # let the done-callbacks run
+        hit = d.submit(MODEL, np.array([7.0]), deadline=1e12)
+        assert hit.done() and hit.result().output == "seven"
+        assert len(t.sent) == 1
+        assert cache.statistics().hits == 1 and d.pending_entries() == 0
+        # Another input, and the same input for another version, are misses.
+        d.submit(MODEL, np.array([8.0]), deadline=1e12)
+        d.submit(ModelId("m", "2"), np.array([7.0]), deadline=1e12)
+        assert cache.statistics().hits == 1
+
+    asyncio.run(main())
+
+
+def test_a_pending_entry_is_released_when_its_task_fails_or_expires():
+    async def main():
+        cache = PredictionCache(1 << 20)
+        d, t = make(cache=cache)
+        # Expired without a replica: the next identical query starts afresh.
+        first = d.submit(MODEL, np.array([1.0]), deadline=soon(0.05))
+        assert not (await asyncio.wait_for(first, 10)).ok
+        await asyncio.sleep(0)
+        assert d.pending_entries() == 0
+        r = replica(b"r1")
+        d.replica_joined(r)
+        second = d.submit(MODEL, np.array([1.0]), deadline=1e12)
+        assert second is not first
+        await asyncio.sleep(0)
+        bid = t.sent[-1][1]["id"]
+        frames = p.encode_result_error(bid, "RuntimeError", "flaky")
+        d.batch_result(r, bid, p.parse_header(frames[0]), [])
+        assert not (await second).ok
+        await asyncio.sleep(0)
+        assert d.pending_entries() == 0
+        assert len(cache) == 0  # errors are not cached
+        third = d.submit(MODEL, np.array([1.0]), deadline=1e12)
+        await asyncio.sleep(0)
+        answer(d, r, t.sent[-1][1], [1.0])
+        assert (await third).output == 1.0
+
+    asyncio.run(main())
+
+
+def test_a_late_result_still_fills_the_cache():
+    async def main():
+        cache = PredictionCache(1 << 20)
+        d, t = make(cache=cache)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        fut = d.submit(MODEL, np.array([3.0]), deadline=soon(0.02))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.05)  # the caller gave up at its deadline
+        answer(d, r, t.sent[-1][1], ["late"])
+        assert fut.result().output == "late"
+        await asyncio.sleep(0)
+        assert d.submit(MODEL, np.array([3.0]), deadline=1e12).result().output == "late"
+
+    asyncio.run(main())
+
+
+def test_delayed_batching_waits_for_a_fuller_batch_up_to_the_bound():
+    async def main():
+        d, t = make(batch=4, delay=0.2)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        d.submit(MODEL, np.array([1.0]), deadline=1e12)
+        await asyncio.sleep(0.01)
+        assert t.sent == []  # waiting for more
+        for i in range(3):
+            d.submit(MODEL, np.array([float(i)]), deadline=1e12)
+        await asyncio.sleep(0)
+        assert len(t.sent) == 1 and t.sent[0][1]["count"] == 4  # full: go at once
+        answer(d, r, t.sent[0][1], [0, 1, 2, 3])
+        start = time.monotonic()
+        lone = d.submit(MODEL, np.array([9.0]), deadline=1e12)
+        while len(t.sent) < 2:
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - start >= 0.15  # the bound, then what there is
+        assert t.sent[1][1]["count"] == 1
+        answer(d, r, t.sent[1][1], ["x"])
+        assert (await lone).output == "x"
 
     asyncio.run(main())

@@ -12,8 +12,8 @@ def test_earliest_deadline_first():
     q, out = DeadlineQueue(), []
     for name, deadline in [("c", 3.0), ("a", 1.0), ("b", 2.0), ("d", 4.0)]:
         q.push(task(deadline, out, name))
-    assert [t.input for t in q.pop_batch(3, now=0.0)] == ["a", "b", "c"]
-    assert [t.input for t in q.pop_batch(3, now=0.0)] == ["d"]
+    assert [t.input for t in q.pop_batch(3, now=0.0)[0]] == ["a", "b", "c"]
+    assert [t.input for t in q.pop_batch(3, now=0.0)[0]] == ["d"]
     assert len(q) == 0
 
 
@@ -23,9 +23,27 @@ def test_expired_and_answered_tasks_are_dropped_not_dispatched():
     answered.finish("done elsewhere")
     for t in (expired, answered, live):
         q.push(t)
-    assert [t.input for t in q.pop_batch(10, now=2.0)] == ["z"]
+    batch, dropped = q.pop_batch(10, now=2.0)
+    assert [t.input for t in batch] == ["z"] and dropped == [expired]
     stats = q.statistics()
-    assert (stats.expired, stats.dispatched, stats.depth) == (2, 1, 0)
+    assert (stats.expired, stats.dispatched, stats.depth) == (1, 1, 0)
+
+
+def test_expire_removes_only_past_deadlines():
+    q, out = DeadlineQueue(), []
+    for name, deadline in [("a", 1.0), ("b", 2.0), ("c", 3.0)]:
+        q.push(task(deadline, out, name))
+    assert [t.input for t in q.expire(2.0)] == ["a", "b"]
+    assert len(q) == 1 and q.earliest_deadline() == 3.0
+
+
+def test_the_queue_is_bounded():
+    q, out = DeadlineQueue(capacity=2), []
+    assert q.push(task(1.0, out, "a")) and q.push(task(1.0, out, "b"))
+    assert not q.push(task(1.0, out, "c"))
+    assert q.statistics().rejected == 1
+    q.requeue(task(0.5, out, "retry"))  # retries ignore the bound
+    assert len(q) == 3
 
 
 def test_a_task_finishes_once():

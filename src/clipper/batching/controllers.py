@@ -1,20 +1,43 @@
 """Batch-size controllers: how many queued tasks a replica takes at once.
 
-Pure classes, no I/O: the dispatcher asks ``max_batch_size()`` before it
-takes a batch and reports each batch's size and latency to ``observe()``.
-Adaptive controllers (AIMD, quantile regression) implement the same
-interface.
+Pure classes, no I/O and no clock: the dispatcher asks ``max_batch_size()``
+before it takes a batch and reports each batch's size and latency to
+``observe()``. Three policies, as in the paper:
+
+- ``FixedBatchSize``: a fixed maximum.
+- ``AIMDController``: additive increase while batches finish well inside the
+  latency target, multiplicative decrease when one misses it.
+- ``QuantileRegressionController``: fits the p99 latency as a line in the
+  batch size and picks the largest size whose predicted p99 fits.
+
+None of them pads a batch: a batch is what the queue holds, up to the max.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ControllerStatistics:
+    policy: str
+    max_batch_size: int
+    observed_batches: int
 
 
 class BatchSizeController(Protocol):
     def max_batch_size(self) -> int: ...
 
     def observe(self, batch_size: int, latency_s: float) -> None: ...
+
+    def set_target(self, latency_s: float) -> None: ...
+
+    def statistics(self) -> ControllerStatistics: ...
 
 
 class FixedBatchSize:
@@ -24,9 +47,145 @@ class FixedBatchSize:
         if size < 1:
             raise ValueError(f"batch size must be at least 1, got {size}")
         self.size = size
+        self.observed = 0
 
     def max_batch_size(self) -> int:
         return self.size
 
     def observe(self, batch_size: int, latency_s: float) -> None:
+        self.observed += 1
+
+    def set_target(self, latency_s: float) -> None:
         pass
+
+    def statistics(self) -> ControllerStatistics:
+        return ControllerStatistics("fixed", self.size, self.observed)
+
+
+class AIMDController:
+    """Additive-increase, multiplicative-decrease of the maximum batch size.
+
+    The paper-era rule, with its defaults: a batch faster than ``band`` (90 %)
+    of the target adds ``step`` (2); between 90 % and 100 % holds; slower than
+    the target multiplies by ``backoff`` (0.9). The size stays within
+    ``[1, ceiling]``. It only grows when a batch actually filled the current
+    maximum, so a light load does not inflate it without evidence.
+    """
+
+    def __init__(
+        self,
+        target_s: float,
+        *,
+        initial: int = 1,
+        step: int = 2,
+        band: float = 0.9,
+        backoff: float = 0.9,
+        ceiling: int = 1024,
+    ) -> None:
+        if not 0 < band <= 1 or not 0 < backoff < 1 or step < 1 or ceiling < 1:
+            raise ValueError("AIMD needs 0 < band <= 1, 0 < backoff < 1, step >= 1, ceiling >= 1")
+        self.target_s = target_s
+        self.step = step
+        self.band = band
+        self.backoff = backoff
+        self.ceiling = ceiling
+        self.size = max(1, min(initial, ceiling))
+        self.observed = 0
+
+    def max_batch_size(self) -> int:
+        return self.size
+
+    def set_target(self, latency_s: float) -> None:
+        self.target_s = latency_s
+
+    def observe(self, batch_size: int, latency_s: float) -> None:
+        self.observed += 1
+        if latency_s > self.target_s:
+            self.size = max(1, min(self.size - 1, math.floor(self.size * self.backoff)))
+        elif latency_s < self.band * self.target_s and batch_size >= self.size:
+            self.size = min(self.ceiling, self.size + self.step)
+
+    def statistics(self) -> ControllerStatistics:
+        return ControllerStatistics("aimd", self.size, self.observed)
+
+
+class QuantileRegressionController:
+    """Largest batch size whose predicted p99 latency fits the target.
+
+    Keeps a window of (batch size, latency) samples, takes the empirical
+    ``quantile`` of latency per batch size, and fits ``latency = a + b·size``
+    through those points by weighted least squares (refitted every
+    ``refit_every`` batches, to keep the hot path cheap). Until it has seen two
+    sizes it explores upward by doubling; it grows at most ``explore`` per
+    refit, and a batch that misses the target cuts the size at once.
+    """
+
+    def __init__(
+        self,
+        target_s: float,
+        *,
+        quantile: float = 0.99,
+        window: int = 2000,
+        min_samples: int = 5,
+        explore: int = 4,
+        ceiling: int = 1024,
+        refit_every: int = 10,
+    ) -> None:
+        self.target_s = target_s
+        self.refit_every = refit_every
+        self.quantile = quantile
+        self.samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self.min_samples = min_samples
+        self.explore = explore
+        self.ceiling = ceiling
+        self.size = 1
+        self.observed = 0
+
+    def max_batch_size(self) -> int:
+        return self.size
+
+    def set_target(self, latency_s: float) -> None:
+        self.target_s = latency_s
+
+    def fit(self) -> tuple[float, float] | None:
+        """(intercept, slope) of the quantile line, or None without enough data."""
+        by_size: dict[int, list[float]] = {}
+        for size, latency in self.samples:
+            by_size.setdefault(size, []).append(latency)
+        points = [
+            (size, float(np.quantile(lat, self.quantile)), len(lat))
+            for size, lat in by_size.items()
+            if len(lat) >= self.min_samples
+        ]
+        if not points:
+            return None
+        if len(points) == 1:
+            # One size measured: assume latency proportional to size (cautious).
+            size, p99, _ = points[0]
+            return 0.0, p99 / size
+        x = np.array([p[0] for p in points], dtype=float)
+        y = np.array([p[1] for p in points])
+        w = np.sqrt(np.array([p[2] for p in points], dtype=float))
+        slope, intercept = np.polyfit(x, y, 1, w=w)
+        return float(intercept), max(float(slope), 0.0)
+
+    def observe(self, batch_size: int, latency_s: float) -> None:
+        self.observed += 1
+        self.samples.append((batch_size, latency_s))
+        if latency_s > self.target_s:
+            # A miss: back off now rather than wait for the next fit.
+            self.size = max(1, min(self.size, math.floor(batch_size * 0.9)))
+            return
+        if self.observed % self.refit_every:
+            return
+        line = self.fit()
+        if line is None:
+            if batch_size >= self.size:
+                self.size = min(self.ceiling, self.size * 2)
+            return
+        intercept, slope = line
+        best = self.ceiling if slope <= 0 else math.floor((self.target_s - intercept) / slope)
+        self.size = max(1, min(self.ceiling, best, self.size + self.explore))
+
+    def statistics(self) -> ControllerStatistics:
+        return ControllerStatistics("quantile", self.size, self.observed)

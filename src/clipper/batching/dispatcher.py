@@ -2,17 +2,21 @@
 
 Replicas pull work: a replica that finishes a batch (or joins) takes the
 next one, so a slow replica never holds work a free one could do. One batch
-is in flight per replica. A replica that leaves with a batch in flight gets
-that batch retried once on another replica; past that, its tasks answer
-with an error. Expired tasks are dropped from the queue, never sent.
+is in flight per replica; its size comes from the model's batch-size
+controller, and with delayed batching an idle replica waits up to a bound
+for a fuller batch. Expired tasks are dropped, never sent: one timer per
+model sweeps the queue at its earliest deadline. A replica that leaves with
+a batch in flight gets that batch retried once on another replica.
 
-This module is the seam for the rest of the abstraction layer: the cache
-sits in front of ``submit`` and the batch-size controller is injected.
+In front of the queue sits the prediction cache: a hit answers at once, and
+a query identical to one already pending attaches to it instead of being
+computed twice. A pending entry lives exactly as long as its task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -21,17 +25,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cache.prediction_cache import CacheKey, PredictionCache, input_digest
 from ..exceptions import RPCError
 from ..rpc import protocol as p
 from ..rpc.server import Replica
 from ..types import ModelId, Outcome
-from .controllers import BatchSizeController, FixedBatchSize
+from .controllers import BatchSizeController, ControllerStatistics, FixedBatchSize
 from .queue import DeadlineQueue, QueueStatistics, Task
 
 log = logging.getLogger("clipper.dispatcher")
 
 Send = Callable[[bytes, p.Frames], bool]
 REPLICA_LOST = "the replica computing it was lost"
+EXPIRED = "the latency SLO passed while the query waited in the queue (every replica was busy)"
+QUEUE_FULL = "the model's queue is full (overloaded)"
+
+
+@dataclass
+class ModelConfig:
+    """How one model version is batched and queued."""
+
+    controller: BatchSizeController
+    max_delay_s: float = 0.0
+    queue_capacity: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,11 @@ class ModelStatistics:
     errors: int
     max_batch_size: int
     mean_batch_size: float
+    last_batch_size: int
+    last_batch_latency_s: float
+    max_delay_s: float
+    coalesced: int
+    controller: ControllerStatistics
     queue: QueueStatistics
 
 
@@ -58,14 +79,20 @@ class _InFlight:
 class _ModelState:
     model: ModelId
     input_type: str
-    controller: BatchSizeController
-    queue: DeadlineQueue = field(default_factory=DeadlineQueue)
+    config: ModelConfig
+    queue: DeadlineQueue
     replicas: dict[bytes, Replica] = field(default_factory=dict)
     idle: deque[bytes] = field(default_factory=deque)
     pump_scheduled: bool = False
+    delay_timer: asyncio.TimerHandle | None = None
+    sweep_timer: asyncio.TimerHandle | None = None
+    sweep_at: float = float("inf")
     batches: int = 0
     batched_tasks: int = 0
     errors: int = 0
+    coalesced: int = 0
+    last_batch_size: int = 0
+    last_batch_latency: float = 0.0
 
 
 class Dispatcher:
@@ -74,14 +101,17 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        controller_factory: Callable[[ModelId], BatchSizeController] | None = None,
+        configure: Callable[[ModelId], ModelConfig] | None = None,
+        cache: PredictionCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._controller_factory = controller_factory or (lambda _m: FixedBatchSize(64))
+        self._configure = configure or (lambda _m: ModelConfig(FixedBatchSize(64)))
+        self.cache = cache
         self._clock = clock
         self._send: Send = lambda _ident, _frames: False
         self._models: dict[ModelId, _ModelState] = {}
         self._in_flight: dict[int, _InFlight] = {}
+        self._pending: dict[CacheKey, tuple[asyncio.Future[Outcome], Task]] = {}
         self._batch_ids = itertools.count(1)
 
     def set_transport(self, send: Send) -> None:
@@ -91,9 +121,27 @@ class Dispatcher:
     def _state(self, model: ModelId, input_type: str = "doubles") -> _ModelState:
         state = self._models.get(model)
         if state is None:
-            state = _ModelState(model, input_type, self._controller_factory(model))
+            config = self._configure(model)
+            state = _ModelState(model, input_type, config, DeadlineQueue(config.queue_capacity))
             self._models[model] = state
         return state
+
+    def reconfigure(self) -> None:
+        """Re-read every model's configuration (after a management change).
+
+        A controller of the same kind keeps what it learned and takes the new
+        latency target; another kind replaces it.
+        """
+        for model, state in self._models.items():
+            new = self._configure(model)
+            old = state.config.controller
+            if type(new.controller) is type(old) and not isinstance(old, FixedBatchSize):
+                target = getattr(new.controller, "target_s", None)
+                if target is not None:
+                    old.set_target(target)
+                new.controller = old
+            state.config = new
+            state.queue.capacity = new.queue_capacity
 
     # -- the query side ------------------------------------------------------
 
@@ -101,14 +149,32 @@ class Dispatcher:
         state = self._models.get(model)
         return len(state.replicas) if state else 0
 
-    def submit(self, model: ModelId, input: Any, deadline: float) -> asyncio.Future[Outcome]:
+    def submit(
+        self, model: ModelId, input: Any, deadline: float, *, use_cache: bool = True
+    ) -> asyncio.Future[Outcome]:
         """Queue one input for a model version; the future resolves to an Outcome.
 
         ``deadline`` is on this dispatcher's clock. The future is never
-        resolved with an exception, and stays pending if nothing answers:
-        the caller applies the deadline.
+        resolved with an exception. It resolves by the deadline at the latest
+        (the task expires) unless the task is already on a replica, in which
+        case the caller applies the deadline; a late result still lands in the
+        cache.
         """
         loop = asyncio.get_running_loop()
+        key: CacheKey | None = None
+        if use_cache and self.cache is not None:
+            key = (model.name, model.version, input_digest(input))
+            hit, output = self.cache.get(key)
+            if hit:
+                done: asyncio.Future[Outcome] = loop.create_future()
+                done.set_result(Outcome(output=output))
+                return done
+            pending = self._pending.get(key)
+            # Attach only while the pending task can still answer in time: a
+            # computation stuck past its deadline must not capture later queries.
+            if pending is not None and pending[1].deadline > self._clock():
+                self._state(model).coalesced += 1
+                return pending[0]
         future: asyncio.Future[Outcome] = loop.create_future()
 
         def sink(outcome: Outcome) -> None:
@@ -116,27 +182,84 @@ class Dispatcher:
                 future.set_result(outcome)
 
         state = self._state(model)
-        state.queue.push(Task(input, deadline, sink))
+        now = self._clock()
+        task = Task(input, deadline, sink, now)
+        if not state.queue.push(task):
+            future.set_result(Outcome(error=QUEUE_FULL, overloaded=True))
+            return future
+        if key is not None:
+            self._pending[key] = (future, task)
+            future.add_done_callback(functools.partial(self._settle, key))
+        if deadline < state.sweep_at:
+            self._schedule_sweep(state, deadline, now)
         if not state.pump_scheduled and state.idle:
             # Dispatch at the end of this loop iteration, so queries arriving
             # together go out as one batch.
             state.pump_scheduled = True
-            loop.call_soon(self._pump, state)
+            loop.call_soon(self._pump_soon, state)
         return future
 
-    def _pump(self, state: _ModelState) -> None:
-        state.pump_scheduled = False
+    def _settle(self, key: CacheKey, future: asyncio.Future[Outcome]) -> None:
+        pending = self._pending.get(key)
+        if pending is not None and pending[0] is future:
+            del self._pending[key]
+        outcome = future.result()
+        if outcome.ok and self.cache is not None:
+            self.cache.put(key, outcome.output)
+
+    def _schedule_sweep(self, state: _ModelState, at: float, now: float) -> None:
+        if state.sweep_timer is not None:
+            state.sweep_timer.cancel()
+        state.sweep_at = at
+        loop = asyncio.get_running_loop()
+        state.sweep_timer = loop.call_later(max(0.0, at - now), self._sweep, state)
+
+    def _sweep(self, state: _ModelState) -> None:
+        state.sweep_timer = None
+        state.sweep_at = float("inf")
         now = self._clock()
+        for task in state.queue.expire(now):
+            task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
+        nxt = state.queue.earliest_deadline()
+        if nxt is not None:
+            self._schedule_sweep(state, nxt, now)
+
+    def _pump_soon(self, state: _ModelState) -> None:
+        state.pump_scheduled = False
+        self._pump(state)
+
+    def _pump(self, state: _ModelState, *, flush: bool = False) -> None:
+        now = self._clock()
+        config = state.config
         while state.idle and len(state.queue):
+            max_size = config.controller.max_batch_size()
+            if config.max_delay_s > 0 and not flush and len(state.queue) < max_size:
+                oldest = state.queue.oldest_enqueued_at()
+                if oldest is not None and now < oldest + config.max_delay_s:
+                    self._wait_for_fuller_batch(state, oldest + config.max_delay_s - now)
+                    return
             identity = state.idle.popleft()
             replica = state.replicas.get(identity)
             if replica is None:
                 continue
-            batch = state.queue.pop_batch(state.controller.max_batch_size(), now)
+            batch, expired = state.queue.pop_batch(max_size, now)
+            for task in expired:
+                task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
             if not batch:
                 state.idle.appendleft(identity)
                 return
             self._dispatch(state, replica, batch, now)
+
+    def _wait_for_fuller_batch(self, state: _ModelState, delay: float) -> None:
+        if state.delay_timer is None:
+            loop = asyncio.get_running_loop()
+
+            def fire() -> None:
+                state.delay_timer = None
+                # The wait is over: take what is there, however few.
+                self._pump(state, flush=True)
+
+            state.delay_timer = loop.call_later(delay, fire)
 
     def _dispatch(
         self, state: _ModelState, replica: Replica, batch: list[Task], now: float
@@ -176,9 +299,13 @@ class Dispatcher:
             for task in self._in_flight.pop(batch_id).tasks:
                 if task.retries == 0:
                     task.retries += 1
-                    state.queue.push(task)
+                    state.queue.requeue(task)
                 else:
                     task.finish(Outcome(error=f"{state.model}: {REPLICA_LOST} ({reason})"))
+        if len(state.queue):
+            nxt = state.queue.earliest_deadline()
+            if nxt is not None and nxt < state.sweep_at:
+                self._schedule_sweep(state, nxt, self._clock())
         self._pump(state)
 
     def batch_result(
@@ -191,10 +318,12 @@ class Dispatcher:
             return
         del self._in_flight[batch_id]
         tasks = flight.tasks
-        now = self._clock()
+        latency = self._clock() - flight.sent_at
         state.batches += 1
         state.batched_tasks += len(tasks)
-        state.controller.observe(len(tasks), now - flight.sent_at)
+        state.last_batch_size = len(tasks)
+        state.last_batch_latency = latency
+        state.config.controller.observe(len(tasks), latency)
         if header.get("ok") is True:
             try:
                 outputs = p.decode_outputs(frames, len(tasks))
@@ -230,8 +359,13 @@ class Dispatcher:
                     in_flight_batches=in_flight,
                     batches=s.batches,
                     errors=s.errors,
-                    max_batch_size=s.controller.max_batch_size(),
+                    max_batch_size=s.config.controller.max_batch_size(),
                     mean_batch_size=s.batched_tasks / s.batches if s.batches else 0.0,
+                    last_batch_size=s.last_batch_size,
+                    last_batch_latency_s=s.last_batch_latency,
+                    max_delay_s=s.config.max_delay_s,
+                    coalesced=s.coalesced,
+                    controller=s.config.controller.statistics(),
                     queue=s.queue.statistics(),
                 )
             )
@@ -239,3 +373,14 @@ class Dispatcher:
 
     def replicas(self) -> list[Replica]:
         return [r for s in self._models.values() for r in s.replicas.values()]
+
+    def pending_entries(self) -> int:
+        """How many cache entries are pending (a computation in progress)."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Cancel timers (at shutdown)."""
+        for state in self._models.values():
+            for timer in (state.sweep_timer, state.delay_timer):
+                if timer is not None:
+                    timer.cancel()

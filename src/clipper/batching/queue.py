@@ -12,12 +12,15 @@ from typing import Any
 class Task:
     """One query waiting for one model version."""
 
-    __slots__ = ("deadline", "done", "input", "retries", "sink")
+    __slots__ = ("deadline", "done", "enqueued_at", "input", "retries", "sink")
 
-    def __init__(self, input: Any, deadline: float, sink: Callable[[Any], None]) -> None:
+    def __init__(
+        self, input: Any, deadline: float, sink: Callable[[Any], None], enqueued_at: float = 0.0
+    ) -> None:
         self.input = input
         self.deadline = deadline
         self.sink = sink  # called once with the Outcome
+        self.enqueued_at = enqueued_at
         self.retries = 0
         self.done = False
 
@@ -30,44 +33,86 @@ class Task:
 @dataclass(frozen=True)
 class QueueStatistics:
     depth: int
+    capacity: int
     enqueued: int
     dispatched: int
     expired: int
+    rejected: int
 
 
 class DeadlineQueue:
-    """Tasks ordered by deadline; finished or expired tasks are never handed out."""
+    """Tasks ordered by deadline; finished or expired tasks are never handed out.
 
-    def __init__(self) -> None:
+    Bounded: ``push`` refuses a task once ``capacity`` tasks wait.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError("queue capacity must be at least 1")
+        self.capacity = capacity
         self._heap: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
         self.enqueued = 0
         self.dispatched = 0
         self.expired = 0
+        self.rejected = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, task: Task) -> None:
+    def push(self, task: Task) -> bool:
+        """Queue a task; False (and counted as rejected) when the queue is full."""
+        if len(self._heap) >= self.capacity:
+            self.rejected += 1
+            return False
         heapq.heappush(self._heap, (task.deadline, next(self._seq), task))
         self.enqueued += 1
+        return True
 
-    def pop_batch(self, max_size: int, now: float) -> list[Task]:
-        """Up to ``max_size`` live tasks, earliest deadline first.
+    def requeue(self, task: Task) -> None:
+        """Put back a task that was dispatched (a retry); ignores the bound."""
+        heapq.heappush(self._heap, (task.deadline, next(self._seq), task))
 
-        Tasks already answered (by the deadline path) or past their deadline
-        are dropped here, so no model ever computes an expired query.
+    def earliest_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def oldest_enqueued_at(self) -> float | None:
+        """When the longest-waiting live task arrived (for delayed batching)."""
+        live = [t.enqueued_at for _, _, t in self._heap if not t.done]
+        return min(live) if live else None
+
+    def pop_batch(self, max_size: int, now: float) -> tuple[list[Task], list[Task]]:
+        """Up to ``max_size`` live tasks, earliest deadline first, and the expired
+        tasks met on the way (for the caller to answer).
+
+        Tasks already answered or past their deadline are dropped here, so no
+        model ever computes an expired query.
         """
         batch: list[Task] = []
+        expired: list[Task] = []
         heap = self._heap
         while heap and len(batch) < max_size:
             _, _, task = heapq.heappop(heap)
-            if task.done or task.deadline <= now:
+            if task.done:
+                continue
+            if task.deadline <= now:
                 self.expired += 1
+                expired.append(task)
                 continue
             batch.append(task)
         self.dispatched += len(batch)
-        return batch
+        return batch, expired
+
+    def expire(self, now: float) -> list[Task]:
+        """Remove and return the tasks whose deadline has passed."""
+        out = []
+        heap = self._heap
+        while heap and (heap[0][0] <= now or heap[0][2].done):
+            _, _, task = heapq.heappop(heap)
+            if not task.done:
+                self.expired += 1
+                out.append(task)
+        return out
 
     def drain(self) -> list[Task]:
         tasks = [t for _, _, t in self._heap]
@@ -75,4 +120,11 @@ class DeadlineQueue:
         return tasks
 
     def statistics(self) -> QueueStatistics:
-        return QueueStatistics(len(self._heap), self.enqueued, self.dispatched, self.expired)
+        return QueueStatistics(
+            len(self._heap),
+            self.capacity,
+            self.enqueued,
+            self.dispatched,
+            self.expired,
+            self.rejected,
+        )

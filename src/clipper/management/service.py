@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,11 +58,16 @@ class ManagementService:
         self.manager = manager
         self.models_dir = state_dir / "models"
         self.log_dir = state_dir / "logs"
+        # Called after every change, once the catalog is fresh (the dispatcher
+        # re-reads batching settings, the cache forgets deleted versions).
+        self.listeners: list[Callable[[], None]] = []
         self.envs = EnvironmentBuilder(state_dir / "envs")
         self.default_batch_size = default_batch_size
 
     async def _changed(self) -> None:
         self.catalog.refresh()
+        for listener in self.listeners:
+            listener()
         await self.sync_replicas()
 
     async def sync_replicas(self) -> None:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import zmq
 import zmq.asyncio
@@ -64,6 +64,11 @@ class ReplicaListener(Protocol):
 
 # Decides whether a registering container is acceptable: None, or the reason not.
 RegistrationCheck = Callable[[ModelId, str], str | None]
+
+
+def _log_send_failure(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.warning("a send to a replica failed: %s", sent.exception())
 
 
 class RPCServer:
@@ -128,11 +133,22 @@ class RPCServer:
         if self._sock is None:
             return False
         try:
-            self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
-            return True
+            sent = cast(
+                "asyncio.Future[Any]",
+                self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False),
+            )
         except (zmq.Again, zmq.ZMQError) as exc:
             log.warning("could not send to replica %s: %s", identity.hex(), exc)
             return False
+        # zmq.asyncio reports a failed send on the returned future, not by raising.
+        if sent.done():
+            failure = sent.exception()
+            if failure is not None:
+                log.warning("could not send to replica %s: %s", identity.hex(), failure)
+                return False
+        else:
+            sent.add_done_callback(_log_send_failure)
+        return True
 
     def process_exited(self, pid: int) -> None:
         """A manager saw a replica's process exit: forget it without waiting."""
