@@ -53,3 +53,34 @@ def wrong_count(xs: Any) -> list[int]:
 def pid(xs: Any) -> list[int]:
     time.sleep(0.05)
     return [os.getpid()] * len(xs)
+
+
+def batch_economics(xs: Any) -> list[float]:
+    """2 ms per batch plus 0.1 ms per input: batching pays."""
+    time.sleep(0.002 + 0.0001 * len(xs))
+    return [float(np.sum(x)) for x in xs]
+
+
+def make_slowable(flag_file: str) -> Any:
+    """Fast until ``flag_file`` exists, then 20 ms + 3 ms per input."""
+
+    def slowable(xs: Any) -> list[float]:
+        if os.path.exists(flag_file):
+            time.sleep(0.020 + 0.003 * len(xs))
+        else:
+            time.sleep(0.001 + 0.0001 * len(xs))
+        return [float(np.sum(x)) for x in xs]
+
+    return slowable
+
+
+def make_counting() -> Any:
+    """Counts its calls (per container process); slow enough to overlap queries."""
+    calls = [0]
+
+    def counting(xs: Any) -> list[int]:
+        calls[0] += 1
+        time.sleep(0.3)
+        return [calls[0]] * len(xs)
+
+    return counting

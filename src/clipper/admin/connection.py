@@ -146,8 +146,8 @@ class ClipperConnection:
         if self._process is not None and self._process.pid == pid:
             self._process.wait()
 
-    def stop_all(self) -> None:
-        """Stop the server and every replica it started."""
+    def stop_all(self) -> bool:
+        """Stop the server and every replica it started; False if none was running."""
         pid = self._server_pid()
         if pid is not None:
             self._terminate(pid)
@@ -155,6 +155,7 @@ class ClipperConnection:
         if self._client is not None:
             self._client.close()
             self._client = None
+        return pid is not None
 
     # -- management API ----------------------------------------------------------
 
@@ -321,9 +322,10 @@ class ClipperConnection:
             raise UnconnectedException()
         try:
             r = httpx.get(f"{self.management_url}/admin/status", timeout=self.timeout)
-        except httpx.HTTPError as exc:
-            raise ClipperException(f"cannot reach {self.management_url}: {exc}") from exc
-        return dict(r.json())
+            r.raise_for_status()
+            return dict(r.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ClipperException(f"status from {self.management_url} failed: {exc}") from exc
 
     def get_metric_addr(self) -> str:
         """``host:port`` of the Prometheus endpoint (``/metrics`` on the query port)."""

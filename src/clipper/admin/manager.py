@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..settings import default_state_dir
@@ -22,6 +22,8 @@ class LocalContainerManager:
     state_dir: str | Path | None = None
     redis_url: str | None = None
     host: str = "127.0.0.1"
+    server_flags: list[str] = field(default_factory=list)
+    """More flags for ``python -m clipper.server`` (e.g. ``["--batching", "quantile"]``)."""
 
     def __post_init__(self) -> None:
         self.state_dir = (
@@ -49,4 +51,4 @@ class LocalContainerManager:
         ]
         if self.redis_url:
             args += ["--store", self.redis_url]
-        return args
+        return [*args, *self.server_flags]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -37,16 +37,6 @@ def fail(message: str) -> NoReturn:
 
 
 @dataclass
-class ServerManager(LocalContainerManager):
-    """A ``LocalContainerManager`` that passes extra flags on to ``python -m clipper.server``."""
-
-    extra_args: list[str] = field(default_factory=list)
-
-    def server_args(self) -> list[str]:
-        return [*super().server_args(), *self.extra_args]
-
-
-@dataclass
 class Target:
     """Where the Clipper server is: the global options of the command line."""
 
@@ -56,14 +46,14 @@ class Target:
     rpc_port: int = 7000
     state_dir: Path | None = None
 
-    def manager(self, extra_args: list[str] | None = None) -> ServerManager:
-        return ServerManager(
+    def manager(self, extra_args: list[str] | None = None) -> LocalContainerManager:
+        return LocalContainerManager(
             clipper_query_port=self.query_port,
             clipper_management_port=self.management_port,
             clipper_rpc_port=self.rpc_port,
             state_dir=self.state_dir,
             host=self.host,
-            extra_args=list(extra_args or []),
+            server_flags=list(extra_args or []),
         )
 
     def connection(self) -> ClipperConnection:
