@@ -40,6 +40,7 @@ from .management.service import ManagementService
 from .managers.local import LocalProcessManager
 from .rpc.server import RPCServer
 from .selection.processor import QueryProcessor
+from .selection.state import PolicyStates
 from .settings import Settings
 from .store import open_store
 from .store.catalog import Catalog
@@ -96,7 +97,7 @@ class ClipperServer:
             default_batch_size=settings.default_batch_size,
         )
         self.service.listeners.append(self._after_change)
-        self.processor = QueryProcessor(self.catalog, self.dispatcher)
+        self.processor = QueryProcessor(self.catalog, self.dispatcher, PolicyStates(self.store))
         self.query_app = QueryFrontend(
             self.catalog,
             self.processor,
@@ -121,23 +122,25 @@ class ClipperServer:
         spec = self.catalog.model(model)
         slo_micros = self.catalog.slo_for_model(model.name) or DEFAULT_SLO_MICROS
         target = slo_micros / 1e6 * st.batch_slo_fraction
+        options = spec.options if spec is not None else {}
+        policy = options.get("batching", st.batching)
+        fixed = spec.batch_size if spec is not None and spec.batch_size > 0 else None
         controller: BatchSizeController
-        if spec is not None and spec.batch_size > 0:
-            controller = FixedBatchSize(spec.batch_size)
-        elif st.batching == "aimd":
-            controller = AIMDController(target, ceiling=MAX_BATCH_SIZE)
-        elif st.batching == "quantile":
-            controller = QuantileRegressionController(target, ceiling=MAX_BATCH_SIZE)
+        if policy == "fixed" or (fixed and "batching" not in options):
+            controller = FixedBatchSize(fixed or st.default_batch_size)
+        elif policy == "quantile":
+            controller = QuantileRegressionController(target, ceiling=fixed or MAX_BATCH_SIZE)
         else:
-            controller = FixedBatchSize(st.default_batch_size)
+            controller = AIMDController(target, ceiling=fixed or MAX_BATCH_SIZE)
         return ModelConfig(
             controller,
-            max_delay_s=st.max_batch_delay_ms / 1000,
-            queue_capacity=st.queue_capacity,
+            max_delay_s=float(options.get("max_batch_delay_ms", st.max_batch_delay_ms)) / 1000,
+            queue_capacity=int(options.get("queue_capacity", st.queue_capacity)),
         )
 
     def _after_change(self) -> None:
         self.dispatcher.reconfigure()
+        self.processor.states.clear()
         if self.cache is not None:
             self.cache.retain_models({(m.name, m.version) for m in self.catalog.snapshot.models})
 

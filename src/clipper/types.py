@@ -105,6 +105,7 @@ class AppSpec:
     input_shape: tuple[int, ...] | None = None
     policy: str = "single"
     policy_params: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +116,7 @@ class AppSpec:
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "selection_policy": self.policy,
             "policy_params": dict(self.policy_params),
+            "options": dict(self.options),
         }
 
 
@@ -129,6 +131,7 @@ class ModelSpec:
     container_name: str = "python-closure"
     model_data_path: str = ""
     batch_size: int = -1  # -1: the server's default maximum batch size
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> ModelId:
@@ -143,6 +146,7 @@ class ModelSpec:
             "container_name": self.container_name,
             "model_data_path": self.model_data_path,
             "batch_size": self.batch_size,
+            "options": dict(self.options),
             "is_current_version": current_version == self.version,
         }
 

@@ -84,3 +84,26 @@ def make_counting() -> Any:
         return [calls[0]] * len(xs)
 
     return counting
+
+
+def make_classifier(accuracy: float, salt: int) -> Any:
+    """Answers the label of input [i] (which is i % 10) right ``accuracy`` of the time,
+    deterministically per input, so a cache or a retry sees the same answer."""
+
+    def classify(xs: Any) -> list[int]:
+        out = []
+        for x in xs:
+            i = int(x[0])
+            wrong = ((i * 7919 + salt * 104729) % 1000) >= accuracy * 1000
+            out.append((i + 1) % 10 if wrong else i % 10)
+        return out
+
+    return classify
+
+
+def make_straggler(answer: int) -> Any:
+    def straggle(xs: Any) -> list[int]:
+        time.sleep(2.0)
+        return [answer] * len(xs)
+
+    return straggle

@@ -5,7 +5,9 @@ A subclass provides the ``make_store`` fixture: a callable that opens a store.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -31,6 +33,33 @@ def model(name: str, version: str = "1", **kw: Any) -> ModelSpec:
     return ModelSpec(name=name, version=version, **fields)
 
 
+def increment(state: dict[str, Any] | None) -> dict[str, Any]:
+    """A policy-state update: count one more."""
+    state = state if state is not None else {"n": 0}
+    state["n"] += 1
+    return state
+
+
+def hammer_state(stores: list[ConfigStore], threads: int = 8, per_thread: int = 50) -> None:
+    """Increment the state ("a", "u") from ``threads`` threads, spread over ``stores``."""
+    barrier = threading.Barrier(threads)
+
+    def work(t: int) -> None:
+        store = stores[t % len(stores)]
+        barrier.wait()
+        for _ in range(per_thread):
+            store.update_policy_state("a", "u", increment)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(work, t) for t in range(threads)]:
+            future.result()
+
+
+def increment_who(state: dict[str, Any] | None) -> dict[str, Any]:
+    assert state is not None
+    return {"who": state["who"] + "!"}
+
+
 class StoreContract:
     @pytest.fixture
     def make_store(self) -> Callable[[], ConfigStore]:
@@ -53,6 +82,7 @@ class StoreContract:
             input_shape=(3, 224, 224),
             policy="exp3",
             policy_params={"eta": 0.5, "nested": {"a": [1, 2]}, "flag": True},
+            options={"owner": "vision", "limits": {"rps": 50, "burst": [1, 2.5]}, "x": None},
         )
         store.add_app(spec)
         assert store.get_app("img") == spec
@@ -68,6 +98,7 @@ class StoreContract:
         assert got.input_shape is None
         assert got.input_type is InputType.JSON
         assert got.policy_params == {}
+        assert got.options == {}
 
     def test_get_unknown_app_is_none(self, store: ConfigStore) -> None:
         assert store.get_app("nope") is None
@@ -135,6 +166,53 @@ class StoreContract:
         assert again is not None
         assert again.policy_params == {"weights": [1, 2]}
 
+    def test_update_app_replaces_options(self, store: ConfigStore) -> None:
+        store.add_app(app("a", options={"old": 1, "kept": "no"}))
+        store.update_app(app("a", options={"new": [1, {"deep": True}]}))
+        got = store.get_app("a")
+        assert got is not None
+        assert got.options == {"new": [1, {"deep": True}]}
+        store.update_app(app("a"))
+        assert store.list_apps() == [app("a")]
+
+    @pytest.mark.parametrize(
+        "options",
+        [{"f": object()}, {"nested": {"s": {1, 2}}}, {"nan": float("nan")}],
+        ids=["object", "set", "nan"],
+    )
+    def test_app_options_must_be_json(self, store: ConfigStore, options: Any) -> None:
+        with pytest.raises(ValidationError, match="options"):
+            store.add_app(app("a", options=options))
+        assert store.get_app("a") is None
+        store.add_app(app("a", options={"ok": 1}))
+        with pytest.raises(ValidationError, match="options"):
+            store.update_app(app("a", options=options))
+        got = store.get_app("a")
+        assert got is not None
+        assert got.options == {"ok": 1}
+
+    @pytest.mark.parametrize("options", [["a", 1], "text", None, {1: "int key"}])
+    def test_app_options_must_be_an_object(self, store: ConfigStore, options: Any) -> None:
+        with pytest.raises(ValidationError, match="options"):
+            store.add_app(app("a", options=options))
+        assert store.get_app("a") is None
+
+    def test_app_options_are_not_shared_with_callers(self, store: ConfigStore) -> None:
+        options: dict[str, Any] = {"tags": ["x"], "limits": {"rps": 5}}
+        store.add_app(app("a", options=options))
+        options["tags"].append("y")
+        options["new"] = 1
+        got = store.get_app("a")
+        assert got is not None
+        got.options["tags"].append("z")
+        got.options["limits"]["rps"] = 99
+        got.options.clear()
+        listed = store.list_apps()[0]
+        listed.options["listed"] = True
+        again = store.get_app("a")
+        assert again is not None
+        assert again.options == {"tags": ["x"], "limits": {"rps": 5}}
+
     # Models
 
     def test_add_and_get_model_round_trips_every_field(self, store: ConfigStore) -> None:
@@ -146,6 +224,7 @@ class StoreContract:
             container_name="sklearn",
             model_data_path="/data/m",
             batch_size=16,
+            options={"gpu": True, "env": {"OMP_NUM_THREADS": "4"}, "warmup": [1, 2]},
         )
         store.add_model(spec)
         assert store.get_model("m", "v1") == spec
@@ -158,6 +237,103 @@ class StoreContract:
         store.add_model(model("m", "1"))
         assert store.get_model("m", "2") is None
         assert store.get_model("other", "1") is None
+
+    def test_model_options_default_to_empty(self, store: ConfigStore) -> None:
+        store.add_model(model("m", "1"))
+        got = store.get_model("m", "1")
+        assert got is not None
+        assert got.options == {}
+
+    def test_update_model_replaces_the_record(self, store: ConfigStore) -> None:
+        store.add_model(model("m", "1", labels=("a",), options={"old": True}))
+        new = ModelSpec(
+            name="m",
+            version="1",
+            input_type=InputType.BYTES,
+            labels=("b", "c"),
+            container_name="pytorch",
+            model_data_path="/data/m/1",
+            batch_size=8,
+            options={"gpu": {"count": 2}, "tags": ["x"]},
+        )
+        store.update_model(new)
+        assert store.get_model("m", "1") == new
+        assert store.list_models("m") == [new]
+        got = store.get_model("m", "1")
+        assert got is not None
+        assert got.input_type is InputType.BYTES
+        assert got.labels == ("b", "c")
+        store.update_model(model("m", "1"))
+        assert store.get_model("m", "1") == model("m", "1")
+
+    def test_update_model_keeps_current_version_replicas_and_order(
+        self, store: ConfigStore
+    ) -> None:
+        store.add_app(app("a"))
+        store.add_model(model("m", "1"))
+        store.add_model(model("m", "2"))
+        store.add_model(model("m", "3"), make_current=False)
+        store.add_links("a", ["m"])
+        store.set_num_replicas("m", "2", 4)
+        store.update_model(model("m", "2", batch_size=32, options={"k": "v"}))
+        store.update_model(model("m", "3", labels=("l",)))
+        assert store.get_current_version("m") == "2"
+        assert store.get_num_replicas("m", "2") == 4
+        assert store.get_num_replicas("m", "3") == 1
+        assert [m.version for m in store.list_models("m")] == ["1", "2", "3"]
+        assert store.get_links("a") == ["m"]
+        got = store.get_model("m", "2")
+        assert got is not None
+        assert (got.batch_size, got.options) == (32, {"k": "v"})
+
+    def test_update_unknown_model_version_is_not_found(self, store: ConfigStore) -> None:
+        store.add_model(model("m", "1"))
+        with pytest.raises(NotFoundError, match=r"'m'.*'2'"):
+            store.update_model(model("m", "2"))
+        with pytest.raises(NotFoundError, match=r"'ghost'.*'1'"):
+            store.update_model(model("ghost", "1"))
+        assert store.get_model("m", "2") is None
+        assert store.get_model("ghost", "1") is None
+        assert store.list_models() == [model("m", "1")]
+
+    @pytest.mark.parametrize(
+        "options",
+        [{"f": object()}, {"nested": [b"bytes"]}, {"inf": float("inf")}],
+        ids=["object", "bytes", "inf"],
+    )
+    def test_model_options_must_be_json(self, store: ConfigStore, options: Any) -> None:
+        with pytest.raises(ValidationError, match="options"):
+            store.add_model(model("m", "1", options=options))
+        assert store.get_model("m", "1") is None
+        assert store.get_current_version("m") is None
+        store.add_model(model("m", "1", options={"ok": 1}))
+        with pytest.raises(ValidationError, match="options"):
+            store.update_model(model("m", "1", options=options))
+        got = store.get_model("m", "1")
+        assert got is not None
+        assert got.options == {"ok": 1}
+
+    @pytest.mark.parametrize("options", [["a"], 3, None, {("t",): 1}])
+    def test_model_options_must_be_an_object(self, store: ConfigStore, options: Any) -> None:
+        with pytest.raises(ValidationError, match="options"):
+            store.add_model(model("m", "1", options=options))
+        assert store.get_model("m", "1") is None
+
+    def test_model_options_are_not_shared_with_callers(self, store: ConfigStore) -> None:
+        options: dict[str, Any] = {"env": {"A": "1"}}
+        store.add_model(model("m", "1", options=options))
+        options["env"]["B"] = "2"
+        got = store.get_model("m", "1")
+        assert got is not None
+        got.options["env"]["C"] = "3"
+        store.list_models()[0].options["listed"] = True
+        store.list_models("m")[0].options.clear()
+        update: dict[str, Any] = {"env": {"D": "4"}}
+        store.update_model(model("m", "1", options=update))
+        update["env"].clear()
+        again = store.get_model("m", "1")
+        assert again is not None
+        assert again.options == {"env": {"D": "4"}}
 
     def test_duplicate_model_version_is_rejected(self, store: ConfigStore) -> None:
         store.add_model(model("m", "1"))
@@ -304,6 +480,173 @@ class StoreContract:
         store.add_model(model("m", "1"))
         assert store.get_num_replicas("m", "1") == 1
 
+    # Policy states
+
+    def test_policy_state_is_none_until_written(self, store: ConfigStore) -> None:
+        assert store.get_policy_state("a", "u") is None
+        store.add_app(app("a"))
+        assert store.get_policy_state("a", "u") is None
+        assert store.get_policy_state("a", "") is None
+
+    def test_update_policy_state_creates_then_modifies(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        seen: list[dict[str, Any] | None] = []
+
+        def update(state: dict[str, Any] | None) -> dict[str, Any]:
+            seen.append(None if state is None else dict(state))
+            return increment(state)
+
+        assert store.update_policy_state("a", "u", update) == {"n": 1}
+        assert store.get_policy_state("a", "u") == {"n": 1}
+        assert store.update_policy_state("a", "u", update) == {"n": 2}
+        assert seen == [None, {"n": 1}]
+        state = {"weights": [0.5, 0.25], "nested": {"t": (1, 2)}, "x": None, "b": True}
+        assert store.update_policy_state("a", "u", lambda _: state) == {
+            "weights": [0.5, 0.25],
+            "nested": {"t": [1, 2]},  # stored as JSON, so a tuple comes back a list
+            "x": None,
+            "b": True,
+        }
+        assert store.get_policy_state("a", "u") == {
+            "weights": [0.5, 0.25],
+            "nested": {"t": [1, 2]},
+            "x": None,
+            "b": True,
+        }
+
+    def test_policy_states_are_not_shared_with_callers(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        mine: dict[str, Any] = {"w": [1]}
+        returned = store.update_policy_state("a", "u", lambda _: mine)
+        assert returned == {"w": [1]}
+        assert returned is not mine
+        mine["w"].append(2)
+        returned["w"].append(3)
+        got = store.get_policy_state("a", "u")
+        assert got == {"w": [1]}
+        assert got is not None
+        got["w"].append(4)
+        got["new"] = True
+
+        def meddle(state: dict[str, Any] | None) -> dict[str, Any]:
+            assert state == {"w": [1]}
+            state["w"].append(5)
+            raise RuntimeError("changed my mind")
+
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            store.update_policy_state("a", "u", meddle)
+        assert store.get_policy_state("a", "u") == {"w": [1]}
+
+    def test_policy_states_are_per_user_with_a_shared_one(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.add_app(app("b"))
+        store.update_policy_state("a", "", lambda _: {"who": "shared"})
+        store.update_policy_state("a", "alice", lambda _: {"who": "alice"})
+        store.update_policy_state("b", "alice", lambda _: {"who": "b-alice"})
+        store.update_policy_state("a", "alice", increment_who)
+        assert store.get_policy_state("a", "") == {"who": "shared"}
+        assert store.get_policy_state("a", "alice") == {"who": "alice!"}
+        assert store.get_policy_state("a", "bob") is None
+        assert store.get_policy_state("b", "alice") == {"who": "b-alice"}
+        assert store.get_policy_state("b", "") is None
+
+    def test_update_policy_state_of_unknown_app_is_not_found(self, store: ConfigStore) -> None:
+        calls: list[object] = []
+
+        def update(state: dict[str, Any] | None) -> dict[str, Any]:
+            calls.append(state)
+            return {"n": 1}
+
+        with pytest.raises(NotFoundError, match="'ghost'"):
+            store.update_policy_state("ghost", "u", update)
+        assert calls == []
+        assert store.get_policy_state("ghost", "u") is None
+
+    @pytest.mark.parametrize(
+        "result",
+        [None, [1, 2], "text", 3, {1: "int key"}, {"f": object()}, {"nan": float("nan")}],
+        ids=["none", "list", "str", "int", "int-key", "object", "nan"],
+    )
+    def test_policy_state_must_be_a_json_object(self, store: ConfigStore, result: Any) -> None:
+        store.add_app(app("a"))
+        store.update_policy_state("a", "u", lambda _: {"ok": 1})
+        with pytest.raises(ValidationError, match="policy state"):
+            store.update_policy_state("a", "u", lambda _: result)
+        with pytest.raises(ValidationError, match="policy state"):
+            store.update_policy_state("a", "v", lambda _: result)
+        assert store.get_policy_state("a", "u") == {"ok": 1}
+        assert store.get_policy_state("a", "v") is None
+
+    def test_errors_from_the_update_reach_the_caller(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+
+        def lookup(state: dict[str, Any] | None) -> dict[str, Any]:
+            empty: dict[str, Any] = {}
+            return {"v": empty["missing"]}
+
+        with pytest.raises(KeyError, match="missing"):
+            store.update_policy_state("a", "u", lookup)
+        assert store.get_policy_state("a", "u") is None
+
+    def test_policy_state_uid_must_be_a_string(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        with pytest.raises(ValidationError, match="uid"):
+            store.update_policy_state("a", 7, increment)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="uid"):
+            store.get_policy_state("a", None)  # type: ignore[arg-type]
+
+    def test_policy_states_leave_the_generation_alone(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        before = store.generation()
+        store.update_policy_state("a", "u", increment)
+        store.update_policy_state("a", "u", increment)
+        store.update_policy_state("a", "", increment)
+        store.get_policy_state("a", "u")
+        not_an_object: Any = []
+        with pytest.raises(ValidationError):
+            store.update_policy_state("a", "u", lambda _: not_an_object)
+        assert store.delete_policy_states("a") == 2
+        assert store.delete_policy_states("a") == 0
+        assert store.generation() == before
+
+    def test_delete_policy_states(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.add_app(app("b"))
+        for uid in ("", "u1", "u2"):
+            store.update_policy_state("a", uid, increment)
+        store.update_policy_state("b", "u1", increment)
+        assert store.delete_policy_states("a") == 3
+        for uid in ("", "u1", "u2"):
+            assert store.get_policy_state("a", uid) is None
+        assert store.get_policy_state("b", "u1") == {"n": 1}
+        assert store.delete_policy_states("a") == 0
+        assert store.delete_policy_states("ghost") == 0
+        assert store.get_app("a") is not None
+        assert store.update_policy_state("a", "u1", increment) == {"n": 1}
+
+    def test_delete_app_deletes_its_policy_states(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.add_app(app("b"))
+        store.update_policy_state("a", "u", increment)
+        store.update_policy_state("a", "", increment)
+        store.update_policy_state("b", "u", increment)
+        assert store.delete_app("a") is True
+        assert store.get_policy_state("a", "u") is None
+        assert store.get_policy_state("a", "") is None
+        assert store.delete_policy_states("a") == 0
+        assert store.get_policy_state("b", "u") == {"n": 1}
+        # A new app of the same name starts afresh.
+        store.add_app(app("a"))
+        assert store.get_policy_state("a", "u") is None
+        assert store.update_policy_state("a", "u", increment) == {"n": 1}
+
+    def test_concurrent_state_updates_lose_nothing(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        before = store.generation()
+        hammer_state([store], threads=8, per_thread=50)
+        assert store.get_policy_state("a", "u") == {"n": 400}
+        assert store.generation() == before
+
     # Generation
 
     def test_generation_rises_with_every_change(self, store: ConfigStore) -> None:
@@ -315,6 +658,9 @@ class StoreContract:
             lambda: store.set_current_version("m", "2"),
             lambda: store.add_links("a", ["m"]),
             lambda: store.set_num_replicas("m", "2", 2),
+            lambda: store.update_model(model("m", "2", options={"k": 1})),
+            lambda: store.update_model(model("m", "2", options={"k": 1})),
+            lambda: store.update_app(app("a", options={"k": 1})),
             lambda: store.remove_links("a", ["m"]),
             lambda: store.delete_model_version("m", "1"),
             lambda: store.delete_app("a"),
@@ -347,6 +693,11 @@ class StoreContract:
             lambda: store.add_links("ghost", ["m"]),
             lambda: store.set_num_replicas("m", "1", -2),
             lambda: store.set_num_replicas("m", "9", 1),
+            lambda: store.update_model(model("m", "9")),
+            lambda: store.update_model(model("ghost", "1")),
+            lambda: store.update_model(model("m", "1", options={"bad": object()})),
+            lambda: store.add_model(model("m", "2", options={"bad": object()})),
+            lambda: store.update_app(app("a", options={"bad": object()})),
         ]
         for call in failing:
             with pytest.raises((ValidationError, NotFoundError)):

@@ -18,7 +18,7 @@ from clipper.store.redis import RedisStore, redact_url
 from clipper.types import AppSpec, InputType
 from tests.redis_server import free_port, redis_server
 
-from .contract import StoreContract, app, model
+from .contract import StoreContract, app, hammer_state, increment, model
 
 WAIT = 15.0  # seconds; generous, since a loaded CI machine is slow to deliver
 
@@ -95,6 +95,56 @@ def test_state_is_visible_across_instances(pair: tuple[RedisStore, RedisStore]) 
     second.delete_model_version("m", "2")
     assert first.get_links("a") == []
     assert first.list_models() == []
+
+
+def test_records_without_options_read_as_empty(url: str) -> None:
+    """Records written before options existed have no such key."""
+    app_record = (
+        '{"default_output": "-1", "input_shape": [2], "input_type": "doubles", "name": "a", '
+        '"policy": "single", "policy_params": {}, "slo_micros": 100000}'
+    )
+    model_record = (
+        '{"batch_size": 4, "container_name": "python-closure", "input_type": "doubles", '
+        '"labels": ["x"], "model_data_path": "", "name": "m", "version": "1"}'
+    )
+    client = redis.Redis.from_url(url)
+    try:
+        client.hset("clipper:apps", "a", app_record)
+        client.hset("clipper:specs:m", "1", model_record)
+        client.rpush("clipper:versions:m", "1")
+        client.sadd("clipper:models", "m")
+        client.hset("clipper:current", "m", "1")
+        client.hset("clipper:replicas:m", "1", "3")
+    finally:
+        client.close()
+    with RedisStore(url) as store:
+        assert store.get_app("a") == app("a", input_shape=(2,))
+        assert store.list_apps() == [app("a", input_shape=(2,))]
+        expected = model("m", "1", labels=("x",), batch_size=4)
+        assert store.get_model("m", "1") == expected
+        assert store.list_models() == [expected]
+        got = store.get_model("m", "1")
+        assert got is not None
+        assert got.options == {}
+        store.update_model(model("m", "1", options={"gpu": True}))
+        assert store.get_current_version("m") == "1"
+        assert store.get_num_replicas("m", "1") == 3
+        assert store.list_models("m") == [model("m", "1", options={"gpu": True})]
+
+
+def test_update_model_publishes_a_change(pair: tuple[RedisStore, RedisStore]) -> None:
+    first, second = pair
+    second.add_model(model("m", "1"))
+    calls = Calls()
+    first.watch(calls)
+    second.update_model(model("m", "1", options={"k": "v"}))
+    calls.wait_for(1)
+    assert first.get_model("m", "1") == model("m", "1", options={"k": "v"})
+    with pytest.raises(NotFoundError):
+        second.update_model(model("m", "2"))
+    second.add_app(app("a"))
+    # The refused update published nothing: the add is the second call.
+    assert calls.wait_for(2) == 2
 
 
 def test_prefixes_keep_stores_apart(url: str) -> None:
@@ -204,6 +254,124 @@ def test_concurrent_writers_lose_nothing(pair: tuple[RedisStore, RedisStore]) ->
     assert second.get_current_version("m-3") == str(per_thread - 1)
     assert second.get_num_replicas("m-5", "7") == 7
     assert second.generation() == start + 4 * threads * per_thread
+
+
+# Policy states
+
+
+def test_two_instances_lose_no_state_update(pair: tuple[RedisStore, RedisStore]) -> None:
+    first, second = pair
+    first.add_app(app("a"))
+    before = first.generation()
+    hammer_state([first, second], threads=8, per_thread=50)
+    assert first.get_policy_state("a", "u") == second.get_policy_state("a", "u") == {"n": 400}
+    assert second.generation() == before
+
+
+def _subscribe(url: str, channel: str) -> tuple[redis.Redis, redis.client.PubSub]:
+    listener = redis.Redis.from_url(url, decode_responses=True)
+    pubsub = listener.pubsub()
+    pubsub.subscribe(channel)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "subscribe":
+            return listener, pubsub
+    raise AssertionError(f"no confirmation of SUBSCRIBE {channel}")
+
+
+def test_policy_states_publish_nothing(pair: tuple[RedisStore, RedisStore]) -> None:
+    first, second = pair
+    first.add_app(app("a"))
+    calls = Calls()
+    second.watch(calls)
+    listener, pubsub = _subscribe(first.url, "clipper:changes")
+    try:
+        generation = first.generation()
+        for uid in ("", "u", "v", "u"):
+            first.update_policy_state("a", uid, increment)
+        assert first.delete_policy_states("a") == 3
+        first.update_policy_state("a", "u", increment)
+        first.add_app(app("b"))  # a real change, to know when to stop listening
+        got: list[int] = []
+        deadline = time.monotonic() + WAIT
+        while not got and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "message":
+                got.append(int(message["data"]))
+        # Anything published by the state calls would have come first.
+        assert got == [generation + 1]
+        assert pubsub.get_message(timeout=0.2) is None
+    finally:
+        pubsub.close()
+        listener.close()
+    assert calls.wait_for(1) == 1
+    assert second.generation() == generation + 1
+
+
+def test_policy_states_live_in_one_hash_per_app(url: str) -> None:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        with RedisStore(url, prefix="p") as store:
+            store.add_app(app("a"))
+            store.update_policy_state("a", "", increment)
+            store.update_policy_state("a", "u", lambda _: {"w": [1.5]})
+            assert client.hgetall("p:pstate:a") == {"": '{"n": 1}', "u": '{"w": [1.5]}'}
+            store.delete_app("a")
+            assert client.exists("p:pstate:a") == 0
+    finally:
+        client.close()
+
+
+def test_contended_state_update_retries_then_gives_up(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client writes the state between every read and write: the update starts over."""
+    monkeypatch.setattr("clipper.store.redis.STATE_UPDATE_ATTEMPTS", 5)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    seen: list[dict[str, object] | None] = []
+
+    def update(state: dict[str, object] | None) -> dict[str, object]:
+        seen.append(state)
+        client.hset("clipper:pstate:a", "u", f'{{"n": {len(seen)}}}')
+        return {"mine": True}
+
+    try:
+        with RedisStore(url) as store:
+            store.add_app(app("a"))
+            with pytest.raises(StoreError, match="5 attempts"):
+                store.update_policy_state("a", "u", update)
+            # Each attempt saw what the meddler wrote during the previous one.
+            assert seen == [None, {"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+            assert store.get_policy_state("a", "u") == {"n": 5}
+            # A meddler that gives up lets the next attempt through.
+            calls = iter([True])
+
+            def update_once(state: dict[str, object] | None) -> dict[str, object]:
+                if next(calls, False):
+                    client.hset("clipper:pstate:a", "u", '{"n": 100}')
+                return {"after": state}
+
+            assert store.update_policy_state("a", "u", update_once) == {"after": {"n": 100}}
+    finally:
+        client.close()
+
+
+def test_state_update_racing_delete_app_writes_nothing(url: str) -> None:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        with RedisStore(url) as store, RedisStore(url) as other:
+            store.add_app(app("a"))
+
+            def update(state: dict[str, object] | None) -> dict[str, object]:
+                other.delete_app("a")  # between the read and the write
+                return {"n": 1}
+
+            with pytest.raises(NotFoundError, match="'a'"):
+                store.update_policy_state("a", "u", update)
+            assert client.exists("clipper:pstate:a") == 0
+    finally:
+        client.close()
 
 
 def test_racing_deletes_leave_links_consistent(pair: tuple[RedisStore, RedisStore]) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -11,9 +12,10 @@ import pytest
 
 from clipper.exceptions import StoreError
 from clipper.store import ConfigStore, SQLiteStore
-from clipper.types import AppSpec, InputType
+from clipper.store.sqlite import SCHEMA_VERSION
+from clipper.types import AppSpec, InputType, ModelSpec
 
-from .contract import StoreContract, app, model
+from .contract import StoreContract, app, hammer_state, increment, model
 
 
 class TestSQLiteStore(StoreContract):
@@ -32,11 +34,12 @@ def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
         input_shape=(2, 2),
         policy="exp3",
         policy_params={"eta": 0.1},
+        options={"team": "search", "quota": [1, 2]},
     )
     with SQLiteStore(path) as store:
         store.add_app(spec)
         store.add_app(app("b"))
-        store.add_model(model("m", "1", labels=("l1",)))
+        store.add_model(model("m", "1", labels=("l1",), options={"gpu": True}))
         store.add_model(model("m", "2"), make_current=False)
         store.add_model(model("n", "1"))
         store.add_links("a", ["n", "m"])
@@ -50,7 +53,7 @@ def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
             ("m", "2"),
             ("n", "1"),
         ]
-        assert store.get_model("m", "1") == model("m", "1", labels=("l1",))
+        assert store.get_model("m", "1") == model("m", "1", labels=("l1",), options={"gpu": True})
         assert store.get_current_version("m") == "1"
         assert store.get_links("a") == ["n", "m"]
         assert store.get_num_replicas("m", "2") == 5
@@ -66,7 +69,204 @@ def test_file_uses_wal_and_records_schema_version(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    assert rows == {"schema_version": 1, "generation": 0}
+    assert rows == {"schema_version": SCHEMA_VERSION, "generation": 0}
+    assert SCHEMA_VERSION == 3
+
+
+# The schema of version 1, before options, as that release created it.
+_V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE apps (
+    name TEXT PRIMARY KEY, input_type TEXT NOT NULL, default_output TEXT NOT NULL,
+    slo_micros INTEGER NOT NULL, input_shape TEXT, policy TEXT NOT NULL,
+    policy_params TEXT NOT NULL
+);
+CREATE TABLE model_versions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
+    input_type TEXT NOT NULL, labels TEXT NOT NULL, container_name TEXT NOT NULL,
+    model_data_path TEXT NOT NULL, batch_size INTEGER NOT NULL,
+    is_current INTEGER NOT NULL DEFAULT 0, num_replicas INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (name, version)
+);
+CREATE TABLE links (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL REFERENCES apps (name) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    UNIQUE (app, model)
+);
+CREATE INDEX links_by_model ON links (model);
+INSERT INTO meta VALUES ('schema_version', 1), ('generation', 7);
+INSERT INTO apps VALUES ('a', 'floats', 'none', 2000, '[3, 2]', 'exp3', '{"eta": 0.1}');
+INSERT INTO apps VALUES ('b', 'json', '-1', 100000, NULL, 'single', '{}');
+INSERT INTO model_versions
+    (name, version, input_type, labels, container_name, model_data_path, batch_size,
+     is_current, num_replicas)
+VALUES
+    ('m', '1', 'doubles', '["l1"]', 'sklearn', '/data/m1', 8, 0, 3),
+    ('m', '2', 'doubles', '[]', 'python-closure', '', -1, 1, 1);
+INSERT INTO links (app, model) VALUES ('a', 'm');
+"""
+
+
+def _make_v1_file(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_V1_SCHEMA)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def test_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _make_v1_file(path)
+    with SQLiteStore(path) as store:
+        assert store.list_apps() == [
+            AppSpec(
+                name="a",
+                input_type=InputType.FLOATS,
+                default_output="none",
+                slo_micros=2000,
+                input_shape=(3, 2),
+                policy="exp3",
+                policy_params={"eta": 0.1},
+            ),
+            app("b", input_type=InputType.JSON, input_shape=None),
+        ]
+        assert store.list_models() == [
+            ModelSpec(
+                name="m",
+                version="1",
+                input_type=InputType.DOUBLES,
+                labels=("l1",),
+                container_name="sklearn",
+                model_data_path="/data/m1",
+                batch_size=8,
+            ),
+            model("m", "2"),
+        ]
+        assert all(a.options == {} for a in store.list_apps())
+        assert all(m.options == {} for m in store.list_models())
+        assert store.get_current_version("m") == "2"
+        assert store.get_num_replicas("m", "1") == 3
+        assert store.get_links("a") == ["m"]
+        # Migrating is not a change of the configuration.
+        assert store.generation() == 7
+        # The new column takes writes at once.
+        store.update_model(model("m", "1", labels=("l1",), options={"gpu": True}))
+        store.update_app(app("b", options={"team": "x"}))
+        assert store.generation() == 9
+    with closing(sqlite3.connect(path)) as conn:
+        rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        assert rows == {"schema_version": 3, "generation": 9}
+        assert _columns(conn, "apps")[-1] == "options"
+        assert _columns(conn, "policy_states") == ["app", "uid", "state"]
+        assert _columns(conn, "model_versions")[-1] == "options"
+    # Reopening a migrated file migrates nothing again.
+    with SQLiteStore(path) as store:
+        got = store.get_model("m", "1")
+        assert got is not None
+        assert got.options == {"gpu": True}
+        assert got.labels == ("l1",)
+        assert store.get_num_replicas("m", "1") == 3
+        app_b = store.get_app("b")
+        assert app_b is not None
+        assert app_b.options == {"team": "x"}
+        # And so does the new table, cascade included.
+        assert store.get_policy_state("a", "u") is None
+        assert store.update_policy_state("a", "u", increment) == {"n": 1}
+        assert store.generation() == 9
+        store.delete_app("a")
+        assert store.get_policy_state("a", "u") is None
+
+
+# Version 2 added options; version 3 added policy_states.
+_V2_SCHEMA = (
+    _V1_SCHEMA.replace(
+        "policy_params TEXT NOT NULL\n);",
+        "policy_params TEXT NOT NULL, options TEXT NOT NULL DEFAULT '{}'\n);",
+    )
+    .replace(
+        "UNIQUE (name, version)",
+        "options TEXT NOT NULL DEFAULT '{}',\n    UNIQUE (name, version)",
+    )
+    .replace("('schema_version', 1)", "('schema_version', 2)")
+    .replace("'single', '{}');", "'single', '{}', '{\"team\": \"t\"}');")
+    .replace("'exp3', '{\"eta\": 0.1}');", "'exp3', '{\"eta\": 0.1}', '{}');")
+)
+
+
+def _make_v2_file(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_V2_SCHEMA)
+
+
+def test_version_2_file_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _make_v2_file(path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert "policy_states" not in _tables(conn)
+        assert _columns(conn, "apps")[-1] == "options"
+    with SQLiteStore(path) as store:
+        assert [a.name for a in store.list_apps()] == ["a", "b"]
+        app_b = store.get_app("b")
+        assert app_b is not None
+        assert app_b.options == {"team": "t"}
+        assert store.get_links("a") == ["m"]
+        assert store.get_num_replicas("m", "1") == 3
+        assert store.generation() == 7
+        assert store.get_policy_state("a", "") is None
+        store.update_policy_state("a", "", increment)
+        store.update_policy_state("b", "u", increment)
+        assert store.update_policy_state("a", "", increment) == {"n": 2}
+        assert store.generation() == 7
+    with closing(sqlite3.connect(path)) as conn:
+        rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        assert rows == {"schema_version": 3, "generation": 7}
+        assert conn.execute("SELECT count(*) FROM policy_states").fetchone()[0] == 2
+    with SQLiteStore(path) as store:
+        assert store.get_policy_state("a", "") == {"n": 2}
+        assert store.delete_app("a") is True
+        assert store.get_policy_state("a", "") is None
+        assert store.get_policy_state("b", "u") == {"n": 1}
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+@pytest.mark.parametrize("make_old", [_make_v1_file, _make_v2_file], ids=["v1", "v2"])
+def test_migrated_and_new_files_have_the_same_schema(
+    tmp_path: Path, make_old: Callable[[Path], None]
+) -> None:
+    old, new = tmp_path / "old.db", tmp_path / "new.db"
+    make_old(old)
+    SQLiteStore(old).close()
+    SQLiteStore(new).close()
+    with closing(sqlite3.connect(old)) as a, closing(sqlite3.connect(new)) as b:
+        assert _tables(a) == _tables(b)
+        for table in ("meta", "apps", "model_versions", "links", "policy_states"):
+            info_a = list(a.execute(f"PRAGMA table_info({table})"))
+            info_b = list(b.execute(f"PRAGMA table_info({table})"))
+            assert info_a == info_b, table
+            keys_a = list(a.execute(f"PRAGMA foreign_key_list({table})"))
+            keys_b = list(b.execute(f"PRAGMA foreign_key_list({table})"))
+            assert keys_a == keys_b, table
+
+
+def test_failed_migration_leaves_the_file_at_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _make_v1_file(path)
+    # Something the first ALTER succeeds on but the second one cannot do.
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE model_versions ADD COLUMN options TEXT")
+    with pytest.raises(StoreError, match="schema version 2"):
+        SQLiteStore(path)
+    with closing(sqlite3.connect(path)) as conn:
+        rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        assert rows == {"schema_version": 1, "generation": 7}
+        assert "options" not in _columns(conn, "apps")
+        assert conn.execute("SELECT count(*) FROM model_versions").fetchone()[0] == 2
 
 
 def test_concurrent_writes_from_threads(tmp_path: Path) -> None:
@@ -111,6 +311,41 @@ def test_two_stores_on_one_file_see_each_others_changes(tmp_path: Path) -> None:
                 future.result()
         assert len(first.list_apps()) == 60
         assert first.generation() == second.generation() == 60
+
+
+def test_two_stores_on_one_file_lose_no_state_update(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with SQLiteStore(path) as first, SQLiteStore(path) as second:
+        first.add_app(app("a"))
+        before = first.generation()
+        hammer_state([first, second], threads=8, per_thread=50)
+        assert first.get_policy_state("a", "u") == second.get_policy_state("a", "u") == {"n": 400}
+        assert second.generation() == before
+
+
+def test_policy_state_update_holds_the_write_lock(tmp_path: Path) -> None:
+    """Another store's write waits while an update is between its read and its write."""
+    path = tmp_path / "store.db"
+    inside, release = threading.Event(), threading.Event()
+    with SQLiteStore(path) as first, SQLiteStore(path) as second:
+        first.add_app(app("a"))
+
+        def slow(state: dict[str, object] | None) -> dict[str, object]:
+            inside.set()
+            assert release.wait(10)
+            return {"by": "first"}
+
+        with ThreadPoolExecutor(2) as pool:
+            slow_update = pool.submit(first.update_policy_state, "a", "u", slow)
+            assert inside.wait(10)
+            racing = pool.submit(second.update_policy_state, "a", "u", lambda s: {"after": s})
+            # The racing update cannot get in before the slow one commits.
+            time.sleep(0.2)
+            assert not racing.done()
+            release.set()
+            assert slow_update.result() == {"by": "first"}
+            assert racing.result() == {"after": {"by": "first"}}
+        assert second.get_policy_state("a", "u") == {"after": {"by": "first"}}
 
 
 def test_corrupt_file_gives_store_error(tmp_path: Path) -> None:

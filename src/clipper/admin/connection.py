@@ -188,16 +188,52 @@ class ClipperConnection:
         default_output: str,
         slo_micros: int,
         input_shape: list[int] | None = None,
+        selection_policy: str = "single",
+        policy_params: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
+        """Register an app: its REST endpoint ``/{name}/predict`` appears at once.
+
+        ``selection_policy`` is one of ``single``, ``exp3``, ``exp4``,
+        ``epsilon_greedy``, ``ucb1``, ``thompson``; ``options`` may set
+        ``cache`` (bool) and ``overload`` (``"default"`` or ``"503"``).
+        """
         body: dict[str, Any] = {
             "name": name,
             "input_type": input_type,
             "default_output": default_output,
             "latency_slo_micros": slo_micros,
+            "selection_policy": selection_policy,
+            "policy_params": dict(policy_params or {}),
+            "options": dict(options or {}),
         }
         if input_shape is not None:
             body["input_shape"] = list(input_shape)
         self._post("add_app", body)
+
+    def set_selection_policy(
+        self, app_name: str, policy: str, params: dict[str, Any] | None = None
+    ) -> None:
+        """Change an app's selection policy (its learned state starts afresh)."""
+        self._post(
+            "set_selection_policy",
+            {"name": app_name, "selection_policy": policy, "policy_params": dict(params or {})},
+        )
+
+    def get_policy_state(self, app_name: str, uid: str | int = "") -> dict[str, Any]:
+        """The selection policy's learned state for the app (or one user); {} if none."""
+        return dict(self._post("get_policy_state", {"name": app_name, "uid": str(uid)}))
+
+    def set_app_options(self, app_name: str, **options: Any) -> None:
+        """Set app options, e.g. ``cache=False`` or ``overload="503"``."""
+        self._post("set_app_options", {"name": app_name, "options": options})
+
+    def set_model_options(self, name: str, version: str, **options: Any) -> None:
+        """Set a model version's ``batching``, ``max_batch_delay_ms``, ``queue_capacity``."""
+        self._post(
+            "set_model_options",
+            {"model_name": name, "model_version": str(version), "options": options},
+        )
 
     def unregister_application(self, name: str) -> None:
         self._post("delete_app", {"name": name})

@@ -31,7 +31,7 @@ from ..types import InputType
 
 __all__ = ["PredictRequest", "describe_json_type", "parse_input", "parse_predict_body"]
 
-_KNOWN_FIELDS = frozenset({"input", "input_batch", "version"})
+_KNOWN_FIELDS = frozenset({"input", "input_batch", "version", "uid"})
 
 _DTYPES: dict[InputType, type[np.generic]] = {
     InputType.INTEGERS: np.int32,
@@ -56,6 +56,16 @@ class PredictRequest:
     inputs: list[Any]  # one element per query
     is_batch: bool  # True when the body used "input_batch"
     version: str | None  # optional "version" pin
+    uid: str | None = None  # optional user id, for per-user selection state
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRequest:
+    """A validated feedback body ``{"uid", "input", "label"}``."""
+
+    uid: str
+    input: Any
+    label: Any
 
 
 def describe_json_type(value: object) -> str:
@@ -94,7 +104,7 @@ def parse_predict_body(
         plural = "s" if len(unknown) > 1 else ""
         raise InputError(
             f"unknown field{plural} {names} "
-            "(expected 'input' or 'input_batch', and optionally 'version')"
+            "(expected 'input' or 'input_batch', and optionally 'version' and 'uid')"
         )
     has_input = "input" in doc
     has_batch = "input_batch" in doc
@@ -108,14 +118,16 @@ def parse_predict_body(
         found = "an empty string" if version == "" else describe_json_type(version)
         raise InputError(f"field 'version' must be a non-empty string, found {found}")
 
+    uid = _parse_uid(doc) if "uid" in doc else None
     plain = (
-        input_type.is_numeric
+        "uid" not in doc
+        and input_type.is_numeric
         and isinstance(body, bytes | bytearray)
         and _has_only_plain_numbers(body, len(doc), "version" in doc)
     )
     if has_input:
         value = _parse(doc["input"], input_type, input_shape, "input", plain, finite=True)
-        return PredictRequest([value], False, version)
+        return PredictRequest([value], False, version, uid)
 
     batch = doc["input_batch"]
     if not isinstance(batch, list):
@@ -128,7 +140,41 @@ def parse_predict_body(
         _parse(x, input_type, input_shape, f"input_batch[{i}]", plain, finite=True)
         for i, x in enumerate(batch)
     ]
-    return PredictRequest(inputs, True, version)
+    return PredictRequest(inputs, True, version, uid)
+
+
+def _parse_uid(doc: dict[str, Any]) -> str:
+    uid = doc["uid"]
+    if isinstance(uid, bool) or not isinstance(uid, str | int) or uid == "":
+        found = "an empty string" if uid == "" else describe_json_type(uid)
+        raise InputError(f"field 'uid' must be a non-empty string or an integer, found {found}")
+    return str(uid)
+
+
+def parse_update_body(
+    body: bytes, input_type: InputType, input_shape: tuple[int, ...] | None
+) -> UpdateRequest:
+    """Parse a feedback body ``{"uid": str|int, "input": x, "label": y}``.
+
+    The label is any JSON value except null. Raises ``InputError``.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"request body must be a JSON object, found {describe_json_type(doc)}")
+    unknown = doc.keys() - {"uid", "input", "label"}
+    if unknown:
+        names = ", ".join(repr(k) for k in sorted(unknown))
+        raise InputError(f"unknown field(s) {names} (expected 'uid', 'input' and 'label')")
+    for name in ("uid", "input", "label"):
+        if name not in doc:
+            raise InputError(f"missing field '{name}': feedback needs 'uid', 'input' and 'label'")
+    if doc["label"] is None:
+        raise InputError("field 'label' must not be null")
+    value = parse_input(doc["input"], input_type, input_shape, "input")
+    return UpdateRequest(_parse_uid(doc), value, doc["label"])
 
 
 def parse_input(

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import orjson
 
 from ..exceptions import InputError, PayloadTooLarge, ValidationError
-from ..selection.processor import QueryProcessor
-from ..store.catalog import Catalog
+from ..selection.processor import Overloaded, QueryProcessor
+from ..store.catalog import AppRoute, Catalog
 from .http import Receive, Scope, Send, read_body, send_bytes, send_error, send_json, serve
-from .inputs import parse_predict_body
+from .inputs import parse_predict_body, parse_update_body
 
 log = logging.getLogger("clipper.frontend")
 
@@ -52,39 +52,69 @@ class QueryFrontend:
             await send_json(send, 200 if ready else 503, {"ready": ready})
             return
         parts = path.strip("/").split("/")
-        if len(parts) == 2 and parts[1] == "predict":
+        if len(parts) == 2 and parts[1] in ("predict", "update"):
             if method != "POST":
                 await send_error(send, 405, "method not allowed", f"use POST for {path}")
                 return
-            await self._predict(parts[0], scope, receive, send)
+            if parts[1] == "predict":
+                await self._predict(parts[0], scope, receive, send)
+            else:
+                await self._update(parts[0], scope, receive, send)
             return
         await send_error(send, 404, "not found", f"no route {method} {path}")
 
-    async def _predict(self, app: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _body(
+        self, app: str, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[AppRoute, bytes] | None:
+        """The app's route and the request body, or None once an error is sent."""
         route = self.catalog.app(app)
         if route is None:
             await send_error(send, 404, "unknown app", f"no application named {app!r}")
-            return
+            return None
         try:
-            body = await read_body(scope, receive, self.max_body_bytes)
+            return route, await read_body(scope, receive, self.max_body_bytes)
         except PayloadTooLarge as exc:
             await send_error(send, 413, "request body too large", str(exc))
+            return None
+
+    async def _predict(self, app: str, scope: Scope, receive: Receive, send: Send) -> None:
+        got = await self._body(app, scope, receive, send)
+        if got is None:
             return
+        route, body = got
         spec = route.spec
         try:
             request = parse_predict_body(body, spec.input_type, spec.input_shape)
-            predictions = await self.processor.predict(route, request.inputs, request.version)
+            predictions = await self.processor.predict(
+                route, request.inputs, request.version, request.uid
+            )
         except InputError as exc:
             await send_error(send, 400, "invalid input", str(exc))
             return
         except ValidationError as exc:
             await send_error(send, 400, "invalid request", str(exc))
             return
+        except Overloaded as exc:
+            await send_error(send, 503, "overloaded", str(exc))
+            return
         if request.is_batch:
             payload: object = {"batch_predictions": [p.to_json() for p in predictions]}
         else:
             payload = predictions[0].to_json()
         await send_bytes(send, 200, orjson.dumps(payload, default=_json_default))
+
+    async def _update(self, app: str, scope: Scope, receive: Receive, send: Send) -> None:
+        got = await self._body(app, scope, receive, send)
+        if got is None:
+            return
+        route, body = got
+        try:
+            request = parse_update_body(body, route.spec.input_type, route.spec.input_shape)
+        except InputError as exc:
+            await send_error(send, 400, "invalid feedback", str(exc))
+            return
+        result = await self.processor.feedback(route, request.uid, request.input, request.label)
+        await send_json(send, 200, result)
 
 
 def _json_default(obj: object) -> object:

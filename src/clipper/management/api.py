@@ -77,6 +77,36 @@ async def _add_app(s: ManagementService, f: Fields) -> Any:
         f.get("default_output", str),
         f.get("latency_slo_micros", int),
         f.get("input_shape", list, None),
+        selection_policy=f.get("selection_policy", str, "single"),
+        policy_params=f.get("policy_params", dict, {}),
+        options=f.get("options", dict, {}),
+    )
+    return {"success": True}
+
+
+async def _set_policy(s: ManagementService, f: Fields) -> Any:
+    await s.set_selection_policy(
+        f.get("name", str), f.get("selection_policy", str), f.get("policy_params", dict, {})
+    )
+    return {"success": True}
+
+
+async def _get_policy_state(s: ManagementService, f: Fields) -> Any:
+    name = f.get("name", str)
+    uid = f.get("uid", (str, int), "")
+    if s.store.get_app(name) is None:
+        raise ValidationError(f"application '{name}' does not exist")
+    return s.store.get_policy_state(name, str(uid)) or {}
+
+
+async def _set_app_options(s: ManagementService, f: Fields) -> Any:
+    await s.set_app_options(f.get("name", str), f.get("options", dict))
+    return {"success": True}
+
+
+async def _set_model_options(s: ManagementService, f: Fields) -> Any:
+    await s.set_model_options(
+        f.get("model_name", str), f.get("model_version", str), f.get("options", dict)
     )
     return {"success": True}
 
@@ -98,6 +128,7 @@ async def _add_model(s: ManagementService, f: Fields) -> Any:
         model_data=_decode_artifact(f.get("model_data", str, None)),
         num_replicas=f.get("num_replicas", int, 1),
         pkgs_to_install=f.get("pkgs_to_install", list, []),
+        options=f.get("options", dict, {}),
     )
     return {"success": True}
 
@@ -184,6 +215,10 @@ async def _get_model(s: ManagementService, f: Fields) -> Any:
 
 ROUTES: dict[str, Handler] = {
     "add_app": _add_app,
+    "set_selection_policy": _set_policy,
+    "set_app_options": _set_app_options,
+    "get_policy_state": _get_policy_state,
+    "set_model_options": _set_model_options,
     "delete_app": _delete_app,
     "add_model": _add_model,
     "add_model_links": _add_links,
@@ -201,7 +236,20 @@ ROUTES: dict[str, Handler] = {
 }
 
 FIELDS: dict[str, tuple[str, ...]] = {
-    "add_app": ("name", "input_type", "default_output", "latency_slo_micros", "input_shape"),
+    "add_app": (
+        "name",
+        "input_type",
+        "default_output",
+        "latency_slo_micros",
+        "input_shape",
+        "selection_policy",
+        "policy_params",
+        "options",
+    ),
+    "set_selection_policy": ("name", "selection_policy", "policy_params"),
+    "set_app_options": ("name", "options"),
+    "get_policy_state": ("name", "uid"),
+    "set_model_options": ("model_name", "model_version", "options"),
     "delete_app": ("name",),
     "add_model": (
         "model_name",
@@ -214,6 +262,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "model_data",
         "num_replicas",
         "pkgs_to_install",
+        "options",
     ),
     "delete_versioned_model": ("model_name", "model_version"),
     "add_model_links": ("app_name", "model_names"),

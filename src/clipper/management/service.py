@@ -7,6 +7,7 @@ to match the requested replicas. It knows nothing of HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -17,9 +18,11 @@ from typing import Any, Protocol
 
 from ..exceptions import NotFoundError, ValidationError
 from ..managers.envs import EnvironmentBuilder, check_model_loads
+from ..selection.policies import get_policy
 from ..store.base import ConfigStore
 from ..store.catalog import Catalog
 from ..types import AppSpec, InputType, ModelId, ModelSpec, validate_app_name, validate_name
+from .options import validate_app_options, validate_model_options
 
 log = logging.getLogger("clipper.management")
 
@@ -34,6 +37,14 @@ class ContainerManager(Protocol):
     def replicas(self) -> list[dict[str, Any]]: ...
 
     async def stop_all(self) -> None: ...
+
+
+def validate_policy(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Normalised parameters of a selection policy, or ValidationError naming the problem."""
+    try:
+        return get_policy(name).validate_params(dict(params or {}))
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from exc
 
 
 def _check(condition: bool, message: str) -> None:
@@ -87,6 +98,9 @@ class ManagementService:
         default_output: str,
         latency_slo_micros: int,
         input_shape: list[int] | None = None,
+        selection_policy: str = "single",
+        policy_params: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> AppSpec:
         validate_app_name(name)
         itype = InputType.parse(input_type)
@@ -109,11 +123,60 @@ class ManagementService:
             )
             _check(itype.is_numeric, "input_shape applies only to numeric input types")
             shape = tuple(input_shape)
-        spec = AppSpec(name, itype, default_output, latency_slo_micros, shape)
+        params = validate_policy(selection_policy, policy_params)
+        spec = AppSpec(
+            name,
+            itype,
+            default_output,
+            latency_slo_micros,
+            shape,
+            selection_policy,
+            params,
+            validate_app_options(options or {}),
+        )
         self.store.add_app(spec)
         log.info("added app %s (%s, slo %d us)", name, itype.value, latency_slo_micros)
         await self._changed()
         return spec
+
+    def _app(self, name: str) -> AppSpec:
+        app = self.store.get_app(name)
+        if app is None:
+            raise ValidationError(f"application '{name}' does not exist")
+        return app
+
+    async def set_selection_policy(
+        self, name: str, policy: str, params: dict[str, Any] | None = None
+    ) -> None:
+        """Change an app's selection policy; its learned state starts afresh."""
+        app = self._app(name)
+        normalised = validate_policy(policy, params)
+        links = self.store.get_links(name)
+        if policy == "single" and len(links) > 1:
+            raise ValidationError(
+                f"the 'single' policy takes exactly one linked model; '{name}' has "
+                f"{len(links)} ({', '.join(links)}): unlink all but one first"
+            )
+        self.store.update_app(dataclasses.replace(app, policy=policy, policy_params=normalised))
+        self.store.delete_policy_states(name)
+        log.info("app %s now uses the %s policy", name, policy)
+        await self._changed()
+
+    async def set_app_options(self, name: str, options: dict[str, Any]) -> None:
+        """Set an app's options (merged into the existing ones)."""
+        app = self._app(name)
+        merged = validate_app_options({**app.options, **validate_app_options(options)})
+        self.store.update_app(dataclasses.replace(app, options=merged))
+        await self._changed()
+
+    async def set_model_options(self, name: str, version: str, options: dict[str, Any]) -> None:
+        """Set a model version's batching and queueing options (merged)."""
+        model = self.store.get_model(name, version)
+        if model is None:
+            raise ValidationError(f"model '{name}' has no version '{version}'")
+        merged = validate_model_options({**model.options, **validate_model_options(options)})
+        self.store.update_model(dataclasses.replace(model, options=merged))
+        await self._changed()
 
     async def delete_app(self, name: str) -> None:
         if not self.store.delete_app(name):
@@ -147,6 +210,7 @@ class ManagementService:
         model_data: bytes | None = None,
         num_replicas: int = 1,
         pkgs_to_install: list[str] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> ModelSpec:
         """Register a model version; with ``model_data`` (a cloudpickled
         callable) the server stores it and starts replicas from it.
@@ -179,6 +243,7 @@ class ManagementService:
                 f"model '{model_name}' has input type '{other.input_type.value}', "
                 f"not '{itype.value}'",
             )
+        model_options = validate_model_options(options or {})
         pkgs = pkgs_to_install or []
         _check(
             isinstance(pkgs, list) and all(isinstance(p, str) and p.strip() for p in pkgs),
@@ -197,6 +262,7 @@ class ManagementService:
             container_name,
             model_data_path,
             batch_size,
+            model_options,
         )
         try:
             self.store.add_model(spec, make_current=True)

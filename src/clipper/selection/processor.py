@@ -1,16 +1,20 @@
-"""Query processing: from an app's query to outputs, within the app's SLO.
+"""Query processing: from an app's query to an answer, within the app's SLO.
 
-This is the selection layer's entry point. The ``single`` policy (the
-default) sends each query to the current version of the app's one linked
-model; the bandit policies plug in here. Every query gets an answer by its
-deadline: the model's output, or the app's default output with an
-explanation.
+This is the selection layer's entry point. The app's policy chooses which
+linked models to query (one, or all of them for an ensemble); the
+abstraction layer (cache, queues, batching) computes; at the deadline the
+policy combines what arrived and leaves stragglers out. Every query gets an
+answer by its deadline: the models' output, or the app's default output with
+an explanation. Feedback (``/update``) teaches the policy, per app and per
+user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +23,17 @@ from typing import Any
 from ..batching.dispatcher import Dispatcher
 from ..exceptions import ValidationError
 from ..store.catalog import AppRoute, Catalog
-from ..types import ModelId, Outcome
+from ..types import AppSpec, ModelId, Outcome
+from .policies import Policy, get_policy
+from .state import SHARED, PolicyStates, State
 
 NO_MODELS = "No connected models found for query"
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
+LOW_CONFIDENCE = "The models' agreement ({:.2f}) is below the app's min_confidence ({:.2f})"
+
+
+class Overloaded(Exception):
+    """The app sheds load with 503 and a model's queue is full."""
 
 
 @dataclass(slots=True)
@@ -33,6 +44,8 @@ class Prediction:
     output: Any
     default: bool
     explanation: str | None = None
+    confidence: float | None = None
+    missing_models: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -42,64 +55,184 @@ class Prediction:
         }
         if self.default:
             body["default_explanation"] = self.explanation
+        if self.confidence is not None:
+            body["confidence"] = round(self.confidence, 6)
+        if self.missing_models:
+            body["missing_models"] = self.missing_models
         return body
 
 
 class QueryProcessor:
-    """Answers queries for apps, using the catalog and the dispatcher."""
+    """Answers queries and feedback for apps, using the catalog and the dispatcher."""
 
     def __init__(
         self,
         catalog: Catalog,
         dispatcher: Dispatcher,
+        states: PolicyStates,
         *,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
+        self.states = states
         self.clock = clock
+        self.rng = rng or random.Random()
         self._query_ids = itertools.count()
+        self._policies: dict[str, tuple[AppSpec, Policy, dict[str, Any]]] = {}
 
-    def resolve_model(self, route: AppRoute, version: str | None) -> ModelId | None:
-        """The model version the single policy queries, or None if there is none."""
-        if version is not None and len(route.models) != 1:
+    def policy_for(self, spec: AppSpec) -> tuple[Policy, dict[str, Any]]:
+        cached = self._policies.get(spec.name)
+        if cached is None or cached[0] is not spec:
+            policy = get_policy(spec.policy)
+            cached = (spec, policy, policy.validate_params(dict(spec.policy_params)))
+            self._policies[spec.name] = cached
+        return cached[1], cached[2]
+
+    def _current(self, name: str) -> ModelId | None:
+        version = self.catalog.current_version(name)
+        return ModelId(name, version) if version is not None else None
+
+    def _pinned(self, route: AppRoute, version: str) -> ModelId:
+        if len(route.models) != 1:
             raise ValidationError(
                 f"a version pin needs an app with exactly one linked model; "
                 f"'{route.spec.name}' has {len(route.models)}"
             )
-        if not route.models:
-            return None
-        name = route.models[0]
-        if version is not None:
-            model = ModelId(name, version)
-            if self.catalog.model(model) is None:
-                raise ValidationError(f"model '{name}' has no version '{version}'")
-            return model
-        current = self.catalog.current_version(name)
-        return ModelId(name, current) if current is not None else None
+        model = ModelId(route.models[0], version)
+        if self.catalog.model(model) is None:
+            raise ValidationError(f"model '{model.name}' has no version '{version}'")
+        return model
+
+    def _available(self, route: AppRoute) -> dict[str, ModelId]:
+        """Linked models with a current version and a live replica, in link order."""
+        out = {}
+        for name in route.models:
+            model = self._current(name)
+            if model is not None and self.dispatcher.live_replicas(model) > 0:
+                out[name] = model
+        return out
+
+    # -- predictions -----------------------------------------------------------------
 
     async def predict(
-        self, route: AppRoute, inputs: list[Any], version: str | None = None
+        self,
+        route: AppRoute,
+        inputs: list[Any],
+        version: str | None = None,
+        uid: str | None = None,
     ) -> list[Prediction]:
-        """Answer every input by the app's deadline; never raises for model trouble."""
-        start = self.clock()
-        deadline = start + route.spec.slo_micros / 1e6
-        default = route.spec.default_output
+        """Answer every input by the app's deadline; never raises for model trouble
+        (only ``Overloaded``, for an app that sheds load with 503)."""
+        spec = route.spec
+        deadline = self.clock() + spec.slo_micros / 1e6
         ids = [next(self._query_ids) for _ in inputs]
-        model = self.resolve_model(route, version)
-        if model is None or self.dispatcher.live_replicas(model) == 0:
-            return [Prediction(q, default, True, NO_MODELS) for q in ids]
-        futures = [self.dispatcher.submit(model, x, deadline) for x in inputs]
+        policy, params = self.policy_for(spec)
+        use_cache = bool(spec.options.get("cache", True))
+        if version is not None:
+            available = {route.models[0]: self._pinned(route, version)}
+            if self.dispatcher.live_replicas(available[route.models[0]]) == 0:
+                available = {}
+        else:
+            available = self._available(route)
+        if not available:
+            return [Prediction(q, spec.default_output, True, NO_MODELS) for q in ids]
+        names = list(available)
+        if len(names) == 1 and not policy.combines:
+            chosen = [names for _ in inputs]  # the common case: no policy work per query
+            state: State = {}
+        else:
+            state = self.states.get(spec.name, uid or SHARED, lambda: policy.initial_state(params))
+            chosen = [policy.select(state, names, params, self.rng) for _ in inputs]
+        futures = [
+            {m: self.dispatcher.submit(available[m], x, deadline, use_cache=use_cache) for m in ms}
+            for x, ms in zip(inputs, chosen, strict=True)
+        ]
+        pending = [f for fs in futures for f in fs.values() if not f.done()]
         remaining = deadline - self.clock()
-        if remaining > 0:
-            await asyncio.wait(futures, timeout=remaining)
-        out = []
-        for qid, fut in zip(ids, futures, strict=True):
-            outcome: Outcome | None = fut.result() if fut.done() else None
-            if outcome is None:
-                out.append(Prediction(qid, default, True, SLO_MISSED))
-            elif outcome.ok:
-                out.append(Prediction(qid, outcome.output, False))
-            else:
-                out.append(Prediction(qid, default, True, outcome.error))
-        return out
+        if pending and remaining > 0:
+            await asyncio.wait(pending, timeout=remaining)
+        if spec.options.get("overload") == "503" and any(
+            f.done() and f.result().overloaded for fs in futures for f in fs.values()
+        ):
+            raise Overloaded(f"a model of '{spec.name}' has a full queue")
+        return [
+            self._answer(qid, spec, policy, params, state, ms, fs)
+            for qid, ms, fs in zip(ids, chosen, futures, strict=True)
+        ]
+
+    def _answer(
+        self,
+        qid: int,
+        spec: AppSpec,
+        policy: Policy,
+        params: dict[str, Any],
+        state: State,
+        chosen: list[str],
+        futures: dict[str, asyncio.Future[Outcome]],
+    ) -> Prediction:
+        outputs: dict[str, Any] = {}
+        errors: list[str] = []
+        for name, fut in futures.items():
+            outcome = fut.result() if fut.done() else None
+            if outcome is not None and outcome.ok:
+                outputs[name] = outcome.output
+            elif outcome is not None and outcome.error:
+                errors.append(outcome.error)
+        if not outputs:
+            reason = errors[0] if errors else SLO_MISSED
+            return Prediction(qid, spec.default_output, True, reason)
+        if len(chosen) == 1 and not policy.combines:
+            return Prediction(qid, outputs[chosen[0]], False)
+        output, confidence = policy.combine(state, chosen, outputs, params)
+        missing = [m for m in chosen if m not in outputs] or None
+        reported = confidence if policy.combines else None
+        threshold = float(params.get("min_confidence", 0.0))
+        if confidence < threshold:
+            explanation = LOW_CONFIDENCE.format(confidence, threshold)
+            return Prediction(qid, spec.default_output, True, explanation, reported, missing)
+        return Prediction(qid, output, False, None, reported, missing)
+
+    # -- feedback --------------------------------------------------------------------
+
+    async def feedback(self, route: AppRoute, uid: str, input: Any, label: Any) -> dict[str, Any]:
+        """Learn from a label: each linked model's output for ``input`` (from the
+        cache where present, else computed now) is scored and the policy's state,
+        for the user and the app, updated atomically in the store."""
+        spec = route.spec
+        policy, params = self.policy_for(spec)
+        available = self._available(route)
+        if not available:
+            return {"accepted": False, "cause": NO_MODELS}
+        deadline = self.clock() + spec.slo_micros / 1e6
+        use_cache = bool(spec.options.get("cache", True))
+        futures = {
+            m: self.dispatcher.submit(model, input, deadline, use_cache=use_cache)
+            for m, model in available.items()
+        }
+        pending = [f for f in futures.values() if not f.done()]
+        remaining = deadline - self.clock()
+        if pending and remaining > 0:
+            await asyncio.wait(pending, timeout=remaining)
+        outputs = {m: f.result().output for m, f in futures.items() if f.done() and f.result().ok}
+        if not outputs:
+            return {"accepted": False, "cause": "no linked model answered for this input"}
+        models = list(available)
+
+        def learn(state: State | None, base: State) -> State:
+            start = copy.deepcopy(state) if state is not None else base
+            return policy.observe(start, models, outputs, label, params)
+
+        def apply() -> None:
+            # A user without state starts from the app's state as it was.
+            shared = copy.deepcopy(
+                self.states.get(spec.name, SHARED, lambda: policy.initial_state(params))
+            )
+            self.states.update(spec.name, SHARED, lambda s: learn(s, copy.deepcopy(shared)))
+            if uid != SHARED:
+                self.states.update(spec.name, uid, lambda s: learn(s, shared))
+
+        # The store write may touch disk or the network: keep it off the event loop.
+        await asyncio.to_thread(apply)
+        return {"accepted": True}

@@ -8,12 +8,14 @@ shared with its own state, so callers may keep it.
 from __future__ import annotations
 
 import abc
+import copy
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 from clipper.exceptions import NotFoundError, ValidationError
-from clipper.types import AppSpec, ModelSpec
+from clipper.types import AppSpec, InputType, ModelSpec
 
 
 class ConfigStore(abc.ABC):
@@ -22,6 +24,9 @@ class ConfigStore(abc.ABC):
     ``generation()`` rises on every call that changes something, so readers
     (the query frontend, the replica managers) can poll it cheaply and reload
     only when it moved. Calls that raise or find nothing to do leave it alone.
+    Policy states are the exception: they are not configuration, they change
+    with every feedback call, so writing them leaves the generation as it is
+    and tells no watcher (deleting an application still counts, once).
     """
 
     # Applications
@@ -53,6 +58,16 @@ class ConfigStore(abc.ABC):
         """Add a model version, optionally making it the current one.
 
         ValidationError if that (name, version) already exists.
+        """
+
+    @abc.abstractmethod
+    def update_model(self, spec: ModelSpec) -> None:
+        """Replace the record of an existing model version.
+
+        Everything but the (name, version) key is replaced: input type, labels,
+        container, data path, batch size and options. Whether it is the
+        model's current version and its replica count stay as they were.
+        NotFoundError if that (name, version) does not exist.
         """
 
     @abc.abstractmethod
@@ -119,6 +134,42 @@ class ConfigStore(abc.ABC):
     def get_num_replicas(self, name: str, version: str) -> int:
         """Return a model version's replica count (1 unless set); NotFoundError if absent."""
 
+    # Policy states: what a selection policy learned, per (application, user)
+
+    @abc.abstractmethod
+    def get_policy_state(self, app: str, uid: str) -> dict[str, Any] | None:
+        """Return the state stored for (``app``, ``uid``), or None.
+
+        ``uid`` "" is the application's shared state. None too for an unknown
+        application. The dict is the caller's own.
+        """
+
+    @abc.abstractmethod
+    def update_policy_state(
+        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Atomically replace the state of (``app``, ``uid``) with ``update(current)``.
+
+        ``current`` is the stored state (None if there is none), a copy that
+        ``update`` may change and return. What it returns is stored and
+        returned, again as a copy; it must be a JSON object, else
+        ValidationError. Concurrent updates of the same state, from threads
+        or from other processes sharing the store, never lose one another:
+        the read, ``update`` and the write form one step (``update`` may be
+        called more than once, with fresh states, if the store retries).
+        ``update`` runs while the state is locked, so it must be quick and
+        must not call the store. If it raises, nothing is stored and the
+        exception propagates. NotFoundError if the application does not
+        exist. Neither the generation nor ``watch`` callbacks see the change.
+        """
+
+    @abc.abstractmethod
+    def delete_policy_states(self, app: str) -> int:
+        """Delete every policy state of an application; return how many there were.
+
+        Deleting an application deletes its states too.
+        """
+
     # Housekeeping
 
     @abc.abstractmethod
@@ -153,6 +204,116 @@ def dump_json(value: Any, what: str) -> str:
         return json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValidationError(f"{what} must be JSON-serializable: {e}") from None
+
+
+def check_options(options: object) -> dict[str, Any]:
+    """Return ``options`` as a dict if it can be a JSON object, else raise ValidationError."""
+    if not isinstance(options, Mapping):
+        raise ValidationError(f"options must be a mapping, got {type(options).__name__}")
+    for key in options:
+        if not isinstance(key, str):
+            raise ValidationError(f"options keys must be strings, got {key!r}")
+    return dict(options)
+
+
+def _json_value(value: Any, what: str) -> Any:
+    # Validates and deep-copies in one go, and normalizes as a JSON round trip
+    # does (tuples become lists), so every store keeps exactly the same value.
+    return json.loads(dump_json(value, what))
+
+
+# Records: a spec as the stores keep it. A record is a dict keyed by the spec's
+# field names whose values are plain JSON (str, int, list, dict, None); each
+# store persists it as it likes (Redis: one JSON document; SQLite: one column
+# per field, the structured ones as JSON text; memory: the dict itself).
+# These four functions are the only place that spells out the conversion.
+
+APP_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AppSpec))
+MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelSpec))
+# The fields whose record values are JSON lists or objects (or None) rather than scalars.
+APP_STRUCTURED_FIELDS = frozenset({"input_shape", "policy_params", "options"})
+MODEL_STRUCTURED_FIELDS = frozenset({"labels", "options"})
+
+
+def app_to_record(spec: AppSpec) -> dict[str, Any]:
+    """Return the record of ``spec``; ValidationError naming the field it cannot store.
+
+    The record shares nothing mutable with ``spec``.
+    """
+    record = {name: getattr(spec, name) for name in APP_FIELDS}
+    shape = spec.input_shape
+    record["input_type"] = InputType(spec.input_type).value
+    record["input_shape"] = _json_value(list(shape) if shape is not None else None, "input_shape")
+    record["policy_params"] = _json_value(spec.policy_params, "policy_params")
+    record["options"] = _json_value(check_options(spec.options), "options")
+    return record
+
+
+def app_from_record(record: Mapping[str, Any]) -> AppSpec:
+    """Return the AppSpec of a record; it shares nothing mutable with ``record``.
+
+    A field missing from the record (one written before the field existed)
+    takes the field's default. A malformed record raises KeyError, TypeError
+    or ValueError.
+    """
+    fields = {name: record[name] for name in APP_FIELDS if name in record}
+    shape = fields.get("input_shape")
+    fields["input_type"] = InputType(record["input_type"])
+    fields["input_shape"] = tuple(shape) if shape is not None else None
+    fields["policy_params"] = copy.deepcopy(record.get("policy_params", {}))
+    fields["options"] = copy.deepcopy(record.get("options", {}))
+    return AppSpec(**fields)
+
+
+def model_to_record(spec: ModelSpec) -> dict[str, Any]:
+    """Return the record of ``spec``; ValidationError naming the field it cannot store.
+
+    The record shares nothing mutable with ``spec``.
+    """
+    record = {name: getattr(spec, name) for name in MODEL_FIELDS}
+    record["input_type"] = InputType(spec.input_type).value
+    record["labels"] = _json_value(list(spec.labels), "labels")
+    record["options"] = _json_value(check_options(spec.options), "options")
+    return record
+
+
+def model_from_record(record: Mapping[str, Any]) -> ModelSpec:
+    """Return the ModelSpec of a record; it shares nothing mutable with ``record``.
+
+    A field missing from the record (one written before the field existed)
+    takes the field's default. A malformed record raises KeyError, TypeError
+    or ValueError.
+    """
+    fields = {name: record[name] for name in MODEL_FIELDS if name in record}
+    fields["input_type"] = InputType(record["input_type"])
+    fields["labels"] = tuple(record.get("labels", ()))
+    fields["options"] = copy.deepcopy(record.get("options", {}))
+    return ModelSpec(**fields)
+
+
+def check_uid(uid: object) -> str:
+    """Return ``uid`` if it can name a policy state, else raise ValidationError."""
+    if not isinstance(uid, str):
+        raise ValidationError(f"policy state uid must be a string, got {type(uid).__name__}")
+    return uid
+
+
+def dump_policy_state(state: object) -> str:
+    """Return the JSON text of a policy state; ValidationError unless it is a JSON object."""
+    if not isinstance(state, Mapping):
+        raise ValidationError(f"policy state must be a JSON object, got {type(state).__name__}")
+    for key in state:
+        if not isinstance(key, str):
+            raise ValidationError(f"policy state keys must be strings, got {key!r}")
+    return dump_json(dict(state), "policy state")
+
+
+def load_policy_state(text: str | bytes) -> dict[str, Any]:
+    """Return the policy state stored as ``text``; ValueError if it is not a JSON object."""
+    state = json.loads(text)
+    if not isinstance(state, dict):
+        raise ValueError(f"stored policy state is not a JSON object: {text!r:.80}")
+    return state
 
 
 def check_replicas(n: int) -> int:

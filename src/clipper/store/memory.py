@@ -2,46 +2,33 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from clipper.exceptions import StoreError
 from clipper.store.base import (
     ConfigStore,
+    app_from_record,
+    app_to_record,
     check_replicas,
-    dump_json,
+    check_uid,
+    dump_policy_state,
     duplicate_app,
     duplicate_model,
+    load_policy_state,
     missing_app,
     missing_version,
+    model_from_record,
+    model_to_record,
 )
-from clipper.types import AppSpec, InputType, ModelId, ModelSpec
+from clipper.types import AppSpec, ModelId, ModelSpec
 
-
-def _normalize_app(spec: AppSpec) -> AppSpec:
-    # Round-trip through JSON as the SQLite store does, so both accept the same values
-    # and a caller mutating its policy_params afterwards cannot reach the stored copy.
-    params = json.loads(dump_json(spec.policy_params, "policy_params"))
-    shape = json.loads(dump_json(spec.input_shape, "input_shape"))
-    return dataclasses.replace(
-        spec,
-        input_type=InputType(spec.input_type),
-        input_shape=tuple(shape) if shape is not None else None,
-        policy_params=params,
-    )
-
-
-def _normalize_model(spec: ModelSpec) -> ModelSpec:
-    labels = json.loads(dump_json(list(spec.labels), "labels"))
-    return dataclasses.replace(spec, input_type=InputType(spec.input_type), labels=tuple(labels))
-
-
-def _copy_app(spec: AppSpec) -> AppSpec:
-    return dataclasses.replace(spec, policy_params=copy.deepcopy(spec.policy_params))
+# The store keeps records (see base.py), not specs: making one checks and copies
+# the values as the other stores do, so all of them accept the same values, and
+# every read builds a fresh spec, so callers never share the stored state.
+Record = dict[str, Any]
 
 
 class MemoryStore(ConfigStore):
@@ -50,12 +37,14 @@ class MemoryStore(ConfigStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed = False
-        self._apps: dict[str, AppSpec] = {}
-        # model name -> version -> spec; dicts keep the order versions were added in.
-        self._versions: dict[str, dict[str, ModelSpec]] = {}
+        self._apps: dict[str, Record] = {}
+        # model name -> version -> record; dicts keep the order versions were added in.
+        self._versions: dict[str, dict[str, Record]] = {}
         self._current: dict[str, str] = {}
         self._replicas: dict[ModelId, int] = {}
         self._links: dict[str, list[str]] = {}
+        # app -> uid -> policy state as JSON text, so every read decodes a fresh copy.
+        self._states: dict[str, dict[str, str]] = {}
         self._generation = 0
 
     @contextmanager
@@ -72,32 +61,32 @@ class MemoryStore(ConfigStore):
 
     def add_app(self, spec: AppSpec) -> None:
         """Register an application; ValidationError if the name is taken."""
-        spec = _normalize_app(spec)
+        record = app_to_record(spec)
         with self._locked():
             if spec.name in self._apps:
                 raise duplicate_app(spec.name)
-            self._apps[spec.name] = spec
+            self._apps[spec.name] = record
             self._links[spec.name] = []
             self._changed()
 
     def get_app(self, name: str) -> AppSpec | None:
         """Return the application called ``name``, or None."""
         with self._locked():
-            spec = self._apps.get(name)
-            return _copy_app(spec) if spec is not None else None
+            record = self._apps.get(name)
+            return app_from_record(record) if record is not None else None
 
     def list_apps(self) -> list[AppSpec]:
         """Return every application, sorted by name."""
         with self._locked():
-            return [_copy_app(self._apps[name]) for name in sorted(self._apps)]
+            return [app_from_record(self._apps[name]) for name in sorted(self._apps)]
 
     def update_app(self, spec: AppSpec) -> None:
         """Replace the record of an existing application; NotFoundError if absent."""
-        spec = _normalize_app(spec)
+        record = app_to_record(spec)
         with self._locked():
             if spec.name not in self._apps:
                 raise missing_app(spec.name)
-            self._apps[spec.name] = spec
+            self._apps[spec.name] = record
             self._changed()
 
     def delete_app(self, name: str) -> bool:
@@ -106,6 +95,7 @@ class MemoryStore(ConfigStore):
             if self._apps.pop(name, None) is None:
                 return False
             self._links.pop(name, None)
+            self._states.pop(name, None)
             self._changed()
             return True
 
@@ -113,26 +103,42 @@ class MemoryStore(ConfigStore):
 
     def add_model(self, spec: ModelSpec, make_current: bool = True) -> None:
         """Add a model version, optionally making it the current one."""
-        spec = _normalize_model(spec)
+        record = model_to_record(spec)
         with self._locked():
             versions = self._versions.setdefault(spec.name, {})
             if spec.version in versions:
                 raise duplicate_model(spec.name, spec.version)
-            versions[spec.version] = spec
+            versions[spec.version] = record
             if make_current:
                 self._current[spec.name] = spec.version
+            self._changed()
+
+    def update_model(self, spec: ModelSpec) -> None:
+        """Replace the record of an existing model version; NotFoundError if absent."""
+        record = model_to_record(spec)
+        with self._locked():
+            versions = self._versions.get(spec.name, {})
+            if spec.version not in versions:
+                raise missing_version(spec.name, spec.version)
+            # The current version and the replica count live apart, so they stay.
+            versions[spec.version] = record
             self._changed()
 
     def get_model(self, name: str, version: str) -> ModelSpec | None:
         """Return one model version, or None."""
         with self._locked():
-            return self._versions.get(name, {}).get(version)
+            record = self._versions.get(name, {}).get(version)
+            return model_from_record(record) if record is not None else None
 
     def list_models(self, name: str | None = None) -> list[ModelSpec]:
         """Return model versions, sorted by name, then by the order they were added."""
         with self._locked():
             names = sorted(self._versions) if name is None else [name]
-            return [spec for n in names for spec in self._versions.get(n, {}).values()]
+            return [
+                model_from_record(record)
+                for n in names
+                for record in self._versions.get(n, {}).values()
+            ]
 
     def delete_model_version(self, name: str, version: str) -> bool:
         """Delete a model version; False if there was none."""
@@ -216,6 +222,34 @@ class MemoryStore(ConfigStore):
             if version not in self._versions.get(name, {}):
                 raise missing_version(name, version)
             return self._replicas.get(ModelId(name, version), 1)
+
+    # Policy states (not configuration: they leave the generation alone)
+
+    def get_policy_state(self, app: str, uid: str) -> dict[str, Any] | None:
+        """Return the state stored for (``app``, ``uid``), or None."""
+        check_uid(uid)
+        with self._locked():
+            text = self._states.get(app, {}).get(uid)
+        return load_policy_state(text) if text is not None else None
+
+    def update_policy_state(
+        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Atomically replace the state of (``app``, ``uid``) with ``update(current)``."""
+        check_uid(uid)
+        with self._locked():
+            if app not in self._apps:
+                raise missing_app(app)
+            states = self._states.get(app, {})
+            text = states.get(uid)
+            text = dump_policy_state(update(load_policy_state(text) if text is not None else None))
+            self._states.setdefault(app, states)[uid] = text
+        return load_policy_state(text)
+
+    def delete_policy_states(self, app: str) -> int:
+        """Delete every policy state of an application; return how many there were."""
+        with self._locked():
+            return len(self._states.pop(app, {}))
 
     # Housekeeping
 

@@ -11,6 +11,7 @@ Data model, every key under ``{prefix}:`` (``clipper`` unless told otherwise)::
     {prefix}:specs:{model}     hash    version -> ModelSpec record (JSON)
     {prefix}:replicas:{model}  hash    version -> replica count (absent: 1)
     {prefix}:current           hash    model name -> current version
+    {prefix}:pstate:{app}      hash    uid -> policy state (JSON object; uid "" is shared)
 
 Every change is one Lua script: Redis runs a script alone, so its checks and
 its writes form one step that no other client (in any process) can interleave
@@ -21,6 +22,13 @@ something ends by INCRing the generation and PUBLISHing the new value on
 go missing between the write and the publish. Reads of more than one key go
 through a script or a MULTI/EXEC block too, so they see a single state.
 
+Policy states are the exception: they are not configuration, so writing
+them neither INCRs the generation nor publishes. An update is a
+read-modify-write whose modification is Python code, so it cannot be a
+script: it WATCHes the state's hash (and the apps hash, so a state is never
+written after its app was deleted), reads, runs the update, and writes in
+MULTI/EXEC, starting over if another client touched a watched key meanwhile.
+
 The scripts build key names from the prefix, so this needs a single Redis
 server (or a primary with replicas), not Redis Cluster.
 """
@@ -29,11 +37,12 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -43,14 +52,21 @@ from redis.retry import Retry
 from clipper.exceptions import StoreError, ValidationError
 from clipper.store.base import (
     ConfigStore,
+    app_from_record,
+    app_to_record,
     check_replicas,
+    check_uid,
     dump_json,
+    dump_policy_state,
     duplicate_app,
     duplicate_model,
+    load_policy_state,
     missing_app,
     missing_version,
+    model_from_record,
+    model_to_record,
 )
-from clipper.types import AppSpec, InputType, ModelSpec
+from clipper.types import AppSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +80,14 @@ BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
 POLL_INTERVAL = 0.2
 JOIN_TIMEOUT = 10.0
+# How often update_policy_state starts over after losing a race before it
+# gives up, and its jittered exponential back-off between attempts (seconds).
+STATE_UPDATE_ATTEMPTS = 100
+STATE_RETRY_DELAY_START = 0.0005
+STATE_RETRY_DELAY_MAX = 0.02
+# Updates of one state from threads of one store take turns on a local lock
+# (one of this many, by key), so only other processes make them start over.
+STATE_LOCK_STRIPES = 64
 
 # What a mutating script returns when it changed nothing: a no-op, or a refusal
 # that Python turns into the same exception as the other stores. A change
@@ -101,7 +125,7 @@ local links = P .. ':links:' .. app
 for _, model in ipairs(redis.call('LRANGE', links, 0, -1)) do
     redis.call('SREM', P .. ':linked:' .. model, app)
 end
-redis.call('DEL', links)
+redis.call('DEL', links, P .. ':pstate:' .. app)
 return changed()
 """
 
@@ -112,6 +136,15 @@ if redis.call('HSETNX', P .. ':specs:' .. name, version, ARGV[4]) == 0 then retu
 redis.call('RPUSH', P .. ':versions:' .. name, version)
 redis.call('SADD', P .. ':models', name)
 if ARGV[5] == '1' then redis.call('HSET', P .. ':current', name, version) end
+return changed()
+"""
+
+_UPDATE_MODEL = """
+-- ARGV: prefix, name, version, record
+-- The current version and the replica count live under other keys, so they stay.
+local specs = P .. ':specs:' .. ARGV[2]
+if redis.call('HEXISTS', specs, ARGV[3]) == 0 then return 'missing' end
+redis.call('HSET', specs, ARGV[3], ARGV[4])
 return changed()
 """
 
@@ -219,62 +252,24 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
+# Each record is one JSON document: a record of base.py, serialized. One written
+# before a field existed lacks its key, and reads back with the field's default.
+
+
 def _app_record(spec: AppSpec) -> str:
-    shape = list(spec.input_shape) if spec.input_shape is not None else None
-    # Check the free-form parts one by one, so the error names the bad one.
-    dump_json(shape, "input_shape")
-    dump_json(spec.policy_params, "policy_params")
-    record = {
-        "name": spec.name,
-        "input_type": InputType(spec.input_type).value,
-        "default_output": spec.default_output,
-        "slo_micros": spec.slo_micros,
-        "input_shape": shape,
-        "policy": spec.policy,
-        "policy_params": spec.policy_params,
-    }
-    return dump_json(record, "application")
+    return dump_json(app_to_record(spec), "application")
 
 
 def _app_from_record(record: str) -> AppSpec:
-    r = json.loads(record)
-    shape = r["input_shape"]
-    return AppSpec(
-        name=r["name"],
-        input_type=InputType(r["input_type"]),
-        default_output=r["default_output"],
-        slo_micros=r["slo_micros"],
-        input_shape=tuple(shape) if shape is not None else None,
-        policy=r["policy"],
-        policy_params=r["policy_params"],
-    )
+    return app_from_record(json.loads(record))
 
 
 def _model_record(spec: ModelSpec) -> str:
-    dump_json(list(spec.labels), "labels")
-    record = {
-        "name": spec.name,
-        "version": spec.version,
-        "input_type": InputType(spec.input_type).value,
-        "labels": list(spec.labels),
-        "container_name": spec.container_name,
-        "model_data_path": spec.model_data_path,
-        "batch_size": spec.batch_size,
-    }
-    return dump_json(record, "model")
+    return dump_json(model_to_record(spec), "model")
 
 
 def _model_from_record(record: str) -> ModelSpec:
-    r = json.loads(record)
-    return ModelSpec(
-        name=r["name"],
-        version=r["version"],
-        input_type=InputType(r["input_type"]),
-        labels=tuple(r["labels"]),
-        container_name=r["container_name"],
-        model_data_path=r["model_data_path"],
-        batch_size=r["batch_size"],
-    )
+    return model_from_record(json.loads(record))
 
 
 def _client(url: str) -> redis.Redis:
@@ -317,6 +312,7 @@ class RedisStore(ConfigStore):
         self._callbacks: list[Callable[[], None]] = []
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._state_locks = [threading.Lock() for _ in range(STATE_LOCK_STRIPES)]
         try:
             self._redis = _client(url)
         except ValueError as e:  # redis-py's word for a URL it cannot read
@@ -328,6 +324,7 @@ class RedisStore(ConfigStore):
             self._update_app = register(_PRELUDE + _UPDATE_APP)
             self._delete_app = register(_PRELUDE + _DELETE_APP)
             self._add_model = register(_PRELUDE + _ADD_MODEL)
+            self._update_model = register(_PRELUDE + _UPDATE_MODEL)
             self._delete_model_version = register(_PRELUDE + _DELETE_MODEL_VERSION)
             self._set_current_version = register(_PRELUDE + _SET_CURRENT_VERSION)
             self._add_links = register(_PRELUDE + _ADD_LINKS)
@@ -411,6 +408,15 @@ class RedisStore(ConfigStore):
             result = self._add_model(args=[self.prefix, spec.name, spec.version, record, flag])
         if result == _EXISTS:
             raise duplicate_model(spec.name, spec.version)
+        self._check_changed(result)
+
+    def update_model(self, spec: ModelSpec) -> None:
+        """Replace the record of an existing model version; NotFoundError if absent."""
+        record = _model_record(spec)
+        with self._calling("update a model version"):
+            result = self._update_model(args=[self.prefix, spec.name, spec.version, record])
+        if result == _MISSING:
+            raise missing_version(spec.name, spec.version)
         self._check_changed(result)
 
     def get_model(self, name: str, version: str) -> ModelSpec | None:
@@ -497,6 +503,80 @@ class RedisStore(ConfigStore):
         if not exists:
             raise missing_version(name, version)
         return int(n) if n is not None else 1
+
+    # Policy states (not configuration: no generation, no notification)
+
+    def get_policy_state(self, app: str, uid: str) -> dict[str, Any] | None:
+        """Return the state stored for (``app``, ``uid``), or None."""
+        check_uid(uid)
+        with self._calling("read a policy state") as r:
+            text = cast(str | None, r.hget(self._key("pstate", app), uid))
+            return load_policy_state(text) if text is not None else None
+
+    def update_policy_state(
+        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Atomically replace the state of (``app``, ``uid``) with ``update(current)``.
+
+        Optimistic: when another client changes the app's states (or the
+        apps) between the read and the write, it starts over, calling
+        ``update`` again with the new state, up to STATE_UPDATE_ATTEMPTS
+        times; then StoreError. Threads of this store updating the same
+        state take turns instead, so they do not make each other retry.
+        """
+        check_uid(uid)
+        with self._state_locks[hash((app, uid)) % STATE_LOCK_STRIPES]:
+            for attempt in range(STATE_UPDATE_ATTEMPTS):
+                if attempt:
+                    delay = min(STATE_RETRY_DELAY_START * 2**attempt, STATE_RETRY_DELAY_MAX)
+                    time.sleep(random.uniform(0, delay))
+                state = self._try_update_state(app, uid, update)
+                if state is not None:
+                    return state
+        raise StoreError(
+            f"Redis config store {self._where}: cannot update the policy state of "
+            f"{app!r} user {uid!r}: still contended after {STATE_UPDATE_ATTEMPTS} attempts"
+        )
+
+    def _try_update_state(
+        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """One WATCH/MULTI/EXEC attempt; None if another client got in between."""
+        apps, key = self._key("apps"), self._key("pstate", app)
+        # What update() or the check of its result raise must reach the caller
+        # as is, not as the StoreError that _calling makes of a ValueError.
+        failure: Exception | None = None
+        with self._calling("update a policy state") as r, r.pipeline(transaction=True) as pipe:
+            pipe.watch(apps, key)  # and until MULTI, the pipe runs commands at once
+            if not pipe.hexists(apps, app):
+                failure = missing_app(app)
+            else:
+                text = cast(str | None, pipe.hget(key, uid))
+                current = load_policy_state(text) if text is not None else None
+                try:
+                    text = dump_policy_state(update(current))
+                except Exception as e:
+                    failure = e
+                else:
+                    pipe.multi()
+                    pipe.hset(key, uid, text)
+                    try:
+                        pipe.execute()
+                    except redis.WatchError:
+                        return None
+                    return load_policy_state(text)
+        assert failure is not None  # every path that did not return set it
+        raise failure
+
+    def delete_policy_states(self, app: str) -> int:
+        """Delete every policy state of an application; return how many there were."""
+        with self._calling("delete policy states") as r:
+            pipe = r.pipeline(transaction=True)
+            key = self._key("pstate", app)
+            pipe.hlen(key)
+            pipe.delete(key)
+            count, _ = pipe.execute()
+            return int(count)
 
     # Housekeeping
 

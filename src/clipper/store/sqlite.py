@@ -3,40 +3,57 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from clipper.exceptions import StoreError
 from clipper.store.base import (
+    APP_FIELDS,
+    APP_STRUCTURED_FIELDS,
+    MODEL_FIELDS,
+    MODEL_STRUCTURED_FIELDS,
     ConfigStore,
+    app_from_record,
+    app_to_record,
     check_replicas,
+    check_uid,
     dump_json,
+    dump_policy_state,
     duplicate_app,
     duplicate_model,
+    load_policy_state,
     missing_app,
     missing_version,
+    model_from_record,
+    model_to_record,
 )
-from clipper.types import AppSpec, InputType, ModelSpec
+from clipper.types import AppSpec, ModelSpec
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = 3
+
+# The current schema, for a new file. An older file gets the same tables from
+# _MIGRATIONS, so a column added here is added there too, at the end.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY, input_type TEXT NOT NULL, default_output TEXT NOT NULL,
     slo_micros INTEGER NOT NULL, input_shape TEXT, policy TEXT NOT NULL,
-    policy_params TEXT NOT NULL
+    policy_params TEXT NOT NULL, options TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS model_versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
     input_type TEXT NOT NULL, labels TEXT NOT NULL, container_name TEXT NOT NULL,
     model_data_path TEXT NOT NULL, batch_size INTEGER NOT NULL,
     is_current INTEGER NOT NULL DEFAULT 0, num_replicas INTEGER NOT NULL DEFAULT 1,
+    options TEXT NOT NULL DEFAULT '{}',
     UNIQUE (name, version)
 );
 CREATE TABLE IF NOT EXISTS links (
@@ -46,54 +63,80 @@ CREATE TABLE IF NOT EXISTS links (
     UNIQUE (app, model)
 );
 CREATE INDEX IF NOT EXISTS links_by_model ON links (model);
+CREATE TABLE IF NOT EXISTS policy_states (
+    app TEXT NOT NULL REFERENCES apps (name) ON DELETE CASCADE,
+    uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (app, uid)
+);
 """
 
-_APP_COLUMNS = "name, input_type, default_output, slo_micros, input_shape, policy, policy_params"
-_MODEL_COLUMNS = "name, version, input_type, labels, container_name, model_data_path, batch_size"
+# Schema version -> the statements that bring a file of that version to the next one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE apps ADD COLUMN options TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE model_versions ADD COLUMN options TEXT NOT NULL DEFAULT '{}'",
+    ),
+    # _SCHEMA has already created the table by now; this keeps the step explicit.
+    2: (
+        """CREATE TABLE IF NOT EXISTS policy_states (
+            app TEXT NOT NULL REFERENCES apps (name) ON DELETE CASCADE,
+            uid TEXT NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (app, uid)
+        )""",
+    ),
+}
+
+# The columns of apps and model_versions are named after the record fields
+# (see base.py); the structured ones hold JSON text (NULL for None).
+_APP_COLUMNS = ", ".join(APP_FIELDS)
+_APP_INSERT = f"INSERT INTO apps ({_APP_COLUMNS}) VALUES ({', '.join(f':{f}' for f in APP_FIELDS)})"
+_APP_UPDATE = (
+    "UPDATE apps SET "
+    + ", ".join(f"{field} = :{field}" for field in APP_FIELDS if field != "name")
+    + " WHERE name = :name"
+)
+_MODEL_COLUMNS = ", ".join(MODEL_FIELDS)
+_MODEL_INSERT = (
+    f"INSERT INTO model_versions ({_MODEL_COLUMNS}) "
+    f"VALUES ({', '.join(f':{f}' for f in MODEL_FIELDS)})"
+)
+_MODEL_UPDATE = (
+    "UPDATE model_versions SET "
+    + ", ".join(f"{field} = :{field}" for field in MODEL_FIELDS if field not in ("name", "version"))
+    + " WHERE name = :name AND version = :version"
+)
 
 
-def _app_row(spec: AppSpec) -> tuple[Any, ...]:
-    shape = list(spec.input_shape) if spec.input_shape is not None else None
-    return (
-        spec.name,
-        InputType(spec.input_type).value,
-        spec.default_output,
-        spec.slo_micros,
-        dump_json(shape, "input_shape") if shape is not None else None,
-        spec.policy,
-        dump_json(spec.policy_params, "policy_params"),
-    )
+def _to_row(record: dict[str, Any], structured: frozenset[str]) -> dict[str, Any]:
+    return {
+        field: dump_json(value, field) if field in structured and value is not None else value
+        for field, value in record.items()
+    }
+
+
+def _from_row(row: sqlite3.Row, structured: frozenset[str]) -> dict[str, Any]:
+    return {
+        field: json.loads(value) if field in structured and value is not None else value
+        for field, value in zip(row.keys(), row, strict=True)
+    }
+
+
+def _app_row(spec: AppSpec) -> dict[str, Any]:
+    return _to_row(app_to_record(spec), APP_STRUCTURED_FIELDS)
 
 
 def _app_from_row(row: sqlite3.Row) -> AppSpec:
-    # The columns are named after the AppSpec fields.
-    shape = row["input_shape"]
-    return AppSpec(
-        **{
-            **dict(row),
-            "input_type": InputType(row["input_type"]),
-            "input_shape": tuple(json.loads(shape)) if shape is not None else None,
-            "policy_params": json.loads(row["policy_params"]),
-        }
-    )
+    return app_from_record(_from_row(row, APP_STRUCTURED_FIELDS))
 
 
-def _model_row(spec: ModelSpec) -> tuple[Any, ...]:
-    return (
-        spec.name,
-        spec.version,
-        InputType(spec.input_type).value,
-        dump_json(list(spec.labels), "labels"),
-        spec.container_name,
-        spec.model_data_path,
-        spec.batch_size,
-    )
+def _model_row(spec: ModelSpec) -> dict[str, Any]:
+    return _to_row(model_to_record(spec), MODEL_STRUCTURED_FIELDS)
 
 
 def _model_from_row(row: sqlite3.Row) -> ModelSpec:
-    # The columns are named after the ModelSpec fields.
-    labels = tuple(json.loads(row["labels"]))
-    return ModelSpec(**{**dict(row), "input_type": InputType(row["input_type"]), "labels": labels})
+    return model_from_record(_from_row(row, MODEL_STRUCTURED_FIELDS))
 
 
 class SQLiteStore(ConfigStore):
@@ -143,10 +186,30 @@ class SQLiteStore(ConfigStore):
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', 0)")
             elif row["value"] != SCHEMA_VERSION:
-                raise StoreError(
-                    f"config store {self.path} has schema version {row['value']}, "
-                    f"this version of clipper reads version {SCHEMA_VERSION}"
-                )
+                self._migrate(conn, row["value"])
+
+    def _migrate(self, conn: sqlite3.Connection, version: object) -> None:
+        """Bring a file of an older schema version up to date, in the open transaction.
+
+        The caller's transaction makes it all or nothing: a failure part way
+        leaves the file at its old version, untouched.
+        """
+        if not isinstance(version, int) or version not in _MIGRATIONS:
+            raise StoreError(
+                f"config store {self.path} has schema version {version}, "
+                f"this version of clipper reads version {SCHEMA_VERSION}"
+            )
+        try:
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                version += 1
+        except sqlite3.Error as e:
+            raise StoreError(
+                f"cannot migrate config store {self.path} to schema version {version + 1}: {e}"
+            ) from e
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        log.info("migrated config store %s to schema version %d", self.path, SCHEMA_VERSION)
 
     @contextmanager
     def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -181,7 +244,7 @@ class SQLiteStore(ConfigStore):
         row = _app_row(spec)
         with self._writing("add an application") as conn:
             try:
-                conn.execute(f"INSERT INTO apps ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                conn.execute(_APP_INSERT, row)
             except sqlite3.IntegrityError:
                 raise duplicate_app(spec.name) from None
             self._bump(conn)
@@ -203,11 +266,7 @@ class SQLiteStore(ConfigStore):
         """Replace the record of an existing application; NotFoundError if absent."""
         row = _app_row(spec)
         with self._writing("update an application") as conn:
-            cursor = conn.execute(
-                "UPDATE apps SET input_type = ?, default_output = ?, slo_micros = ?, "
-                "input_shape = ?, policy = ?, policy_params = ? WHERE name = ?",
-                (*row[1:], spec.name),
-            )
+            cursor = conn.execute(_APP_UPDATE, row)
             if cursor.rowcount == 0:
                 raise missing_app(spec.name)
             self._bump(conn)
@@ -215,7 +274,7 @@ class SQLiteStore(ConfigStore):
     def delete_app(self, name: str) -> bool:
         """Delete an application and its links; False if there was none."""
         with self._writing("delete an application") as conn:
-            # The links go with it: ON DELETE CASCADE.
+            # The links and policy states go with it: ON DELETE CASCADE.
             if conn.execute("DELETE FROM apps WHERE name = ?", (name,)).rowcount == 0:
                 return False
             self._bump(conn)
@@ -228,14 +287,20 @@ class SQLiteStore(ConfigStore):
         row = _model_row(spec)
         with self._writing("add a model version") as conn:
             try:
-                conn.execute(
-                    f"INSERT INTO model_versions ({_MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
+                conn.execute(_MODEL_INSERT, row)
             except sqlite3.IntegrityError:
                 raise duplicate_model(spec.name, spec.version) from None
             if make_current:
                 self._make_current(conn, spec.name, spec.version)
+            self._bump(conn)
+
+    def update_model(self, spec: ModelSpec) -> None:
+        """Replace the record of an existing model version; NotFoundError if absent."""
+        row = _model_row(spec)
+        with self._writing("update a model version") as conn:
+            # is_current and num_replicas are not in the record, so they stay.
+            if conn.execute(_MODEL_UPDATE, row).rowcount == 0:
+                raise missing_version(spec.name, spec.version)
             self._bump(conn)
 
     def get_model(self, name: str, version: str) -> ModelSpec | None:
@@ -357,6 +422,47 @@ class SQLiteStore(ConfigStore):
             if row is None:
                 raise missing_version(name, version)
             return int(row["num_replicas"])
+
+    # Policy states (not configuration: they leave the generation alone)
+
+    def get_policy_state(self, app: str, uid: str) -> dict[str, Any] | None:
+        """Return the state stored for (``app``, ``uid``), or None."""
+        check_uid(uid)
+        with self._reading("read a policy state") as conn:
+            row = conn.execute(
+                "SELECT state FROM policy_states WHERE app = ? AND uid = ?", (app, uid)
+            ).fetchone()
+        return load_policy_state(row["state"]) if row is not None else None
+
+    def update_policy_state(
+        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Atomically replace the state of (``app``, ``uid``) with ``update(current)``.
+
+        The read and the write share one ``BEGIN IMMEDIATE`` transaction, so
+        no other writer, in this process or another, can come between them.
+        """
+        check_uid(uid)
+        with self._writing("update a policy state") as conn:
+            if not self._app_exists(conn, app):
+                raise missing_app(app)
+            row = conn.execute(
+                "SELECT state FROM policy_states WHERE app = ? AND uid = ?", (app, uid)
+            ).fetchone()
+            current = load_policy_state(row["state"]) if row is not None else None
+            # If update() or the check raises, the transaction rolls back untouched.
+            text = dump_policy_state(update(current))
+            conn.execute(
+                "INSERT INTO policy_states (app, uid, state) VALUES (?, ?, ?) "
+                "ON CONFLICT (app, uid) DO UPDATE SET state = excluded.state",
+                (app, uid, text),
+            )
+        return load_policy_state(text)
+
+    def delete_policy_states(self, app: str) -> int:
+        """Delete every policy state of an application; return how many there were."""
+        with self._writing("delete policy states") as conn:
+            return conn.execute("DELETE FROM policy_states WHERE app = ?", (app,)).rowcount
 
     # Housekeeping
 

@@ -1,0 +1,71 @@
+"""Policy state per (app, user), cached in memory, kept in the config store.
+
+The query path reads states from memory; feedback updates them through the
+store's atomic read-modify-write, so concurrent feedback (from this or
+another frontend) never loses an update. Cached states are re-read after
+``ttl_s``, so updates made by other frontends arrive within that time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+State = dict[str, Any]
+SHARED = ""  # the uid of the app-wide state
+
+
+class StateBackend(Protocol):
+    def get_policy_state(self, app: str, uid: str) -> State | None: ...
+
+    def update_policy_state(
+        self, app: str, uid: str, update: Callable[[State | None], State]
+    ) -> State: ...
+
+
+class PolicyStates:
+    """A read-through cache of policy states."""
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        *,
+        ttl_s: float = 1.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, State | None]] = {}
+
+    def get(self, app: str, uid: str, initial: Callable[[], State]) -> State:
+        """The user's state, else the app's shared state, else ``initial()``."""
+        for key in ((app, uid), (app, SHARED)) if uid != SHARED else ((app, SHARED),):
+            state = self._read(key)
+            if state is not None:
+                return state
+        return initial()
+
+    def _read(self, key: tuple[str, str]) -> State | None:
+        now = self.clock()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        state = self.backend.get_policy_state(*key)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()  # crude, but bounded; states are re-read on demand
+        self._cache[key] = (now, state)
+        return state
+
+    def update(self, app: str, uid: str, update: Callable[[State | None], State]) -> State:
+        """Atomically update one state in the store and refresh the cache."""
+        state = self.backend.update_policy_state(app, uid, update)
+        self._cache[(app, uid)] = (self.clock(), state)
+        return state
+
+    def clear(self) -> None:
+        """Forget cached states (after a configuration change, e.g. a new policy)."""
+        self._cache.clear()
