@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import logging.handlers
@@ -18,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,15 @@ from .batching.controllers import (
 )
 from .batching.dispatcher import Dispatcher, ModelConfig
 from .cache import PredictionCache
+from .dashboard import Dashboard
 from .exceptions import ValidationError
+from .frontend.oip import OIPFrontend
 from .frontend.query import QueryFrontend
 from .management.api import ManagementFrontend
 from .management.service import ManagementService
 from .managers.local import LocalProcessManager
+from .metrics import Metrics
+from .rpc.protocol import curve_keypair
 from .rpc.server import RPCServer
 from .selection.processor import QueryProcessor
 from .selection.state import PolicyStates
@@ -66,6 +72,13 @@ class ClipperServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if not _is_loopback(settings.host) and not settings.admin_token:
+            raise ValidationError(
+                f"the management API would listen on {settings.host}, beyond this machine, "
+                "without authentication: set CLIPPER_ADMIN_TOKEN (or --admin-token)"
+            )
+        if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
+            raise ValidationError("TLS needs both --tls-certfile and --tls-keyfile")
         if settings.manager != "local":
             raise ValidationError(f"unknown container manager {settings.manager!r}; use 'local'")
         self.store = open_store(settings.store)
@@ -76,18 +89,27 @@ class ClipperServer:
             )
         self.cache = PredictionCache(settings.cache_bytes) if settings.cache_bytes > 0 else None
         self.dispatcher = Dispatcher(configure=self._configure_model, cache=self.cache)
+        curve_public = curve_secret = None
+        if settings.rpc_curve not in ("", "off", "on"):
+            raise ValidationError("--rpc-curve takes 'on' or 'off'")
+        if settings.rpc_curve == "on":
+            curve_public, curve_secret = curve_keypair(str(settings.state_dir / "curve"))
         self.rpc = RPCServer(
             f"tcp://{settings.rpc_host}:{settings.rpc_port}",
             self.dispatcher,
             check_registration=self._check_registration,
             heartbeat_interval=settings.heartbeat_interval,
             heartbeat_timeout=settings.heartbeat_timeout,
+            secret=settings.rpc_secret or None,
+            curve_secret_key=curve_secret,
         )
         self.dispatcher.set_transport(self.rpc.send)
         self.manager = LocalProcessManager(
             rpc_address=settings.rpc_address,
             state_dir=settings.state_dir,
             on_exit=self.rpc.process_exited,
+            secret=settings.rpc_secret or None,
+            server_key=curve_public,
         )
         self.service = ManagementService(
             self.store,
@@ -97,15 +119,26 @@ class ClipperServer:
             default_batch_size=settings.default_batch_size,
         )
         self.service.listeners.append(self._after_change)
-        self.processor = QueryProcessor(self.catalog, self.dispatcher, PolicyStates(self.store))
+        self.metrics = Metrics(self.status)
+        self.processor = QueryProcessor(
+            self.catalog, self.dispatcher, PolicyStates(self.store), observer=self.metrics
+        )
+        self.oip = OIPFrontend(self.catalog, self.processor, max_body_bytes=settings.max_body_bytes)
         self.query_app = QueryFrontend(
             self.catalog,
             self.processor,
             max_body_bytes=settings.max_body_bytes,
             is_ready=lambda: self.ready,
+            v2=self.oip,
+            metrics=self.metrics.asgi,
+            max_batch_inputs=settings.max_batch_inputs,
         )
         self.management_app = ManagementFrontend(
-            self.service, self.status, max_body_bytes=settings.max_body_bytes
+            self.service,
+            self.status,
+            max_body_bytes=settings.max_body_bytes,
+            dashboard=Dashboard(self.status),
+            admin_token=settings.admin_token or None,
         )
         self.ready = False
         self.started_at = time.time()
@@ -173,7 +206,7 @@ class ClipperServer:
             "management_port": self.settings.management_port,
             "rpc_port": self.settings.rpc_port,
             "state_dir": str(self.settings.state_dir),
-            "store": self.settings.store,
+            "store": _redact(self.settings.store),
             "manager": self.settings.manager,
             "replicas": replicas,
             "models": [dataclasses.asdict(m) for m in self.dispatcher.statistics()],
@@ -213,6 +246,8 @@ class ClipperServer:
                 log_level="warning",
                 server_header=False,
                 timeout_graceful_shutdown=5,
+                ssl_certfile=self.settings.tls_certfile or None,
+                ssl_keyfile=self.settings.tls_keyfile or None,
             )
             server = _UvicornServer(config)
             self._servers.append(server)
@@ -257,8 +292,13 @@ class ClipperServer:
         self._stop.set()
 
     async def stop(self) -> None:
+        # Drain: /ready turns false (load balancers stop sending), queries in
+        # flight finish, then the listeners close.
         self.ready = False
-        log.info("stopping Clipper")
+        log.info("stopping Clipper: draining queries in flight")
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while self.dispatcher.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._server_tasks, return_exceptions=True)
@@ -300,6 +340,22 @@ class ClipperServer:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for status output and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def configure_logging(level: str, state_dir: Path) -> None:

@@ -92,6 +92,40 @@ class Settings:
         default=32 * 1024 * 1024,
         metadata={"help": "Size of the prediction cache in bytes (0: no cache)."},
     )
+    max_batch_inputs: int = field(
+        default=10_000,
+        metadata={"help": "Most inputs one input_batch request may carry."},
+    )
+    drain_timeout: float = field(
+        default=10.0,
+        metadata={"help": "Seconds a stopping server waits for queries in flight."},
+    )
+    admin_token: str = field(
+        default="",
+        metadata={
+            "help": "Bearer token the management API requires (prefer the env "
+            "variable: flags are visible to other users). Required when the "
+            "management port binds beyond loopback."
+        },
+    )
+    rpc_secret: str = field(
+        default="",
+        metadata={
+            "help": "Shared secret containers present when they register (prefer the env variable)."
+        },
+    )
+    rpc_curve: str = field(
+        default="",
+        metadata={
+            "help": "Encrypt the RPC socket with CurveZMQ: 'on' keeps the server's "
+            "key pair in <state_dir>/curve/; containers get the public key in "
+            "CLIPPER_RPC_SERVER_KEY."
+        },
+    )
+    tls_certfile: str = field(
+        default="", metadata={"help": "PEM certificate: serve both HTTP ports over TLS."}
+    )
+    tls_keyfile: str = field(default="", metadata={"help": "PEM private key for TLS."})
     heartbeat_interval: float = field(
         default=0.5, metadata={"help": "Seconds between heartbeats on the RPC socket."}
     )

@@ -107,3 +107,19 @@ def make_straggler(answer: int) -> Any:
         return [answer] * len(xs)
 
     return straggle
+
+
+def make_leaky(chunk_mb: int) -> Any:
+    """Keeps ``chunk_mb`` more memory on every call: a model that leaks."""
+    hoard: list[bytearray] = []
+
+    def leaky(xs: Any) -> list[int]:
+        hoard.append(bytearray(chunk_mb * 1024 * 1024))
+        return [len(hoard)] * len(xs)
+
+    return leaky
+
+
+def slow_second(xs: Any) -> list[str]:
+    time.sleep(1.0)
+    return ["done"] * len(xs)

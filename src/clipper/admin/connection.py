@@ -49,7 +49,13 @@ class ClipperConnection:
 
     @property
     def management_url(self) -> str:
-        return f"http://{self.cm.host}:{self.cm.clipper_management_port}"
+        return f"{self.cm.scheme}://{self.cm.host}:{self.cm.clipper_management_port}"
+
+    def _http(self, method: str, url: str, timeout: float, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.cm.admin_token}"} if self.cm.admin_token else {}
+        return httpx.request(
+            method, url, timeout=timeout, headers=headers, verify=self.cm.verify(), **kw
+        )
 
     def get_query_addr(self) -> str:
         """``host:port`` of the query frontend."""
@@ -76,13 +82,14 @@ class ClipperConnection:
         with open(log_path, "ab") as logfile:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "clipper.server", *self.cm.server_args()],
+                env={**os.environ, **self.cm.server_env()},
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        query_health = f"http://{self.get_query_addr()}/ready"
+        query_health = f"{self.cm.scheme}://{self.get_query_addr()}/ready"
         while time.monotonic() < deadline:
             code = self._process.poll()
             if code is not None:
@@ -92,7 +99,7 @@ class ClipperConnection:
                 )
             if self._ping(timeout=1.0):
                 try:
-                    if httpx.get(query_health, timeout=1.0).status_code == 200:
+                    if self._http("GET", query_health, 1.0).status_code == 200:
                         self.connected = True
                         log.info("Clipper is running (pid %d)", self._process.pid)
                         return
@@ -110,7 +117,7 @@ class ClipperConnection:
 
     def _ping(self, timeout: float) -> bool:
         try:
-            r = httpx.get(f"{self.management_url}/admin/ping", timeout=timeout)
+            r = self._http("GET", f"{self.management_url}/admin/ping", timeout)
             return r.status_code == 200
         except httpx.HTTPError:
             return False
@@ -146,6 +153,13 @@ class ClipperConnection:
         if self._process is not None and self._process.pid == pid:
             self._process.wait()
 
+    def close(self) -> None:
+        """Release this connection's HTTP client (the server keeps running)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.connected = False
+
     def stop_all(self) -> bool:
         """Stop the server and every replica it started; False if none was running."""
         pid = self._server_pid()
@@ -163,7 +177,15 @@ class ClipperConnection:
         if not self.connected:
             raise UnconnectedException()
         if self._client is None:
-            self._client = httpx.Client(base_url=self.management_url, timeout=self.timeout)
+            headers = (
+                {"Authorization": f"Bearer {self.cm.admin_token}"} if self.cm.admin_token else {}
+            )
+            self._client = httpx.Client(
+                base_url=self.management_url,
+                timeout=self.timeout,
+                headers=headers,
+                verify=self.cm.verify(),
+            )
         try:
             r = self._client.post(f"/admin/{route}", json=body)
         except httpx.HTTPError as exc:
@@ -357,7 +379,7 @@ class ClipperConnection:
         if not self.connected:
             raise UnconnectedException()
         try:
-            r = httpx.get(f"{self.management_url}/admin/status", timeout=self.timeout)
+            r = self._http("GET", f"{self.management_url}/admin/status", self.timeout)
             r.raise_for_status()
             return dict(r.json())
         except (httpx.HTTPError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,34 @@ class LocalContainerManager:
     host: str = "127.0.0.1"
     server_flags: list[str] = field(default_factory=list)
     """More flags for ``python -m clipper.server`` (e.g. ``["--batching", "quantile"]``)."""
+    admin_token: str | None = None
+    """Bearer token of the management API (passed to a started server by environment)."""
+    rpc_secret: str | None = None
+    """Secret containers must present (passed to a started server by environment)."""
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    """Serve (and talk to) both HTTP ports over TLS."""
+    tls_verify: bool | str = True
+    """Verify the server's certificate: True, False, or a CA bundle path."""
+
+    def verify(self) -> bool | ssl.SSLContext:
+        """What the HTTP client verifies the server's certificate with."""
+        if isinstance(self.tls_verify, str):
+            return ssl.create_default_context(cafile=self.tls_verify)
+        return self.tls_verify
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_certfile else "http"
+
+    def server_env(self) -> dict[str, str]:
+        """Secrets for a started server: in its environment, never in its argv."""
+        env = {}
+        if self.admin_token:
+            env["CLIPPER_ADMIN_TOKEN"] = self.admin_token
+        if self.rpc_secret:
+            env["CLIPPER_RPC_SECRET"] = self.rpc_secret
+        return env
 
     def __post_init__(self) -> None:
         self.state_dir = (
@@ -51,4 +80,6 @@ class LocalContainerManager:
         ]
         if self.redis_url:
             args += ["--store", self.redis_url]
+        if self.tls_certfile and self.tls_keyfile:
+            args += ["--tls-certfile", self.tls_certfile, "--tls-keyfile", self.tls_keyfile]
         return [*args, *self.server_flags]

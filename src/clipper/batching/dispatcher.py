@@ -374,6 +374,10 @@ class Dispatcher:
     def replicas(self) -> list[Replica]:
         return [r for s in self._models.values() for r in s.replicas.values()]
 
+    def busy(self) -> bool:
+        """Whether any query waits in a queue or runs on a replica."""
+        return bool(self._in_flight) or any(len(s.queue) for s in self._models.values())
+
     def pending_entries(self) -> int:
         """How many cache entries are pending (a computation in progress)."""
         return len(self._pending)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import resource
 import signal
 import sys
 from typing import Any
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="stop when the parent process exits (used by the local manager)",
     )
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=None,
+        help="cap this process's address space (a leaking model then gets MemoryError)",
+    )
     parser.add_argument("--log-level", default=env("CLIPPER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -80,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s container[{args.model_name}:{args.model_version}]"
         " %(message)s",
     )
+    if args.memory_limit_mb:
+        limit = args.memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     model = load_model(args.model_path, args.model_import)
     runtime = ContainerRuntime(
         model,
@@ -90,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval=args.heartbeat_interval,
         exit_with_parent=args.exit_with_parent,
         replica_label=args.replica,
+        # From the environment only: argv is visible to every user of the machine.
+        secret=os.environ.get("CLIPPER_RPC_SECRET") or None,
+        server_key=os.environ.get("CLIPPER_RPC_SERVER_KEY", "").encode() or None,
     )
     signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
     signal.signal(signal.SIGINT, lambda *_: runtime.stop())

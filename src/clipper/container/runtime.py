@@ -58,6 +58,11 @@ def run_predict(
         if len(outputs) != count:
             raise ValueError(f"predict returned {len(outputs)} outputs for {count} inputs")
         return p.encode_result_ok(batch_id, outputs)
+    except MemoryError:
+        # Past the replica's memory limit: report it, then let the container
+        # exit so its manager restarts it with a clean heap.
+        log.error("batch %s ran out of memory; this container will restart", batch_id)
+        raise
     except Exception as exc:  # the model's errors travel back as data
         message = str(exc)[:MAX_ERROR_MESSAGE]
         log.warning("batch %s failed: %s: %s", batch_id, type(exc).__name__, message)
@@ -79,7 +84,11 @@ class ContainerRuntime:
         frontend_timeout: float = 3.0,
         exit_with_parent: bool = False,
         replica_label: str | None = None,
+        secret: str | None = None,
+        drain_timeout: float = 30.0,
+        server_key: bytes | None = None,
     ) -> None:
+        self.server_key = server_key  # the frontend's CurveZMQ public key: encrypt
         self.predict = as_predict_fn(model)
         self.address = address
         self.model_name = model_name
@@ -89,7 +98,11 @@ class ContainerRuntime:
         self.frontend_timeout = frontend_timeout
         self.exit_with_parent = exit_with_parent
         self.replica_label = replica_label or uuid.uuid4().hex[:8]
+        self.secret = secret
+        self.drain_timeout = drain_timeout
         self._stop = threading.Event()
+        self._busy = 0  # batches taken and not yet answered
+        self.out_of_memory = threading.Event()
         self.registered = threading.Event()
         self.batches_served = 0
 
@@ -106,13 +119,15 @@ class ContainerRuntime:
                 input_type=self.input_type,
                 pid=os.getpid(),
                 replica=self.replica_label,
+                **({"secret": self.secret} if self.secret else {}),
             )
         ]
 
     def serve_forever(self) -> int:
         """Serve until stopped, the parent dies or the frontend rejects us.
 
-        Returns a process exit status: 0 on a clean stop, 2 when rejected.
+        Returns a process exit status: 0 on a clean stop, 2 when rejected, 3 when
+        the model ran out of memory (its manager restarts it).
         """
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
@@ -122,6 +137,11 @@ class ContainerRuntime:
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.setsockopt(zmq.RECONNECT_IVL, 100)
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.server_key:
+            public, secret = zmq.curve_keypair()  # ours is ephemeral: auth is the secret
+            dealer.curve_serverkey = self.server_key
+            dealer.curve_publickey = public
+            dealer.curve_secretkey = secret
         dealer.connect(self.address)
         wake_addr = f"inproc://results-{id(self)}"
         results_rx = ctx.socket(zmq.PAIR)
@@ -153,12 +173,25 @@ class ContainerRuntime:
         )
         send(self._register_message())
         last_heard = last_register = last_beat = time.monotonic()
+        drain_started: float | None = None
         try:
-            while not self._stop.is_set():
-                events = dict(poller.poll(int(self.heartbeat_interval * 1000)))
+            while True:
+                stopping = self._stop.is_set() or self.out_of_memory.is_set()
+                if stopping:
+                    # Drain: answer the batch in progress, take no new one.
+                    now = time.monotonic()
+                    if drain_started is None:
+                        drain_started = now
+                        if self._busy:
+                            log.info("stopping: finishing the batch in progress")
+                    if self._busy == 0 or now - drain_started > self.drain_timeout:
+                        break
+                timeout = 0.05 if stopping else self.heartbeat_interval
+                events = dict(poller.poll(int(timeout * 1000)))
                 now = time.monotonic()
                 if results_rx in events:
                     send(results_rx.recv_multipart(copy=False))
+                    self._busy -= 1
                 if dealer in events:
                     frames = dealer.recv_multipart(copy=False)
                     last_heard = now
@@ -169,6 +202,9 @@ class ContainerRuntime:
                         continue
                     kind = header["type"]
                     if kind == p.BATCH:
+                        if stopping:
+                            continue  # the frontend retries it elsewhere on our goodbye
+                        self._busy += 1
                         work.put((header.get("id", -1), header, [f.buffer for f in frames[1:]]))
                     elif kind == p.REGISTERED:
                         if not self.registered.is_set():
@@ -199,6 +235,8 @@ class ContainerRuntime:
                     break
         finally:
             send([p.make(p.GOODBYE)])
+            if self.out_of_memory.is_set():
+                status = 3
             work.put(None)
             worker.join(timeout=1.0)
             results_rx.close(linger=0)
@@ -221,7 +259,12 @@ class ContainerRuntime:
                 if item is None:
                     return
                 batch_id, header, frames = item
-                tx.send_multipart(run_predict(self.predict, batch_id, header, frames), copy=False)
+                try:
+                    result = run_predict(self.predict, batch_id, header, frames)
+                except MemoryError:
+                    result = p.encode_result_error(batch_id, "MemoryError", "out of memory")
+                    self.out_of_memory.set()
+                tx.send_multipart(result, copy=False)
                 self.batches_served += 1
         finally:
             tx.close(linger=0)

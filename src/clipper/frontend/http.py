@@ -70,6 +70,7 @@ async def send_error(send: Send, status: int, error: str, cause: str) -> None:
 
 
 Route = Callable[[Scope, Receive, Send], Awaitable[None]]
+ASGIApp = Route
 
 
 async def serve(route: Route, scope: Scope, receive: Receive, send: Send, log: Logger) -> None:

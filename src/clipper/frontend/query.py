@@ -8,6 +8,8 @@ exceptions become JSON errors here and nowhere else.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 
@@ -16,7 +18,7 @@ import orjson
 from ..exceptions import InputError, PayloadTooLarge, ValidationError
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
-from .http import Receive, Scope, Send, read_body, send_bytes, send_error, send_json, serve
+from .http import ASGIApp, Receive, Scope, Send, read_body, send_bytes, send_error, send_json, serve
 from .inputs import parse_predict_body, parse_update_body
 
 log = logging.getLogger("clipper.frontend")
@@ -32,7 +34,13 @@ class QueryFrontend:
         *,
         max_body_bytes: int,
         is_ready: Callable[[], bool] = lambda: True,
+        v2: ASGIApp | None = None,
+        metrics: ASGIApp | None = None,
+        max_batch_inputs: int = 10_000,
     ) -> None:
+        self.max_batch_inputs = max_batch_inputs
+        self.v2 = v2  # the Open Inference Protocol, under /v2
+        self.metrics = metrics  # GET /metrics
         self.catalog = catalog
         self.processor = processor
         self.max_body_bytes = max_body_bytes
@@ -50,6 +58,12 @@ class QueryFrontend:
         if path == "/ready":
             ready = self.is_ready()
             await send_json(send, 200 if ready else 503, {"ready": ready})
+            return
+        if self.v2 is not None and (path == "/v2" or path.startswith("/v2/")):
+            await self.v2(scope, receive, send)
+            return
+        if path == "/metrics" and self.metrics is not None:
+            await self.metrics(scope, receive, send)
             return
         parts = path.strip("/").split("/")
         if len(parts) == 2 and parts[1] in ("predict", "update"):
@@ -71,6 +85,12 @@ class QueryFrontend:
         if route is None:
             await send_error(send, 404, "unknown app", f"no application named {app!r}")
             return None
+        keys = route.spec.options.get("api_key_sha256")
+        if keys and not api_key_matches(scope, keys):
+            await send_error(
+                send, 401, "unauthorized", f"app {app!r} needs its API key in 'X-Api-Key'"
+            )
+            return None
         try:
             return route, await read_body(scope, receive, self.max_body_bytes)
         except PayloadTooLarge as exc:
@@ -85,6 +105,11 @@ class QueryFrontend:
         spec = route.spec
         try:
             request = parse_predict_body(body, spec.input_type, spec.input_shape)
+            if len(request.inputs) > self.max_batch_inputs:
+                raise InputError(
+                    f"input_batch has {len(request.inputs)} inputs; the limit is "
+                    f"{self.max_batch_inputs}"
+                )
             predictions = await self.processor.predict(
                 route, request.inputs, request.version, request.uid
             )
@@ -115,6 +140,17 @@ class QueryFrontend:
             return
         result = await self.processor.feedback(route, request.uid, request.input, request.label)
         await send_json(send, 200, result)
+
+
+def api_key_matches(scope: Scope, digests: list[str]) -> bool:
+    """Whether the request's ``X-Api-Key`` hashes to one of the app's key digests."""
+    offered = b""
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            offered = value
+    digest = hashlib.sha256(offered).hexdigest().encode()
+    # Compare against every key, in constant time each, without stopping early.
+    return sum(hmac.compare_digest(digest, d.encode()) for d in digests) > 0
 
 
 def _json_default(obj: object) -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 import orjson
 
 from ..exceptions import ClipperError, NotFoundError, PayloadTooLarge, ValidationError
-from ..frontend.http import Receive, Scope, Send, read_body, send_error, send_json, serve
+from ..frontend.http import ASGIApp, Receive, Scope, Send, read_body, send_error, send_json, serve
 from .service import ManagementService
 
 log = logging.getLogger("clipper.management")
@@ -288,8 +289,16 @@ class ManagementFrontend:
     """ASGI application of the management port."""
 
     def __init__(
-        self, service: ManagementService, status: StatusProvider, *, max_body_bytes: int
+        self,
+        service: ManagementService,
+        status: StatusProvider,
+        *,
+        max_body_bytes: int,
+        dashboard: ASGIApp | None = None,
+        admin_token: str | None = None,
     ) -> None:
+        self._token = f"Bearer {admin_token}".encode() if admin_token else None
+        self.dashboard = dashboard  # the web page and its JSON, under /dashboard
         self.service = service
         self.status = status
         self.max_body_bytes = max_body_bytes
@@ -300,14 +309,22 @@ class ManagementFrontend:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"].rstrip("/")
         method: str = scope["method"]
+        if self.dashboard is not None and (path == "/dashboard" or path.startswith("/dashboard/")):
+            await self.dashboard(scope, receive, send)
+            return
         if path == "/admin/ping":
             await send_json(send, 200, {"ping": "pong"})
             return
-        if path == "/admin/status" and method == "GET":
-            await send_json(send, 200, self.status())
-            return
         if not path.startswith("/admin/"):
             await send_error(send, 404, "not found", f"no route {method} {path}")
+            return
+        if self._token is not None and not self._authorised(scope):
+            await send_error(
+                send, 401, "unauthorized", "this API needs 'Authorization: Bearer <token>'"
+            )
+            return
+        if path == "/admin/status" and method == "GET":
+            await send_json(send, 200, self.status())
             return
         name = path[len("/admin/") :]
         handler = ROUTES.get(name)
@@ -343,6 +360,15 @@ class ManagementFrontend:
             await send_error(send, 400, type(exc).__name__, str(exc))
             return
         await send_json(send, 200, result)
+
+    def _authorised(self, scope: Scope) -> bool:
+        assert self._token is not None
+        offered = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                offered = value
+        # Constant-time: the comparison must not leak how much of the token matched.
+        return hmac.compare_digest(offered, self._token)
 
     async def _containers(self, s: ManagementService, f: Fields) -> Any:
         containers = self.status()["replicas"]

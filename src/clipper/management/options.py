@@ -5,15 +5,21 @@ App options:
   non-deterministic models.
 - ``overload`` (``"default"`` or ``"503"``, default ``"default"``): when a
   model's queue is full, answer with the default output, or refuse with 503.
+- ``api_keys`` (list of strings): queries must carry one in ``X-Api-Key``.
+  Only their SHA-256 digests are stored (as ``api_key_sha256``); an empty
+  list removes the requirement.
 
 Model options (per version; each overrides the server's setting):
 - ``batching``: ``"aimd"``, ``"quantile"`` or ``"fixed"``.
 - ``max_batch_delay_ms``: delayed batching bound, 0 to 1000.
 - ``queue_capacity``: queries that may wait, 1 to 1000000.
+- ``memory_limit_mb``: the replica's address-space limit (local manager), 256
+  to 1048576; a model past it gets MemoryError and its container restarts.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ..exceptions import ValidationError
@@ -45,7 +51,17 @@ def _check_known(options: Any, known: tuple[str, ...], what: str) -> dict[str, A
 
 
 def validate_app_options(options: Any) -> dict[str, Any]:
-    out = _check_known(options, ("cache", "overload"), "app")
+    out = _check_known(options, ("cache", "overload", "api_keys", "api_key_sha256"), "app")
+    if "api_keys" in out:
+        keys = out.pop("api_keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) >= 16 for k in keys):
+            raise ValidationError("option 'api_keys' must be a list of strings of 16+ characters")
+        out["api_key_sha256"] = [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+    digests = out.get("api_key_sha256", [])
+    if not isinstance(digests, list) or not all(
+        isinstance(d, str) and len(d) == 64 for d in digests
+    ):
+        raise ValidationError("option 'api_key_sha256' must be a list of SHA-256 hex digests")
     if "cache" in out and not isinstance(out["cache"], bool):
         raise ValidationError("option 'cache' must be true or false")
     if "overload" in out:
@@ -54,7 +70,10 @@ def validate_app_options(options: Any) -> dict[str, Any]:
 
 
 def validate_model_options(options: Any) -> dict[str, Any]:
-    out = _check_known(options, ("batching", "max_batch_delay_ms", "queue_capacity"), "model")
+    known = ("batching", "max_batch_delay_ms", "queue_capacity", "memory_limit_mb")
+    out = _check_known(options, known, "model")
+    if "memory_limit_mb" in out:
+        _number(out["memory_limit_mb"], "memory_limit_mb", 256, 1_048_576, integer=True)
     if "batching" in out:
         out["batching"] = _choice(out["batching"], "batching", ("aimd", "quantile", "fixed"))
     if "max_batch_delay_ms" in out:

@@ -92,12 +92,16 @@ class _ReplicaProcess:
         env_file = Path(model.model_data_path).parent / "env.json"
         if env_file.is_file():  # deployed with pkgs_to_install: its own environment
             python = json.loads(env_file.read_text())["python"]
+        extra = []
+        if model.options.get("memory_limit_mb"):
+            extra = ["--memory-limit-mb", str(model.options["memory_limit_mb"])]
         logfile: IO[bytes] = open(self.manager.log_dir / f"{self.spec.label}.log", "ab")  # noqa: SIM115
         try:
             return await asyncio.create_subprocess_exec(
                 python,
                 "-m",
                 "clipper.container",
+                *extra,
                 "--address",
                 self.manager.rpc_address,
                 "--model-name",
@@ -158,6 +162,8 @@ class LocalProcessManager:
         backoff_max: float = 10.0,
         backoff_reset_after: float = 30.0,
         on_exit: Callable[[int], None] = lambda _pid: None,
+        secret: str | None = None,
+        server_key: bytes | None = None,
     ) -> None:
         self.rpc_address = rpc_address
         self.state_dir = state_dir
@@ -168,7 +174,13 @@ class LocalProcessManager:
         self.backoff_max = backoff_max
         self.backoff_reset_after = backoff_reset_after
         self.on_exit = on_exit
-        self.child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Model code gets no management credentials, only what it needs.
+        self.child_env = {k: v for k, v in os.environ.items() if k not in ("CLIPPER_ADMIN_TOKEN",)}
+        self.child_env["PYTHONUNBUFFERED"] = "1"
+        if secret:
+            self.child_env["CLIPPER_RPC_SECRET"] = secret
+        if server_key:
+            self.child_env["CLIPPER_RPC_SERVER_KEY"] = server_key.decode()
         self._replicas: dict[ModelId, list[_ReplicaProcess]] = {}
 
     async def reconcile(self, desired: dict[ModelId, tuple[ModelSpec, int]]) -> None:

@@ -103,6 +103,30 @@ def parse_header(frame: bytes | memoryview) -> dict[str, Any]:
     return header
 
 
+# -- encryption --------------------------------------------------------------
+
+
+def curve_keypair(directory: str) -> tuple[bytes, bytes]:
+    """The frontend's CurveZMQ (public, secret) key pair, made once and kept in
+    ``directory`` (the secret readable by its owner only)."""
+    import os
+
+    import zmq
+
+    public_path = os.path.join(directory, "server.key")
+    secret_path = os.path.join(directory, "server.key_secret")
+    if not os.path.exists(secret_path):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        public, secret = zmq.curve_keypair()
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+        with open(public_path, "wb") as f:
+            f.write(public)
+    with open(public_path, "rb") as f, open(secret_path, "rb") as g:
+        return f.read().strip(), g.read().strip()
+
+
 # -- inputs ------------------------------------------------------------------
 
 

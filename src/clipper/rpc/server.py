@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -82,9 +83,13 @@ class RPCServer:
         check_registration: RegistrationCheck | None = None,
         heartbeat_interval: float = 0.5,
         heartbeat_timeout: float = 3.0,
+        secret: str | None = None,
+        curve_secret_key: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.address = address
+        self._curve_secret_key = curve_secret_key
+        self._secret = secret.encode() if secret else None
         self.listener = listener
         self.check_registration = check_registration
         self.heartbeat_interval = heartbeat_interval
@@ -103,6 +108,9 @@ class RPCServer:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, 10000)
         sock.setsockopt(zmq.RCVHWM, 10000)
+        if self._curve_secret_key is not None:
+            sock.curve_server = True
+            sock.curve_secretkey = self._curve_secret_key
         sock.bind(self.address)
         self._sock = sock
         self._tasks = [
@@ -222,6 +230,14 @@ class RPCServer:
             return
         assert isinstance(name, str) and isinstance(version, str) and isinstance(input_type, str)
         model = ModelId(name, version)
+        if self._secret is not None:
+            offered = header.get("secret")
+            offered_bytes = offered.encode() if isinstance(offered, str) else b""
+            # Constant-time: the comparison must not leak how much matched.
+            if not hmac.compare_digest(offered_bytes, self._secret):
+                log.warning("rejected a container for %s: wrong or missing secret", model)
+                self.send(identity, [p.make(p.REJECTED, reason="wrong or missing secret")])
+                return
         if identity in self.replicas:
             existing = self.replicas[identity]
             if existing.model == model:

@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..batching.dispatcher import Dispatcher
 from ..exceptions import ValidationError
@@ -30,6 +30,18 @@ from .state import SHARED, PolicyStates, State
 NO_MODELS = "No connected models found for query"
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
 LOW_CONFIDENCE = "The models' agreement ({:.2f}) is below the app's min_confidence ({:.2f})"
+
+
+class PredictionObserver(Protocol):
+    """What the metrics layer hears of each request (called on the event loop)."""
+
+    def observe_predictions(
+        self, app: str, latency_s: float, predictions: list[Prediction]
+    ) -> None: ...
+
+    def observe_overload(self, app: str) -> None: ...
+
+    def observe_feedback(self, app: str, accepted: bool) -> None: ...
 
 
 class Overloaded(Exception):
@@ -73,8 +85,10 @@ class QueryProcessor:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        observer: PredictionObserver | None = None,
     ) -> None:
         self.catalog = catalog
+        self.observer = observer
         self.dispatcher = dispatcher
         self.states = states
         self.clock = clock
@@ -122,11 +136,38 @@ class QueryProcessor:
         inputs: list[Any],
         version: str | None = None,
         uid: str | None = None,
+        timeout_s: float | None = None,
     ) -> list[Prediction]:
         """Answer every input by the app's deadline; never raises for model trouble
-        (only ``Overloaded``, for an app that sheds load with 503)."""
+        (only ``Overloaded``, for an app that sheds load with 503).
+
+        ``timeout_s`` tightens the deadline below the app's SLO (never loosens it).
+        """
+        start = self.clock()
+        try:
+            predictions = await self._predict(route, inputs, version, uid, timeout_s, start)
+        except Overloaded:
+            if self.observer is not None:
+                self.observer.observe_overload(route.spec.name)
+            raise
+        if self.observer is not None:
+            self.observer.observe_predictions(route.spec.name, self.clock() - start, predictions)
+        return predictions
+
+    async def _predict(
+        self,
+        route: AppRoute,
+        inputs: list[Any],
+        version: str | None,
+        uid: str | None,
+        timeout_s: float | None,
+        start: float,
+    ) -> list[Prediction]:
         spec = route.spec
-        deadline = self.clock() + spec.slo_micros / 1e6
+        budget = spec.slo_micros / 1e6
+        if timeout_s is not None:
+            budget = min(budget, max(0.0, timeout_s))
+        deadline = start + budget
         ids = [next(self._query_ids) for _ in inputs]
         policy, params = self.policy_for(spec)
         use_cache = bool(spec.options.get("cache", True))
@@ -204,6 +245,7 @@ class QueryProcessor:
         policy, params = self.policy_for(spec)
         available = self._available(route)
         if not available:
+            self._feedback_seen(spec.name, False)
             return {"accepted": False, "cause": NO_MODELS}
         deadline = self.clock() + spec.slo_micros / 1e6
         use_cache = bool(spec.options.get("cache", True))
@@ -217,6 +259,7 @@ class QueryProcessor:
             await asyncio.wait(pending, timeout=remaining)
         outputs = {m: f.result().output for m, f in futures.items() if f.done() and f.result().ok}
         if not outputs:
+            self._feedback_seen(spec.name, False)
             return {"accepted": False, "cause": "no linked model answered for this input"}
         models = list(available)
 
@@ -235,4 +278,9 @@ class QueryProcessor:
 
         # The store write may touch disk or the network: keep it off the event loop.
         await asyncio.to_thread(apply)
+        self._feedback_seen(spec.name, True)
         return {"accepted": True}
+
+    def _feedback_seen(self, app: str, accepted: bool) -> None:
+        if self.observer is not None:
+            self.observer.observe_feedback(app, accepted)

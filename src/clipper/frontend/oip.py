@@ -1,0 +1,246 @@
+"""The Open Inference Protocol v2 ("KServe v2") under ``/v2``, beside Clipper's API.
+
+Each app appears as a model of the same name, so ``tritonclient[http]`` and
+other KServe v2 clients work unchanged. Queries go through the same layers as
+``/{app}/predict`` (selection, cache, batching, the app's SLO); the rows of
+the request's input tensor are the queries. See docs/oip.md.
+
+Routes (errors are ``{"error": msg}``):
+
+- ``GET /v2``: server metadata; ``GET /v2/health/live``, ``/v2/health/ready``
+- ``GET /v2/models/{app}[/versions/{v}]``: model metadata
+- ``GET /v2/models/{app}[/versions/{v}]/ready``: 200 when a linked model has a
+  live replica, else 503
+- ``POST /v2/models/{app}[/versions/{v}]/infer``
+
+The version segment pins the linked model's version; it needs an app with
+exactly one linked model (a 400 otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..exceptions import PayloadTooLarge, ValidationError
+from ..selection.processor import Overloaded, QueryProcessor
+from ..store.catalog import AppRoute, Catalog
+from ..types import InputType, ModelId
+from .http import Receive, Scope, Send, read_body, send_bytes, send_json
+from .oip_request import (
+    DEFAULT_OUTPUT_NAME,
+    app_queries,
+    decompress,
+    default_value,
+    encode_response,
+    parse_infer_request,
+)
+
+log = logging.getLogger("clipper.frontend.oip")
+
+EXTENSIONS = ["binary_tensor_data"]
+_INPUT_DATATYPES = {
+    InputType.INTEGERS: "INT32",
+    InputType.FLOATS: "FP32",
+    InputType.DOUBLES: "FP64",
+}
+_JSON = [(b"content-type", b"application/json")]
+
+
+class OIPError(Exception):
+    """An error answer: HTTP status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OIPFrontend:
+    """ASGI app for ``/v2/...`` on the query port."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        processor: QueryProcessor,
+        *,
+        max_body_bytes: int,
+        is_ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.catalog = catalog
+        self.processor = processor
+        self.max_body_bytes = max_body_bytes
+        self.is_ready = is_ready
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._route(scope, receive, send)
+        except OIPError as exc:
+            await send_json(send, exc.status, {"error": str(exc)})
+        except PayloadTooLarge as exc:
+            await send_json(send, 413, {"error": str(exc)})
+        except ValidationError as exc:  # InputError included
+            await send_json(send, 400, {"error": str(exc)})
+        except Overloaded as exc:
+            await send_json(send, 503, {"error": f"overloaded: {exc}"})
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        parts = scope["path"][3:].strip("/").split("/")  # after "/v2"
+        if parts == [""]:
+            self._method(method, "GET")
+            await send_json(
+                send, 200, {"name": "clipper", "version": __version__, "extensions": EXTENSIONS}
+            )
+            return
+        if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
+            self._method(method, "GET")
+            ok = parts[1] == "live" or self.is_ready()
+            await send_json(send, 200 if ok else 503, {parts[1]: ok})
+            return
+        if parts[0] == "models" and len(parts) >= 2:
+            name, rest = parts[1], parts[2:]
+            version = None
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+            if not rest:
+                self._method(method, "GET")
+                await send_json(send, 200, self._metadata(name, version))
+                return
+            if rest == ["ready"]:
+                self._method(method, "GET")
+                ready = self._ready(name, version)
+                await send_json(send, 200 if ready else 503, {"name": name, "ready": ready})
+                return
+            if rest == ["infer"]:
+                self._method(method, "POST")
+                await self._infer(name, version, scope, receive, send)
+                return
+        raise OIPError(404, f"no route {method} {scope['path']}")
+
+    @staticmethod
+    def _method(method: str, allowed: str) -> None:
+        if method != allowed:
+            raise OIPError(405, f"method {method} not allowed here; use {allowed}")
+
+    # -- models ------------------------------------------------------------------------
+
+    def _resolve(self, name: str, version: str | None) -> AppRoute:
+        """The app named ``name``, checking a version pin against its linked model."""
+        route = self.catalog.app(name)
+        if route is None:
+            raise OIPError(404, f"unknown model '{name}': no application of that name")
+        if version is not None:
+            if len(route.models) != 1:
+                raise OIPError(
+                    400,
+                    f"a version pin needs an app with exactly one linked model; "
+                    f"'{name}' has {len(route.models)}",
+                )
+            if self.catalog.model(ModelId(route.models[0], version)) is None:
+                raise OIPError(
+                    404, f"unknown version '{version}' of model '{name}' ({route.models[0]})"
+                )
+        return route
+
+    def _versions(self, route: AppRoute) -> list[str]:
+        if len(route.models) != 1:
+            return []
+        linked = route.models[0]
+        return sorted(m.version for m in self.catalog.snapshot.models if m.name == linked)
+
+    def _model_version(self, route: AppRoute, version: str | None) -> str:
+        """The version an answer reports: the pin, the linked model's current
+        version, or the selection policy's name for several models."""
+        if version is not None:
+            return version
+        if len(route.models) == 1:
+            return self.catalog.current_version(route.models[0]) or ""
+        return route.spec.policy if route.models else ""
+
+    def _metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        route = self._resolve(name, version)
+        spec = route.spec
+        datatype = _INPUT_DATATYPES.get(spec.input_type, "BYTES")
+        if spec.input_shape is not None and spec.input_type.is_numeric:
+            shape = [-1, *spec.input_shape]
+        else:
+            shape = [-1, -1] if spec.input_type.is_numeric else [-1]
+        return {
+            "name": name,
+            "versions": self._versions(route),
+            "platform": "clipper",
+            "inputs": [{"name": "input", "datatype": datatype, "shape": shape}],
+            "outputs": [
+                {
+                    "name": DEFAULT_OUTPUT_NAME,
+                    "datatype": _output_hint(spec.default_output),
+                    "shape": [-1],
+                }
+            ],
+            "parameters": {
+                "clipper_input_type": spec.input_type.value,
+                "clipper_selection_policy": spec.policy,
+                "clipper_linked_models": list(route.models),
+                "clipper_slo_micros": spec.slo_micros,
+            },
+        }
+
+    def _ready(self, name: str, version: str | None) -> bool:
+        route = self._resolve(name, version)
+        live = self.processor.dispatcher.live_replicas
+        if version is not None:
+            return live(ModelId(route.models[0], version)) > 0
+        for model in route.models:
+            current = self.catalog.current_version(model)
+            if current is not None and live(ModelId(model, current)) > 0:
+                return True
+        return False
+
+    # -- inference ---------------------------------------------------------------------
+
+    async def _infer(
+        self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        route = self._resolve(name, version)
+        body = await read_body(scope, receive, self.max_body_bytes)
+        header_length = encoding = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1")
+        if encoding is not None:
+            body = decompress(body, encoding, self.max_body_bytes)
+        request = parse_infer_request(body, header_length)
+        inputs = app_queries(request.tensor, route.spec)
+        predictions = await self.processor.predict(
+            route, inputs, version, request.uid, timeout_s=request.timeout_s
+        )
+        payload, json_length = encode_response(
+            name,
+            self._model_version(route, version),
+            request,
+            [p.output for p in predictions],
+            [p.default for p in predictions],
+            [p.explanation for p in predictions],
+            [p.confidence for p in predictions],
+        )
+        if json_length is None:
+            await send_bytes(send, 200, payload, _JSON)
+            return
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", json_length.encode()),
+        ]
+        await send_bytes(send, 200, payload, headers)
+
+
+def _output_hint(default_output: str) -> str:
+    """The output datatype metadata reports: apps do not declare one, so infer it
+    from the default output, as answers treat it (a number → INT64 or FP64)."""
+    value = default_value(default_output)
+    if isinstance(value, int):
+        return "INT64"
+    return "FP64" if isinstance(value, float) else "BYTES"

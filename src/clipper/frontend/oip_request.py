@@ -1,0 +1,371 @@
+"""Open Inference Protocol v2 inference requests and responses, for Clipper's apps.
+
+Pure functions, no I/O: parse an ``/infer`` body (JSON header plus optional
+binary tensor data), turn its input tensor into one query per row of the
+app's input type, and encode the predictions as the answer. Problems raise
+:class:`~clipper.exceptions.InputError` (a 400) or
+:class:`~clipper.exceptions.PayloadTooLarge` (a 413).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from ..exceptions import InputError, PayloadTooLarge
+from ..types import AppSpec, InputType
+from .oip_tensors import Tensor, check_header, decode_binary, decode_json, encode_output
+
+__all__ = [
+    "InferRequest",
+    "app_queries",
+    "decompress",
+    "default_value",
+    "encode_response",
+    "parse_infer_request",
+]
+
+DEFAULT_OUTPUT_NAME = "output0"
+# The largest float64 that does not round to inf as float32 (see inputs.py).
+_F32_OVERFLOW = 2.0**128 - 2.0**103
+_INT32 = np.iinfo(np.int32)
+_APP_DTYPES: dict[InputType, np.dtype[Any]] = {
+    InputType.INTEGERS: np.dtype(np.int32),
+    InputType.FLOATS: np.dtype(np.float32),
+    InputType.DOUBLES: np.dtype(np.float64),
+}
+_WBITS = {"gzip": 31, "deflate": 15}
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A validated ``/infer`` request."""
+
+    id: str | None
+    tensor: Tensor
+    output_name: str
+    binary_output: bool
+    timeout_s: float | None
+    uid: str | None
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo a request's ``Content-Encoding`` (gzip or deflate), at most ``limit`` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise InputError(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InputError(f"request body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return out
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an ``/infer`` body; ``header_length`` is ``Inference-Header-Content-Length``."""
+    binary = memoryview(b"")
+    header: bytes | memoryview = body
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= len(body):
+            raise InputError(
+                f"Inference-Header-Content-Length {header_length!r} must be an integer "
+                f"from 0 to the body's length ({len(body)})"
+            )
+        view = memoryview(body)
+        header, binary = view[:n], view[n:]
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"request JSON is not valid: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError("request JSON must be an object")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InputError("'id' must be a string")
+    params = _object(doc.get("parameters"), "'parameters'")
+    timeout_s = _timeout(params.get("timeout"))
+    seq = params.get("sequence_id", 0)
+    if seq not in (0, ""):
+        raise InputError("sequence batching (parameters.sequence_id) is not supported")
+    uid = params.get("clipper_uid")
+    if uid is not None and (isinstance(uid, bool) or not isinstance(uid, str | int) or uid == ""):
+        raise InputError("parameters.clipper_uid must be a non-empty string or an integer")
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise InputError("parameters.binary_data_output must be true or false")
+
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError("'inputs' must be a non-empty array of tensors")
+    if len(inputs) != 1:
+        raise InputError(
+            f"a Clipper app takes exactly one input tensor (its rows are the queries), "
+            f"found {len(inputs)}"
+        )
+    tensor = _input_tensor(inputs[0], binary)
+    output_name, binary_output = _requested_output(doc.get("outputs"), binary_default)
+    return InferRequest(
+        request_id,
+        tensor,
+        output_name,
+        binary_output,
+        timeout_s,
+        None if uid is None else str(uid),
+    )
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{what} must be a JSON object")
+    return value
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError("parameters.timeout must be a non-negative integer (microseconds)")
+    return value / 1e6 if value > 0 else None  # 0: no timeout, as in Triton
+
+
+def _input_tensor(tensor: Any, binary: memoryview) -> Tensor:
+    name, datatype, shape = check_header(tensor, "inputs[0]")
+    where = f"input {name!r}"
+    params = _object(tensor.get("parameters"), f"{where}: 'parameters'")
+    if "shared_memory_region" in params:
+        raise InputError(f"{where}: shared memory is not supported")
+    size = params.get("binary_data_size")
+    if size is None:
+        if len(binary):
+            raise InputError(
+                f"{len(binary)} bytes of binary data follow the JSON header, "
+                "but no input declares parameters.binary_data_size"
+            )
+        if "data" not in tensor:
+            raise InputError(f"{where} has neither 'data' nor parameters.binary_data_size")
+        return decode_json(name, datatype, shape, tensor["data"])
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InputError(f"{where}: parameters.binary_data_size must be a non-negative integer")
+    if "data" in tensor:
+        raise InputError(f"{where} has both 'data' and parameters.binary_data_size")
+    if size != len(binary):
+        raise InputError(
+            f"{where}: binary_data_size is {size} but {len(binary)} bytes of binary data "
+            "follow the JSON header (is Inference-Header-Content-Length right?)"
+        )
+    return decode_binary(name, datatype, shape, binary)
+
+
+def _requested_output(outputs: Any, binary_default: bool) -> tuple[str, bool]:
+    if outputs is None:
+        return DEFAULT_OUTPUT_NAME, binary_default
+    if not isinstance(outputs, list) or len(outputs) > 1:
+        raise InputError("'outputs' must be an array of at most one tensor: an app has one output")
+    if not outputs:
+        return DEFAULT_OUTPUT_NAME, binary_default
+    out = outputs[0]
+    if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+        raise InputError("outputs[0] must be an object with a string 'name'")
+    params = _object(out.get("parameters"), "outputs[0]: 'parameters'")
+    if "shared_memory_region" in params:
+        raise InputError("outputs[0]: shared memory is not supported")
+    if params.get("classification", 0):
+        raise InputError("outputs[0]: the classification extension is not supported")
+    binary = params.get("binary_data", binary_default)
+    if not isinstance(binary, bool):
+        raise InputError("outputs[0]: parameters.binary_data must be true or false")
+    return out["name"], binary
+
+
+# -- tensor → queries -------------------------------------------------------------------
+
+
+def app_queries(tensor: Tensor, spec: AppSpec) -> list[Any]:
+    """One query per row of ``tensor``, each what the app's input type expects.
+
+    Numeric apps: with an input shape S, a tensor of shape S is one query and
+    ``[N, *S]`` is N; without one, dimension 0 is the batch (a 1-D tensor is
+    N one-number queries). Other apps: a tensor of shape ``[N]`` or ``[N, 1]``
+    is N queries (a ``json`` app also takes numeric tensors, row by row).
+    """
+    where = f"input {tensor.name!r}"
+    if spec.input_type.is_numeric:
+        rows = _numeric_rows(tensor, spec, where)
+        return list(_to_app_dtype(rows, tensor.datatype, spec.input_type, where))
+    if spec.input_type is InputType.JSON and tensor.datatype != "BYTES":
+        data = tensor.data if tensor.data.ndim else tensor.data.reshape(1)
+        if not len(data):
+            raise InputError(f"{where}: the batch is empty")
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise InputError(f"{where}: a value is not a finite number")
+        queries: list[Any] = data.tolist()
+        return queries
+    if tensor.datatype != "BYTES":
+        raise InputError(
+            f"{where}: app '{spec.name}' takes {spec.input_type.value}: "
+            f"send BYTES, not {tensor.datatype}"
+        )
+    shape = tensor.shape
+    if not (len(shape) <= 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise InputError(
+            f"{where}: app '{spec.name}' takes one {spec.input_type.value} element per query: "
+            f"expected shape [N] or [N, 1], found {list(shape)}"
+        )
+    elements = tensor.data.reshape(-1).tolist()
+    if not elements:
+        raise InputError(f"{where}: the batch is empty")
+    return [_element(e, spec.input_type, where, i) for i, e in enumerate(elements)]
+
+
+def _element(value: bytes | str, input_type: InputType, where: str, i: int) -> Any:
+    if input_type is InputType.BYTES:
+        return value.encode() if isinstance(value, str) else value
+    if input_type is InputType.STRINGS:
+        if isinstance(value, str):
+            return value
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise InputError(f"{where}[{i}]: not valid UTF-8 text for a 'strings' app") from None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{where}[{i}]: not valid JSON text for a 'json' app: {exc}") from None
+
+
+def _numeric_rows(tensor: Tensor, spec: AppSpec, where: str) -> npt.NDArray[Any]:
+    if tensor.datatype == "BYTES":
+        raise InputError(
+            f"{where}: app '{spec.name}' takes {spec.input_type.value}: send a numeric tensor, "
+            "not BYTES"
+        )
+    data, shape = tensor.data, tensor.shape
+    declared = spec.input_shape
+    if declared is not None:
+        if shape == tuple(declared):
+            data = data.reshape((1, *shape))
+        elif shape[1:] != tuple(declared):
+            raise InputError(
+                f"{where}: app '{spec.name}' takes inputs of shape {list(declared)}: expected "
+                f"shape {list(declared)} or [N, {', '.join(map(str, declared))}], "
+                f"found {list(shape)}"
+            )
+    elif not shape:
+        raise InputError(f"{where}: a numeric tensor needs a batch dimension, found shape []")
+    elif len(shape) == 1:
+        data = data.reshape((shape[0], 1))
+    if not len(data):
+        raise InputError(f"{where}: the batch is empty (shape {list(shape)})")
+    if not data[0].size:
+        raise InputError(f"{where}: each query is empty (shape {list(shape)})")
+    return data
+
+
+def _to_app_dtype(
+    arr: npt.NDArray[Any], datatype: str, input_type: InputType, where: str
+) -> npt.NDArray[Any]:
+    """``arr`` as the app's dtype, refusing values that would change."""
+    target = _APP_DTYPES[input_type]
+    kind = arr.dtype.kind
+    if kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"{where}: a value is not a finite number")
+    if input_type is InputType.INTEGERS:
+        if kind == "f" and not (arr == np.trunc(arr)).all():
+            raise InputError(f"{where}: app takes integers, but the {datatype} data has a fraction")
+        if kind in "iuf" and arr.dtype != target and arr.size:
+            low, high = arr.min(), arr.max()
+            if low < _INT32.min or high > _INT32.max:
+                bad = low if low < _INT32.min else high
+                raise InputError(f"{where}: {bad} is out of range for an app of integers (int32)")
+    elif (
+        input_type is InputType.FLOATS
+        and arr.dtype == np.float64
+        and arr.size
+        and not np.abs(arr).max() < _F32_OVERFLOW
+    ):
+        raise InputError(f"{where}: a value overflows float32 for an app of floats")
+    return np.ascontiguousarray(arr, dtype=target)
+
+
+# -- predictions → answer ---------------------------------------------------------------
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: Sequence[Any],
+    defaults: Sequence[bool],
+    explanations: Sequence[str | None],
+    confidences: Sequence[float | None] | None = None,
+) -> tuple[bytes, str | None]:
+    """The answer's body and, for binary output, its JSON header's length.
+
+    Rows that got the app's default output are marked in the response's
+    ``parameters``; a default that reads as a JSON number or array (``"-1"``)
+    joins a numeric tensor as that value.
+    """
+    if any(defaults):
+        values = [default_value(v) if d else v for v, d in zip(outputs, defaults, strict=True)]
+    else:
+        values = list(outputs)
+    tensor = encode_output(values)
+    spec: dict[str, Any] = {
+        "name": request.output_name,
+        "datatype": tensor.datatype,
+        "shape": tensor.shape,
+    }
+    raw = b""
+    if request.binary_output:
+        raw = tensor.binary_data()
+        spec["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        spec["data"] = tensor.json_data()
+    answer: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        answer["id"] = request.id
+    params: dict[str, Any] = {}
+    if any(defaults):
+        params["clipper_default"] = list(defaults)
+        params["clipper_default_explanation"] = list(explanations)
+    if confidences is not None and any(c is not None for c in confidences):
+        params["clipper_confidence"] = [None if c is None else round(c, 6) for c in confidences]
+    if params:
+        answer["parameters"] = params
+    answer["outputs"] = [spec]
+    header = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not request.binary_output:
+        return header, None
+    return header + raw, str(len(header))
+
+
+def default_value(value: Any) -> Any:
+    """A default output as it joins a tensor: the JSON number or array it reads
+    as (``"-1"`` → -1), else the string itself."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    if isinstance(parsed, int | float | list) and not isinstance(parsed, bool):
+        return parsed
+    return value
