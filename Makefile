@@ -19,18 +19,22 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Programs the tests need that pip cannot install: redis-server (the Redis
-# config store's tests start their own). Installed from Debian's packages;
-# apt-get update only runs when the install fails, as it is slow and usually
-# unneeded.
-system-deps:  ## install redis-server if it is missing (apt-get; sudo unless root)
-	@if command -v redis-server >/dev/null 2>&1; then \
-		echo "redis-server found: $$(command -v redis-server)"; \
+# config store's tests start their own) and chromium (the dashboard's browser
+# test drives /usr/bin/chromium through Playwright). Installed from Debian's
+# packages; apt-get update only runs when the install fails, as it is slow and
+# usually unneeded.
+system-deps:  ## install redis-server and chromium if missing (apt-get; sudo unless root)
+	@MISSING=; \
+	command -v redis-server >/dev/null 2>&1 || MISSING="$$MISSING redis-server"; \
+	[ -x /usr/bin/chromium ] || MISSING="$$MISSING chromium"; \
+	if [ -z "$$MISSING" ]; then \
+		echo "redis-server found: $$(command -v redis-server); chromium found: /usr/bin/chromium"; \
 	else \
 		SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-		echo "redis-server not found; running: $$SUDO apt-get install -y redis-server"; \
-		$$SUDO apt-get install -y redis-server || { \
+		echo "missing:$$MISSING; running: $$SUDO apt-get install -y$$MISSING"; \
+		$$SUDO apt-get install -y $$MISSING || { \
 			echo "install failed; running: $$SUDO apt-get update, then installing again"; \
-			$$SUDO apt-get update && $$SUDO apt-get install -y redis-server; \
+			$$SUDO apt-get update && $$SUDO apt-get install -y $$MISSING; \
 		}; \
 	fi
 
@@ -39,6 +43,10 @@ run: $(STAMP)  ## start Clipper with the demo app 'digits' in the foreground
 
 test: $(STAMP) system-deps  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+.PHONY: docs
+docs: $(STAMP)  ## build the documentation site into site/ (offline; fails on a broken link)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test-fast: $(STAMP) system-deps  ## unit tests only, for the edit loop
 	$(BIN)/python -m pytest -q -m 'not slow'
@@ -51,6 +59,14 @@ lint: $(STAMP)  ## ruff and mypy
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
+
+.PHONY: bench
+bench: $(STAMP)  ## the batching benchmark (~15 min; BENCH_ARGS=--quick: ~2 min) -> docs/benchmarks.md
+	$(BIN)/python -m bench.batching $(BENCH_ARGS)
+
+.PHONY: bench-scaling
+bench-scaling: $(STAMP)  ## throughput with 1, 2, 4 replicas, local and Ray managers (~3 min; BENCH_ARGS=--quick)
+	$(BIN)/python -m bench.scaling $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment and local state
 	rm -rf $(VENV) .clipper-home .pytest_cache .mypy_cache .ruff_cache

@@ -1,30 +1,490 @@
-"""Prometheus metrics (placeholder until implemented)."""
+"""Prometheus metrics for one server: cheap counters on the hot path, the rest at scrape time.
+
+The query path calls ``observe_*`` once per request; they bump plain
+integers (no locks: everything runs on the event loop), a few microseconds
+at most. What the dispatcher, cache and replicas already count is read from
+``status()`` by a custom collector when ``GET /metrics`` is scraped, so it
+costs the hot path nothing. Each server has its own ``CollectorRegistry``:
+no global state, so tests and several servers in one process never clash.
+
+A background task (``start``/``stop``) ticks once a second: it reconstructs
+the per-model batch-size histograms from the dispatcher's counters, refreshes
+the selection weights (the store is read in a thread), feeds tick listeners
+(the dashboard's time series) and, every ``slo_log_interval_s``, logs one
+line per app that missed its SLO: ``slo_misses app=... count=... reasons=...``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+
+from .batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST
 from .frontend.http import Receive, Scope, Send, send_bytes
-from .selection.processor import Prediction
+from .selection import processor as _processor
+from .selection.policies import get_policy
+from .selection.processor import LOW_CONFIDENCE, NO_MODELS, SLO_MISSED, Prediction
+from .selection.state import SHARED
+from .store.catalog import Catalog
+
+log = logging.getLogger("clipper.metrics")
+
+REASONS = ("slo", "model_error", "no_models", "overloaded", "low_confidence", "other")
+# Request latency buckets (seconds): fine around the usual 10-300 ms SLOs.
+LATENCY_BUCKETS_S = (
+    *(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075),
+    *(0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LOW_CONFIDENCE = LOW_CONFIDENCE.split("{")[0]
+_MODEL_ERRORS = (" raised ", "returned a bad result", REPLICA_LOST)
+# A model scaled to zero still starting: no live replica, as with no_models.
+_COLD: str | None = getattr(_processor, "COLD", None)
+
+Status = Callable[[], dict[str, Any]]
+TickListener = Callable[[float, dict[str, Any]], None]
+
+
+def default_reason(explanation: str | None) -> str:
+    """Group a default output's free-text explanation into one of ``REASONS``."""
+    text = explanation or ""
+    if text.startswith(SLO_MISSED) or EXPIRED in text:
+        return "slo"
+    if text.startswith(NO_MODELS) or (_COLD is not None and text.startswith(_COLD)):
+        return "no_models"
+    if QUEUE_FULL in text:
+        return "overloaded"
+    if text.startswith(_LOW_CONFIDENCE):
+        return "low_confidence"
+    if any(marker in text for marker in _MODEL_ERRORS):
+        return "model_error"
+    return "other"
+
+
+_REASON_INDEX = {r: i for i, r in enumerate(REASONS)}
+
+
+def bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> float | None:
+    """The ``q`` quantile from per-bucket (not cumulative) counts, interpolated linearly
+    inside the bucket as Prometheus' ``histogram_quantile`` does; None when empty.
+    ``counts`` has one more entry than ``bounds``: the +Inf bucket."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank, seen = q * total, 0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i == len(bounds):  # the +Inf bucket: the largest finite bound is all we know
+                return float(bounds[-1])
+            low = 0.0 if i == 0 else float(bounds[i - 1])
+            return low + (float(bounds[i]) - low) * (rank - seen) / n
+        seen += n
+    return float(bounds[-1])
+
+
+@dataclasses.dataclass(slots=True)
+class _AppCounters:
+    """Cumulative per-app counts, bumped on the event loop."""
+
+    requests: int = 0  # predict requests answered (a batch request counts once)
+    queries: int = 0  # inputs answered
+    overloaded: int = 0  # requests refused with 503
+    latency_sum: float = 0.0
+    latency: list[int] = dataclasses.field(
+        default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1)
+    )
+    defaults: list[int] = dataclasses.field(default_factory=lambda: [0] * len(REASONS))
+    feedback: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # no, yes
+
+
+@dataclasses.dataclass
+class _BatchSizes:
+    """A batch-size histogram rebuilt from the dispatcher's running totals.
+
+    Between two syncs (one second apart, and at each scrape) only the number
+    of batches and their total size are known: one batch lands in its exact
+    bucket, several land in the bucket of their mean. Count and sum are exact.
+    """
+
+    batches: int = 0  # the dispatcher's totals at the last sync
+    tasks: int = 0
+    counts: list[int] = dataclasses.field(
+        default_factory=lambda: [0] * (len(BATCH_SIZE_BUCKETS) + 1)
+    )
+    count: int = 0  # batches seen (survives the dispatcher's totals restarting)
+    total: int = 0  # their summed sizes: the queries the model computed
+
+    def sync(self, batches: int, tasks: int, last_size: int) -> None:
+        """Account for the batches finished since the last sync."""
+        if batches < self.batches or tasks < self.tasks:  # the model was recreated
+            self.batches = self.tasks = 0
+        new, size = batches - self.batches, tasks - self.tasks
+        if new > 0:
+            mean = last_size if new == 1 else size / new
+            self.counts[bisect_left(BATCH_SIZE_BUCKETS, mean)] += new
+            self.count += new
+            self.total += size
+        self.batches, self.tasks = batches, tasks
+
+
+class _StateReader(Protocol):
+    def get_policy_state(self, app: str, uid: str) -> dict[str, Any] | None: ...
+
+
+class _ModelStats(Protocol):
+    def statistics(self) -> Sequence[Any]: ...
+
+
+def selection_weights(
+    policy: str, models: Sequence[str], state: Mapping[str, Any] | None
+) -> dict[str, float]:
+    """How much an app's policy trusts each linked model.
+
+    Exp3/Exp4: its share of the weight (sums to 1). Epsilon-greedy, UCB1 and
+    Thompson: its mean reward so far (0-1; 0 before any feedback). Single:
+    1 for the model that serves, 0 for the others.
+    """
+    if not models:
+        return {}
+    if policy == "single":
+        return {m: float(i == 0) for i, m in enumerate(models)}
+    impl = get_policy(policy)
+    shares = getattr(impl, "weight_shares", None)
+    if shares is not None:
+        return dict(zip(models, shares(dict(state or {}), list(models)), strict=True))
+    stats = (state or {}).get("stats")
+    stats = stats if isinstance(stats, Mapping) else {}
+    out = {}
+    for m in models:
+        mean = stats.get(m, {}).get("mean") if isinstance(stats.get(m), Mapping) else None
+        out[m] = float(mean) if isinstance(mean, int | float) and math.isfinite(mean) else 0.0
+    return out
+
+
+def _split_model(model: str) -> tuple[str, str]:
+    name, _, version = model.partition(":")  # names cannot contain ':'
+    return name, version
+
+
+_HELP = {
+    "requests": "Predict requests answered (a batch request counts once)",
+    "queries": "Queries (inputs) answered",
+    "overloaded": "Predict requests refused with 503 (the app sheds load)",
+    "defaults": "Queries answered with the default output, by reason",
+    "feedback": "Feedback (/update) requests, by whether they were accepted",
+    "latency": "Predict request latency in the server, from parsed request to answer",
+    "predictions": "Queries the model computed (in finished batches)",
+    "batch_size": "Batch sizes sent to the model (buckets resolved per second: see the docs)",
+}
+_Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+_C, _G = CounterMetricFamily, GaugeMetricFamily
+# Per model version, read from the dispatcher's ModelStatistics: (name, kind, help, keys).
+_MODEL: tuple[tuple[str, _Family, str, tuple[str, ...]], ...] = (
+    ("batches", _C, "Batches finished", ("batches",)),
+    ("batch_errors", _C, "Batches that failed (the model raised or died)", ("errors",)),
+    ("enqueued", _C, "Tasks queued", ("queue", "enqueued")),
+    ("expired", _C, "Tasks dropped unsent: their deadline passed", ("queue", "expired")),
+    ("rejected", _C, "Tasks refused: the queue was full", ("queue", "rejected")),
+    ("coalesced", _C, "Queries joined to an identical pending one", ("coalesced",)),
+    ("max_batch_size", _G, "The batch-size controller's current maximum", ("max_batch_size",)),
+    ("queue_depth", _G, "Tasks waiting in the queue", ("queue", "depth")),
+    ("queue_capacity", _G, "The queue's bound", ("queue", "capacity")),
+    ("in_flight_batches", _G, "Batches on replicas now", ("in_flight_batches",)),
+    ("replicas", _G, "Live replicas", ("replicas",)),
+    ("last_batch_latency_seconds", _G, "The latest batch's round trip", ("last_batch_latency_s",)),
+)
+_CACHE: tuple[tuple[str, _Family, str], ...] = (
+    ("hits", _C, "Prediction cache hits (all models)"),
+    ("misses", _C, "Prediction cache misses (all models)"),
+    ("evictions", _C, "Entries evicted to stay under the byte bound"),
+    ("entries", _G, "Entries in the prediction cache"),
+    ("bytes", _G, "Bytes held by the prediction cache"),
+    ("max_bytes", _G, "The prediction cache's byte bound"),
+)
 
 
 class Metrics:
-    """Observes requests; serves ``GET /metrics``."""
+    """One server's metrics: the observer of the query path and ``GET /metrics``."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        status: Status,
+        *,
+        catalog: Catalog | None = None,
+        store: _StateReader | None = None,
+        dispatcher: _ModelStats | None = None,
+        registry: CollectorRegistry | None = None,
+        sample_interval_s: float = 1.0,
+        slo_log_interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.status = status
+        self.catalog = catalog
+        self.store = store
+        self.dispatcher = dispatcher
+        self.sample_interval_s = sample_interval_s
+        self.slo_log_interval_s = slo_log_interval_s
+        self.clock = clock
+        self.apps: dict[str, _AppCounters] = {}
+        self.batch_sizes: dict[str, _BatchSizes] = {}
+        self.weights: dict[str, dict[str, float]] = {}
+        self.listeners: list[TickListener] = []
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(self)
+        with contextlib.suppress(Exception):  # /proc is Linux-only
+            ProcessCollector(namespace="clipper", registry=self.registry)
+        self._task: asyncio.Task[None] | None = None
+        self._logged: dict[str, tuple[list[int], int, int]] = {}
+        self._next_log = 0.0
+
+    # -- the hot path: called on the event loop once per request ------------------------
+
+    def _app(self, app: str) -> _AppCounters:
+        counters = self.apps.get(app)
+        if counters is None:
+            counters = self.apps[app] = _AppCounters()
+        return counters
 
     def observe_predictions(
         self, app: str, latency_s: float, predictions: list[Prediction]
     ) -> None:
-        pass
+        """One predict request answered (200): its latency and each query's outcome."""
+        c = self.apps.get(app) or self._app(app)
+        c.requests += 1
+        c.queries += len(predictions)
+        c.latency[bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
+        c.latency_sum += latency_s
+        for p in predictions:
+            if p.default:
+                c.defaults[_REASON_INDEX[default_reason(p.explanation)]] += 1
 
     def observe_overload(self, app: str) -> None:
-        pass
+        """One predict request refused with 503 (the app sheds load)."""
+        self._app(app).overloaded += 1
 
     def observe_feedback(self, app: str, accepted: bool) -> None:
-        pass
+        """One ``/update`` answered."""
+        self._app(app).feedback[accepted] += 1
+
+    # -- GET /metrics ------------------------------------------------------------------
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_bytes(send, 200, b"", [(b"content-type", b"text/plain")])
+        """Serve the registry in Prometheus' text format (or OpenMetrics, if asked)."""
+        if scope.get("method") not in ("GET", "HEAD"):
+            await send_bytes(send, 405, b'{"error":"method not allowed","cause":"use GET"}')
+            return
+        accept = next((v for k, v in scope["headers"] if k == b"accept"), b"").decode("latin-1")
+        encoder, content_type = choose_encoder(accept)
+        body = encoder(self.registry)
+        headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
+        await send_bytes(send, 200, body if scope["method"] == "GET" else b"", headers)
+
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus_client Collector interface: every ``clipper_`` family."""
+        status = self.status()
+        models = status.get("models") or []
+        self._sync_batches(models)
+        yield from self._app_families()
+        yield from self._model_families(models)
+        cache: dict[str, Any] = status.get("cache") or {}
+        for name, kind, doc in _CACHE if cache else ():
+            yield kind(f"clipper_cache_{name}", doc, value=float(cache[name]))
+        rv = ["model", "version", "replica"]
+        up = GaugeMetricFamily("clipper_replica_up", "1 if the replica is live, else 0", labels=rv)
+        restarts = CounterMetricFamily("clipper_replica_restarts", "Replica restarts", labels=rv)
+        for r in status.get("replicas") or []:
+            labels = [r["model_name"], r["model_version"], str(r["replica"])]
+            up.add_metric(labels, 1.0 if r.get("live") else 0.0)
+            restarts.add_metric(labels, float(r.get("restarts") or 0))
+        weight = GaugeMetricFamily(
+            "clipper_selection_weight", "The policy's trust in a model", labels=["app", "model"]
+        )
+        for app, shares in self.weights.items():
+            for model, w in shares.items():
+                weight.add_metric([app, model], w)
+        uptime = GaugeMetricFamily("clipper_uptime_seconds", "Seconds since the server started")
+        uptime.add_metric([], float(status.get("uptime_s") or 0.0))
+        yield from (up, restarts, weight, uptime)
+
+    def _app_families(self) -> Iterator[Metric]:
+        a, ar, ay = ["app"], ["app", "reason"], ["app", "accepted"]
+        requests = CounterMetricFamily("clipper_app_requests", _HELP["requests"], labels=a)
+        queries = CounterMetricFamily("clipper_app_queries", _HELP["queries"], labels=a)
+        overloaded = CounterMetricFamily("clipper_app_overloaded", _HELP["overloaded"], labels=a)
+        defaults = CounterMetricFamily("clipper_app_default_outputs", _HELP["defaults"], labels=ar)
+        feedback = CounterMetricFamily("clipper_app_feedback", _HELP["feedback"], labels=ay)
+        latency = HistogramMetricFamily(
+            "clipper_app_request_latency_seconds", _HELP["latency"], labels=a
+        )
+        for name, c in self.apps.items():
+            requests.add_metric([name], c.requests)
+            queries.add_metric([name], c.queries)
+            overloaded.add_metric([name], c.overloaded)
+            for reason, n in zip(REASONS, c.defaults, strict=True):
+                defaults.add_metric([name, reason], n)
+            feedback.add_metric([name, "true"], c.feedback[1])
+            feedback.add_metric([name, "false"], c.feedback[0])
+            latency.add_metric([name], _cumulative(LATENCY_BUCKETS_S, c.latency), c.latency_sum)
+        yield from (requests, queries, overloaded, defaults, feedback, latency)
+
+    def _model_families(self, models: list[dict[str, Any]]) -> Iterator[Metric]:
+        mv = ["model", "version"]
+        families = [
+            (kind(f"clipper_model_{n}", doc, labels=mv), keys) for n, kind, doc, keys in _MODEL
+        ]
+        predictions = CounterMetricFamily(
+            "clipper_model_predictions", _HELP["predictions"], labels=mv
+        )
+        sizes = HistogramMetricFamily("clipper_model_batch_size", _HELP["batch_size"], labels=mv)
+        for m in models:
+            labels = list(_split_model(m["model"]))
+            for family, keys in families:
+                value: Any = m
+                for key in keys:
+                    value = value[key]
+                family.add_metric(labels, float(value))
+            h = self.batch_sizes[m["model"]]
+            predictions.add_metric(labels, float(h.total))
+            sizes.add_metric(labels, _cumulative(BATCH_SIZE_BUCKETS, h.counts), float(h.total))
+        yield from (f for f, _ in families)
+        yield from (predictions, sizes)
+
+    # -- background: batch sizes, weights, listeners, SLO-miss log lines -------------------
+
+    def _sync_batches(self, models: list[dict[str, Any]]) -> None:
+        for m in models:
+            h = self.batch_sizes.get(m["model"])
+            if h is None:
+                h = self.batch_sizes[m["model"]] = _BatchSizes()
+            tasks = round(m["mean_batch_size"] * m["batches"])
+            h.sync(m["batches"], tasks, m["last_batch_size"])
+
+    def _read_weights(
+        self, apps: list[tuple[str, str, tuple[str, ...]]]
+    ) -> dict[str, dict[str, float]]:
+        out = {}
+        for app, policy, models in apps:
+            state = None
+            if policy != "single" and self.store is not None:
+                state = self.store.get_policy_state(app, SHARED)
+            out[app] = selection_weights(policy, models, state)
+        return out
+
+    async def refresh_weights(self) -> None:
+        """Re-read every app's shared policy state (in a thread: it may touch the store)."""
+        if self.catalog is None:
+            return
+        apps = [(n, r.spec.policy, r.models) for n, r in self.catalog.snapshot.apps.items()]
+        self.weights = await asyncio.to_thread(self._read_weights, apps)
+
+    async def tick(self) -> None:
+        """One sample: sync batch sizes, feed the listeners, maybe log SLO misses."""
+        status = self.status()
+        self._sync_batches(status.get("models") or [])
+        now = self.clock()
+        if self.catalog is not None:  # forget deleted apps
+            for gone in self.apps.keys() - self.catalog.snapshot.apps.keys():
+                del self.apps[gone]
+                self._logged.pop(gone, None)
+        for listener in self.listeners:
+            listener(now, status)
+        if now >= self._next_log:
+            if self._next_log:
+                self.log_slo_misses()
+            self._next_log = now + self.slo_log_interval_s
+        await self.refresh_weights()
+
+    def log_slo_misses(self) -> None:
+        """One line per app whose queries missed (default outputs, 503s) since the last call."""
+        for app, c in self.apps.items():
+            before, queries, overloaded = self._logged.get(app, ([0] * len(REASONS), 0, 0))
+            misses = [now - then for now, then in zip(c.defaults, before, strict=True)]
+            misses[_REASON_INDEX["overloaded"]] += c.overloaded - overloaded
+            self._logged[app] = (list(c.defaults), c.queries, c.overloaded)
+            if sum(misses):
+                reasons = ",".join(f"{r}:{n}" for r, n in zip(REASONS, misses, strict=True) if n)
+                log.warning(
+                    "slo_misses app=%s count=%d queries=%d reasons=%s interval_s=%g",
+                    *(app, sum(misses), c.queries - queries, reasons, self.slo_log_interval_s),
+                )
+
+    async def _run(self) -> None:
+        next_at = self.clock()
+        while True:  # on a fixed schedule; after a stall, resume from now (no burst)
+            next_at = max(next_at + self.sample_interval_s, self.clock())
+            await asyncio.sleep(next_at - self.clock())
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("metrics sampling failed")
+
+    def start(self) -> None:
+        """Start the once-a-second background task (on the running loop)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="metrics-sampler")
+
+    async def stop(self) -> None:
+        """Stop the background task."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def add_listener(self, listener: TickListener) -> None:
+        """Call ``listener(monotonic_now, status)`` at every tick (once a second)."""
+        self.listeners.append(listener)
+
+    # -- inspect_instance ------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        """What only the metrics know, as a dict (``/admin/status``'s ``metrics`` key);
+        the dispatcher's, cache's and replicas' figures sit beside it in the status."""
+        if self.dispatcher is not None:
+            self._sync_batches([dataclasses.asdict(m) for m in self.dispatcher.statistics()])
+        apps = {}
+        for name, c in self.apps.items():
+            p50, p99 = (bucket_quantile(q, LATENCY_BUCKETS_S, c.latency) for q in (0.5, 0.99))
+            apps[name] = {
+                "requests": c.requests,
+                "queries": c.queries,
+                "overloaded": c.overloaded,
+                "default_outputs": dict(zip(REASONS, c.defaults, strict=True)),
+                "feedback": {"accepted": c.feedback[1], "rejected": c.feedback[0]},
+                "latency_s": {"count": c.requests, "sum": c.latency_sum, "p50": p50, "p99": p99},
+                "selection_weights": dict(self.weights.get(name, {})),
+            }
+        batch_sizes = {
+            model: {
+                "count": h.count,
+                "sum": h.total,
+                "buckets": dict(_cumulative(BATCH_SIZE_BUCKETS, h.counts)),
+            }
+            for model, h in self.batch_sizes.items()
+        }
+        return {"apps": apps, "batch_sizes": batch_sizes}
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    out, running = [], 0
+    for bound, n in zip([*bounds, math.inf], counts, strict=True):
+        running += n
+        out.append((floatToGoString(bound), float(running)))
+    return out

@@ -36,10 +36,11 @@ from .batching.controllers import (
 from .batching.dispatcher import Dispatcher, ModelConfig
 from .cache import PredictionCache
 from .dashboard import Dashboard
-from .exceptions import ValidationError
+from .exceptions import StoreError, ValidationError
 from .frontend.oip import OIPFrontend
 from .frontend.query import QueryFrontend
 from .management.api import ManagementFrontend
+from .management.autoscale import Autoscaler, Signals
 from .management.service import ManagementService
 from .managers.local import LocalProcessManager
 from .metrics import Metrics
@@ -79,8 +80,10 @@ class ClipperServer:
             )
         if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
             raise ValidationError("TLS needs both --tls-certfile and --tls-keyfile")
-        if settings.manager != "local":
-            raise ValidationError(f"unknown container manager {settings.manager!r}; use 'local'")
+        if settings.manager not in ("local", "ray"):
+            raise ValidationError(
+                f"unknown container manager {settings.manager!r}; use 'local' or 'ray'"
+            )
         self.store = open_store(settings.store)
         self.catalog = Catalog(self.store)
         if settings.batching not in ("aimd", "quantile", "fixed"):
@@ -104,13 +107,28 @@ class ClipperServer:
             curve_secret_key=curve_secret,
         )
         self.dispatcher.set_transport(self.rpc.send)
-        self.manager = LocalProcessManager(
-            rpc_address=settings.rpc_address,
-            state_dir=settings.state_dir,
-            on_exit=self.rpc.process_exited,
-            secret=settings.rpc_secret or None,
-            server_key=curve_public,
-        )
+        from .managers.base import ContainerManager
+
+        self.manager: ContainerManager
+        if settings.manager == "ray":
+            from .managers.ray import RayContainerManager  # Ray is an optional extra
+
+            self.manager = RayContainerManager(
+                # Unresolved: a wildcard host becomes this node's Ray address.
+                rpc_address=f"tcp://{settings.rpc_host}:{settings.rpc_port}",
+                address=settings.ray_address,
+                on_exit=self.rpc.process_exited,
+                secret=settings.rpc_secret or None,
+                server_key=curve_public,
+            )
+        else:
+            self.manager = LocalProcessManager(
+                rpc_address=settings.rpc_address,
+                state_dir=settings.state_dir,
+                on_exit=self.rpc.process_exited,
+                secret=settings.rpc_secret or None,
+                server_key=curve_public,
+            )
         self.service = ManagementService(
             self.store,
             self.catalog,
@@ -118,12 +136,27 @@ class ClipperServer:
             settings.state_dir,
             default_batch_size=settings.default_batch_size,
         )
-        self.service.listeners.append(self._after_change)
-        self.metrics = Metrics(self.status)
-        self.processor = QueryProcessor(
-            self.catalog, self.dispatcher, PolicyStates(self.store), observer=self.metrics
+        self.autoscaler = Autoscaler(
+            self._autoscale_signals, self._model_options, self.service.sync_replicas
         )
-        self.oip = OIPFrontend(self.catalog, self.processor, max_body_bytes=settings.max_body_bytes)
+        self.service.replica_target = self.autoscaler.target
+        self.service.listeners.append(self._after_change)
+        self.metrics = Metrics(
+            self.status, catalog=self.catalog, store=self.store, dispatcher=self.dispatcher
+        )
+        self.processor = QueryProcessor(
+            self.catalog,
+            self.dispatcher,
+            PolicyStates(self.store),
+            observer=self.metrics,
+            is_autoscaled=self.autoscaler.is_autoscaled,
+        )
+        self.oip = OIPFrontend(
+            self.catalog,
+            self.processor,
+            max_body_bytes=settings.max_body_bytes,
+            is_ready=lambda: self.ready,
+        )
         self.query_app = QueryFrontend(
             self.catalog,
             self.processor,
@@ -137,7 +170,7 @@ class ClipperServer:
             self.service,
             self.status,
             max_body_bytes=settings.max_body_bytes,
-            dashboard=Dashboard(self.status),
+            dashboard=Dashboard(self.metrics, self.catalog),
             admin_token=settings.admin_token or None,
         )
         self.ready = False
@@ -169,16 +202,37 @@ class ClipperServer:
             controller,
             max_delay_s=float(options.get("max_batch_delay_ms", st.max_batch_delay_ms)) / 1000,
             queue_capacity=int(options.get("queue_capacity", st.queue_capacity)),
+            # Far beyond any sane batch: a replica stuck this long is restarted.
+            batch_time_limit_s=max(10 * slo_micros / 1e6, 5.0),
         )
 
+    def _autoscale_signals(self) -> dict[ModelId, Signals]:
+        out = {}
+        for stats in self.dispatcher.statistics():
+            name, _, version = stats.model.rpartition(":")
+            q = stats.queue
+            out[ModelId(name, version)] = Signals(
+                stats.replicas, q.depth, stats.in_flight_batches, q.enqueued, q.expired + q.rejected
+            )
+        return out
+
+    def _model_options(self) -> dict[ModelId, dict[str, Any]]:
+        return {m: spec.options for m, spec in self.catalog.snapshot.models.items()}
+
     def _after_change(self) -> None:
+        self.autoscaler.refresh()
         self.dispatcher.reconfigure()
         self.processor.states.clear()
         if self.cache is not None:
             self.cache.retain_models({(m.name, m.version) for m in self.catalog.snapshot.models})
 
     def _check_registration(self, model: ModelId, input_type: str) -> str | None:
-        self.catalog.refresh()
+        try:
+            self.catalog.refresh()
+        except StoreError as exc:  # the store is down: judge by the last snapshot
+            log.warning(
+                "store unavailable (%s); checking a registration against the last known state", exc
+            )
         spec = self.catalog.model(model)
         if spec is None:
             return f"model {model} is not registered with this Clipper; add it first"
@@ -210,7 +264,12 @@ class ClipperServer:
             "manager": self.settings.manager,
             "replicas": replicas,
             "models": [dataclasses.asdict(m) for m in self.dispatcher.statistics()],
+            "autoscale": {
+                "targets": {str(m): n for m, n in self.autoscaler.targets.items()},
+                "events": [dataclasses.asdict(e) for e in self.autoscaler.events[-50:]],
+            },
             "cache": dataclasses.asdict(self.cache.statistics()) if self.cache else None,
+            "metrics": self.metrics.figures(),
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -262,8 +321,11 @@ class ClipperServer:
             if time.monotonic() > deadline:
                 raise SystemExit("the HTTP frontends did not start within 30 s")
             await asyncio.sleep(0.01)
+        self.autoscaler.refresh()
         await self.service.sync_replicas()
+        self.autoscaler.start()
         self._write_server_file()
+        self.metrics.start()
         self.ready = True
         log.info(
             "Clipper is up: queries on http://%s:%d, management on http://%s:%d, RPC on %s",
@@ -302,7 +364,9 @@ class ClipperServer:
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._server_tasks, return_exceptions=True)
+        await self.autoscaler.stop()
         await self.manager.stop_all()
+        await self.metrics.stop()
         self.dispatcher.close()
         await self.rpc.stop()
         self.store.close()

@@ -51,7 +51,15 @@ class Settings:
         metadata={"help": "Config store URL; default sqlite:///<state_dir>/clipper.db."},
     )
     manager: str = field(
-        default="local", metadata={"help": "Container manager: local (child processes)."}
+        default="local",
+        metadata={"help": "Container manager: local (child processes) or ray (Ray actors)."},
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "Ray cluster for --manager ray: host:port of its head, or 'auto'; "
+            "empty starts a local Ray instance."
+        },
     )
     max_body_bytes: int = field(
         default=16 * 1024 * 1024,

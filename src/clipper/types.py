@@ -6,6 +6,7 @@ model container side can import it beside the RPC protocol.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -162,3 +163,13 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def json_default(obj: Any) -> Any:
+    """orjson ``default`` for model outputs: bytes as text, else as base64."""
+    if isinstance(obj, bytes):
+        try:
+            return obj.decode()
+        except UnicodeDecodeError:
+            return base64.b64encode(obj).decode()
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")

@@ -50,15 +50,21 @@ def guarded(tmp_path_factory):
 def test_the_management_api_needs_the_token(guarded):
     r = httpx.post(f"{guarded.admin_url}/admin/get_all_applications", json={})
     assert r.status_code == 401 and "Bearer" in r.json()["cause"]
-    r = httpx.post(f"{guarded.admin_url}/admin/get_all_applications", json={},
-                   headers={"Authorization": "Bearer wrong"})
+    r = httpx.post(
+        f"{guarded.admin_url}/admin/get_all_applications",
+        json={},
+        headers={"Authorization": "Bearer wrong"},
+    )
     assert r.status_code == 401
     assert httpx.get(f"{guarded.admin_url}/admin/status").status_code == 401
     assert httpx.get(f"{guarded.admin_url}/admin/ping").status_code == 200
     guarded.conn.register_application("safe", "doubles", "-1", 2_000_000)
     assert "safe" in guarded.conn.get_all_apps()
-    stranger = ClipperConnection(LocalContainerManager(
-        clipper_management_port=guarded.cm.clipper_management_port, admin_token="nope"))
+    stranger = ClipperConnection(
+        LocalContainerManager(
+            clipper_management_port=guarded.cm.clipper_management_port, admin_token="nope"
+        )
+    )
     stranger.connect()
     try:
         with pytest.raises(ClipperException, match="401"):
@@ -76,10 +82,25 @@ def test_managed_replicas_present_the_secret_and_strangers_are_refused(guarded, 
     model_file.write_bytes(cloudpickle.dumps(models.total))
     env = {k: v for k, v in os.environ.items() if k != "CLIPPER_RPC_SECRET"}
     stray = subprocess.run(
-        [sys.executable, "-m", "clipper.container", "--address",
-         f"tcp://127.0.0.1:{guarded.cm.clipper_rpc_port}", "--model-name", "safe-m",
-         "--model-version", "1", "--input-type", "doubles", "--model-path", str(model_file)],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "clipper.container",
+            "--address",
+            f"tcp://127.0.0.1:{guarded.cm.clipper_rpc_port}",
+            "--model-name",
+            "safe-m",
+            "--model-version",
+            "1",
+            "--input-type",
+            "doubles",
+            "--model-path",
+            str(model_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert stray.returncode == 2 and "secret" in stray.stderr
     assert len(guarded.live_replicas("safe-m")) == 1
@@ -105,10 +126,25 @@ def test_batch_length_is_limited(guarded):
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CLIPPER_ADMIN_TOKEN"}
     out = subprocess.run(
-        [sys.executable, "-m", "clipper.server", "--host", "0.0.0.0", "--state-dir",
-         str(tmp_path), "--query-port", str(free_port()), "--management-port",
-         str(free_port()), "--rpc-port", str(free_port())],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "clipper.server",
+            "--host",
+            "0.0.0.0",
+            "--state-dir",
+            str(tmp_path),
+            "--query-port",
+            str(free_port()),
+            "--management-port",
+            str(free_port()),
+            "--rpc-port",
+            str(free_port()),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode != 0 and "CLIPPER_ADMIN_TOKEN" in out.stderr
 
@@ -116,13 +152,31 @@ def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
 def test_tls_on_both_http_ports(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
-    cm = manager(tmp_path / "state", tls_certfile=str(cert), tls_keyfile=str(key),
-                 tls_verify=str(cert))
+    cm = manager(
+        tmp_path / "state", tls_certfile=str(cert), tls_keyfile=str(key), tls_verify=str(cert)
+    )
     conn = ClipperConnection(cm)
     conn.start_clipper(timeout=120)
     try:
@@ -148,10 +202,13 @@ def test_sigterm_drains_queries_in_flight(tmp_path):
         pid = server.status()["pid"]
         result = {}
         t = threading.Thread(
-            target=lambda: result.setdefault("r", server.predict("drain", {"input": [1.0]})))
+            target=lambda: result.setdefault("r", server.predict("drain", {"input": [1.0]}))
+        )
         t.start()
-        wait_for(lambda: any(m["in_flight_batches"] for m in server.status()["models"]),
-                 what="the query to be in flight")
+        wait_for(
+            lambda: any(m["in_flight_batches"] for m in server.status()["models"]),
+            what="the query to be in flight",
+        )
         os.kill(pid, signal.SIGTERM)
         t.join(60)
         assert result["r"].status_code == 200 and result["r"].json()["output"] == "done"
@@ -172,10 +229,15 @@ def test_a_replica_being_scaled_down_finishes_its_batch(clipper):
     clipper.wait_live("shrink")
     result = {}
     t = threading.Thread(
-        target=lambda: result.setdefault("r", clipper.predict("shrink", {"input": [2.0]})))
+        target=lambda: result.setdefault("r", clipper.predict("shrink", {"input": [2.0]}))
+    )
     t.start()
-    wait_for(lambda: any(m["in_flight_batches"] for m in clipper.status()["models"]
-                         if m["model"] == "shrink:1"), what="a batch in flight")
+    wait_for(
+        lambda: any(
+            m["in_flight_batches"] for m in clipper.status()["models"] if m["model"] == "shrink:1"
+        ),
+        what="a batch in flight",
+    )
     clipper.conn.set_num_replicas("shrink", 0)
     t.join(60)
     assert result["r"].json() == {**result["r"].json(), "output": "done", "default": False}
@@ -198,8 +260,10 @@ def test_a_leaking_model_hits_its_memory_limit_and_restarts(clipper):
             failed = body
             break
     assert failed is not None and "MemoryError" in failed["default_explanation"]
-    wait_for(lambda: any(r["restarts"] >= 1 for r in clipper.live_replicas("leak")),
-             what="the replica to restart")
+    wait_for(
+        lambda: any(r["restarts"] >= 1 for r in clipper.live_replicas("leak")),
+        what="the replica to restart",
+    )
     assert clipper.predict("leak", {"input": [99.0]}).json()["output"] == 1  # a fresh heap
 
 
@@ -219,10 +283,23 @@ def test_curve_encrypts_the_rpc_socket(tmp_path):
         model_file = tmp_path / "m.pkl"
         model_file.write_bytes(cloudpickle.dumps(models.total))
         stray = subprocess.Popen(
-            [sys.executable, "-m", "clipper.container", "--address",
-             f"tcp://127.0.0.1:{cm.clipper_rpc_port}", "--model-name", "enc",
-             "--model-version", "1", "--input-type", "doubles", "--model-path", str(model_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "clipper.container",
+                "--address",
+                f"tcp://127.0.0.1:{cm.clipper_rpc_port}",
+                "--model-name",
+                "enc",
+                "--model-version",
+                "1",
+                "--input-type",
+                "doubles",
+                "--model-path",
+                str(model_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         with pytest.raises(AssertionError):
             wait_for(lambda: len(server.live_replicas("enc")) > 1, 5, "a plaintext replica")

@@ -302,9 +302,11 @@ class ClipperConnection:
         num_replicas: int = 1,
         batch_size: int = -1,
         pkgs_to_install: list[str] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         """Deploy a cloudpickled model (a callable, or an object with ``predict``)
-        and start ``num_replicas`` containers for it."""
+        and start ``num_replicas`` containers for it. ``options``: batching,
+        queueing, memory and autoscaling options (see the management API docs)."""
         self.add_model(
             {
                 "model_name": name,
@@ -315,6 +317,7 @@ class ClipperConnection:
                 "num_replicas": num_replicas,
                 "model_data": base64.b64encode(model_data).decode(),
                 "pkgs_to_install": list(pkgs_to_install or []),
+                "options": dict(options or {}),
             }
         )
 

@@ -25,11 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..cache.prediction_cache import CacheKey, PredictionCache, input_digest
 from ..exceptions import RPCError
 from ..rpc import protocol as p
 from ..rpc.server import Replica
-from ..types import ModelId, Outcome
+from ..types import ModelId, Outcome, json_default
 from .controllers import BatchSizeController, ControllerStatistics, FixedBatchSize
 from .queue import DeadlineQueue, QueueStatistics, Task
 
@@ -48,6 +50,7 @@ class ModelConfig:
     controller: BatchSizeController
     max_delay_s: float = 0.0
     queue_capacity: int = 10_000
+    batch_time_limit_s: float | None = None  # a replica stuck longer restarts
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,17 @@ class _ModelState:
     coalesced: int = 0
     last_batch_size: int = 0
     last_batch_latency: float = 0.0
+    latency_ewma: float = 0.0  # per batch, to skip tasks that would finish late
+
+
+def _checked(model: ModelId, output: Any) -> Outcome:
+    """The output as an Outcome, or an error if JSON cannot carry it (that query
+    only: it must neither break the response nor enter the cache)."""
+    try:
+        orjson.dumps(output, default=json_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        return Outcome(error=f"model {model} returned an output JSON cannot carry: {exc}")
+    return Outcome(output=output)
 
 
 class Dispatcher:
@@ -242,7 +256,8 @@ class Dispatcher:
             replica = state.replicas.get(identity)
             if replica is None:
                 continue
-            batch, expired = state.queue.pop_batch(max_size, now)
+            # A task due before a batch could finish is answered now, not computed.
+            batch, expired = state.queue.pop_batch(max_size, now, now + state.latency_ewma)
             for task in expired:
                 task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
             if not batch:
@@ -273,6 +288,9 @@ class Dispatcher:
                 task.finish(Outcome(error=f"could not encode the batch: {exc}"))
             state.idle.append(replica.identity)
             return
+        limit = state.config.batch_time_limit_s
+        if limit is not None:
+            fields["time_limit_s"] = limit
         header = p.make(p.BATCH, id=batch_id, input_type=replica.input_type, **fields)
         self._in_flight[batch_id] = _InFlight(replica.identity, batch, now)
         if not self._send(replica.identity, [header, *frames]):
@@ -323,6 +341,9 @@ class Dispatcher:
         state.batched_tasks += len(tasks)
         state.last_batch_size = len(tasks)
         state.last_batch_latency = latency
+        state.latency_ewma = (
+            latency if state.batches == 1 else 0.8 * state.latency_ewma + 0.2 * latency
+        )
         state.config.controller.observe(len(tasks), latency)
         if header.get("ok") is True:
             try:
@@ -331,7 +352,7 @@ class Dispatcher:
                 self._fail(state, tasks, f"{state.model} returned a bad result: {exc}")
             else:
                 for task, output in zip(tasks, outputs, strict=True):
-                    task.finish(Outcome(output=output))
+                    task.finish(_checked(state.model, output))
         else:
             etype = str(header.get("error_type", "Error"))
             emsg = str(header.get("error_message", ""))

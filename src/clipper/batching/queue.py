@@ -81,13 +81,18 @@ class DeadlineQueue:
         live = [t.enqueued_at for _, _, t in self._heap if not t.done]
         return min(live) if live else None
 
-    def pop_batch(self, max_size: int, now: float) -> tuple[list[Task], list[Task]]:
+    def pop_batch(
+        self, max_size: int, now: float, horizon: float | None = None
+    ) -> tuple[list[Task], list[Task]]:
         """Up to ``max_size`` live tasks, earliest deadline first, and the expired
         tasks met on the way (for the caller to answer).
 
-        Tasks already answered or past their deadline are dropped here, so no
-        model ever computes an expired query.
+        Tasks already answered or due before ``horizon`` (default ``now``; the
+        caller passes now plus the expected batch latency) are dropped here, so
+        no model computes a query whose answer would come too late. Under
+        overload this keeps the model's time for queries it can still serve.
         """
+        cutoff = now if horizon is None else horizon
         batch: list[Task] = []
         expired: list[Task] = []
         heap = self._heap
@@ -95,7 +100,7 @@ class DeadlineQueue:
             _, _, task = heapq.heappop(heap)
             if task.done:
                 continue
-            if task.deadline <= now:
+            if task.deadline <= cutoff:
                 self.expired += 1
                 expired.append(task)
                 continue

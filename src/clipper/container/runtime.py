@@ -102,6 +102,8 @@ class ContainerRuntime:
         self.drain_timeout = drain_timeout
         self._stop = threading.Event()
         self._busy = 0  # batches taken and not yet answered
+        # (start time, time limit) of the batch in predict, set by the worker
+        self._running: tuple[float, float | None] | None = None
         self.out_of_memory = threading.Event()
         self.registered = threading.Event()
         self.batches_served = 0
@@ -233,6 +235,11 @@ class ContainerRuntime:
                 if self.exit_with_parent and os.getppid() != parent:
                     log.info("parent process exited; stopping")
                     break
+                if self._stuck(now):
+                    # Only a new process can recover from a stuck batch (a thread
+                    # cannot be stopped): the manager restarts us, and the
+                    # frontend retries the batch elsewhere or answers its default.
+                    os._exit(4)
         finally:
             send([p.make(p.GOODBYE)])
             if self.out_of_memory.is_set():
@@ -243,6 +250,15 @@ class ContainerRuntime:
             dealer.close(linger=0)
             ctx.term()
         return status
+
+    def _stuck(self, now: float) -> bool:
+        running = self._running
+        if running is None or running[1] is None or now - running[0] <= running[1]:
+            return False
+        log.error(
+            "a batch has run %.0fs, past its %.0fs limit; exiting", now - running[0], running[1]
+        )
+        return True
 
     def _work(
         self,
@@ -259,11 +275,18 @@ class ContainerRuntime:
                 if item is None:
                     return
                 batch_id, header, frames = item
+                limit = header.get("time_limit_s")
+                self._running = (
+                    time.monotonic(),
+                    float(limit) if isinstance(limit, int | float) and limit > 0 else None,
+                )
                 try:
                     result = run_predict(self.predict, batch_id, header, frames)
                 except MemoryError:
                     result = p.encode_result_error(batch_id, "MemoryError", "out of memory")
                     self.out_of_memory.set()
+                finally:
+                    self._running = None
                 tx.send_multipart(result, copy=False)
                 self.batches_served += 1
         finally:

@@ -22,6 +22,7 @@ def deploy_python_closure(
     batch_size: int = -1,
     num_replicas: int = 1,
     pkgs_to_install: list[str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Deploy ``func`` as model ``name:version``.
 
@@ -41,4 +42,5 @@ def deploy_python_closure(
         num_replicas=num_replicas,
         batch_size=batch_size,
         pkgs_to_install=pkgs_to_install,
+        options=options,
     )

@@ -232,8 +232,27 @@ def _parse(
         except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
             raise InputError(f"{where}: invalid base64 for input type 'bytes': {exc}") from None
     if input_type is InputType.JSON:
+        if _deeper_than(value, MAX_JSON_DEPTH):
+            raise InputError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
         return value
     raise InputError(f"unsupported input type {input_type!r}")
+
+
+# JSON outputs and cache keys are encoded with orjson, which stops at 255 levels.
+MAX_JSON_DEPTH = 128
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether a JSON value nests more than ``limit`` arrays/objects (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, list | dict):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children if isinstance(c, list | dict))
+    return False
 
 
 # -- numeric fast path ----------------------------------------------------------

@@ -14,6 +14,7 @@ numpy in one call and binary data is read with ``np.frombuffer``.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 from dataclasses import dataclass
@@ -175,26 +176,40 @@ def decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
         if kind != "b" and parsed.size:
             raise InputError(f"{where}: BOOL data must be true or false")
         return Tensor(name, datatype, shape, parsed.astype(np.bool_).reshape(shape))
+    if dtype.kind in "iu" and parsed.size and kind in "fO":
+        # numpy reads a mix of int64 and uint64 values as floats: check the
+        # values themselves on this unusual path.
+        return Tensor(name, datatype, shape, _exact_integers(data, dtype, datatype, shape, where))
     if kind not in "iuf" and parsed.size:
         found = "booleans" if kind == "b" else "non-numbers (or integers beyond 64 bits)"
         raise InputError(f"{where}: {datatype} data must be numbers, found {found}")
-    if dtype.kind in "iu":
-        if kind == "f" and parsed.size:
-            raise InputError(
-                f"{where}: {datatype} data must be integers, found a fraction (or a number "
-                "beyond 64 bits)"
-            )
-        if parsed.size:
-            info = np.iinfo(dtype)
-            low, high = int(parsed.min()), int(parsed.max())
-            if low < info.min or high > info.max:
-                bad = low if low < info.min else high
-                raise InputError(f"{where}: {bad} is out of range for {datatype}")
+    if dtype.kind in "iu" and parsed.size:
+        info = np.iinfo(dtype)
+        low, high = int(parsed.min()), int(parsed.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InputError(f"{where}: {bad} is out of range for {datatype}")
     with np.errstate(over="ignore"):
         arr = parsed.astype(dtype)
     if dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{where}: a value is out of range for {datatype}")
     return Tensor(name, datatype, shape, arr.reshape(shape))
+
+
+def _exact_integers(
+    data: list[Any], dtype: np.dtype[Any], datatype: str, shape: tuple[int, ...], where: str
+) -> npt.NDArray[Any]:
+    flat = np.array(data, dtype=object).ravel().tolist()
+    for x in flat:
+        if type(x) is not int:
+            found = "a fraction" if isinstance(x, float) else "a value that is not a number"
+            raise InputError(f"{where}: {datatype} data must be integers, found {found}")
+    try:
+        return np.array(flat, dtype=dtype).reshape(shape)
+    except OverflowError:
+        info = np.iinfo(dtype)
+        bad = next(x for x in flat if not info.min <= x <= info.max)
+        raise InputError(f"{where}: {bad} is out of range for {datatype}") from None
 
 
 def _check_count(parsed: npt.NDArray[Any], shape: tuple[int, ...], where: str) -> None:
@@ -313,7 +328,16 @@ def _element(value: Any) -> bytes:
         return value.encode()
     if isinstance(value, bytes):
         return value
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    try:
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:  # integers beyond 64 bits, say: the standard library copes
+        return json.dumps(value, default=_json_default).encode()
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, bytes):
+        return _text(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 
 def _text(element: bytes) -> str:

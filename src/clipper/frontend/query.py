@@ -7,7 +7,6 @@ exceptions become JSON errors here and nowhere else.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
@@ -15,9 +14,10 @@ from collections.abc import Callable
 
 import orjson
 
-from ..exceptions import InputError, PayloadTooLarge, ValidationError
+from ..exceptions import InputError, PayloadTooLarge, StoreError, ValidationError
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
+from ..types import json_default
 from .http import ASGIApp, Receive, Scope, Send, read_body, send_bytes, send_error, send_json, serve
 from .inputs import parse_predict_body, parse_update_body
 
@@ -126,7 +126,9 @@ class QueryFrontend:
             payload: object = {"batch_predictions": [p.to_json() for p in predictions]}
         else:
             payload = predictions[0].to_json()
-        await send_bytes(send, 200, orjson.dumps(payload, default=_json_default))
+        await send_bytes(
+            send, 200, orjson.dumps(payload, default=json_default, option=orjson.OPT_NON_STR_KEYS)
+        )
 
     async def _update(self, app: str, scope: Scope, receive: Receive, send: Send) -> None:
         got = await self._body(app, scope, receive, send)
@@ -138,7 +140,14 @@ class QueryFrontend:
         except InputError as exc:
             await send_error(send, 400, "invalid feedback", str(exc))
             return
-        result = await self.processor.feedback(route, request.uid, request.input, request.label)
+        try:
+            result = await self.processor.feedback(route, request.uid, request.input, request.label)
+        except StoreError as exc:
+            await send_error(send, 503, "store unavailable", f"feedback not recorded: {exc}")
+            return
+        except ValueError as exc:  # a label the app's loss cannot score
+            await send_error(send, 400, "invalid feedback", str(exc))
+            return
         await send_json(send, 200, result)
 
 
@@ -151,14 +160,3 @@ def api_key_matches(scope: Scope, digests: list[str]) -> bool:
     digest = hashlib.sha256(offered).hexdigest().encode()
     # Compare against every key, in constant time each, without stopping early.
     return sum(hmac.compare_digest(digest, d.encode()) for d in digests) > 0
-
-
-def _json_default(obj: object) -> object:
-    # Outputs arrive over msgpack as plain values; bytes are the one type JSON
-    # lacks: send text as text and anything else as base64.
-    if isinstance(obj, bytes):
-        try:
-            return obj.decode()
-        except UnicodeDecodeError:
-            return base64.b64encode(obj).decode()
-    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")

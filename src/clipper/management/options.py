@@ -15,6 +15,12 @@ Model options (per version; each overrides the server's setting):
 - ``queue_capacity``: queries that may wait, 1 to 1000000.
 - ``memory_limit_mb``: the replica's address-space limit (local manager), 256
   to 1048576; a model past it gets MemoryError and its container restarts.
+- ``min_replicas``, ``max_replicas`` (0 to 64): autoscale between these
+  (``max_replicas`` turns it on; ``min_replicas`` defaults to 1 and may be 0);
+  ``scale_down_after_s`` (1 to 86400, default 60): idle time before scaling down.
+- Ray manager only: ``ray_num_cpus``, ``ray_num_gpus`` (numbers >= 0),
+  ``ray_memory_mb`` (integer >= 1), ``ray_resources`` (name -> amount > 0),
+  ``ray_placement`` (``"spread"`` or ``"pack"``), ``ray_max_restarts`` (>= -1).
 """
 
 from __future__ import annotations
@@ -70,8 +76,47 @@ def validate_app_options(options: Any) -> dict[str, Any]:
 
 
 def validate_model_options(options: Any) -> dict[str, Any]:
-    known = ("batching", "max_batch_delay_ms", "queue_capacity", "memory_limit_mb")
+    known = (
+        "batching",
+        "max_batch_delay_ms",
+        "queue_capacity",
+        "memory_limit_mb",
+        "min_replicas",
+        "max_replicas",
+        "scale_down_after_s",
+        "ray_num_cpus",
+        "ray_num_gpus",
+        "ray_memory_mb",
+        "ray_resources",
+        "ray_placement",
+        "ray_max_restarts",
+    )
     out = _check_known(options, known, "model")
+    for name in ("ray_num_cpus", "ray_num_gpus"):
+        if name in out:
+            _number(out[name], name, 0, 1024)
+    if "ray_memory_mb" in out:
+        _number(out["ray_memory_mb"], "ray_memory_mb", 1, 1 << 24, integer=True)
+    if "ray_max_restarts" in out:
+        _number(out["ray_max_restarts"], "ray_max_restarts", -1, 1_000_000, integer=True)
+    if "ray_placement" in out:
+        out["ray_placement"] = _choice(out["ray_placement"], "ray_placement", ("spread", "pack"))
+    if "ray_resources" in out:
+        res = out["ray_resources"]
+        if not isinstance(res, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+            for k, v in res.items()
+        ):
+            raise ValidationError("option 'ray_resources' must map resource names to amounts > 0")
+    for name in ("min_replicas", "max_replicas"):
+        if name in out:
+            _number(out[name], name, 0, 64, integer=True)
+    if "scale_down_after_s" in out:
+        _number(out["scale_down_after_s"], "scale_down_after_s", 1, 86400)
+    if ("min_replicas" in out or "scale_down_after_s" in out) and "max_replicas" not in out:
+        raise ValidationError("autoscaling options need 'max_replicas'")
+    if out.get("min_replicas", 1 if "max_replicas" in out else 0) > out.get("max_replicas", 64):
+        raise ValidationError("option 'min_replicas' must not exceed 'max_replicas'")
     if "memory_limit_mb" in out:
         _number(out["memory_limit_mb"], "memory_limit_mb", 256, 1_048_576, integer=True)
     if "batching" in out:

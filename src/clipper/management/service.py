@@ -72,6 +72,9 @@ class ManagementService:
         # Called after every change, once the catalog is fresh (the dispatcher
         # re-reads batching settings, the cache forgets deleted versions).
         self.listeners: list[Callable[[], None]] = []
+        # How many replicas a model version runs, given its stored count (the
+        # autoscaler overrides this for autoscaled models).
+        self.replica_target: Callable[[ModelId, int], int] = lambda _model, stored: stored
         self.envs = EnvironmentBuilder(state_dir / "envs")
         self.default_batch_size = default_batch_size
 
@@ -86,7 +89,8 @@ class ManagementService:
         desired: dict[ModelId, tuple[ModelSpec, int]] = {}
         for model in self.store.list_models():
             if model.container_name == PYTHON_CLOSURE and Path(model.model_data_path).is_file():
-                desired[model.id] = (model, self.store.get_num_replicas(model.name, model.version))
+                stored = self.store.get_num_replicas(model.name, model.version)
+                desired[model.id] = (model, self.replica_target(model.id, stored))
         await self.manager.reconcile(desired)
 
     # -- apps ------------------------------------------------------------------

@@ -28,6 +28,10 @@ from .policies import Policy, get_policy
 from .state import SHARED, PolicyStates, State
 
 NO_MODELS = "No connected models found for query"
+COLD = (
+    "The model was cold (scaled to zero): a replica is starting, but none was ready "
+    "within the latency SLO"
+)
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
 LOW_CONFIDENCE = "The models' agreement ({:.2f}) is below the app's min_confidence ({:.2f})"
 
@@ -86,7 +90,9 @@ class QueryProcessor:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         observer: PredictionObserver | None = None,
+        is_autoscaled: Callable[[ModelId], bool] = lambda _model: False,
     ) -> None:
+        self.is_autoscaled = is_autoscaled
         self.catalog = catalog
         self.observer = observer
         self.dispatcher = dispatcher
@@ -120,11 +126,14 @@ class QueryProcessor:
         return model
 
     def _available(self, route: AppRoute) -> dict[str, ModelId]:
-        """Linked models with a current version and a live replica, in link order."""
+        """Linked models with a current version and a live replica (or an
+        autoscaled one, which starts when queried), in link order."""
         out = {}
         for name in route.models:
             model = self._current(name)
-            if model is not None and self.dispatcher.live_replicas(model) > 0:
+            if model is not None and (
+                self.dispatcher.live_replicas(model) > 0 or self.is_autoscaled(model)
+            ):
                 out[name] = model
         return out
 
@@ -172,8 +181,9 @@ class QueryProcessor:
         policy, params = self.policy_for(spec)
         use_cache = bool(spec.options.get("cache", True))
         if version is not None:
-            available = {route.models[0]: self._pinned(route, version)}
-            if self.dispatcher.live_replicas(available[route.models[0]]) == 0:
+            pinned = self._pinned(route, version)
+            available = {route.models[0]: pinned}
+            if self.dispatcher.live_replicas(pinned) == 0 and not self.is_autoscaled(pinned):
                 available = {}
         else:
             available = self._available(route)
@@ -186,6 +196,7 @@ class QueryProcessor:
         else:
             state = self.states.get(spec.name, uid or SHARED, lambda: policy.initial_state(params))
             chosen = [policy.select(state, names, params, self.rng) for _ in inputs]
+        cold = {m for m, model in available.items() if self.dispatcher.live_replicas(model) == 0}
         futures = [
             {m: self.dispatcher.submit(available[m], x, deadline, use_cache=use_cache) for m in ms}
             for x, ms in zip(inputs, chosen, strict=True)
@@ -199,7 +210,7 @@ class QueryProcessor:
         ):
             raise Overloaded(f"a model of '{spec.name}' has a full queue")
         return [
-            self._answer(qid, spec, policy, params, state, ms, fs)
+            self._answer(qid, spec, policy, params, state, ms, fs, cold)
             for qid, ms, fs in zip(ids, chosen, futures, strict=True)
         ]
 
@@ -212,6 +223,7 @@ class QueryProcessor:
         state: State,
         chosen: list[str],
         futures: dict[str, asyncio.Future[Outcome]],
+        cold: set[str],
     ) -> Prediction:
         outputs: dict[str, Any] = {}
         errors: list[str] = []
@@ -223,6 +235,8 @@ class QueryProcessor:
                 errors.append(outcome.error)
         if not outputs:
             reason = errors[0] if errors else SLO_MISSED
+            if any(m in cold for m in chosen):
+                reason = COLD
             return Prediction(qid, spec.default_output, True, reason)
         if len(chosen) == 1 and not policy.combines:
             return Prediction(qid, outputs[chosen[0]], False)

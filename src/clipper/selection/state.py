@@ -8,9 +8,14 @@ another frontend) never loses an update. Cached states are re-read after
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from ..exceptions import StoreError
+
+log = logging.getLogger("clipper.selection")
 
 State = dict[str, Any]
 SHARED = ""  # the uid of the app-wide state
@@ -40,6 +45,7 @@ class PolicyStates:
         self.max_entries = max_entries
         self.clock = clock
         self._cache: dict[tuple[str, str], tuple[float, State | None]] = {}
+        self._warned = float("-inf")
 
     def get(self, app: str, uid: str, initial: Callable[[], State]) -> State:
         """The user's state, else the app's shared state, else ``initial()``."""
@@ -54,7 +60,14 @@ class PolicyStates:
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
-        state = self.backend.get_policy_state(*key)
+        try:
+            state = self.backend.get_policy_state(*key)
+        except StoreError as exc:
+            # The store is down: keep answering from what we last knew.
+            if hit is None or now - self._warned > 10:
+                log.warning("policy state unavailable (%s); using the last known state", exc)
+                self._warned = now
+            return hit[1] if hit is not None else None
         if len(self._cache) >= self.max_entries:
             self._cache.clear()  # crude, but bounded; states are re-read on demand
         self._cache[key] = (now, state)

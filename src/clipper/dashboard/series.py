@@ -1,0 +1,169 @@
+"""The dashboard's time series: one sample a second, kept server-side in a ring buffer.
+
+Each sample turns the metrics' running totals into per-second figures (the
+difference from the previous sample): per app the throughput, p50/p99
+latency (from the latency histogram's buckets) and the share of default
+outputs; per model version the mean batch size; the cache hit ratio; the
+selection weights. Taking a sample and answering the page are both
+O(apps + models): nothing here ever looks at a single query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..metrics import LATENCY_BUCKETS_S, Metrics, bucket_quantile
+from ..store.catalog import Catalog
+
+HISTORY = 300  # samples kept: five minutes at one a second
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole > 0 else None
+
+
+class SeriesRecorder:
+    """Samples the metrics at each tick; answers the dashboard's summary."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        catalog: Catalog | None,
+        *,
+        history: int = HISTORY,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.metrics = metrics
+        self.catalog = catalog
+        self.wall_clock = wall_clock
+        self.samples: deque[dict[str, Any]] = deque(maxlen=history)
+        self.status: dict[str, Any] = {}
+        # Running totals at the previous tick, to difference against.
+        self._last_at: float | None = None
+        self._apps: dict[str, tuple[int, int, list[int]]] = {}
+        self._models: dict[str, tuple[int, int]] = {}
+        self._cache = (0, 0)
+        metrics.add_listener(self.sample)
+
+    def sample(self, now: float, status: dict[str, Any]) -> None:
+        """Record one sample (``now`` on the monotonic clock, ``status`` the server's)."""
+        elapsed = now - self._last_at if self._last_at is not None else None
+        self._last_at = now
+        self.status = status
+        apps: dict[str, dict[str, float | None]] = {}
+        last_apps, self._apps = self._apps, {}
+        for name, c in self.metrics.apps.items():
+            queries, defaults = c.queries, sum(c.defaults)
+            before = last_apps.get(name)
+            self._apps[name] = (queries, defaults, list(c.latency))
+            if before is None or not elapsed:
+                continue
+            dq = queries - before[0]
+            latency = [n - m for n, m in zip(c.latency, before[2], strict=True)]
+            apps[name] = {
+                "qps": round(dq / elapsed, 3),
+                "p50_ms": _ms(bucket_quantile(0.5, LATENCY_BUCKETS_S, latency)),
+                "p99_ms": _ms(bucket_quantile(0.99, LATENCY_BUCKETS_S, latency)),
+                "default_ratio": _ratio(defaults - before[1], dq),
+            }
+        models: dict[str, dict[str, float | None]] = {}
+        last_models, self._models = self._models, {}
+        for m in status.get("models") or []:
+            key, h = m["model"], self.metrics.batch_sizes.get(m["model"])
+            totals = (h.count, h.total) if h is not None else (0, 0)
+            before_m = last_models.get(key)
+            self._models[key] = totals
+            if before_m is not None and elapsed:
+                batches = totals[0] - before_m[0]
+                models[key] = {"batch_size": _ratio(totals[1] - before_m[1], batches)}
+        cache = status.get("cache") or {}
+        hits, misses = cache.get("hits", 0), cache.get("misses", 0)
+        dh, dm = hits - self._cache[0], misses - self._cache[1]
+        self._cache = (hits, misses)
+        if elapsed:
+            self.samples.append(
+                {
+                    "t": round(self.wall_clock(), 3),
+                    "apps": apps,
+                    "models": models,
+                    "cache_hit_ratio": _ratio(dh, dh + dm) if cache else None,
+                    "weights": {a: dict(w) for a, w in self.metrics.weights.items()},
+                }
+            )
+
+    def summary(self, since: float | None = None) -> dict[str, Any]:
+        """Apps, models and replicas, and the samples newer than ``since`` (all if None)."""
+        samples = []
+        for s in reversed(self.samples):  # newest first: only the new ones are read
+            if since is not None and s["t"] <= since:
+                break
+            samples.append(s)
+        samples.reverse()
+        status = self.status
+        return {
+            "uptime_s": status.get("uptime_s"),
+            "interval_s": self.metrics.sample_interval_s,
+            "history": self.samples.maxlen,
+            "apps": self._apps_table(),
+            "models": _models_table(status, self._current_versions()),
+            "cache": status.get("cache"),
+            "samples": samples,
+        }
+
+    def _apps_table(self) -> list[dict[str, Any]]:
+        if self.catalog is None:
+            return []
+        return [
+            {
+                "name": name,
+                "slo_ms": route.spec.slo_micros / 1000,
+                "policy": route.spec.policy,
+                "models": list(route.models),
+                "input_type": route.spec.input_type.value,
+                "default_output": route.spec.default_output,
+            }
+            for name, route in sorted(self.catalog.snapshot.apps.items())
+        ]
+
+    def _current_versions(self) -> dict[str, str]:
+        return dict(self.catalog.snapshot.current) if self.catalog is not None else {}
+
+
+def _models_table(status: dict[str, Any], current: dict[str, str]) -> list[dict[str, Any]]:
+    """Per model version: replicas live and dead, restarts, and the batcher's state."""
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(name: str, version: str) -> dict[str, Any]:
+        key = f"{name}:{version}"
+        if key not in rows:
+            rows[key] = {
+                "model": name,
+                "version": version,
+                "current": current.get(name) == version,
+                "live": 0,
+                "dead": 0,
+                "restarts": 0,
+                "max_batch_size": None,
+                "queue_depth": None,
+            }
+        return rows[key]
+
+    for name, version in current.items():
+        row(name, version)
+    for r in status.get("replicas") or []:
+        entry = row(r["model_name"], r["model_version"])
+        entry["live" if r.get("live") else "dead"] += 1
+        entry["restarts"] += int(r.get("restarts") or 0)
+    for m in status.get("models") or []:
+        name, _, version = m["model"].partition(":")
+        entry = row(name, version)
+        entry["max_batch_size"] = m["max_batch_size"]
+        entry["queue_depth"] = m["queue"]["depth"]
+    return sorted(rows.values(), key=lambda r: (r["model"], r["version"]))

@@ -1,0 +1,58 @@
+"""The container-manager interface every backend implements (local processes, Ray actors).
+
+A manager *starts* replicas and keeps them running; whether a replica is
+*live* is the RPC layer's business (it registered and keeps heartbeating).
+The management service calls :meth:`ContainerManager.reconcile` after every
+change with the full desired state, so a manager is a reconciler: it starts
+what is missing, stops what is no longer wanted, restarts what crashed.
+
+The contract tests in ``tests/managers/contract.py`` pin this behaviour down;
+every implementation passes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from ..types import ModelId, ModelSpec
+
+MANAGERS = ("local", "ray")
+"""The values of the server's ``--manager`` setting."""
+
+REPLICA_FIELDS = ("model_name", "model_version", "replica", "pid", "restarts")
+"""Keys every dict of :meth:`ContainerManager.replicas` carries (a backend may add more)."""
+
+
+def replica_label(model: ModelId | ModelSpec, index: int) -> str:
+    """The label a replica registers with: ``<name>-<version>-<index>``.
+
+    The server matches a manager's replicas to the RPC layer's live ones by
+    (model version, label), so every manager labels replicas this way.
+    """
+    return f"{model.name}-{model.version}-{index}"
+
+
+@runtime_checkable
+class ContainerManager(Protocol):
+    """Starts, restarts and stops model replicas; never decides liveness."""
+
+    async def reconcile(self, desired: dict[ModelId, tuple[ModelSpec, int]]) -> None:
+        """Make each model version run its desired number of replicas.
+
+        Model versions missing from ``desired`` have all their replicas
+        stopped. Returns once the change is under way (replicas started or
+        stopped), not once new replicas have registered.
+        """
+        ...
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """The replicas this manager runs, one dict each with :data:`REPLICA_FIELDS`.
+
+        ``pid`` is the replica's process id once known (else None);
+        ``restarts`` counts how often it was restarted after a crash.
+        """
+        ...
+
+    async def stop_all(self) -> None:
+        """Stop every replica this manager started; afterwards none runs."""
+        ...

@@ -1,0 +1,63 @@
+"""The autoscaling policy with a test clock: bursts separated by idle time."""
+
+import pytest
+
+from clipper.management.autoscale import AutoscalePolicy, Signals
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_bursts_scale_up_from_zero_and_back_down_when_idle():
+    clock = Clock()
+    p = AutoscalePolicy(
+        0, 3, scale_down_after_s=30, up_cooldown_s=2, down_cooldown_s=5, clock=clock
+    )
+    enq = missed = 0
+    target = 0
+    history = []
+    for burst in range(3):
+        # A burst: queries pile up, some expire.
+        for _ in range(20):
+            clock.now += 0.5
+            enq += 10
+            missed += 1 if target < 3 else 0
+            target = p.decide(target, Signals(target, 8, target, enq, missed))
+            history.append(target)
+        assert target == 3, f"burst {burst}: scaled to {target}"
+        # Idle minutes (compressed): nothing arrives.
+        for _ in range(200):
+            clock.now += 0.5
+            target = p.decide(target, Signals(target, 0, 0, enq, missed))
+        assert target == 0
+    # From zero, the first query starts a replica at once (no cooldown).
+    clock.now += 0.5
+    assert p.decide(0, Signals(0, 1, 0, enq + 1, missed)) == 1
+
+
+def test_it_never_leaves_its_bounds_and_waits_between_steps():
+    clock = Clock()
+    p = AutoscalePolicy(1, 2, scale_down_after_s=10, up_cooldown_s=2, clock=clock)
+    assert p.decide(1, Signals(1, 50, 1, 100, 5)) == 2
+    clock.now += 0.5
+    assert p.decide(2, Signals(2, 50, 2, 200, 10)) == 2  # at the maximum
+    p2 = AutoscalePolicy(1, 4, up_cooldown_s=2, clock=clock)
+    assert p2.decide(1, Signals(1, 9, 1, 10, 1)) == 2
+    clock.now += 0.5
+    assert p2.decide(2, Signals(2, 9, 2, 20, 2)) == 2  # cooling down
+    clock.now += 2
+    assert p2.decide(2, Signals(2, 9, 2, 30, 3)) == 3
+    for _ in range(100):
+        clock.now += 1
+        p2.decide(1, Signals(1, 0, 0, 30, 3))
+    assert p2.decide(1, Signals(1, 0, 0, 30, 3)) == 1  # the minimum
+
+
+def test_bad_bounds_are_refused():
+    with pytest.raises(ValueError):
+        AutoscalePolicy(3, 1)

@@ -1,0 +1,27 @@
+"""Models the manager tests deploy; shipped by value (replicas cannot import ``tests``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def total(xs: Any) -> list[float]:
+    """The sum of each input."""
+    return [float(sum(x)) for x in xs]
+
+
+def whoami(xs: Any) -> list[int]:
+    """The replica's process id, for each input (to see which replica answered)."""
+    return [os.getpid()] * len(xs)
+
+
+class Unloadable:
+    """Pickles fine; fails when a replica loads it (the model never starts)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_fail_to_load, ())
+
+
+def _fail_to_load() -> None:
+    raise RuntimeError("this model cannot be loaded")
