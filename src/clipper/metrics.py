@@ -7,10 +7,11 @@ at most. What the dispatcher, cache and replicas already count is read from
 costs the hot path nothing. Each server has its own ``CollectorRegistry``:
 no global state, so tests and several servers in one process never clash.
 
-A background task (``start``/``stop``) ticks once a second: it reconstructs
-the per-model batch-size histograms from the dispatcher's counters, refreshes
-the selection weights (the store is read in a thread), feeds tick listeners
-(the dashboard's time series) and, every ``slo_log_interval_s``, logs one
+The dispatcher reports each finished batch to ``observe_batch`` (exact
+batch-size and batch-latency histograms per model). A background task
+(``start``/``stop``) ticks once a second: it refreshes the selection weights
+(the store is read in a thread), feeds tick listeners (the dashboard's time
+series) and, every ``slo_log_interval_s``, logs one
 line per app that missed its SLO: ``slo_misses app=... count=... reasons=...``.
 """
 
@@ -43,6 +44,7 @@ from .selection.policies import get_policy
 from .selection.processor import LOW_CONFIDENCE, NO_MODELS, SLO_MISSED, Prediction
 from .selection.state import SHARED
 from .store.catalog import Catalog
+from .types import ModelId
 
 log = logging.getLogger("clipper.metrics")
 
@@ -116,32 +118,25 @@ class _AppCounters:
 
 @dataclasses.dataclass
 class _BatchSizes:
-    """A batch-size histogram rebuilt from the dispatcher's running totals.
+    """Exact per-model histograms of batch sizes and batch latencies, fed by the
+    dispatcher once per finished batch."""
 
-    Between two syncs (one second apart, and at each scrape) only the number
-    of batches and their total size are known: one batch lands in its exact
-    bucket, several land in the bucket of their mean. Count and sum are exact.
-    """
-
-    batches: int = 0  # the dispatcher's totals at the last sync
-    tasks: int = 0
     counts: list[int] = dataclasses.field(
         default_factory=lambda: [0] * (len(BATCH_SIZE_BUCKETS) + 1)
     )
-    count: int = 0  # batches seen (survives the dispatcher's totals restarting)
+    count: int = 0  # batches
     total: int = 0  # their summed sizes: the queries the model computed
+    latency: list[int] = dataclasses.field(
+        default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1)
+    )
+    latency_sum: float = 0.0
 
-    def sync(self, batches: int, tasks: int, last_size: int) -> None:
-        """Account for the batches finished since the last sync."""
-        if batches < self.batches or tasks < self.tasks:  # the model was recreated
-            self.batches = self.tasks = 0
-        new, size = batches - self.batches, tasks - self.tasks
-        if new > 0:
-            mean = last_size if new == 1 else size / new
-            self.counts[bisect_left(BATCH_SIZE_BUCKETS, mean)] += new
-            self.count += new
-            self.total += size
-        self.batches, self.tasks = batches, tasks
+    def observe(self, size: int, latency_s: float) -> None:
+        self.counts[bisect_left(BATCH_SIZE_BUCKETS, size)] += 1
+        self.count += 1
+        self.total += size
+        self.latency[bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
+        self.latency_sum += latency_s
 
 
 class _StateReader(Protocol):
@@ -191,7 +186,8 @@ _HELP = {
     "feedback": "Feedback (/update) requests, by whether they were accepted",
     "latency": "Predict request latency in the server, from parsed request to answer",
     "predictions": "Queries the model computed (in finished batches)",
-    "batch_size": "Batch sizes sent to the model (buckets resolved per second: see the docs)",
+    "batch_size": "Batch sizes sent to the model",
+    "batch_latency": "Time from sending a batch to its result, seconds",
 }
 _Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
 _C, _G = CounterMetricFamily, GaugeMetricFamily
@@ -300,7 +296,6 @@ class Metrics:
         """The prometheus_client Collector interface: every ``clipper_`` family."""
         status = self.status()
         models = status.get("models") or []
-        self._sync_batches(models)
         yield from self._app_families()
         yield from self._model_families(models)
         cache: dict[str, Any] = status.get("cache") or {}
@@ -353,6 +348,9 @@ class Metrics:
             "clipper_model_predictions", _HELP["predictions"], labels=mv
         )
         sizes = HistogramMetricFamily("clipper_model_batch_size", _HELP["batch_size"], labels=mv)
+        latencies = HistogramMetricFamily(
+            "clipper_model_batch_latency_seconds", _HELP["batch_latency"], labels=mv
+        )
         for m in models:
             labels = list(_split_model(m["model"]))
             for family, keys in families:
@@ -360,21 +358,23 @@ class Metrics:
                 for key in keys:
                     value = value[key]
                 family.add_metric(labels, float(value))
-            h = self.batch_sizes[m["model"]]
-            predictions.add_metric(labels, float(h.total))
+            h = self.batch_sizes.get(m["model"]) or _BatchSizes()
+            # Exact: the dispatcher's count of queries computed.
+            predictions.add_metric(labels, float(round(m["mean_batch_size"] * m["batches"])))
             sizes.add_metric(labels, _cumulative(BATCH_SIZE_BUCKETS, h.counts), float(h.total))
+            latencies.add_metric(labels, _cumulative(LATENCY_BUCKETS_S, h.latency), h.latency_sum)
         yield from (f for f, _ in families)
-        yield from (predictions, sizes)
+        yield from (predictions, sizes, latencies)
 
     # -- background: batch sizes, weights, listeners, SLO-miss log lines -------------------
 
-    def _sync_batches(self, models: list[dict[str, Any]]) -> None:
-        for m in models:
-            h = self.batch_sizes.get(m["model"])
-            if h is None:
-                h = self.batch_sizes[m["model"]] = _BatchSizes()
-            tasks = round(m["mean_batch_size"] * m["batches"])
-            h.sync(m["batches"], tasks, m["last_batch_size"])
+    def observe_batch(self, model: ModelId, size: int, latency_s: float) -> None:
+        """A batch finished (called by the dispatcher on the event loop)."""
+        key = str(model)
+        h = self.batch_sizes.get(key)
+        if h is None:
+            h = self.batch_sizes[key] = _BatchSizes()
+        h.observe(size, latency_s)
 
     def _read_weights(
         self, apps: list[tuple[str, str, tuple[str, ...]]]
@@ -395,9 +395,8 @@ class Metrics:
         self.weights = await asyncio.to_thread(self._read_weights, apps)
 
     async def tick(self) -> None:
-        """One sample: sync batch sizes, feed the listeners, maybe log SLO misses."""
+        """One sample: feed the listeners, maybe log SLO misses."""
         status = self.status()
-        self._sync_batches(status.get("models") or [])
         now = self.clock()
         if self.catalog is not None:  # forget deleted apps
             for gone in self.apps.keys() - self.catalog.snapshot.apps.keys():
@@ -457,8 +456,6 @@ class Metrics:
     def figures(self) -> dict[str, Any]:
         """What only the metrics know, as a dict (``/admin/status``'s ``metrics`` key);
         the dispatcher's, cache's and replicas' figures sit beside it in the status."""
-        if self.dispatcher is not None:
-            self._sync_batches([dataclasses.asdict(m) for m in self.dispatcher.statistics()])
         apps = {}
         for name, c in self.apps.items():
             p50, p99 = (bucket_quantile(q, LATENCY_BUCKETS_S, c.latency) for q in (0.5, 0.99))

@@ -144,6 +144,7 @@ class ClipperServer:
         self.metrics = Metrics(
             self.status, catalog=self.catalog, store=self.store, dispatcher=self.dispatcher
         )
+        self.dispatcher.batch_listeners.append(self.metrics.observe_batch)
         self.processor = QueryProcessor(
             self.catalog,
             self.dispatcher,

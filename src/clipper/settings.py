@@ -66,7 +66,8 @@ class Settings:
         metadata={"help": "Largest accepted request body; larger ones get a 413."},
     )
     default_batch_size: int = field(
-        default=64, metadata={"help": "Maximum batch size for models deployed without one."}
+        default=64,
+        metadata={"help": "Batch size under --batching fixed, for models deployed without one."},
     )
     batching: str = field(
         default="aimd",

@@ -308,3 +308,33 @@ def test_curve_encrypts_the_rpc_socket(tmp_path):
             stray.kill()
             stray.wait()
         server.stop()
+
+
+def test_the_cli_and_v2_routes_respect_the_guards(guarded):
+    key = "v" * 20
+    guarded.conn.set_app_options("safe", api_keys=[key])
+    try:
+        body = {"inputs": [{"name": "input", "shape": [1], "datatype": "FP64", "data": [4.0]}]}
+        url = f"{guarded.query_url}/v2/models/safe/infer"
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers={"X-Api-Key": key}).status_code == 200
+    finally:
+        guarded.conn.set_app_options("safe", api_keys=[])
+    cli = [
+        sys.executable,
+        "-m",
+        "clipper",
+        "--management-port",
+        str(guarded.cm.clipper_management_port),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "CLIPPER_ADMIN_TOKEN"}
+    refused = subprocess.run([*cli, "apps"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    allowed = subprocess.run(
+        [*cli, "apps", "--json"],
+        env={**env, "CLIPPER_ADMIN_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert allowed.returncode == 0 and "safe" in allowed.stdout

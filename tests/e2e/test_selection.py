@@ -128,3 +128,27 @@ def test_state_survives_a_restart(tmp_path):
         assert again.conn.get_app_info("keep")["selection_policy"] == "exp4"
     finally:
         again.stop()
+
+
+def test_low_agreement_turns_into_the_default_when_the_app_asks(clipper):
+    conn = clipper.conn
+    conn.register_application(
+        "robust",
+        "doubles",
+        "unsure",
+        2_000_000,
+        selection_policy="exp4",
+        policy_params={"min_confidence": 0.9},
+    )
+    for name, salt in (("robust-a", 1), ("robust-b", 2)):
+        deploy_python_closure(conn, name, "1", "doubles", models.make_classifier(0.5, salt))
+        conn.link_model_to_app("robust", name)
+        clipper.wait_live(name)
+    a, b = models.make_classifier(0.5, 1), models.make_classifier(0.5, 2)
+    i = next(i for i in range(40_000, 40_500) if a([[i]])[0] != b([[i]])[0])
+    body = clipper.predict("robust", {"input": [float(i)]}).json()
+    assert body["default"] is True and body["output"] == "unsure"
+    assert "min_confidence" in body["default_explanation"] and body["confidence"] < 0.9
+    j = next(j for j in range(40_000, 40_500) if a([[j]])[0] == b([[j]])[0])
+    agreed = clipper.predict("robust", {"input": [float(j)]}).json()
+    assert agreed["default"] is False and agreed["confidence"] == 1.0

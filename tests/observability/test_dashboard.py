@@ -15,7 +15,7 @@ from clipper.metrics import Metrics
 from clipper.selection.processor import SLO_MISSED, Prediction
 from clipper.store.catalog import Catalog
 from clipper.store.memory import MemoryStore
-from clipper.types import AppSpec, InputType, ModelSpec
+from clipper.types import AppSpec, InputType, ModelId, ModelSpec
 from tests.observability.test_metrics import FakeServer, model_stats
 
 
@@ -46,7 +46,8 @@ def test_samples_turn_running_totals_into_per_second_figures(
     series = SeriesRecorder(metrics, metrics.catalog, history=3, wall_clock=lambda: next(wall))
     metrics.observe_predictions("a", 0.001, [Prediction(0, 1, False)])  # before the first tick
     server.models = [model_stats("m:1", batches=2, tasks=4, last=2)]
-    metrics._sync_batches(server.models)
+    for _ in range(2):
+        metrics.observe_batch(ModelId("m", "1"), 2, 0.001)
     series.sample(0.0, server.status())
     assert not series.samples  # a first sample only sets the baseline
     for _ in range(30):
@@ -55,7 +56,8 @@ def test_samples_turn_running_totals_into_per_second_figures(
         metrics.observe_predictions("a", 0.04, [Prediction(0, "-1", True, SLO_MISSED)])
     server.models = [model_stats("m:1", batches=6, tasks=24, last=5)]
     server.cache = {**(server.cache or {}), "hits": 40, "misses": 40}  # +30, +10
-    metrics._sync_batches(server.models)
+    for _ in range(4):
+        metrics.observe_batch(ModelId("m", "1"), 5, 0.001)
     metrics.weights = {"a": {"m": 0.7, "n": 0.3}}
     series.sample(2.0, server.status())  # two seconds later
     (s,) = series.samples

@@ -24,6 +24,7 @@ from clipper.metrics import (
 )
 from clipper.selection import processor
 from clipper.selection.processor import LOW_CONFIDENCE, NO_MODELS, SLO_MISSED, Prediction
+from clipper.types import ModelId
 
 
 def model_stats(model: str = "m:1", batches: int = 0, tasks: int = 0, last: int = 0) -> dict:
@@ -146,6 +147,8 @@ def test_model_cache_and_replica_figures_come_from_status_at_scrape_time(
     server: FakeServer, metrics: Metrics
 ) -> None:
     server.models = [model_stats("m:1", batches=4, tasks=10, last=1)]
+    for size in (1, 2, 3, 4):  # what the dispatcher reports, batch by batch
+        metrics.observe_batch(ModelId("m", "1"), size, 0.002)
     got = scrape(metrics)
     mv = (("model", "m"), ("version", "1"))
     assert got["clipper_model_batches_total"][mv] == 4
@@ -174,6 +177,8 @@ def test_model_cache_and_replica_figures_come_from_status_at_scrape_time(
     assert got["clipper_uptime_seconds"][()] == 12.5
     # More batches later: the counters follow the status, nothing per query.
     server.models = [model_stats("m:1", batches=9, tasks=30, last=4)]
+    for _ in range(5):
+        metrics.observe_batch(ModelId("m", "1"), 4, 0.003)
     server.cache = None  # a server without a cache reports no cache figures
     got = scrape(metrics)
     assert got["clipper_model_batches_total"][mv] == 9
@@ -232,16 +237,14 @@ def test_free_text_never_becomes_a_label(metrics: Metrics) -> None:
     assert defaults[(("app", "a"), ("reason", "model_error"))] == 50
 
 
-def test_batch_sizes_land_in_exact_buckets_for_single_batches_else_their_mean() -> None:
+def test_batch_sizes_and_latencies_land_in_exact_buckets() -> None:
     h = _BatchSizes()
-    h.sync(1, 3, 3)  # one batch of 3
-    h.sync(3, 3 + 16, 9)  # two more, 16 queries: mean 8
+    for size, latency in ((3, 0.0004), (8, 0.003), (8, 0.003)):
+        h.observe(size, latency)
     assert h.count == 3 and h.total == 19
     index = {b: i for i, b in enumerate(BATCH_SIZE_BUCKETS)}
     assert h.counts[index[4]] == 1 and h.counts[index[8]] == 2
-    h.sync(0, 0, 0)  # the dispatcher forgot the model (recreated): totals restart
-    h.sync(1, 2, 2)
-    assert h.count == 4 and h.total == 21  # the histogram stays monotonic
+    assert sum(h.latency) == 3 and h.latency_sum == pytest.approx(0.0064)
 
 
 def test_bucket_quantile_interpolates_like_prometheus() -> None:
@@ -287,6 +290,8 @@ def test_slo_misses_are_logged_once_per_interval_per_app(
 
 def test_figures_match_the_scrape(server: FakeServer, metrics: Metrics) -> None:
     server.models = [model_stats("m:1", batches=2, tasks=5, last=3)]
+    metrics.observe_batch(ModelId("m", "1"), 2, 0.001)
+    metrics.observe_batch(ModelId("m", "1"), 3, 0.001)
     for _ in range(4):
         metrics.observe_predictions("a", 0.004, [ok(), default(SLO_MISSED)])
     metrics.observe_feedback("a", False)
@@ -317,6 +322,7 @@ def test_ticks_feed_listeners_and_the_batch_histograms(server: FakeServer) -> No
 
     asyncio.run(run())
     assert seen == sorted(seen) and len(seen) >= 3
+    metrics.observe_batch(ModelId("m", "1"), 2, 0.001)
     assert metrics.batch_sizes["m:1"].count == 1
 
 

@@ -62,11 +62,13 @@ def test_only_exp4_combines():
 def test_defaults_are_filled_in(name):
     params = get_policy(name).validate_params({})
     own = {key: default for key, (default, _) in OWN_PARAMS[name].items()}
-    assert params == {"loss": "zero_one", "loss_scale": 1.0, **own}
+    assert params == {"loss": "zero_one", "loss_scale": 1.0, "min_confidence": 0.0, **own}
     assert json.loads(json.dumps(params)) == params
     # validating again is a no-op, and integers are normalised to floats
     assert get_policy(name).validate_params(params) == params
     assert get_policy(name).validate_params({"loss_scale": 2})["loss_scale"] == 2.0
+    with pytest.raises(ValueError, match="min_confidence"):
+        get_policy(name).validate_params({"min_confidence": 1.5})
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)

@@ -127,6 +127,8 @@ class Dispatcher:
         self._in_flight: dict[int, _InFlight] = {}
         self._pending: dict[CacheKey, tuple[asyncio.Future[Outcome], Task]] = {}
         self._batch_ids = itertools.count(1)
+        # Told of every finished batch: (model version, size, latency in seconds).
+        self.batch_listeners: list[Callable[[ModelId, int, float], None]] = []
 
     def set_transport(self, send: Send) -> None:
         """Give the dispatcher the function that sends frames to a replica."""
@@ -345,6 +347,8 @@ class Dispatcher:
             latency if state.batches == 1 else 0.8 * state.latency_ewma + 0.2 * latency
         )
         state.config.controller.observe(len(tasks), latency)
+        for listener in self.batch_listeners:
+            listener(state.model, len(tasks), latency)
         if header.get("ok") is True:
             try:
                 outputs = p.decode_outputs(frames, len(tasks))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -45,6 +46,8 @@ class Target:
     query_port: int = 1337
     rpc_port: int = 7000
     state_dir: Path | None = None
+    admin_token: str | None = None
+    tls_ca: Path | None = None
 
     def manager(self, extra_args: list[str] | None = None) -> LocalContainerManager:
         return LocalContainerManager(
@@ -54,6 +57,10 @@ class Target:
             state_dir=self.state_dir,
             host=self.host,
             server_flags=list(extra_args or []),
+            admin_token=self.admin_token,
+            # A CA file means the server speaks TLS: verify it against that CA.
+            tls_certfile=str(self.tls_ca) if self.tls_ca else None,
+            tls_verify=str(self.tls_ca) if self.tls_ca else True,
         )
 
     def connection(self) -> ClipperConnection:
@@ -68,7 +75,11 @@ class Target:
 
     @property
     def query_url(self) -> str:
-        return f"http://{self.host}:{self.query_port}"
+        scheme = "https" if self.tls_ca else "http"
+        return f"{scheme}://{self.host}:{self.query_port}"
+
+    def http_verify(self) -> bool | ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else True
 
     def replace(self, **changes: Any) -> Target:
         return dataclasses.replace(self, **changes)
@@ -116,6 +127,21 @@ def _global_options(
             help="State folder: store, models, logs, server record (default: ~/.clipper).",
         ),
     ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLIPPER_ADMIN_TOKEN",
+            help="Bearer token of the management API (prefer the env variable).",
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CLIPPER_TLS_CA",
+            dir_okay=False,
+            help="CA certificate of a server that speaks TLS (https); verifies it.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -124,4 +150,6 @@ def _global_options(
     ] = False,
 ) -> None:
     """Clipper: a low-latency prediction serving system."""
-    ctx.obj = Target(host, management_port, query_port, rpc_port, state_dir)
+    ctx.obj = Target(
+        host, management_port, query_port, rpc_port, state_dir, admin_token or None, tls_ca
+    )

@@ -43,7 +43,7 @@ def query(
     body = build_query_body(parse_input_json(text), batch=batch, version=version)
     url = f"{target(ctx).query_url}/{quote(app_name, safe='')}/predict"
     try:
-        r = httpx.post(url, json=body, timeout=timeout)
+        r = httpx.post(url, json=body, timeout=timeout, verify=target(ctx).http_verify())
     except httpx.HTTPError as exc:
         fail(f"cannot reach {url}: {exc}")
     if r.status_code != 200:

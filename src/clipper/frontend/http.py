@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from logging import Logger
 from typing import Any
@@ -100,3 +102,14 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def api_key_matches(scope: Scope, digests: list[str]) -> bool:
+    """Whether the request's ``X-Api-Key`` hashes to one of the app's key digests."""
+    offered = b""
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            offered = value
+    digest = hashlib.sha256(offered).hexdigest().encode()
+    # Compare against every key, in constant time each, without stopping early.
+    return sum(hmac.compare_digest(digest, d.encode()) for d in digests) > 0

@@ -28,7 +28,7 @@ from ..exceptions import PayloadTooLarge, ValidationError
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import InputType, ModelId
-from .http import Receive, Scope, Send, read_body, send_bytes, send_json
+from .http import Receive, Scope, Send, api_key_matches, read_body, send_bytes, send_json
 from .oip_request import (
     DEFAULT_OUTPUT_NAME,
     app_queries,
@@ -101,6 +101,10 @@ class OIPFrontend:
             return
         if parts[0] == "models" and len(parts) >= 2:
             name, rest = parts[1], parts[2:]
+            app = self.catalog.app(name)
+            keys = app.spec.options.get("api_key_sha256") if app is not None else None
+            if keys and not api_key_matches(scope, keys):
+                raise OIPError(401, f"model '{name}' needs its API key in 'X-Api-Key'")
             version = None
             if len(rest) >= 2 and rest[0] == "versions":
                 version, rest = rest[1], rest[2:]

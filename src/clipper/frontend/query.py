@@ -7,8 +7,6 @@ exceptions become JSON errors here and nowhere else.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Callable
 
@@ -18,7 +16,18 @@ from ..exceptions import InputError, PayloadTooLarge, StoreError, ValidationErro
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import json_default
-from .http import ASGIApp, Receive, Scope, Send, read_body, send_bytes, send_error, send_json, serve
+from .http import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    api_key_matches,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+    serve,
+)
 from .inputs import parse_predict_body, parse_update_body
 
 log = logging.getLogger("clipper.frontend")
@@ -149,14 +158,3 @@ class QueryFrontend:
             await send_error(send, 400, "invalid feedback", str(exc))
             return
         await send_json(send, 200, result)
-
-
-def api_key_matches(scope: Scope, digests: list[str]) -> bool:
-    """Whether the request's ``X-Api-Key`` hashes to one of the app's key digests."""
-    offered = b""
-    for name, value in scope["headers"]:
-        if name == b"x-api-key":
-            offered = value
-    digest = hashlib.sha256(offered).hexdigest().encode()
-    # Compare against every key, in constant time each, without stopping early.
-    return sum(hmac.compare_digest(digest, d.encode()) for d in digests) > 0

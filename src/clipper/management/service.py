@@ -169,7 +169,10 @@ class ManagementService:
     async def set_app_options(self, name: str, options: dict[str, Any]) -> None:
         """Set an app's options (merged into the existing ones)."""
         app = self._app(name)
-        merged = validate_app_options({**app.options, **validate_app_options(options)})
+        if not isinstance(options, dict):
+            raise ValidationError("app options must be a JSON object")
+        merged = {**app.options, **options}
+        merged = validate_app_options({k: v for k, v in merged.items() if v is not None})
         self.store.update_app(dataclasses.replace(app, options=merged))
         await self._changed()
 
@@ -178,7 +181,11 @@ class ManagementService:
         model = self.store.get_model(name, version)
         if model is None:
             raise ValidationError(f"model '{name}' has no version '{version}'")
-        merged = validate_model_options({**model.options, **validate_model_options(options)})
+        if not isinstance(options, dict):
+            raise ValidationError("model options must be a JSON object")
+        # Merge first, then check the result as a whole; a null removes a key.
+        merged = {**model.options, **options}
+        merged = validate_model_options({k: v for k, v in merged.items() if v is not None})
         self.store.update_model(dataclasses.replace(model, options=merged))
         await self._changed()
 

@@ -206,11 +206,14 @@ class NumberParam:
 
 
 LOSS_SCALE = NumberParam(1.0, 0.0, low_open=True)
+# Robust prediction: an answer whose confidence falls below this is replaced
+# by the app's default output (the query processor applies it).
+MIN_CONFIDENCE = NumberParam(0.0, 0.0, 1.0)
 
 
 def check_params(policy: str, specs: Mapping[str, NumberParam], params: Any) -> dict[str, Any]:
     """``params`` validated against a policy's numeric ``specs`` plus the common
-    ``loss`` and ``loss_scale``, with defaults filled in.
+    ``loss``, ``loss_scale`` and ``min_confidence``, with defaults filled in.
 
     Raises ValueError naming the policy and the bad or unknown parameter.
     """
@@ -218,7 +221,7 @@ def check_params(policy: str, specs: Mapping[str, NumberParam], params: Any) -> 
         params = {}
     if not isinstance(params, Mapping):
         raise ValueError(f"{policy}: parameters must be an object, got {params!r}")
-    specs = {"loss_scale": LOSS_SCALE, **specs}
+    specs = {"loss_scale": LOSS_SCALE, "min_confidence": MIN_CONFIDENCE, **specs}
     known = ["loss", *specs]
     for key in params:
         if key not in known:
