@@ -1,0 +1,1 @@
+"""Benchmarks of the Clipper server (``make bench``); see docs/benchmarks.md."""

@@ -1,0 +1,304 @@
+"""Start a real Clipper server for a benchmark, deploy models, pin CPUs, clean up.
+
+``BenchServer`` is a context manager: a server on free ports with its state
+in a temporary folder, started through the public admin client
+(``ClipperConnection`` + ``LocalContainerManager``) with extra server flags,
+and stopped, with every replica, on the way out whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import resource
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import cloudpickle
+
+from clipper.admin import ClipperConnection, LocalContainerManager
+
+from . import models
+
+# One BLAS thread per process: the server and its replicas share one core.
+SINGLE_THREAD_ENV = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it is truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except Exception as exc:  # keep polling through transient errors
+            last = exc
+        else:
+            if value:
+                return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _gone(pid: int) -> bool:
+    return not pid_alive(pid)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def pin_tree(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of ``pid`` and of its descendants to ``cpus``; threads pinned."""
+    pinned = 0
+    for proc in descendants(pid):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{proc}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), cpus)
+                    pinned += 1
+    return pinned
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class CpuPlan:
+    """Where the generator and the server run; what was done is reported."""
+
+    generator: set[int] | None
+    server: set[int] | None
+    note: str
+
+    @classmethod
+    def choose(cls, enabled: bool = True) -> CpuPlan:
+        have = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not enabled:
+            return cls(None, None, "not pinned (--no-pin)")
+        if len(have) < 2 or shutil.which("taskset") is None:
+            return cls(None, None, f"not pinned (CPUs {have}, taskset {shutil.which('taskset')})")
+        server, generator = {have[0]}, {have[1]}
+        return cls(
+            generator,
+            server,
+            f"generator pinned to CPU {have[1]}; server and model replicas (every thread) "
+            f"pinned to CPU {have[0]} with os.sched_setaffinity",
+        )
+
+    def pin_generator(self) -> None:
+        if self.generator is not None:
+            os.sched_setaffinity(0, self.generator)
+
+
+@dataclass
+class BenchManager(LocalContainerManager):
+    """``LocalContainerManager`` plus extra server flags (``--batching`` etc.)."""
+
+    extra_args: list[str] = field(default_factory=list)
+
+    def server_args(self) -> list[str]:
+        return [*super().server_args(), *self.extra_args]
+
+
+class BenchServer:
+    """A Clipper server for one benchmark configuration (a context manager)."""
+
+    def __init__(self, flags: list[str], cpus: CpuPlan, log: Callable[[str], None]) -> None:
+        self.flags = flags
+        self.cpus = cpus
+        self.log = log
+        self.state = Path(tempfile.mkdtemp(prefix="clipper-bench-"))
+        self.cm = BenchManager(
+            clipper_query_port=free_port(),
+            clipper_management_port=free_port(),
+            clipper_rpc_port=free_port(),
+            state_dir=self.state,
+            extra_args=flags,
+        )
+        self.conn = ClipperConnection(self.cm)
+        self.host = "127.0.0.1"
+        self.query_port = self.cm.clipper_query_port
+        self.admin_port = self.cm.clipper_management_port
+        self.pid: int | None = None
+
+    def __enter__(self) -> BenchServer:
+        saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+        os.environ.update(SINGLE_THREAD_ENV)
+        try:
+            self.conn.start_clipper(timeout=120)
+            self.pid = int(self.status()["pid"])
+            if self.cpus.server is not None:
+                pin_tree(self.pid, self.cpus.server)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The management API's bearer token, when the server was given one."""
+        token = getattr(self.cm, "admin_token", None) or os.environ.get("CLIPPER_ADMIN_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def status(self) -> dict[str, Any]:
+        url = f"http://{self.host}:{self.admin_port}/admin/status"
+        request = urllib.request.Request(url, headers=self.admin_headers)
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return dict(json.loads(r.read()))
+
+    def model_status(self, model: str) -> dict[str, Any]:
+        for m in self.status()["models"]:
+            if m["model"] == f"{model}:1":
+                return dict(m)
+        return {}
+
+    def replica_pids(self) -> list[int]:
+        return [int(r["pid"]) for r in self.status()["replicas"] if r.get("pid")]
+
+    def deploy(
+        self,
+        name: str,
+        model: Any,
+        *,
+        slo_ms: float,
+        batch_size: int = -1,
+        input_type: str = "doubles",
+    ) -> None:
+        """App ``name`` with one model ``name:1`` (its own replica), live on return."""
+        self.conn.register_application(
+            name=name, input_type=input_type, default_output="-1", slo_micros=int(slo_ms * 1000)
+        )
+        cloudpickle.register_pickle_by_value(models)
+        try:
+            data = cloudpickle.dumps(model)
+        finally:
+            cloudpickle.unregister_pickle_by_value(models)
+        self.conn.deploy_model(name, "1", input_type, data, batch_size=batch_size)
+        self.conn.link_model_to_app(app_name=name, model_name=name)
+        wait_for(
+            lambda: any(r["model_name"] == name and r["live"] for r in self.status()["replicas"]),
+            120,
+            f"a live replica of {name}",
+        )
+        if self.cpus.server is not None and self.pid is not None:
+            pin_tree(self.pid, self.cpus.server)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the server process, and its replicas together."""
+        if self.pid is None:
+            return {"server": 0.0, "replicas": 0.0}
+        tree = descendants(self.pid)
+        return {
+            "server": cpu_seconds(self.pid),
+            "replicas": sum(cpu_seconds(p) for p in tree if p != self.pid),
+        }
+
+    def stop(self) -> None:
+        """Stop the server and every replica; remove the state folder."""
+        pids: list[int] = []
+        if self.pid is not None:
+            with contextlib.suppress(Exception):
+                pids = descendants(self.pid)
+        try:
+            self.conn.stop_all()
+        finally:
+            for pid in pids:
+                with contextlib.suppress(TimeoutError):
+                    wait_for(functools.partial(_gone, pid), 30, f"pid {pid} to exit")
+                if pid_alive(pid):  # a straggler of ours: make sure
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, 9)
+                        print(f"killed stray benchmark process {pid}", file=sys.stderr)
+            if os.environ.get("BENCH_KEEP_STATE"):
+                print(f"kept the server's state folder {self.state}", file=sys.stderr)
+            else:
+                shutil.rmtree(self.state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def timed(log: Callable[[str], None], what: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    log(f"{what}: {time.perf_counter() - t0:.1f}s")
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all CPUs spent running processes, or stolen by the hypervisor.
+
+    Interrupt time is left out: it is mostly the loopback traffic of the
+    benchmark itself, which no process is charged for.
+    """
+    with open("/proc/stat") as f:
+        parts = f.readline().split()
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(x) for x in parts[1:9])
+    return (user + nice + system + steal) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this (the generator's) process, all threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime

@@ -1,0 +1,649 @@
+"""An asyncio load generator for the query frontend: open-loop Poisson or closed-loop.
+
+It speaks just enough HTTP/1.1 itself (keep-alive connections on asyncio
+streams, on uvloop): a POST with Content-Length, then the status line, the
+headers and a Content-Length or chunked body. That is several times cheaper per
+request than a general client, and the generator must not be the
+bottleneck; its own CPU use is measured and reported with every result.
+
+- Open loop (``run_open``): arrivals at Poisson times at a target rate,
+  bounded by a count and a duration. Arrivals queue for a free connection of
+  a bounded pool; an arrival that finds none is counted as the *client's
+  own backlog*. Latency is measured from the scheduled arrival time, so
+  waiting in that backlog counts (no coordinated omission).
+- Closed loop (``run_closed``): N clients, each sending its next request
+  as soon as it has the previous answer.
+
+A result reports the achieved rate, latency percentiles, the ratio of
+default outputs (``"default":true`` in the response), errors, the client
+backlog and the generator's CPU use. ``python -m bench.loadgen --help``
+runs it by hand against a running server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MARKER = b'"default":true'
+# Above this share of one core, the generator may be what limits the rate.
+GENERATOR_SATURATED = 0.85
+
+
+class HTTPError(Exception):
+    """A response that could not be read (connection closed, bad framing)."""
+
+
+class _Stale(Exception):
+    """The server had closed the connection before this request."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; one request at a time."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def _read_chunked(self) -> bytes:
+        assert self.reader is not None
+        parts: list[bytes] = []
+        while True:
+            size_line = await self.reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                # Trailers (none expected) end with a blank line.
+                while await self.reader.readuntil(b"\r\n") != b"\r\n":
+                    pass
+                return b"".join(parts)
+            parts.append((await self.reader.readexactly(size + 2))[:-2])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+        """Send a prepared request head (ending in a blank line) and body;
+        return (status, response body). Reads Content-Length and chunked bodies.
+
+        A kept-alive connection the server closed meanwhile (its idle timeout)
+        is reopened and the request sent again, as HTTP clients do.
+        """
+        reused = self.writer is not None
+        if not reused:
+            await self.open()
+        try:
+            return await self._exchange(head, body)
+        except _Stale as exc:
+            self.close()
+            if not reused:
+                raise HTTPError(f"connection closed before a response: {exc}") from exc
+        await self.open()
+        try:
+            return await self._exchange(head, body)
+        except _Stale as exc:
+            self.close()
+            raise HTTPError(f"connection closed before a response: {exc}") from exc
+
+    async def _exchange(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
+        try:
+            self.writer.write(head + body if len(body) < 16384 else head)
+            if len(body) >= 16384:
+                self.writer.write(body)
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _Stale("no bytes") from exc
+            self.close()
+            raise HTTPError(f"response head cut short: {exc}") from exc
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise _Stale(str(exc)) from exc
+        except asyncio.LimitOverrunError as exc:
+            self.close()
+            raise HTTPError(f"response head too long: {exc}") from exc
+        try:
+            status = int(raw[9:12])
+        except ValueError as exc:
+            self.close()
+            raise HTTPError(f"bad status line {raw[:40]!r}") from exc
+        length = -1
+        chunked = False
+        keep_alive = True
+        for line in raw.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            lname = name.strip().lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lname == b"connection" and value.strip().lower() == b"close":
+                keep_alive = False
+        try:
+            if chunked:
+                payload = await self._read_chunked()
+            elif length >= 0:
+                payload = await self.reader.readexactly(length)
+            else:
+                self.close()
+                raise HTTPError("response with neither Content-Length nor chunked encoding")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            self.close()
+            raise HTTPError(f"response body cut short: {exc}") from exc
+        if not keep_alive:
+            self.close()
+        return status, payload
+
+
+def post_head(host: str, port: int, path: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def get_head(host: str, port: int, path: str, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
+
+
+@dataclass
+class Workload:
+    """What to send: a predict path and a cycle of prepared JSON bodies."""
+
+    host: str
+    port: int
+    path: str
+    bodies: list[bytes]
+
+    def __post_init__(self) -> None:
+        self.requests = [
+            (post_head(self.host, self.port, self.path, len(b)), b) for b in self.bodies
+        ]
+
+    @classmethod
+    def predict(cls, host: str, port: int, app: str, inputs: Sequence[Any]) -> Workload:
+        bodies = [json.dumps({"input": x}, separators=(",", ":")).encode() for x in inputs]
+        return cls(host, port, f"/{app}/predict", bodies)
+
+
+@dataclass
+class LoadResult:
+    mode: str
+    target_rate: float | None
+    concurrency: int
+    duration_s: float
+    sent: int
+    completed: int
+    ok: int
+    defaults: int
+    errors: int
+    answered_total: int  # warm-up included
+    unsent: int
+    client_backlogged: int
+    max_client_backlog: int
+    achieved_rate: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    mean_ms: float
+    generator_cpu_s: float
+    generator_cpu_util: float
+    generator_saturated: bool
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def default_ratio(self) -> float:
+        return self.defaults / self.completed if self.completed else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["default_ratio"] = self.default_ratio
+        return d
+
+    def summary(self) -> str:
+        rate = f"{self.target_rate:.0f}/s" if self.target_rate else f"N={self.concurrency}"
+        return (
+            f"{self.mode} {rate}: {self.achieved_rate:.0f}/s achieved, "
+            f"p50 {self.p50_ms:.1f} p99 {self.p99_ms:.1f} p99.9 {self.p999_ms:.1f} ms, "
+            f"defaults {self.default_ratio:.2%}, errors {self.errors}, "
+            f"backlogged {self.client_backlogged}, unsent {self.unsent}, "
+            f"generator CPU {self.generator_cpu_util:.0%}"
+        )
+
+
+# One answered request in a trace: (seconds since the run started at its
+# arrival, latency in seconds, whether it was a default output).
+TracePoint = tuple[float, float, bool]
+
+
+class _Recorder:
+    def __init__(self, trace: list[TracePoint] | None = None) -> None:
+        self.latencies: list[float] = []
+        self.ok = 0
+        self.defaults = 0
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.trace = trace
+        self.t0 = 0.0
+        self.measure_from = 0.0  # answers to requests scheduled earlier are warm-up
+        self.answered = 0  # every answer or error, warm-up included
+
+    def record(self, started: float, status: int, payload: bytes) -> None:
+        self.answered += 1
+        if started < self.measure_from:
+            return
+        latency = time.perf_counter() - started
+        self.latencies.append(latency)
+        default = False
+        if status == 200:
+            self.ok += 1
+            if DEFAULT_MARKER in payload:
+                self.defaults += 1
+                default = True
+        else:
+            self.error(f"HTTP {status}: {payload[:200]!r}")
+        if self.trace is not None:
+            self.trace.append((started - self.t0, latency, default))
+
+    def error(self, what: str, started: float | None = None) -> None:
+        if started is not None:
+            self.answered += 1
+            if started < self.measure_from:
+                return
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(what)
+
+
+def _result(
+    mode: str,
+    rec: _Recorder,
+    *,
+    target_rate: float | None,
+    concurrency: int,
+    wall: float,
+    cpu: float,
+    sent: int,
+    unsent: int,
+    backlogged: int,
+    max_backlog: int,
+    cpu_wall: float | None = None,
+) -> LoadResult:
+    lat = np.asarray(rec.latencies) * 1000 if rec.latencies else np.zeros(1)
+    q = np.percentile(lat, [50, 90, 99, 99.9])
+    cpu_wall = wall if cpu_wall is None else cpu_wall
+    util = cpu / cpu_wall if cpu_wall > 0 else 0.0
+    return LoadResult(
+        mode=mode,
+        target_rate=target_rate,
+        concurrency=concurrency,
+        duration_s=wall,
+        sent=sent,
+        completed=len(rec.latencies),
+        ok=rec.ok,
+        defaults=rec.defaults,
+        errors=rec.errors,
+        answered_total=rec.answered,
+        unsent=unsent,
+        client_backlogged=backlogged,
+        max_client_backlog=max_backlog,
+        achieved_rate=len(rec.latencies) / wall if wall > 0 else 0.0,
+        p50_ms=float(q[0]),
+        p90_ms=float(q[1]),
+        p99_ms=float(q[2]),
+        p999_ms=float(q[3]),
+        max_ms=float(lat.max()),
+        mean_ms=float(lat.mean()),
+        generator_cpu_s=cpu,
+        generator_cpu_util=util,
+        generator_saturated=util > GENERATOR_SATURATED,
+        error_samples=rec.error_samples,
+    )
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Pool:
+    """Keep-alive connections to one server, opened before a run starts (so a
+    run does not time its own connection set-up) and reused across runs."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.conns: list[Connection] = []
+
+    async def warm(self, count: int) -> list[Connection]:
+        """At least ``count`` open connections; the first ``count`` are returned."""
+        while len(self.conns) < count:
+            self.conns.append(Connection(self.host, self.port))
+        stale = [
+            c
+            for c in self.conns[:count]
+            if c.writer is None or c.reader is None or c.reader.at_eof()
+        ]
+        for c in stale:
+            c.close()
+        await asyncio.gather(*(c.open() for c in stale))
+        return self.conns[:count]
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.conns.clear()
+
+
+async def _send_one(
+    conn: Connection, req: tuple[bytes, bytes], started: float, rec: _Recorder
+) -> None:
+    try:
+        status, payload = await conn.request(*req)
+    except (OSError, HTTPError) as exc:
+        conn.close()
+        rec.error(f"{type(exc).__name__}: {exc}", started)
+        return
+    rec.record(started, status, payload)
+
+
+# Event-loop timers tick in whole milliseconds: an arrival due within this
+# much is sent now rather than a whole tick late.
+EARLY_S = 0.0005
+
+
+async def run_open(
+    pool: Pool,
+    workload: Workload,
+    rate: float,
+    duration_s: float,
+    *,
+    max_requests: int | None = None,
+    connections: int = 256,
+    drain_s: float = 5.0,
+    seed: int = 0,
+    trace: list[TracePoint] | None = None,
+    warmup_s: float = 0.0,
+) -> LoadResult:
+    """Poisson arrivals at ``rate``/s for ``duration_s`` (or ``max_requests``).
+
+    The first ``warmup_s`` of arrivals (on top of ``duration_s``) are sent
+    but not measured: the server's batch-size controllers adapt to the rate.
+
+    Up to ``connections`` requests are in flight; later arrivals wait in the
+    client's backlog (counted) and their latency includes that wait (it runs
+    from the scheduled arrival, or from the send when that was earlier).
+    After the arrivals stop, answers are awaited for ``drain_s`` more; what
+    is still backlogged then is counted as unsent, what is in flight as errors.
+    With ``trace``, every answer is appended to it as a ``TracePoint``.
+    """
+    rng = random.Random(seed)
+    rec = _Recorder(trace)
+    limit = max_requests if max_requests is not None else int(rate * duration_s * 2 + 10)
+    pending: asyncio.Queue[float] = asyncio.Queue()
+    idle = 0
+    sent = 0
+    requests = itertools.cycle(workload.requests)
+    conns = await pool.warm(connections)
+
+    async def worker(conn: Connection) -> None:
+        nonlocal idle, sent
+        while True:
+            idle += 1
+            try:
+                scheduled = await pending.get()
+            finally:
+                idle -= 1
+            sent += 1
+            await _send_one(conn, next(requests), min(scheduled, time.perf_counter()), rec)
+
+    workers = [asyncio.create_task(worker(c)) for c in conns]
+    await asyncio.sleep(0)  # let the workers reach the queue
+    backlogged = 0
+    max_backlog = 0
+    issued = 0
+    warm = 0
+    cpu0 = _cpu_seconds()
+    begin = time.perf_counter()
+    start = rec.t0 = rec.measure_from = begin + warmup_s
+    end = start + duration_s
+    next_at = begin + rng.expovariate(rate)
+    try:
+        while issued < limit and next_at < end:
+            now = time.perf_counter()
+            if next_at > now + EARLY_S:
+                await asyncio.sleep(next_at - now)
+                now = time.perf_counter()
+            # Release every arrival that is due.
+            while next_at <= now + EARLY_S and issued < limit and next_at < end:
+                if next_at < start:
+                    warm += 1
+                elif idle <= pending.qsize():
+                    backlogged += 1
+                pending.put_nowait(next_at)
+                issued += 1
+                next_at += rng.expovariate(rate)
+            max_backlog = max(max_backlog, pending.qsize() - idle)
+        # Arrivals are over: wait (bounded) for every issued request to be answered.
+        drain_deadline = time.perf_counter() + drain_s
+        while rec.answered < issued and time.perf_counter() < drain_deadline:
+            await asyncio.sleep(0.002)
+    finally:
+        wall = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu0
+        cpu_wall = time.perf_counter() - begin
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    unsent = pending.qsize()
+    lost = sent - rec.answered  # still in flight at the deadline
+    if lost > 0:
+        # A cancelled request leaves its connection mid-response: start afresh.
+        for conn in conns:
+            conn.close()
+    for _ in range(max(0, lost)):
+        rec.error("no answer before the drain deadline")
+    return _result(
+        "open",
+        rec,
+        target_rate=rate,
+        concurrency=connections,
+        wall=wall,
+        cpu=cpu,
+        cpu_wall=cpu_wall,
+        sent=sent - warm,
+        unsent=unsent,
+        backlogged=backlogged,
+        max_backlog=max_backlog,
+    )
+
+
+async def run_closed(
+    pool: Pool,
+    workload: Workload,
+    clients: int,
+    duration_s: float,
+    *,
+    max_requests: int | None = None,
+) -> LoadResult:
+    """``clients`` concurrent clients, each sending back to back, for ``duration_s``."""
+    rec = _Recorder()
+    limit = max_requests if max_requests is not None else sys.maxsize
+    counter = itertools.count()
+    requests = itertools.cycle(workload.requests)
+    conns = await pool.warm(clients)
+    end = 0.0
+
+    async def client(conn: Connection) -> None:
+        while time.perf_counter() < end and next(counter) < limit:
+            await _send_one(conn, next(requests), time.perf_counter(), rec)
+
+    cpu0 = _cpu_seconds()
+    start = time.perf_counter()
+    end = start + duration_s
+    await asyncio.gather(*(client(c) for c in conns))
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu0
+    done = len(rec.latencies) + rec.errors
+    return _result(
+        "closed",
+        rec,
+        target_rate=None,
+        concurrency=clients,
+        wall=wall,
+        cpu=cpu,
+        sent=done,
+        unsent=0,
+        backlogged=0,
+        max_backlog=0,
+    )
+
+
+async def poll_json(
+    host: str,
+    port: int,
+    path: str,
+    interval_s: float,
+    until: Callable[[], bool],
+    sink: Callable[[float, dict[str, Any]], None],
+    headers: dict[str, str] | None = None,
+) -> None:
+    """GET ``path`` every ``interval_s`` until ``until()``; feed each JSON answer to sink."""
+    conn = Connection(host, port)
+    head = get_head(host, port, path, headers)
+    start = time.perf_counter()
+    tick = start
+    try:
+        while not until():
+            with contextlib.suppress(OSError, HTTPError, ValueError):
+                status, payload = await conn.request(head)
+                if status == 200:
+                    sink(time.perf_counter() - start, json.loads(payload))
+            tick += interval_s
+            await asyncio.sleep(max(0.0, tick - time.perf_counter()))
+    finally:
+        conn.close()
+
+
+def install_uvloop() -> str:
+    """Use uvloop for the generator's event loop when it is there; say which loop runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return f"uvloop {uvloop.__version__}"
+
+
+async def httpx_closed(workload: Workload, clients: int, duration_s: float) -> LoadResult:
+    """The closed loop with ``httpx.AsyncClient`` instead: to compare client costs."""
+    import httpx
+
+    rec = _Recorder()
+    bodies = itertools.cycle(workload.bodies)
+    url = f"http://{workload.host}:{workload.port}{workload.path}"
+    end = 0.0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def one() -> None:
+            while time.perf_counter() < end:
+                started = time.perf_counter()
+                try:
+                    r = await client.post(
+                        url, content=next(bodies), headers={"content-type": "application/json"}
+                    )
+                except httpx.HTTPError as exc:
+                    rec.error(str(exc))
+                    continue
+                rec.record(started, r.status_code, r.content)
+
+        cpu0 = _cpu_seconds()
+        start = time.perf_counter()
+        end = start + duration_s
+        await asyncio.gather(*(one() for _ in range(clients)))
+        wall = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu0
+    return _result(
+        "closed-httpx",
+        rec,
+        target_rate=None,
+        concurrency=clients,
+        wall=wall,
+        cpu=cpu,
+        sent=len(rec.latencies),
+        unsent=0,
+        backlogged=0,
+        max_backlog=0,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loadgen",
+        description="Send predict queries to a running Clipper app and report latency.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1337, help="query port")
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--input", default="[0]", help="JSON input of every query (default [0])")
+    parser.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    parser.add_argument("--clients", type=int, help="closed loop: concurrent clients")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds")
+    parser.add_argument("--count", type=int, help="at most this many requests")
+    parser.add_argument("--connections", type=int, default=256, help="open loop: pool size")
+    parser.add_argument("--httpx", action="store_true", help="closed loop through httpx")
+    args = parser.parse_args(argv)
+    workload = Workload.predict(args.host, args.port, args.app, [json.loads(args.input)])
+    pool = Pool(args.host, args.port)
+
+    async def go() -> LoadResult:
+        try:
+            if args.rate is not None:
+                return await run_open(
+                    pool,
+                    workload,
+                    args.rate,
+                    args.duration,
+                    max_requests=args.count,
+                    connections=args.connections,
+                )
+            if args.httpx:
+                return await httpx_closed(workload, args.clients or 16, args.duration)
+            return await run_closed(
+                pool, workload, args.clients or 16, args.duration, max_requests=args.count
+            )
+        finally:
+            pool.close()
+
+    loop = install_uvloop()
+    result = asyncio.run(go())
+    print(result.summary(), f"[{loop}, pid {os.getpid()}]")
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
