@@ -68,5 +68,13 @@ bench: $(STAMP)  ## the batching benchmark (~15 min; BENCH_ARGS=--quick: ~2 min)
 bench-scaling: $(STAMP)  ## throughput with 1, 2, 4 replicas, local and Ray managers (~3 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.scaling $(BENCH_ARGS)
 
+.PHONY: bench-selection
+bench-selection: $(STAMP)  ## best single model vs Exp3 vs Exp4, and stragglers (~5 min; BENCH_ARGS=--quick: ~1.5 min) -> docs/benchmarks.md
+	$(BIN)/python -m bench.selection $(BENCH_ARGS)
+
+.PHONY: bench-ops
+bench-ops: $(STAMP) system-deps  ## change propagation across two frontends, and a memory soak (~5 min)
+	$(BIN)/python -m bench.ops all $(BENCH_ARGS)
+
 clean:  ## remove the virtual environment and local state
 	rm -rf $(VENV) .clipper-home .pytest_cache .mypy_cache .ruff_cache
