@@ -72,6 +72,10 @@ bench-scaling: $(STAMP)  ## throughput with 1, 2, 4 replicas, local and Ray mana
 bench-selection: $(STAMP)  ## best single model vs Exp3 vs Exp4, and stragglers (~5 min; BENCH_ARGS=--quick: ~1.5 min) -> docs/benchmarks.md
 	$(BIN)/python -m bench.selection $(BENCH_ARGS)
 
+.PHONY: bench-peers
+bench-peers: $(STAMP)  ## Clipper vs naive FastAPI vs a bare ASGI echo, light/heavy MLP (~10 min; BENCH_ARGS=--quick: ~4) -> docs/benchmarks.md
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
+
 .PHONY: bench-ops
 bench-ops: $(STAMP) system-deps  ## change propagation across two frontends, and a memory soak (~5 min)
 	$(BIN)/python -m bench.ops all $(BENCH_ARGS)

@@ -305,6 +305,8 @@ class ClipperServer:
                 access_log=False,
                 log_level="warning",
                 server_header=False,
+                date_header=False,
+                proxy_headers=False,
                 timeout_graceful_shutdown=5,
                 ssl_certfile=self.settings.tls_certfile or None,
                 ssl_keyfile=self.settings.tls_keyfile or None,

@@ -257,3 +257,34 @@ def test_delayed_batching_waits_for_a_fuller_batch_up_to_the_bound():
         assert (await lone).output == "x"
 
     asyncio.run(main())
+
+
+def test_one_slow_batch_does_not_starve_the_model():
+    """A batch slower than the SLO inflates the latency estimate; the tasks it
+    holds back must not stop the model for good (the estimate decays)."""
+
+    async def main():
+        clock = [1000.0]
+        d = Dispatcher(
+            configure=lambda _m: ModelConfig(FixedBatchSize(4), 0.0, 100), clock=lambda: clock[0]
+        )
+        t = FakeTransport()
+        d.set_transport(t)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        d.submit(MODEL, np.array([1.0]), deadline=clock[0] + 0.1)
+        await asyncio.sleep(0)
+        clock[0] += 5.0  # that batch took 5 s: the estimate is now 5 s
+        answer(d, r, t.sent[-1][1], [1])
+        served = 0
+        for i in range(20):  # fresh queries with 100 ms each: dropped at first...
+            fut = d.submit(MODEL, np.array([float(i)]), deadline=clock[0] + 0.1)
+            await asyncio.sleep(0)
+            if len(t.sent) > 1 + served:
+                answer(d, r, t.sent[-1][1], [i])
+                served += 1
+                assert (await fut).ok
+            clock[0] += 0.01
+        assert served > 0  # ...until the estimate decays and the model serves again
+
+    asyncio.run(main())

@@ -263,6 +263,11 @@ class Dispatcher:
             for task in expired:
                 task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
             if not batch:
+                if expired and state.latency_ewma > 0:
+                    # The estimate only moves when a batch finishes: if it alone
+                    # holds every task back, shrink it, or the model would starve
+                    # (a single slow batch must not stop a model for good).
+                    state.latency_ewma /= 2
                 state.idle.appendleft(identity)
                 return
             self._dispatch(state, replica, batch, now)

@@ -58,6 +58,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 async def send_bytes(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
 ) -> None:
+    # An explicit length: clients need not parse chunked encoding.
+    if not any(name == b"content-length" for name, _ in headers):
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

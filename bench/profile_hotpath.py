@@ -1,0 +1,376 @@
+"""Profile the Clipper server's hot path under steady load (py-spy), into docs/profile.md.
+
+A real server (bench/harness.py, AIMD, cache off) serves one model (the
+light MLP by default); the open-loop generator of bench/loadgen.py sends
+Poisson load at ``--rate`` from the other core while ``py-spy record``
+samples the server process *and* its model replica (``--subprocesses``,
+``--gil``: only samples of a thread holding the GIL, so waiting threads and idle
+event loops are left out) for
+``--duration`` seconds. The raw collapsed stacks are reduced to:
+
+- where the time goes, by stage (the deepest frame on a stack that belongs
+  to a known stage: HTTP server, request parsing, dispatch, RPC, ...);
+- the top functions by own time (the deepest Python frame of a sample).
+
+Only Python frames are seen (py-spy without ``--native``): time in C code
+(orjson, numpy, httptools, uvloop, libzmq) is charged to the Python function
+that called it, and a sample whose only frames are the event loop's is time
+in uvloop itself (its I/O and callbacks, in C). C code that releases the GIL
+(BLAS inside numpy, libzmq's I/O thread) is not sampled: the CPU time per
+query of each process (from /proc) is reported beside the profile.
+
+Writes docs/profile.md and, beside it, the raw stacks (docs/profile-raw.txt,
+the most frequent ones, under 200 KB). ``py-spy`` must be installed
+(``.venv/bin/pip install py-spy``) and allowed to ptrace the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import batching, loadgen
+from .harness import BenchServer, CpuPlan, pid_alive
+from .loadgen import Pool, Workload
+from .naive_server import MODEL_KEYS, make_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "profile.md"
+RAW = ROOT / "docs" / "profile-raw.txt"
+RAW_LIMIT = 190_000
+
+# (stage, substrings of a frame's file) — the deepest frame matching wins.
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("model (numpy, in the replica)", ("bench/models.py", "naive_server.py")),
+    ("request parsing + validation (orjson → numpy)", ("clipper/frontend/inputs.py",)),
+    (
+        "RPC: ZeroMQ + msgpack (both sides)",
+        ("clipper/rpc/", "zmq/", "msgpack/"),
+    ),
+    ("container runtime (replica, around the model)", ("clipper/container/",)),
+    ("batching: queue, dispatcher, AIMD", ("clipper/batching/",)),
+    ("query processor: selection, SLO, defaults", ("clipper/selection/", "clipper/cache/")),
+    ("frontend: routing, body, response (orjson)", ("clipper/frontend/",)),
+    ("metrics", ("clipper/metrics", "prometheus")),
+    ("HTTP server (uvicorn + httptools)", ("uvicorn/", "httptools")),
+    ("event loop (uvloop/asyncio, in Python frames)", ("asyncio/", "uvloop/")),
+]
+OTHER = "other"
+
+
+def parse_frame(frame: str) -> tuple[str, str]:
+    """``func (file:line)`` → (func, file)."""
+    if frame.endswith(")") and " (" in frame:
+        func, _, rest = frame.rpartition(" (")
+        return func, rest[:-1].rsplit(":", 1)[0]
+    return frame, ""
+
+
+def stage_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        _, path = parse_frame(frame)
+        for stage, needles in STAGES:
+            if any(n in path for n in needles):
+                return stage
+    return OTHER
+
+
+def process_of(frames: list[str]) -> tuple[str, list[str]]:
+    """py-spy --subprocesses puts ``process N:"cmdline"`` first."""
+    kind = "server"
+    while frames and frames[0].startswith("process "):
+        kind = "replica" if "clipper.container" in frames[0] else "server"
+        frames = frames[1:]
+    return kind, frames
+
+
+def shorten(stack: str) -> str:
+    """The stack with each ``process N:"cmdline"`` frame as ``process server|replica``."""
+    frames = stack.split(";")
+    out = []
+    for frame in frames:
+        if frame.startswith("process "):
+            frame = "process replica" if "clipper.container" in frame else "process server"
+        out.append(frame)
+    return ";".join(out)
+
+
+def summarise(collapsed: dict[str, int]) -> dict[str, Any]:
+    total = sum(collapsed.values())
+    stages: collections.Counter[tuple[str, str]] = collections.Counter()
+    own: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    procs: collections.Counter[str] = collections.Counter()
+    for stack, count in collapsed.items():
+        proc, frames = process_of(stack.split(";"))
+        procs[proc] += count
+        stages[(proc, stage_of(frames))] += count
+        if frames:
+            func, path = parse_frame(frames[-1])
+            short = path.split("site-packages/")[-1].split("/src/")[-1]
+            own[(proc, func, short)] += count
+    return {
+        "samples": total,
+        "processes": {k: v / total for k, v in procs.items()},
+        "stages": [
+            {"process": p, "stage": s, "share": c / total} for (p, s), c in stages.most_common()
+        ],
+        "own": [
+            {"process": p, "function": f, "file": path, "share": c / total}
+            for (p, f, path), c in own.most_common(30)
+        ],
+    }
+
+
+def record(pid: int, seconds: float, rate_hz: int, out: Path) -> None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    subprocess.run(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            str(rate_hz),
+            "--subprocesses",
+            "--gil",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def render(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    lines = [
+        "# Hot-path profile of the query path",
+        "",
+        "Generated by `python -m bench.profile_hotpath` (see its docstring). "
+        f"Run {result['date_utc']}: the {result['model']} behind a Clipper server (AIMD, cache "
+        f"off, server and replica pinned to one core) at {result['rate']:.0f} Poisson "
+        f"queries/s from the other core ({result['load']['achieved_rate']:.0f}/s achieved, "
+        f"p50 {result['load']['p50_ms']:.1f} ms, p99 {result['load']['p99_ms']:.1f} ms, "
+        f"defaults {result['load']['defaults']}); py-spy {result['py_spy']} "
+        f"`record --subprocesses --gil --rate {result['rate_hz']}` for "
+        f"{result['seconds']:.0f} s: {s['samples']} samples of Python stacks "
+        f"({100 * s['processes'].get('server', 0):.0f} % in the server process, "
+        f"{100 * s['processes'].get('replica', 0):.0f} % in the model replica). "
+        f"CPU per query over the run: server {result['cpu_us_per_query']['server']:.0f} µs, "
+        f"replica {result['cpu_us_per_query']['replicas']:.0f} µs.",
+        "",
+        "Reproduce: `.venv/bin/pip install py-spy`, then "
+        f"`.venv/bin/python -m bench.profile_hotpath --rate {result['rate']:.0f}` "
+        "(root, or `kernel.yama.ptrace_scope=0`). Raw stacks: [profile-raw.txt](profile-raw.txt).",
+        "",
+        "## Where the time goes, by stage",
+        "",
+        "A sample is charged to the deepest frame on its stack that belongs to a stage (C "
+        "code is charged to its Python caller: orjson to the parser, numpy to the model, "
+        "libzmq to the RPC layer). *event loop* is uvloop's own work seen from Python "
+        "(`run_forever` with nothing above it): socket I/O, callbacks, timers.",
+        "",
+        "| process | stage | share of samples |",
+        "|---|---|---:|",
+    ]
+    for row in s["stages"]:
+        if row["share"] >= 0.005:
+            lines.append(f"| {row['process']} | {row['stage']} | {100 * row['share']:.1f} % |")
+    lines += [
+        "",
+        "## Top functions by own time (deepest Python frame)",
+        "",
+        "| process | function | file | share |",
+        "|---|---|---|---:|",
+    ]
+    for row in s["own"][:25]:
+        lines.append(
+            f"| {row['process']} | `{row['function']}` | {row['file']} "
+            f"| {100 * row['share']:.1f} % |"
+        )
+    if result.get("reading"):
+        lines += ["", "## Reading", "", result["reading"].strip()]
+    return "\n".join(lines) + "\n"
+
+
+READING = """
+The profile was taken on the shared 2-core machine (another benchmark ran meanwhile);
+py-spy pauses the process for each sample, so the CPU per query above is inflated; the
+shares are what matter. At goodput (bench/results/peers.json) the server process took
+about two thirds of the CPU of a query and the replica one third; the light model's own
+arithmetic is a few per cent.
+
+- **HTTP server, 29 %** (uvicorn's `httptools_impl`: `on_headers_complete`,
+  `data_received`, `RequestResponseCycle.send`, one asyncio task per request via
+  `_start_asgi_task`, `ProxyHeadersMiddleware`). The echo ceiling pays this too; it is
+  the floor of any ASGI-on-uvicorn frontend. Cheap cuts (`server_header=False` is
+  already set): `proxy_headers=False` and `date_header=False` in the `uvicorn.Config`
+  of `src/clipper/server.py` (about 2 % of the server's CPU). Going further means a
+  frontend without ASGI (an `asyncio.Protocol` on httptools that parses, validates and
+  submits in `on_message_complete`, no task and no scope dict per request): up to about
+  half of this share.
+- **RPC to the replica, 25 % in the server + 4 % in the replica**, almost all in pyzmq's
+  asyncio adapter (`zmq/_future.py`: `_handle_events`, `_add_recv_event`, `_handle_recv`,
+  `_handle_send`, `_schedule_remaining_events`, one future per message) rather than in
+  msgpack or the copy. Fix: in `src/clipper/rpc/server.py` (`RPCServer._receive_loop`
+  and the send path) use a plain `zmq.Socket` with `loop.add_reader(sock.FD, ...)` and
+  drain every ready message with `recv_multipart(zmq.NOBLOCK, copy=False)` until
+  `zmq.Again`, and send with `send_multipart(..., zmq.NOBLOCK, copy=False)`; no future
+  per message. Expected: most of this share, i.e. about 15-20 % of the server's CPU at
+  small batches (less at large batches: it is per batch, not per query).
+- **Request parsing, 13 %** (`parse_predict_body`, `_to_array`: orjson builds 784
+  Python numbers, numpy converts them; about 45-65 µs per query measured alone). The
+  JSON path is near its limit (`np.fromstring(..., sep=",")` was 3x slower); the gain is
+  a binary input path (raw little-endian float32/float64 body, or the Open Inference
+  Protocol's binary tensor extension, decoded with `np.frombuffer`, about 1 µs): up to
+  this whole share for clients that can send it.
+- **Batching, 6 %, and query processor, 4 %**: per query a future, a `Task`, a `sink`
+  closure (`Dispatcher.submit`), and in `QueryProcessor._predict` an
+  `asyncio.wait(pending, timeout=remaining)`, which makes a waiter future and a timer per
+  query. The dispatcher already resolves queued tasks by their deadline (its per-model
+  sweep timer); extending that sweep to tasks in flight would let `_predict` simply
+  `await` the future, no timer per query: about 2-4 % of the server's CPU.
+- **Correctness before speed:** `Dispatcher._pump` (`src/clipper/batching/dispatcher.py`,
+  the `pop_batch(max_size, now, now + state.latency_ewma)` call) must not trust an EWMA
+  that only moves when a batch completes: cap the look-ahead (e.g. at the controller's
+  latency target) and decay `latency_ewma` whenever a pump finds only tasks it would drop,
+  or always send the most urgent live task to an idle replica. Today one overload stops a
+  model for good (every query answered with the default), which is why
+  `bench/peers.py` restarts Clipper after each failed probe.
+- **Heavy models:** the batch-size controller should know the batch cost curve: with
+  the heavy MLP on this machine a batch of 2 costs 10x a batch of 1 (see
+  [benchmarks](benchmarks.md)), so AIMD's small batches lose to no batching at all.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile_hotpath",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", choices=MODEL_KEYS, default="mlp")
+    parser.add_argument("--rate", type=float, default=800.0, help="Poisson queries/s")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds sampled")
+    parser.add_argument("--rate-hz", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--no-docs", action="store_true", help="print, do not write docs/")
+    args = parser.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    cpus = CpuPlan.choose(True)
+    cpus.pin_generator()
+    raw_path = Path(f"/tmp/clipper-profile-{time.time_ns()}.txt")
+    flags = [*batching.COMMON_FLAGS, *batching.AIMD]
+    runner = asyncio.Runner(loop_factory=batching._loop_factory())
+    try:
+        with BenchServer(flags, cpus, log) as server:
+            app = f"profile-{args.model}"
+            import cloudpickle
+
+            from . import naive_server
+
+            cloudpickle.register_pickle_by_value(naive_server)
+            try:
+                server.deploy(app, make_model(args.model), slo_ms=20.0)
+            finally:
+                cloudpickle.unregister_pickle_by_value(naive_server)
+            assert server.pid is not None
+            workload = Workload.predict(
+                server.host, server.query_port, app, batching.models.mlp_inputs(500)
+            )
+            pool = Pool(server.host, server.query_port)
+            spy_error: list[BaseException] = []
+
+            async def go() -> loadgen.LoadResult:
+                loop = asyncio.get_running_loop()
+                load = asyncio.create_task(
+                    loadgen.run_open(pool, workload, args.rate, args.duration + 4, warmup_s=1.0)
+                )
+                await asyncio.sleep(2.0)
+                try:
+                    await loop.run_in_executor(
+                        None, record, server.pid, args.duration, args.rate_hz, raw_path
+                    )
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    spy_error.append(exc)
+                return await load
+
+            cpu0 = server.cpu()
+            try:
+                result_load = runner.run(go())
+            finally:
+                pool.close()
+            cpu1 = server.cpu()
+            if spy_error:
+                err = spy_error[0]
+                detail = getattr(err, "stderr", b"") or b""
+                raise SystemExit(f"py-spy failed: {err} {detail.decode(errors='replace')}")
+            log(result_load.summary())
+    finally:
+        runner.close()
+    assert not pid_alive(server.pid or 0)
+    collapsed: dict[str, int] = {}
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            collapsed[stack] = collapsed.get(stack, 0) + int(count)
+    raw_path.unlink()
+    answered = max(1, result_load.answered_total)
+    spy_version = subprocess.run(
+        [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "--version"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    result = {
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": {"mlp": "light MLP", "mlp-heavy": "heavy MLP", "noop": "no-op model"}[args.model],
+        "rate": args.rate,
+        "rate_hz": args.rate_hz,
+        "seconds": args.duration,
+        "py_spy": spy_version.removeprefix("py-spy "),
+        "load": result_load.to_dict(),
+        "cpu_us_per_query": {
+            k: (cpu1[k] - cpu0[k]) / answered * 1e6 for k in ("server", "replicas")
+        },
+        "summary": summarise(collapsed),
+        "reading": READING,
+    }
+    text = render(result)
+    print(text)
+    print(json.dumps(result["summary"]["stages"], indent=1))
+    if not args.no_docs:
+        DOC.write_text(text)
+        header = (
+            "# py-spy record --format raw (collapsed stacks: frames;... count), "
+            f"{result['date_utc']}"
+            f", {result['model']} at {args.rate:.0f}/s; the most frequent stacks first\n"
+        )
+        out, size = [header], len(header)
+        for stack, count in sorted(collapsed.items(), key=lambda kv: -kv[1]):
+            line = f"{shorten(stack)} {count}\n"
+            if size + len(line) > RAW_LIMIT:
+                break
+            out.append(line)
+            size += len(line)
+        RAW.write_text("".join(out))
+        log(f"wrote {DOC.relative_to(ROOT)} and {RAW.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
