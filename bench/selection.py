@@ -106,6 +106,8 @@ class Options:
     straggler_queries: int = 500
     warmup_queries: int = 40  # unmeasured, before each straggler run
     repeats: int = 3
+    retries: int = 1  # redo a straggler run (once) when other processes disturbed it:
+    foreign_limit: float = 0.3  # other processes used more cores than this meanwhile
     quick: bool = False
     pin: bool = True
 
@@ -642,17 +644,26 @@ def run_stragglers(opts: Options, cpus: CpuPlan, log: Callable[[str], None]) -> 
         weights = {mode: weight_shares(s, names) for mode, s in states.items()}
         log(f"straggler apps' weights after {half} feedbacks: {weights}")
         set_flag(flag, opts.straggle_ms, opts.slow_share)
+        disturbed = 0
         for r in range(opts.repeats):
             modes = ["cut", "wait"] if r % 2 == 0 else ["wait", "cut"]
             for mode in modes:
                 app, slo = apps[mode]
-                run = straggler_run(server, app, mode, slo, r, inputs, labels, opts)
-                runs.append(run)
-                log(
-                    f"  {mode} r{r}: p50 {run.p50_ms:.1f} p99 {run.p99_ms:.1f} ms, "
-                    f"error {run.error:.2%}, missing {run.missing_share:.1%}, "
-                    f"defaults {run.default_share:.1%}, others' CPU {run.foreign_cores:.2f}"
-                )
+                tries: list[StragglerRun] = []
+                while len(tries) <= opts.retries:
+                    run = straggler_run(server, app, mode, slo, r, inputs, labels, opts)
+                    tries.append(run)
+                    log(
+                        f"  {mode} r{r}: p50 {run.p50_ms:.1f} p99 {run.p99_ms:.1f} ms, "
+                        f"error {run.error:.2%}, missing {run.missing_share:.1%}, "
+                        f"defaults {run.default_share:.1%}, "
+                        f"others' CPU {run.foreign_cores:.2f}"
+                    )
+                    if run.foreign_cores <= opts.foreign_limit:
+                        break
+                    log(f"    disturbed (others used > {opts.foreign_limit} cores)")
+                disturbed += len(tries) - 1
+                runs.append(min(tries, key=lambda t: t.foreign_cores))  # the least disturbed
         # Recovery: the straggler turns fast again; is it back in the answers?
         cut_app, cut_slo = apps["cut"]
         straggler_run(server, cut_app, "cut", cut_slo, -1, inputs[:100], labels[:100], opts)
@@ -707,6 +718,7 @@ def run_stragglers(opts: Options, cpus: CpuPlan, log: Callable[[str], None]) -> 
         "measured_inputs": len(test_y),
         "weights_after_feedback": weights,
         "recovery": recovery,
+        "disturbed_runs_redone": disturbed,
         "same_state": states["cut"] == states["wait"],
         "slow_share_of_stream": float(np.mean([is_slow(x, opts.slow_share) for x in inputs])),
         "summary": summary,
@@ -798,7 +810,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "pinned to one CPU, the load generator to another. Other processes on the "
         "machine used a median of "
         + ", ".join(f"{s[m]['foreign_cores']:.2f}" for m in ("cut", "wait"))
-        + " cores during the runs (cut, wait).",
+        + f" cores during the runs (cut, wait); {st.get('disturbed_runs_redone', 0)} run(s) "
+        f"disturbed by more than {opts.get('foreign_limit', 0.3)} cores were redone "
+        "(the least disturbed try kept).",
         "",
         "| mode | SLO | p50 ms | p90 ms | p99 ms | p99 per run (ms) | error | error on the slow "
         "inputs | answers missing a model | ... among the fast inputs | defaults "
@@ -901,7 +915,10 @@ def reading(result: dict[str, Any]) -> list[str]:
         f"{wait['p50_ms']:.1f} to {cut['p50_ms']:.1f} ms (waiting, queries queue behind the "
         f"slow batches), with {accuracy}: {pct(wait['error'], 2)} waiting, "
         f"{pct(cut['error'], 2)} cut; mean confidence {wait['mean_confidence']:.3f} and "
-        f"{cut['mean_confidence']:.3f}. The tail is cut, the paper's claim shape."
+        f"{cut['mean_confidence']:.3f}. The tail is cut, the paper's claim shape. The "
+        f"p99 sits {cut['p99_ms'] - cut['slo_ms']:.1f} ms above the SLO: the deadline is "
+        "kept inside the server; reading the request, writing the answer and the client "
+        "come on top (the server shares one CPU with the three model replicas here)."
     )
     if cut["missing_fast_share"] > 0.5:
         out.append(
@@ -928,7 +945,8 @@ def reading(result: dict[str, Any]) -> list[str]:
         out.append(
             f"- The straggler was left out of {pct(cut['missing_share'])} of the answers "
             f"({pct(cut['missing_fast_share'])} of those it would have answered fast: "
-            "queued behind a slow batch); once it was fast again, "
+            "queued behind a slow batch, or skipped while the dispatcher's estimate of the "
+            "model's batch latency was above the time left); once it was fast again, "
             f"{pct(rec['missing_share'])} of the answers left it out."
         )
     return out
@@ -1066,6 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
     stragglers = run_stragglers(opts, cpus, log)
     latencies = stragglers.pop("_latencies")
     info["loadavg_end"] = os.getloadavg()
+    info["git_end"] = machine_info(cpus)["git"]  # others may commit during a run
     info["elapsed_s"] = round(time.perf_counter() - t0, 1)
     result: dict[str, Any] = {
         "benchmark": "selection",
