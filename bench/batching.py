@@ -54,6 +54,7 @@ from .harness import (
     own_cpu_seconds,
     system_busy_seconds,
     wait_for,
+    write_doc_section,
 )
 from .loadgen import LoadResult, Pool, Workload
 
@@ -61,8 +62,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
-START_MARK = "<!-- batching:start -->"
-END_MARK = "<!-- batching:end -->"
 COMMON_FLAGS = ("--cache-bytes", "0", "--log-level", "WARNING")
 INPUT_POOL = 2000  # distinct inputs cycled per workload (the cache is off anyway)
 
@@ -730,17 +729,7 @@ def machine_info(cpus: CpuPlan) -> dict[str, Any]:
 
 
 def write_markdown(result: dict[str, Any]) -> None:
-    section = render_markdown(result)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    block = f"{START_MARK}\n{section}\n{END_MARK}"
-    if START_MARK in text and END_MARK in text:
-        head, rest = text.split(START_MARK, 1)
-        _, tail = rest.split(END_MARK, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    write_doc_section("batching", render_markdown(result), DOC)
 
 
 def render_markdown(result: dict[str, Any]) -> str:

@@ -302,3 +302,21 @@ def own_cpu_seconds() -> float:
     """CPU seconds of this (the generator's) process, all threads."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+BENCHMARKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def write_doc_section(name: str, body: str, doc: Path = BENCHMARKS_DOC) -> None:
+    """Replace (or append) the generated section ``name`` of the benchmarks page,
+    between ``<!-- name:start -->`` and ``<!-- name:end -->``; the rest is kept."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)

@@ -27,11 +27,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .batching import DOC, ROOT, machine_info
-from .harness import BenchServer, CpuPlan, descendants, free_port, wait_for
+from .batching import ROOT, machine_info
+from .harness import BenchServer, CpuPlan, descendants, free_port, wait_for, write_doc_section
 
 RESULTS = ROOT / "bench" / "results" / "ops.json"
-START, END = "<!-- ops:start -->", "<!-- ops:end -->"
 
 
 def _post(url: str, body: dict[str, Any]) -> int:
@@ -224,14 +223,7 @@ def write(result: dict[str, Any]) -> None:
     if "machine" in old:
         m = old["machine"]
         lines.append(f"Run {m['date_utc']} on {m['cpu_model']} ({m['cpu_count']} cores).")
-    block = f"{START}\n" + "\n".join(lines) + f"\n{END}"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_doc_section("ops", "\n".join(lines))
 
 
 def main() -> None:

@@ -57,7 +57,15 @@ import cloudpickle
 
 from . import batching, loadgen, models, naive_server
 from .batching import Bench, Measurement, Options, Probe
-from .harness import SINGLE_THREAD_ENV, BenchServer, CpuPlan, cpu_seconds, descendants, wait_for
+from .harness import (
+    SINGLE_THREAD_ENV,
+    BenchServer,
+    CpuPlan,
+    cpu_seconds,
+    descendants,
+    wait_for,
+    write_doc_section,
+)
 from .loadgen import LoadResult, Pool, Workload
 from .naive_server import MODEL_KEYS, make_model
 
@@ -65,8 +73,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
-START_MARK = "<!-- peers:start -->"
-END_MARK = "<!-- peers:end -->"
 VENVS = ROOT / "bench" / ".venvs"
 NAIVE_VENV = VENVS / "naive"
 # Shared packages at the project's versions, so only the framework differs.
@@ -785,15 +791,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def write_markdown(result: dict[str, Any], extra: str) -> None:
     section = render_markdown(result) + ("\n\n" + extra.strip() if extra.strip() else "")
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    block = f"{START_MARK}\n{section}\n{END_MARK}"
-    if START_MARK in text and END_MARK in text:
-        head, rest = text.split(START_MARK, 1)
-        _, tail = rest.split(END_MARK, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_doc_section("peers", section, DOC)
 
 
 def write_plot(result: dict[str, Any]) -> None:

@@ -66,6 +66,7 @@ from .harness import (
     pin_tree,
     system_busy_seconds,
     wait_for,
+    write_doc_section,
 )
 from .loadgen import Connection, HTTPError, post_head
 
@@ -73,8 +74,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
-START_MARK = "<!-- selection:start -->"
-END_MARK = "<!-- selection:end -->"
 FLAGS = ["--log-level", "WARNING"]
 DEFAULT_OUTPUT = "-1"
 FEEDBACK_UID = "bench"
@@ -954,15 +953,7 @@ def reading(result: dict[str, Any]) -> list[str]:
 
 def write_markdown(result: dict[str, Any]) -> None:
     """Replace (or append) the selection section of docs/benchmarks.md only."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{START_MARK}\n{render_markdown(result)}\n{END_MARK}"
-    if START_MARK in text and END_MARK in text:
-        head, rest = text.split(START_MARK, 1)
-        _, tail = rest.split(END_MARK, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_doc_section("selection", render_markdown(result), DOC)
 
 
 def write_plots(result: dict[str, Any], latencies: dict[str, list[float]]) -> None:
