@@ -68,6 +68,8 @@ from clipper.store.base import (
 )
 from clipper.types import AppSpec, ModelSpec
 
+from . import redis_scripts as scripts
+
 log = logging.getLogger(__name__)
 
 # Seconds. Generous enough for a loaded server, short enough that a dead one
@@ -88,150 +90,6 @@ STATE_RETRY_DELAY_MAX = 0.02
 # Updates of one state from threads of one store take turns on a local lock
 # (one of this many, by key), so only other processes make them start over.
 STATE_LOCK_STRIPES = 64
-
-# What a mutating script returns when it changed nothing: a no-op, or a refusal
-# that Python turns into the same exception as the other stores. A change
-# returns the new generation (an integer) instead.
-_NOOP, _EXISTS, _MISSING = "noop", "exists", "missing"
-
-# Shared head of every mutating script. ARGV[1] is the key prefix.
-_PRELUDE = """
-local P = ARGV[1]
-local function changed()
-    local generation = redis.call('INCR', P .. ':generation')
-    redis.call('PUBLISH', P .. ':changes', generation)
-    return generation
-end
-"""
-
-_ADD_APP = """
--- ARGV: prefix, name, record
-if redis.call('HSETNX', P .. ':apps', ARGV[2], ARGV[3]) == 0 then return 'exists' end
-return changed()
-"""
-
-_UPDATE_APP = """
--- ARGV: prefix, name, record
-if redis.call('HEXISTS', P .. ':apps', ARGV[2]) == 0 then return 'missing' end
-redis.call('HSET', P .. ':apps', ARGV[2], ARGV[3])
-return changed()
-"""
-
-_DELETE_APP = """
--- ARGV: prefix, name
-local app = ARGV[2]
-if redis.call('HDEL', P .. ':apps', app) == 0 then return 'noop' end
-local links = P .. ':links:' .. app
-for _, model in ipairs(redis.call('LRANGE', links, 0, -1)) do
-    redis.call('SREM', P .. ':linked:' .. model, app)
-end
-redis.call('DEL', links, P .. ':pstate:' .. app)
-return changed()
-"""
-
-_ADD_MODEL = """
--- ARGV: prefix, name, version, record, make_current ('1' or '0')
-local name, version = ARGV[2], ARGV[3]
-if redis.call('HSETNX', P .. ':specs:' .. name, version, ARGV[4]) == 0 then return 'exists' end
-redis.call('RPUSH', P .. ':versions:' .. name, version)
-redis.call('SADD', P .. ':models', name)
-if ARGV[5] == '1' then redis.call('HSET', P .. ':current', name, version) end
-return changed()
-"""
-
-_UPDATE_MODEL = """
--- ARGV: prefix, name, version, record
--- The current version and the replica count live under other keys, so they stay.
-local specs = P .. ':specs:' .. ARGV[2]
-if redis.call('HEXISTS', specs, ARGV[3]) == 0 then return 'missing' end
-redis.call('HSET', specs, ARGV[3], ARGV[4])
-return changed()
-"""
-
-_DELETE_MODEL_VERSION = """
--- ARGV: prefix, name, version
-local name, version = ARGV[2], ARGV[3]
-local specs = P .. ':specs:' .. name
-if redis.call('HDEL', specs, version) == 0 then return 'noop' end
-redis.call('LREM', P .. ':versions:' .. name, 0, version)
-redis.call('HDEL', P .. ':replicas:' .. name, version)
-if redis.call('HGET', P .. ':current', name) == version then
-    redis.call('HDEL', P .. ':current', name)
-end
-if redis.call('HLEN', specs) == 0 then
-    -- The last version: the model is gone, and so are its links.
-    redis.call('SREM', P .. ':models', name)
-    redis.call('DEL', P .. ':versions:' .. name, P .. ':replicas:' .. name)
-    local linked = P .. ':linked:' .. name
-    for _, app in ipairs(redis.call('SMEMBERS', linked)) do
-        redis.call('LREM', P .. ':links:' .. app, 0, name)
-    end
-    redis.call('DEL', linked)
-end
-return changed()
-"""
-
-_SET_CURRENT_VERSION = """
--- ARGV: prefix, name, version
-if redis.call('HEXISTS', P .. ':specs:' .. ARGV[2], ARGV[3]) == 0 then return 'missing' end
-redis.call('HSET', P .. ':current', ARGV[2], ARGV[3])
-return changed()
-"""
-
-_ADD_LINKS = """
--- ARGV: prefix, app, model...
-local app = ARGV[2]
-if redis.call('HEXISTS', P .. ':apps', app) == 0 then return 'missing' end
-local added = 0
-for i = 3, #ARGV do
-    -- The reverse index doubles as the membership test, which also skips
-    -- a model named twice in one call.
-    if redis.call('SADD', P .. ':linked:' .. ARGV[i], app) == 1 then
-        redis.call('RPUSH', P .. ':links:' .. app, ARGV[i])
-        added = added + 1
-    end
-end
-if added == 0 then return 'noop' end
-return changed()
-"""
-
-_REMOVE_LINKS = """
--- ARGV: prefix, app, model...
-local app = ARGV[2]
-if redis.call('HEXISTS', P .. ':apps', app) == 0 then return 'missing' end
-local removed = 0
-for i = 3, #ARGV do
-    if redis.call('SREM', P .. ':linked:' .. ARGV[i], app) == 1 then
-        redis.call('LREM', P .. ':links:' .. app, 0, ARGV[i])
-        removed = removed + 1
-    end
-end
-if removed == 0 then return 'noop' end
-return changed()
-"""
-
-_SET_NUM_REPLICAS = """
--- ARGV: prefix, name, version, n
-if redis.call('HEXISTS', P .. ':specs:' .. ARGV[2], ARGV[3]) == 0 then return 'missing' end
-redis.call('HSET', P .. ':replicas:' .. ARGV[2], ARGV[3], ARGV[4])
-return changed()
-"""
-
-# Read-only: every version record, each model's in the order added. ARGV: prefix[, name]
-_LIST_MODELS = """
-local P = ARGV[1]
-local names
-if #ARGV >= 2 then names = {ARGV[2]} else names = redis.call('SMEMBERS', P .. ':models') end
-local out = {}
-for _, name in ipairs(names) do
-    local specs = P .. ':specs:' .. name
-    for _, version in ipairs(redis.call('LRANGE', P .. ':versions:' .. name, 0, -1)) do
-        local record = redis.call('HGET', specs, version)
-        if record then out[#out + 1] = record end
-    end
-end
-return out
-"""
 
 
 def redact_url(url: str) -> str:
@@ -320,17 +178,17 @@ class RedisStore(ConfigStore):
         try:
             self._redis.ping()
             register = self._redis.register_script
-            self._add_app = register(_PRELUDE + _ADD_APP)
-            self._update_app = register(_PRELUDE + _UPDATE_APP)
-            self._delete_app = register(_PRELUDE + _DELETE_APP)
-            self._add_model = register(_PRELUDE + _ADD_MODEL)
-            self._update_model = register(_PRELUDE + _UPDATE_MODEL)
-            self._delete_model_version = register(_PRELUDE + _DELETE_MODEL_VERSION)
-            self._set_current_version = register(_PRELUDE + _SET_CURRENT_VERSION)
-            self._add_links = register(_PRELUDE + _ADD_LINKS)
-            self._remove_links = register(_PRELUDE + _REMOVE_LINKS)
-            self._set_num_replicas = register(_PRELUDE + _SET_NUM_REPLICAS)
-            self._list_models = register(_LIST_MODELS)
+            self._add_app = register(scripts.PRELUDE + scripts.ADD_APP)
+            self._update_app = register(scripts.PRELUDE + scripts.UPDATE_APP)
+            self._delete_app = register(scripts.PRELUDE + scripts.DELETE_APP)
+            self._add_model = register(scripts.PRELUDE + scripts.ADD_MODEL)
+            self._update_model = register(scripts.PRELUDE + scripts.UPDATE_MODEL)
+            self._delete_model_version = register(scripts.PRELUDE + scripts.DELETE_MODEL_VERSION)
+            self._set_current_version = register(scripts.PRELUDE + scripts.SET_CURRENT_VERSION)
+            self._add_links = register(scripts.PRELUDE + scripts.ADD_LINKS)
+            self._remove_links = register(scripts.PRELUDE + scripts.REMOVE_LINKS)
+            self._set_num_replicas = register(scripts.PRELUDE + scripts.SET_NUM_REPLICAS)
+            self._list_models = register(scripts.LIST_MODELS)
         except (redis.RedisError, OSError) as e:
             self._redis.close()
             self._closed = True
@@ -367,7 +225,7 @@ class RedisStore(ConfigStore):
         record = _app_record(spec)
         with self._calling("add an application"):
             result = self._add_app(args=[self.prefix, spec.name, record])
-        if result == _EXISTS:
+        if result == scripts.EXISTS:
             raise duplicate_app(spec.name)
         self._check_changed(result)
 
@@ -388,7 +246,7 @@ class RedisStore(ConfigStore):
         record = _app_record(spec)
         with self._calling("update an application"):
             result = self._update_app(args=[self.prefix, spec.name, record])
-        if result == _MISSING:
+        if result == scripts.MISSING:
             raise missing_app(spec.name)
         self._check_changed(result)
 
@@ -406,7 +264,7 @@ class RedisStore(ConfigStore):
         flag = "1" if make_current else "0"
         with self._calling("add a model version"):
             result = self._add_model(args=[self.prefix, spec.name, spec.version, record, flag])
-        if result == _EXISTS:
+        if result == scripts.EXISTS:
             raise duplicate_model(spec.name, spec.version)
         self._check_changed(result)
 
@@ -415,7 +273,7 @@ class RedisStore(ConfigStore):
         record = _model_record(spec)
         with self._calling("update a model version"):
             result = self._update_model(args=[self.prefix, spec.name, spec.version, record])
-        if result == _MISSING:
+        if result == scripts.MISSING:
             raise missing_version(spec.name, spec.version)
         self._check_changed(result)
 
@@ -449,7 +307,7 @@ class RedisStore(ConfigStore):
         """Make ``version`` the model's current one; NotFoundError if it does not exist."""
         with self._calling("set the current version"):
             result = self._set_current_version(args=[self.prefix, name, version])
-        if result == _MISSING:
+        if result == scripts.MISSING:
             raise missing_version(name, version)
         self._check_changed(result)
 
@@ -459,7 +317,7 @@ class RedisStore(ConfigStore):
         """Link models to an application, keeping order; already linked ones are skipped."""
         with self._calling("link models"):
             result = self._add_links(args=[self.prefix, app, *models])
-        if result == _MISSING:
+        if result == scripts.MISSING:
             raise missing_app(app)
         self._check_changed(result)
 
@@ -467,7 +325,7 @@ class RedisStore(ConfigStore):
         """Unlink models from an application; ones not linked are ignored."""
         with self._calling("unlink models"):
             result = self._remove_links(args=[self.prefix, app, *models])
-        if result == _MISSING:
+        if result == scripts.MISSING:
             raise missing_app(app)
         self._check_changed(result)
 
@@ -488,7 +346,7 @@ class RedisStore(ConfigStore):
         check_replicas(n)
         with self._calling("set the number of replicas"):
             result = self._set_num_replicas(args=[self.prefix, name, version, n])
-        if result == _MISSING:
+        if result == scripts.MISSING:
             raise missing_version(name, version)
         self._check_changed(result)
 
@@ -588,7 +446,7 @@ class RedisStore(ConfigStore):
 
     def _check_changed(self, result: object) -> bool:
         # A change returns the new generation; anything else but a no-op is a bug.
-        if result == _NOOP:
+        if result == scripts.NOOP:
             return False
         if isinstance(result, int) and not isinstance(result, bool):
             return True
