@@ -99,9 +99,14 @@ class _ModelState:
     latency_ewma: float = 0.0  # per batch, to skip tasks that would finish late
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def _checked(model: ModelId, output: Any) -> Outcome:
     """The output as an Outcome, or an error if JSON cannot carry it (that query
     only: it must neither break the response nor enter the cache)."""
+    if type(output) in _PLAIN:  # the common case: no trial encoding on the hot path
+        return Outcome(output=output)
     try:
         orjson.dumps(output, default=json_default, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
