@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -141,15 +141,6 @@ class CpuPlan:
 
 
 @dataclass
-class BenchManager(LocalContainerManager):
-    """``LocalContainerManager`` plus extra server flags (``--batching`` etc.)."""
-
-    extra_args: list[str] = field(default_factory=list)
-
-    def server_args(self) -> list[str]:
-        return [*super().server_args(), *self.extra_args]
-
-
 class BenchServer:
     """A Clipper server for one benchmark configuration (a context manager)."""
 
@@ -158,12 +149,12 @@ class BenchServer:
         self.cpus = cpus
         self.log = log
         self.state = Path(tempfile.mkdtemp(prefix="clipper-bench-"))
-        self.cm = BenchManager(
+        self.cm = LocalContainerManager(
             clipper_query_port=free_port(),
             clipper_management_port=free_port(),
             clipper_rpc_port=free_port(),
             state_dir=self.state,
-            extra_args=flags,
+            server_flags=list(flags),
         )
         self.conn = ClipperConnection(self.cm)
         self.host = "127.0.0.1"
