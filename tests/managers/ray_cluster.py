@@ -36,7 +36,7 @@ RAY_ENV = {
     "RAY_health_check_timeout_ms": "500",
     "RAY_health_check_failure_threshold": "3",
 }
-START_TIMEOUT = 90.0
+START_TIMEOUT = 180.0  # a loaded 2-core CI machine, first start of a fresh venv
 STOP_TIMEOUT = 20.0
 LINGER_GRACE = 3.0  # after its node stopped, how long a process may take to exit
 
@@ -50,14 +50,28 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(host: str, count: int, consecutive: bool = False) -> list[int]:
-    """``count`` ports free on ``host`` (and on 0.0.0.0), optionally a consecutive run."""
+    """``count`` ports free on ``host`` (and on 0.0.0.0), optionally a consecutive run.
+
+    Picked below the kernel's ephemeral range: a port that is free now but in
+    that range can be taken by any outgoing connection before Ray binds it
+    (Ray's processes bind theirs over several seconds).
+    """
+    high = min(_ephemeral_low(), 60000)
+    low = 10000 if high > 20000 else 1024
     for _ in range(200):
         if consecutive:
-            base = random.randrange(20000, 60000 - count)
+            base = random.randrange(low, high - count)
             ports = list(range(base, base + count))
         else:
-            ports = random.sample(range(20000, 60000), count)
+            ports = random.sample(range(low, high), count)
         if all(_port_free(host, p) and _port_free("0.0.0.0", p) for p in ports):
             return ports
     raise RuntimeError(f"no {count} free ports on {host}")
@@ -162,9 +176,15 @@ class RayCluster:
         deadline = time.monotonic() + START_TIMEOUT
         while b"Ray runtime started" not in log.read_bytes():
             if process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
+                # Read the log before stop(), which removes the temp folder.
                 tail = log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"ray node {ip} did not start:\n{tail}")
+                why = (
+                    f"exited with status {process.returncode}"
+                    if process.poll() is not None
+                    else f"not up after {START_TIMEOUT:.0f} s"
+                )
+                self.stop()
+                raise RuntimeError(f"ray node {ip} did not start ({why}):\n{tail}")
             time.sleep(0.1)
         node.remember()
         return node
