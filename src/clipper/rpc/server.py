@@ -5,6 +5,13 @@ timeout that removes silent replicas) and hands everything else to a
 ``ReplicaListener`` (the dispatcher): a replica joined, left, or answered a
 batch. Malformed frames and unknown protocol versions are logged and
 dropped; they never stop the endpoint.
+
+The socket is a plain (blocking-API) ZeroMQ socket driven by the event
+loop's reader on its file descriptor, not pyzmq's asyncio adapter: a wake-up
+drains every message that is ready (``NOBLOCK`` until ``Again``) and sends
+are immediate, so no future is created per message. ZeroMQ's descriptor is
+edge-triggered, and a send can consume its signal, so every send schedules
+one more drain on the next loop iteration.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import zmq
-import zmq.asyncio
 
 from ..exceptions import RPCError
 from ..types import ModelId
@@ -67,9 +73,8 @@ class ReplicaListener(Protocol):
 RegistrationCheck = Callable[[ModelId, str], str | None]
 
 
-def _log_send_failure(sent: asyncio.Future[Any]) -> None:
-    if not sent.cancelled() and sent.exception() is not None:
-        log.warning("a send to a replica failed: %s", sent.exception())
+# Messages handled per wake-up before yielding to the loop (HTTP must not starve).
+DRAIN_LIMIT = 512
 
 
 class RPCServer:
@@ -97,9 +102,12 @@ class RPCServer:
         self.clock = clock
         self.replicas: dict[bytes, Replica] = {}
         self.malformed_messages = 0
-        self._ctx = zmq.asyncio.Context()
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_scheduled = False
+        self._fd = -1
 
     async def start(self) -> None:
         sock = self._ctx.socket(zmq.ROUTER)
@@ -113,10 +121,11 @@ class RPCServer:
             sock.curve_secretkey = self._curve_secret_key
         sock.bind(self.address)
         self._sock = sock
-        self._tasks = [
-            asyncio.create_task(self._receive_loop(), name="rpc-receive"),
-            asyncio.create_task(self._liveness_loop(), name="rpc-liveness"),
-        ]
+        self._loop = asyncio.get_running_loop()
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self._drain)
+        self._tasks = [asyncio.create_task(self._liveness_loop(), name="rpc-liveness")]
+        self._schedule_drain()  # messages that arrived before the reader was set
         log.info("RPC endpoint listening on %s", self.address)
 
     @property
@@ -132,31 +141,31 @@ class RPCServer:
                 await task
         self._tasks = []
         if self._sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._fd)
             self._sock.close(linger=0)
             self._sock = None
         self._ctx.term()
 
     def send(self, identity: bytes, frames: p.Frames) -> bool:
-        """Send frames to one container; False when it is gone."""
-        if self._sock is None:
+        """Send frames to one container; False when it is gone (or its queue is full)."""
+        sock = self._sock
+        if sock is None:
             return False
         try:
-            sent = cast(
-                "asyncio.Future[Any]",
-                self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False),
-            )
-        except (zmq.Again, zmq.ZMQError) as exc:
+            sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:  # Again (queue full) or EHOSTUNREACH (peer gone)
             log.warning("could not send to replica %s: %s", identity.hex(), exc)
             return False
-        # zmq.asyncio reports a failed send on the returned future, not by raising.
-        if sent.done():
-            failure = sent.exception()
-            if failure is not None:
-                log.warning("could not send to replica %s: %s", identity.hex(), failure)
-                return False
-        else:
-            sent.add_done_callback(_log_send_failure)
+        finally:
+            # The send may have consumed the descriptor's edge for waiting input.
+            self._schedule_drain()
         return True
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
 
     def process_exited(self, pid: int) -> None:
         """A manager saw a replica's process exit: forget it without waiting."""
@@ -170,11 +179,20 @@ class RPCServer:
             log.info("replica %s of %s left: %s", replica.label, replica.model, reason)
             self.listener.replica_left(replica, reason)
 
-    async def _receive_loop(self) -> None:
-        assert self._sock is not None
+    def _drain(self) -> None:
+        """Handle every message that is ready (the reader callback)."""
+        self._drain_scheduled = False
         sock = self._sock
-        while True:
-            frames = await sock.recv_multipart()
+        if sock is None:
+            return
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:  # the socket is closing
+                log.debug("RPC receive stopped: %s", exc)
+                return
             try:
                 self._handle(frames)
             except RPCError as exc:
@@ -183,6 +201,7 @@ class RPCServer:
             except Exception:  # never let one message stop the endpoint
                 self.malformed_messages += 1
                 log.exception("error while handling an RPC message")
+        self._schedule_drain()  # more may be waiting: continue after other work
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
