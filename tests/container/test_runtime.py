@@ -1,13 +1,18 @@
 """The container runtime: minimal imports, batch handling, errors as data."""
 
+import asyncio
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from clipper.container.runtime import as_predict_fn, run_predict
+from clipper.container.runtime import ContainerRuntime, as_predict_fn, run_predict
 from clipper.rpc import protocol as p
+from clipper.rpc.server import RPCServer
+from tests.helpers import free_port
 
 
 def test_the_container_imports_nothing_of_the_frontend():
@@ -59,3 +64,91 @@ def test_objects_with_predict_are_models():
     assert as_predict_fn(Model())([1]) == [1]
     with pytest.raises(TypeError):
         as_predict_fn(42)
+
+
+class _Results:
+    """A ReplicaListener that keeps what the replica answered."""
+
+    def __init__(self):
+        self.joined = []
+        self.results = {}
+
+    def replica_joined(self, replica):
+        self.joined.append(replica)
+
+    def replica_left(self, replica, reason):
+        pass
+
+    def batch_result(self, replica, batch_id, header, frames):
+        self.results[batch_id] = (header, frames)
+
+
+def _serve_batches(model, batches):
+    """A real RPC endpoint and a real runtime (in a thread): send ``batches``
+    one after another, as the dispatcher does; returns (outputs, runtime)."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    runtime = ContainerRuntime(
+        model, address=address, model_name="m", model_version="1", input_type="doubles"
+    )
+
+    async def main():
+        listener = _Results()
+        server = RPCServer(address, listener)
+        await server.start()
+        thread = threading.Thread(target=runtime.serve_forever, daemon=True)
+        thread.start()
+        loop = asyncio.get_running_loop()
+        try:
+            deadline = loop.time() + 30
+            while not listener.joined:
+                assert loop.time() < deadline, "the replica did not register"
+                await asyncio.sleep(0.01)
+            identity = listener.joined[0].identity
+            for batch_id, inputs in enumerate(batches, 1):
+                arrays = [np.asarray(x, dtype=np.float64) for x in inputs]
+                fields, frames = p.encode_inputs("doubles", arrays)
+                header = p.make(p.BATCH, id=batch_id, input_type="doubles", **fields)
+                assert server.send(identity, [header, *frames])
+                while batch_id not in listener.results:
+                    assert loop.time() < deadline + 30, f"batch {batch_id} not answered"
+                    await asyncio.sleep(0.001)
+            answers = [listener.results[i] for i in range(1, len(batches) + 1)]
+            return [
+                p.decode_outputs(frames, len(inputs)) if header["ok"] else header
+                for (header, frames), inputs in zip(answers, batches, strict=True)
+            ]
+        finally:
+            runtime.stop()
+            await asyncio.to_thread(thread.join, 10)
+            await server.stop()
+
+    return asyncio.run(main()), runtime
+
+
+def test_a_fast_model_runs_on_the_main_thread_after_its_first_batch():
+    threads = []
+
+    def model(xs):
+        threads.append(threading.current_thread().name)
+        return [float(sum(x)) for x in xs]
+
+    outputs, runtime = _serve_batches(model, [[[1.0, 2.0]], [[3.0]], [[4.0], [5.0]]])
+    assert outputs == [[3.0], [3.0], [4.0, 5.0]]
+    # The first batch (latency unknown) goes to the worker; later ones run inline.
+    assert threads[0] == "predict"
+    assert "predict" not in threads[1:]
+    assert runtime.inline_batches == 2 and runtime.batches_served == 3
+
+
+def test_a_slow_model_stays_on_the_worker_thread():
+    threads = []
+
+    def model(xs):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.05)  # slower than INLINE_BELOW_S: heartbeats must keep flowing
+        return [0 for _ in xs]
+
+    outputs, runtime = _serve_batches(model, [[[1.0]], [[2.0]], [[3.0]]])
+    assert outputs == [[0], [0], [0]]
+    assert threads == ["predict"] * 3
+    assert runtime.inline_batches == 0
