@@ -78,6 +78,37 @@ class Prediction:
         return body
 
 
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def wait_all(futures: list[asyncio.Future[Outcome]], timeout: float) -> None:
+    """Return when every future is done or ``timeout`` seconds passed.
+
+    ``asyncio.wait`` without its per-call sets and callback removal (it was
+    about 8 % of the server's CPU per query). The futures are never cancelled:
+    a coalesced one may be shared with other queries.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    left = len(futures)
+
+    def one_done(_future: asyncio.Future[Outcome]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0 and not waiter.done():
+            waiter.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    timer = loop.call_later(timeout, _release, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+
+
 class QueryProcessor:
     """Answers queries and feedback for apps, using the catalog and the dispatcher."""
 
@@ -204,7 +235,7 @@ class QueryProcessor:
         pending = [f for fs in futures for f in fs.values() if not f.done()]
         remaining = deadline - self.clock()
         if pending and remaining > 0:
-            await asyncio.wait(pending, timeout=remaining)
+            await wait_all(pending, remaining)
         if spec.options.get("overload") == "503" and any(
             f.done() and f.result().overloaded for fs in futures for f in fs.values()
         ):
@@ -270,7 +301,7 @@ class QueryProcessor:
         pending = [f for f in futures.values() if not f.done()]
         remaining = deadline - self.clock()
         if pending and remaining > 0:
-            await asyncio.wait(pending, timeout=remaining)
+            await wait_all(pending, remaining)
         outputs = {m: f.result().output for m, f in futures.items() if f.done() and f.result().ok}
         if not outputs:
             self._feedback_seen(spec.name, False)

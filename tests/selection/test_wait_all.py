@@ -1,0 +1,48 @@
+"""``wait_all``: the processor's wait for a query's futures, bounded by its deadline."""
+
+import asyncio
+import time
+
+from clipper.selection.processor import wait_all
+
+
+def test_returns_as_soon_as_every_future_is_done_even_when_one_is_listed_twice():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = loop.create_future(), loop.create_future()
+        loop.call_later(0.01, a.set_result, 1)
+        loop.call_later(0.02, b.set_result, 2)
+        started = time.monotonic()
+        await wait_all([a, b, a], 30.0)
+        return time.monotonic() - started, a.done() and b.done()
+
+    took, done = asyncio.run(main())
+    assert done and took < 10.0
+
+
+def test_returns_at_the_timeout_and_leaves_the_laggards_alone():
+    async def main():
+        loop = asyncio.get_running_loop()
+        late = loop.create_future()
+        started = time.monotonic()
+        await wait_all([late], 0.05)
+        took = time.monotonic() - started
+        # Not cancelled: another query may share it; it can still complete.
+        assert not late.cancelled()
+        late.set_result(3)
+        return took
+
+    assert asyncio.run(main()) >= 0.04
+
+
+def test_cancelling_the_waiter_does_not_cancel_the_futures():
+    async def main():
+        loop = asyncio.get_running_loop()
+        shared = loop.create_future()
+        waiting = asyncio.ensure_future(wait_all([shared], 30.0))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        return shared.cancelled(), waiting.cancelled()
+
+    assert asyncio.run(main()) == (False, True)
