@@ -74,3 +74,49 @@ def test_quantile_regression_follows_a_slowdown():
     drive(c, fast, 1000, noise=lambda r: r.expovariate(1 / 0.0002), rng=rng)
     sizes = drive(c, slow, 1500, noise=lambda r: r.expovariate(1 / 0.0002), rng=rng)
     assert max(sizes[-200:]) <= 21
+
+
+def test_cost_curve_tries_unknown_sizes_then_picks_the_cheapest_per_query():
+    from clipper.batching.controllers import BatchCostCurve
+
+    curve = BatchCostCurve(explore=2)
+    assert curve.choose(0, 64) == 1 and curve.choose(1, 64) == 1
+    assert curve.choose(3, 64) == 3  # nothing known: try what is there
+    assert curve.choose(10, 4) == 4  # never above the controller's cap
+    # A heavy float32 network on OpenBLAS: pairs cost 4x a single call, big
+    # batches are cheap per query.
+    measured = [(1, 0.7), (2, 3.0), (3, 3.1), (4, 3.2), (16, 4.8), (32, 7.0), (64, 10.0)]
+    for size, ms in measured:
+        for _ in range(2):
+            curve.observe(size, ms / 1e3)
+    assert curve.choose(2, 64) == 1  # a pair costs more than two singles
+    assert curve.choose(4, 64) == 1
+    assert curve.choose(6, 64) == 6  # 5-8 never measured: tried
+    assert curve.choose(12, 64) == 8  # 9-16 is known, 5-8 not yet: tried first
+    for _ in range(2):
+        curve.observe(8, 3.7e-3)
+    assert curve.choose(12, 64) == 12  # 9-16: 0.3 ms per query, the cheapest
+    assert curve.choose(16, 64) == 16
+    assert curve.choose(64, 64) == 64
+    assert curve.curve()["1"] == 0.7 and curve.curve()["2"] == 1.5
+
+
+def test_cost_curve_of_a_light_model_always_takes_the_whole_queue():
+    from clipper.batching.controllers import BatchCostCurve
+
+    curve = BatchCostCurve(explore=1)
+    for size in (1, 2, 4, 8, 16, 32):
+        curve.observe(size, (0.2 + 0.02 * size) / 1e3)  # fixed cost + per query
+    assert [curve.choose(n, 64) for n in (2, 3, 7, 20, 32)] == [2, 3, 7, 20, 32]
+
+
+def test_cost_curve_follows_a_model_that_gets_cheaper():
+    from clipper.batching.controllers import BatchCostCurve
+
+    curve = BatchCostCurve(explore=1, weight=0.5)
+    curve.observe(1, 0.001)
+    curve.observe(2, 0.004)
+    assert curve.choose(2, 8) == 1
+    for _ in range(10):
+        curve.observe(2, 0.001)  # e.g. the machine got quieter
+    assert curve.choose(2, 8) == 2

@@ -288,3 +288,58 @@ def test_one_slow_batch_does_not_starve_the_model():
         assert served > 0  # ...until the estimate decays and the model serves again
 
     asyncio.run(main())
+
+
+def test_an_adaptive_controller_sends_singles_when_pairs_cost_more_per_query():
+    """The dispatcher learns the batch cost curve from real results: a model
+    whose pairs take 4x a single call gets singles when two tasks wait."""
+    from clipper.batching.controllers import AIMDController
+
+    async def main():
+        clock = [1000.0]
+        d = Dispatcher(
+            configure=lambda _m: ModelConfig(AIMDController(1.0, initial=8), 0.0, 100),
+            clock=lambda: clock[0],
+        )
+        t = FakeTransport()
+        d.set_transport(t)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        cost = {1: 0.001, 2: 0.004}
+
+        async def serve_round():
+            futures = [d.submit(MODEL, np.array([1.0]), deadline=clock[0] + 10) for _ in range(2)]
+            await asyncio.sleep(0)
+            while not all(f.done() for f in futures):
+                header = t.sent[-1][1]
+                clock[0] += cost[header["count"]]
+                answer(d, r, header, [0] * header["count"])
+                await asyncio.sleep(0)
+            return [s[1]["count"] for s in t.sent]
+
+        for _ in range(8):  # learn: pairs first, then singles (both explored)
+            await serve_round()
+        t.sent.clear()
+        sizes = await serve_round()
+        assert sizes == [1, 1]
+        curve = d.statistics()[0].cost_per_query_ms
+        assert curve["1"] < curve["2"]
+
+    asyncio.run(main())
+
+
+def test_a_fixed_batch_size_is_taken_as_given():
+    async def main():
+        d, t = make(batch=2)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        for size in (1, 2, 1, 2, 1, 2, 1, 2):  # pairs look expensive...
+            d._models[MODEL].curve.observe(size, 0.001 * size * size)
+        futures = [d.submit(MODEL, np.array([1.0]), deadline=1e12) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert t.sent[-1][1]["count"] == 2  # ...but a fixed size means what it says
+        answer(d, r, t.sent[-1][1], [0, 0])
+        outcomes = [await f for f in futures]
+        assert all(o.ok for o in outcomes)
+
+    asyncio.run(main())

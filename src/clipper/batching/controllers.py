@@ -189,3 +189,66 @@ class QuantileRegressionController:
 
     def statistics(self) -> ControllerStatistics:
         return ControllerStatistics("quantile", self.size, self.observed)
+
+
+class BatchCostCurve:
+    """What a batch costs per query, by size; picks the cheapest size on offer.
+
+    The controllers above bound the batch size by latency; they assume a
+    bigger batch is never worse per query. It can be: with a large float32
+    network on OpenBLAS a batch of 2 took four times a batch of 1 on our
+    benchmark machine, and only batches of 8 and more beat single calls. With
+    ``queued`` tasks waiting and a cap from the controller, ``choose`` returns
+    the size (``queued`` itself, or a power of two below it) with the lowest
+    measured time per query. A size class measured fewer than ``explore``
+    times is tried first (the offered size, then smaller classes one by one),
+    so the curve is learnt from real batches at the cost of a few of them.
+    Sizes are grouped by powers of two (1, 2, 3-4, 5-8, ...); each group keeps
+    an exponentially weighted mean, so the curve follows a model whose cost
+    drifts.
+    """
+
+    def __init__(self, *, explore: int = 3, weight: float = 0.2) -> None:
+        self.explore = explore
+        self.weight = weight
+        self.cost: dict[int, float] = {}  # size class -> seconds per query
+        self.count: dict[int, int] = {}
+
+    @staticmethod
+    def size_class(size: int) -> int:
+        return (size - 1).bit_length()  # 1 -> 0, 2 -> 1, 3-4 -> 2, 5-8 -> 3, ...
+
+    def observe(self, batch_size: int, latency_s: float) -> None:
+        if batch_size < 1 or latency_s < 0:
+            return
+        k = self.size_class(batch_size)
+        per_query = latency_s / batch_size
+        seen = self.count.get(k, 0)
+        old = self.cost.get(k)
+        self.cost[k] = per_query if old is None else old + self.weight * (per_query - old)
+        self.count[k] = seen + 1
+
+    def choose(self, queued: int, cap: int) -> int:
+        """How many of ``queued`` tasks to send now, at most ``cap``."""
+        offer = min(queued, cap)
+        if offer <= 1:
+            return max(offer, 1)
+        top = self.size_class(offer)
+        if self.count.get(top, 0) < self.explore:
+            return offer  # not known yet: try it
+        for k in range(top - 1, -1, -1):
+            if self.count.get(k, 0) < self.explore:
+                return 1 << k  # a smaller size not known yet: try it too
+        best, best_cost = offer, self.cost[top]
+        for k in range(top - 1, -1, -1):
+            if self.cost[k] < best_cost:
+                best, best_cost = 1 << k, self.cost[k]
+        return best
+
+    def curve(self) -> dict[str, float]:
+        """Milliseconds per query by size class, e.g. ``{"3-4": 0.8}``."""
+        out = {}
+        for k in sorted(self.cost):
+            low, high = (1 << (k - 1)) + 1 if k else 1, 1 << k
+            out[str(high) if low == high else f"{low}-{high}"] = round(self.cost[k] * 1e3, 4)
+        return out

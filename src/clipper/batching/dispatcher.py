@@ -32,7 +32,12 @@ from ..exceptions import RPCError
 from ..rpc import protocol as p
 from ..rpc.server import Replica
 from ..types import ModelId, Outcome, json_default
-from .controllers import BatchSizeController, ControllerStatistics, FixedBatchSize
+from .controllers import (
+    BatchCostCurve,
+    BatchSizeController,
+    ControllerStatistics,
+    FixedBatchSize,
+)
 from .queue import DeadlineQueue, QueueStatistics, Task
 
 log = logging.getLogger("clipper.dispatcher")
@@ -69,6 +74,7 @@ class ModelStatistics:
     coalesced: int
     controller: ControllerStatistics
     queue: QueueStatistics
+    cost_per_query_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -97,6 +103,9 @@ class _ModelState:
     last_batch_size: int = 0
     last_batch_latency: float = 0.0
     latency_ewma: float = 0.0  # per batch, to skip tasks that would finish late
+    # Cost per query by batch size: an adaptive controller's cap is a bound,
+    # not a target, when a smaller batch is cheaper per query.
+    curve: BatchCostCurve = field(default_factory=BatchCostCurve)
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
@@ -263,8 +272,11 @@ class Dispatcher:
             replica = state.replicas.get(identity)
             if replica is None:
                 continue
+            take = max_size
+            if not isinstance(config.controller, FixedBatchSize):
+                take = state.curve.choose(len(state.queue), max_size)
             # A task due before a batch could finish is answered now, not computed.
-            batch, expired = state.queue.pop_batch(max_size, now, now + state.latency_ewma)
+            batch, expired = state.queue.pop_batch(take, now, now + state.latency_ewma)
             for task in expired:
                 task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
             if not batch:
@@ -360,6 +372,7 @@ class Dispatcher:
         for listener in self.batch_listeners:
             listener(state.model, len(tasks), latency)
         if header.get("ok") is True:
+            state.curve.observe(len(tasks), latency)
             try:
                 outputs = p.decode_outputs(frames, len(tasks))
             except RPCError as exc:
@@ -402,6 +415,7 @@ class Dispatcher:
                     coalesced=s.coalesced,
                     controller=s.config.controller.statistics(),
                     queue=s.queue.statistics(),
+                    cost_per_query_ms=s.curve.curve(),
                 )
             )
         return out
