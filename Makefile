@@ -76,6 +76,11 @@ bench-selection: $(STAMP)  ## best single model vs Exp3 vs Exp4, and stragglers 
 bench-peers: $(STAMP)  ## Clipper vs naive FastAPI vs a bare ASGI echo, light/heavy MLP (~10 min; BENCH_ARGS=--quick: ~4) -> docs/benchmarks.md
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
+.PHONY: bench-wrk
+bench-wrk: $(STAMP)  ## the frontend's ceiling with wrk: Clipper (no-op model) vs a bare ASGI echo (~2 min) -> docs/benchmarks.md
+	@command -v wrk >/dev/null 2>&1 || { SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; $$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
+	$(BIN)/python -m bench.wrk $(BENCH_ARGS)
+
 .PHONY: bench-ops
 bench-ops: $(STAMP) system-deps  ## change propagation across two frontends, and a memory soak (~5 min)
 	$(BIN)/python -m bench.ops all $(BENCH_ARGS)
