@@ -73,7 +73,7 @@ bench-selection: $(STAMP)  ## best single model vs Exp3 vs Exp4, and stragglers 
 	$(BIN)/python -m bench.selection $(BENCH_ARGS)
 
 .PHONY: bench-peers
-bench-peers: $(STAMP)  ## Clipper vs naive FastAPI vs a bare ASGI echo, light/heavy MLP (~10 min; BENCH_ARGS=--quick: ~4) -> docs/benchmarks.md
+bench-peers: $(STAMP)  ## Clipper vs naive FastAPI, MLServer, LitServe, Ray Serve and a bare ASGI echo, light/heavy MLP (~40 min; BENCH_ARGS=--quick: ~12; --peers none: ~10) -> docs/benchmarks.md
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 .PHONY: bench-wrk
@@ -82,7 +82,7 @@ bench-wrk: $(STAMP)  ## the frontend's ceiling with wrk: Clipper (no-op model) v
 	$(BIN)/python -m bench.wrk $(BENCH_ARGS)
 
 .PHONY: bench-ops
-bench-ops: $(STAMP) system-deps  ## change propagation across two frontends, and a memory soak (~5 min)
+bench-ops: $(STAMP) system-deps  ## change propagation across two frontends, and a 40-min memory soak (~45 min; BENCH_ARGS=--minutes 15: shorter) -> docs/benchmarks.md
 	$(BIN)/python -m bench.ops all $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment and local state

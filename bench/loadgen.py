@@ -168,7 +168,13 @@ def get_head(host: str, port: int, path: str, headers: dict[str, str] | None = N
 
 @dataclass
 class Workload:
-    """What to send: a predict path and a cycle of prepared JSON bodies."""
+    """What to send: a predict path and a cycle of prepared JSON bodies.
+
+    Each server under test has its own path and body encoding (Clipper and the
+    plain servers ``{"input": [...]}``, MLServer an Open Inference Protocol V2
+    request); every body and request head is encoded once, here, so the
+    generator's hot loop only writes prepared bytes.
+    """
 
     host: str
     port: int
@@ -182,8 +188,47 @@ class Workload:
 
     @classmethod
     def predict(cls, host: str, port: int, app: str, inputs: Sequence[Any]) -> Workload:
+        """Clipper's query API: ``POST /<app>/predict`` with ``{"input": [...]}``."""
+        return cls.post_input(host, port, f"/{app}/predict", inputs)
+
+    @classmethod
+    def post_input(cls, host: str, port: int, path: str, inputs: Sequence[Any]) -> Workload:
+        """``{"input": [...]}`` bodies to any path (LitServe, Ray Serve)."""
         bodies = [json.dumps({"input": x}, separators=(",", ":")).encode() for x in inputs]
-        return cls(host, port, f"/{app}/predict", bodies)
+        return cls(host, port, path, bodies)
+
+    @classmethod
+    def v2_infer(
+        cls, host: str, port: int, model: str, inputs: Sequence[Any], datatype: str = "FP32"
+    ) -> Workload:
+        """Open Inference Protocol V2 (MLServer): ``POST /v2/models/<model>/infer``,
+        one input tensor ``[1, n]`` per request."""
+        bodies = [
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "shape": [1, len(x)], "datatype": datatype, "data": x}
+                    ]
+                },
+                separators=(",", ":"),
+            ).encode()
+            for x in inputs
+        ]
+        return cls(host, port, f"/v2/models/{model}/infer", bodies)
+
+    async def send_each(self, count: int) -> list[tuple[int, bytes]]:
+        """The first ``count`` requests at once, one connection each; (status, body) each."""
+        count = min(count, len(self.requests))
+        conns = [Connection(self.host, self.port) for _ in range(count)]
+        try:
+            return list(
+                await asyncio.gather(
+                    *(c.request(*req) for c, req in zip(conns, self.requests[:count], strict=True))
+                )
+            )
+        finally:
+            for c in conns:
+                c.close()
 
 
 @dataclass
