@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -12,6 +13,16 @@ from typing import Any
 import httpx
 
 from clipper.admin import ClipperConnection, LocalContainerManager
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child the test stops with SIGINT (Ctrl-C).
+
+    A command started in the background by a non-interactive shell inherits
+    SIGINT ignored (POSIX), and Python then never raises KeyboardInterrupt:
+    the child would not stop, and the test would hang in ``Popen.__exit__``.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.runner import assert_one_error_line, cli_env, global_args, run_cli
-from tests.helpers import Clipper, wait_for
+from tests.helpers import Clipper, default_sigint, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +238,12 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(cli, tmp_path):
     with (
         open(stderr_path, "w") as stderr,
         subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=cli_env()
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=cli_env(),
+            preexec_fn=default_sigint,
         ) as proc,
     ):
         assert proc.stdout is not None
@@ -251,7 +256,12 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(cli, tmp_path):
             wait_for(saw_new_app, what="the follow-app log line")
         finally:
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0
+            try:
+                status = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # never leave it for Popen.__exit__ to wait on forever
+                raise
+            assert status == 0
             reader.join(timeout=10)
             cli("unregister", "follow-app")
     assert "Traceback" not in stderr_path.read_text()
