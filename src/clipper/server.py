@@ -269,7 +269,9 @@ class ClipperServer:
                 "targets": {str(m): n for m, n in self.autoscaler.targets.items()},
                 "events": [dataclasses.asdict(e) for e in self.autoscaler.events[-50:]],
             },
-            "cache": dataclasses.asdict(self.cache.statistics()) if self.cache else None,
+            "cache": (
+                dataclasses.asdict(self.cache.statistics()) if self.cache is not None else None
+            ),
             "metrics": self.metrics.figures(),
         }
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,3 +71,25 @@ def test_never_over_the_bound_and_never_another_inputs_output(max_bytes, ops):
         assert cache.bytes == sum(
             ENTRY_OVERHEAD + approx_size(v) for v in (cache._entries[k][0] for k in cache._entries)
         )
+
+
+@pytest.mark.parametrize("make_output", [lambda i: i + 1000, lambda i: f"label-{i}"])
+def test_the_byte_bound_counts_what_entries_really_take(make_output):
+    """The bound is in bytes of memory: the accounting must match what the
+    entries really hold (tracemalloc), within a quarter. As in serving, each
+    key (its digest) and output is made per query and then held by the cache."""
+    import os
+    import tracemalloc
+
+    cache = PredictionCache(1 << 40)
+    count = 5000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(count):
+            cache.put(("model", "1", os.urandom(16)), make_output(i))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    real = sum(d.size_diff for d in after.compare_to(before, "filename"))
+    assert 0.75 * real <= cache.bytes <= 1.25 * real, (real / count, cache.bytes / count)
