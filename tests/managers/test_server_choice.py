@@ -55,3 +55,13 @@ def test_the_ray_address_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPPER_RAY_ADDRESS", "auto")
     assert Settings.from_env().ray_address == "auto"
     assert Settings().ray_address == ""
+
+
+def test_the_status_reports_an_empty_cache(tmp_path: Path) -> None:
+    """An empty cache is falsy (it has a length): it must still be reported."""
+    server = _build(tmp_path)
+    try:
+        cache = server.status()["cache"]
+        assert cache is not None and cache["entries"] == 0 and cache["max_bytes"] > 0
+    finally:
+        _close(server)
