@@ -15,8 +15,10 @@ import os
 import resource
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -144,8 +146,21 @@ class CpuPlan:
 class BenchServer:
     """A Clipper server for one benchmark configuration (a context manager)."""
 
-    def __init__(self, flags: list[str], cpus: CpuPlan, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        flags: list[str],
+        cpus: CpuPlan,
+        log: Callable[[str], None],
+        *,
+        module: str = "clipper.server",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``module``: what ``python -m`` runs (a wrapper of ``clipper.server``'s
+        ``main``, such as ``bench.soak_probe``); ``env``: more environment for it
+        (and, inherited, for its replicas)."""
         self.flags = flags
+        self.module = module
+        self.env = dict(env or {})
         self.cpus = cpus
         self.log = log
         self.state = Path(tempfile.mkdtemp(prefix="clipper-bench-"))
@@ -166,7 +181,10 @@ class BenchServer:
         saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
         os.environ.update(SINGLE_THREAD_ENV)
         try:
-            self.conn.start_clipper(timeout=120)
+            if self.module == "clipper.server" and not self.env:
+                self.conn.start_clipper(timeout=120)
+            else:
+                self._start_module(timeout=120)
             self.pid = int(self.status()["pid"])
             if self.cpus.server is not None:
                 pin_tree(self.pid, self.cpus.server)
@@ -180,6 +198,44 @@ class BenchServer:
                 else:
                     os.environ[k] = v
         return self
+
+    def _start_module(self, timeout: float) -> None:
+        """``start_clipper`` for another module: detached, logs in the state folder."""
+        logs = self.state / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "server.out", "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.cm.server_args()],
+                env={**os.environ, **self.cm.server_env(), **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # Reap it as soon as it exits, so ``stop_all`` sees it gone (not a zombie).
+        threading.Thread(target=proc.wait, daemon=True).start()
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                tail = (logs / "server.out").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(
+                    f"{self.module} exited with {proc.returncode}:\n" + "\n".join(tail)
+                )
+            url = f"http://{self.host}:{self.query_port}/ready"
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.module} did not answer within {timeout:.0f}s")
+            time.sleep(0.1)
+        self.conn.connect()
 
     def __exit__(
         self,

@@ -4,10 +4,16 @@
 until the query path serves the change, on the same frontend and on a second
 frontend that shares a Redis store (change notification by pub/sub).
 
-``python -m bench.ops soak [--minutes N]``: minutes of steady load on one
-model; the resident memory of the frontend and of its replicas is sampled
-every few seconds, and the growth per minute over the second half reported
-(after warm-up: cache filled, allocators settled).
+``python -m bench.ops soak [--minutes N] [--connections new,keepalive]``:
+minutes of steady load on one model, one fresh server per HTTP connection
+mode, side by side; the resident memory of each frontend and of its replicas
+is sampled every few seconds, and its growth (MiB/h) fitted over the steady
+window (the second half, after warm-up: cache full, dashboard ring buffer
+full) and judged flat, levelling off or growing (``bench/soak.py``).
+``--probe`` adds the server-side memory probe (``bench/soak_probe.py``);
+``--malloc-arena-max``/``--trim`` tell glibc fragmentation from live objects;
+the probe's other knobs (``CLIPPER_PROBE_*``, see ``bench/soak_probe.py``) pass
+through from the environment.
 
 Results go to ``bench/results/ops.json`` and a section of ``docs/benchmarks.md``.
 """
@@ -20,15 +26,15 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from . import soak as soak_mod
 from .batching import ROOT, machine_info
-from .harness import BenchServer, CpuPlan, descendants, free_port, wait_for, write_doc_section
+from .harness import BenchServer, CpuPlan, free_port, wait_for, write_doc_section
 
 RESULTS = ROOT / "bench" / "results" / "ops.json"
 
@@ -109,80 +115,6 @@ def propagation(rounds: int, log: Any) -> dict[str, Any]:
         shutil.rmtree(redis_dir, ignore_errors=True)
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def soak(minutes: float, rate: float, log: Any) -> dict[str, Any]:
-    from . import models
-
-    cpus = CpuPlan.choose()
-    samples: list[dict[str, float]] = []
-    sent = [0, 0]  # answered, errors
-    # A 2 MiB cache fills within the first minute, so the second half shows
-    # the steady state (a 32 MiB cache would still be filling: growth, by design).
-    with BenchServer(["--cache-bytes", str(2 << 20)], cpus, log) as server:
-        server.deploy("soak", models.LinearSVM(), slo_ms=50)
-        url = f"http://127.0.0.1:{server.query_port}/soak/predict"
-        stop = threading.Event()
-
-        def load() -> None:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                # Distinct inputs, so the cache fills to its bound and evicts.
-                body = {"input": [float((i * 7) % 17)] * 63 + [float(i % 100_000)]}
-                ok = _post(url, body) == 200
-                sent[0 if ok else 1] += 1
-                time.sleep(max(0.0, 1.0 / rate))
-
-        threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
-        for t in threads:
-            t.start()
-        start = time.monotonic()
-        try:
-            while time.monotonic() - start < minutes * 60:
-                assert server.pid is not None
-                replicas = [p for p in descendants(server.pid) if p != server.pid]
-                samples.append({
-                    "t_s": round(time.monotonic() - start, 1),
-                    "frontend_mb": round(_rss_mb(server.pid), 1),
-                    "replicas_mb": round(sum(_rss_mb(p) for p in replicas), 1),
-                })  # fmt: skip
-                time.sleep(5)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(10)
-    half = [s for s in samples if s["t_s"] >= minutes * 30]
-
-    def slope(key: str) -> float:
-        if len(half) < 2:
-            return 0.0
-        xs = [s["t_s"] / 60 for s in half]
-        ys = [s[key] for s in half]
-        mx, my = statistics.mean(xs), statistics.mean(ys)
-        den = sum((x - mx) ** 2 for x in xs) or 1.0
-        return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den, 3)
-
-    return {
-        "minutes": minutes,
-        "queries": sent[0],
-        "errors": sent[1],
-        "frontend_mb_per_min": slope("frontend_mb"),
-        "replicas_mb_per_min": slope("replicas_mb"),
-        "frontend_mb_end": samples[-1]["frontend_mb"] if samples else None,
-        "replicas_mb_end": samples[-1]["replicas_mb"] if samples else None,
-        "samples": samples,
-    }
-
-
 def write(result: dict[str, Any]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -206,20 +138,8 @@ def write(result: dict[str, Any]) -> None:
             r = p[key]
             lines.append(f"| {label} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |")
         lines.append("")
-    if "soak" in old:
-        s = old["soak"]
-        lines += [
-            f"Soak: {s['minutes']} min of steady load on the linear model, "
-            f"{s['queries']} queries ({s['errors']} errors), distinct inputs; a 2 MiB "
-            "prediction cache, full within the first minute, then evicting. Resident "
-            "memory growth over the second half (steady state: near 0 means flat):",
-            "",
-            "| process | MB at the end | growth (MB/min) |",
-            "|---|---:|---:|",
-            f"| frontend | {s['frontend_mb_end']} | {s['frontend_mb_per_min']} |",
-            f"| replicas | {s['replicas_mb_end']} | {s['replicas_mb_per_min']} |",
-            "",
-        ]
+    if "soak" in old and "runs" in old["soak"]:
+        lines += soak_mod.doc_lines(old["soak"])
     if "machine" in old:
         m = old["machine"]
         lines.append(f"Run {m['date_utc']} on {m['cpu_model']} ({m['cpu_count']} cores).")
@@ -230,8 +150,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ops", description=__doc__)
     parser.add_argument("what", choices=("propagation", "soak", "all"))
     parser.add_argument("--rounds", type=int, default=50, help="apps to register (propagation)")
-    parser.add_argument("--minutes", type=float, default=3.0, help="soak duration")
-    parser.add_argument("--rate", type=float, default=50.0, help="queries/s per soak thread")
+    parser.add_argument(
+        "--minutes", type=float, default=40.0, help="soak duration (the modes run side by side)"
+    )
+    parser.add_argument("--rate", type=float, default=40.0, help="queries/s per soak client")
+    parser.add_argument("--threads", type=int, default=4, help="soak clients")
+    parser.add_argument(
+        "--connections",
+        default=",".join(soak_mod.MODES),
+        help="soak connection modes, comma-separated: new (one per request), keepalive",
+    )
+    parser.add_argument(
+        "--probe", action="store_true", help="run the server under bench.soak_probe"
+    )
+    parser.add_argument(
+        "--tracemalloc", type=int, default=0, help="with --probe: tracemalloc frames (0: off)"
+    )
+    parser.add_argument(
+        "--trim", action="store_true", help="with --probe: malloc_trim(0) at every sample"
+    )
+    parser.add_argument(
+        "--probe-interval", type=float, default=10.0, help="with --probe: seconds per sample"
+    )
+    parser.add_argument(
+        "--malloc-arena-max", type=int, default=0, help="MALLOC_ARENA_MAX for the server"
+    )
+    parser.add_argument(
+        "--no-doc",
+        action="store_true",
+        help="soak: keep docs/benchmarks.md and ops.json as they are",
+    )
+    parser.add_argument(
+        "--tag", default="", help="soak: a name for this run's files (with --no-doc, --probe)"
+    )
     args = parser.parse_args()
 
     def log(message: str) -> None:
@@ -242,8 +193,26 @@ def main() -> None:
         result["propagation"] = propagation(args.rounds, log)
         log(json.dumps(result["propagation"]))
     if args.what in ("soak", "all"):
-        result["soak"] = soak(args.minutes, args.rate, log)
-        log(json.dumps({k: v for k, v in result["soak"].items() if k != "samples"}))
+        modes = [m for m in args.connections.split(",") if m]
+        if unknown := set(modes) - set(soak_mod.MODES):
+            parser.error(f"unknown connection modes {sorted(unknown)}")
+        probe = None
+        if args.probe:
+            probe = {
+                "CLIPPER_PROBE_INTERVAL": str(args.probe_interval),
+                "CLIPPER_PROBE_TRACEMALLOC": str(args.tracemalloc),
+                "CLIPPER_PROBE_TRIM": "1" if args.trim else "0",
+            }
+        env = {"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if args.malloc_arena_max else {}
+        result["soak"] = soak_mod.soak(
+            args.minutes, args.rate, args.threads, modes, log, probe=probe, env=env, tag=args.tag
+        )
+        if args.no_doc:
+            out = soak_mod.RESULTS_DIR / f"soak-{args.tag or 'last'}.json"
+            out.write_text(json.dumps(result, indent=2))
+            log(f"wrote {out} (docs and ops.json untouched)")
+            return
+        soak_mod.write_plot(result["soak"])
     write(result)
 
 
