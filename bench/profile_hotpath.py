@@ -207,52 +207,40 @@ def render(result: dict[str, Any]) -> str:
 
 
 READING = """
-The profile was taken on the shared 2-core machine (another benchmark ran meanwhile);
-py-spy pauses the process for each sample, so the CPU per query above is inflated; the
-shares are what matter. At goodput (bench/results/peers.json) the server process took
-about two thirds of the CPU of a query and the replica one third; the light model's own
-arithmetic is a few per cent.
+The profile was taken on the 2-core machine with nothing else running; py-spy pauses
+the process for each sample, so the CPU per query above is inflated; the shares are
+what matter. The light model's own arithmetic (`MLP.logits`) is about 5 %.
 
-- **HTTP server, 29 %** (uvicorn's `httptools_impl`: `on_headers_complete`,
-  `data_received`, `RequestResponseCycle.send`, one asyncio task per request via
-  `_start_asgi_task`, `ProxyHeadersMiddleware`). The echo ceiling pays this too; it is
-  the floor of any ASGI-on-uvicorn frontend. Cheap cuts (`server_header=False` is
-  already set): `proxy_headers=False` and `date_header=False` in the `uvicorn.Config`
-  of `src/clipper/server.py` (about 2 % of the server's CPU). Going further means a
-  frontend without ASGI (an `asyncio.Protocol` on httptools that parses, validates and
-  submits in `on_message_complete`, no task and no scope dict per request): up to about
-  half of this share.
-- **RPC to the replica, 25 % in the server + 4 % in the replica**, almost all in pyzmq's
-  asyncio adapter (`zmq/_future.py`: `_handle_events`, `_add_recv_event`, `_handle_recv`,
-  `_handle_send`, `_schedule_remaining_events`, one future per message) rather than in
-  msgpack or the copy. Fix: in `src/clipper/rpc/server.py` (`RPCServer._receive_loop`
-  and the send path) use a plain `zmq.Socket` with `loop.add_reader(sock.FD, ...)` and
-  drain every ready message with `recv_multipart(zmq.NOBLOCK, copy=False)` until
-  `zmq.Again`, and send with `send_multipart(..., zmq.NOBLOCK, copy=False)`; no future
-  per message. Expected: most of this share, i.e. about 15-20 % of the server's CPU at
-  small batches (less at large batches: it is per batch, not per query).
-- **Request parsing, 13 %** (`parse_predict_body`, `_to_array`: orjson builds 784
-  Python numbers, numpy converts them; about 45-65 µs per query measured alone). The
-  JSON path is near its limit (`np.fromstring(..., sep=",")` was 3x slower); the gain is
-  a binary input path (raw little-endian float32/float64 body, or the Open Inference
-  Protocol's binary tensor extension, decoded with `np.frombuffer`, about 1 µs): up to
-  this whole share for clients that can send it.
-- **Batching, 6 %, and query processor, 4 %**: per query a future, a `Task`, a `sink`
-  closure (`Dispatcher.submit`), and in `QueryProcessor._predict` an
-  `asyncio.wait(pending, timeout=remaining)`, which makes a waiter future and a timer per
-  query. The dispatcher already resolves queued tasks by their deadline (its per-model
-  sweep timer); extending that sweep to tasks in flight would let `_predict` simply
-  `await` the future, no timer per query: about 2-4 % of the server's CPU.
-- **Correctness before speed:** `Dispatcher._pump` (`src/clipper/batching/dispatcher.py`,
-  the `pop_batch(max_size, now, now + state.latency_ewma)` call) must not trust an EWMA
-  that only moves when a batch completes: cap the look-ahead (e.g. at the controller's
-  latency target) and decay `latency_ewma` whenever a pump finds only tasks it would drop,
-  or always send the most urgent live task to an idle replica. Today one overload stops a
-  model for good (every query answered with the default), which is why
-  `bench/peers.py` restarts Clipper after each failed probe.
-- **Heavy models:** the batch-size controller should know the batch cost curve: with
-  the heavy MLP on this machine a batch of 2 costs 10x a batch of 1 (see
-  [benchmarks](benchmarks.md)), so AIMD's small batches lose to no batching at all.
+What changed since the previous profile (600 queries/s, before these fixes): the RPC
+layer's share in the server fell from 25 % to 12 % (the endpoint now drains its ZeroMQ
+socket from the event loop's reader callback: `Socket.recv_multipart` and msgpack's
+`unpack` are what is left, per batch), the replica's hand-off to a worker thread is
+gone for fast models (`Condition.notify` no longer shows), and `asyncio.wait` (2 %
+before, plus its timer) became `wait_all` (1.9 %, at a higher rate).
+
+- **HTTP server, 25 %** (uvicorn's `httptools_impl`: `RequestResponseCycle.send`,
+  `on_headers_complete`, `data_received`, one asyncio task per request via
+  `_start_asgi_task`). The echo ceiling pays this too: it is the floor of any
+  ASGI-on-uvicorn frontend. Going further means a frontend without ASGI (an
+  `asyncio.Protocol` on httptools that parses, validates and submits in
+  `on_message_complete`, no task and no scope dict per request): up to about half of
+  this share, at the price of owning keep-alive, pipelining, flow control and TLS.
+- **Request parsing, 16 %** (`_to_array`, `parse_predict_body`, `_occurs_exactly`:
+  orjson builds 784 Python numbers and numpy converts them; `np.fromiter` made the
+  conversion about a third cheaper). The JSON path is near its limit
+  (`np.fromstring(..., sep=",")` was 3x slower); the gain left is a binary input path
+  (a raw little-endian array body, or the Open Inference Protocol's binary tensor
+  extension, already served under `/v2`, decoded with `np.frombuffer`).
+- **RPC, 12 % in the server and 12 % in the replica**: per batch, not per query, so
+  it shrinks as batches grow; at this rate most batches hold one or two queries.
+  ZeroMQ's I/O threads (not visible to py-spy) add two thread wake-ups each way.
+- **Replica runtime, 11 %** (`serve_forever`, `decode_inputs`, the poll loop): per
+  batch as well.
+- **Query processor 8 % and batching 8 %**: per query a future, a `Task`, a `sink`
+  closure (`Dispatcher.submit`), a waiter and one timer (`wait_all`). The dispatcher
+  already resolves queued tasks by their deadline (its per-model sweep timer);
+  extending that sweep to tasks in flight would let `_predict` await the future with
+  no timer of its own: about 2 % of the server's CPU.
 """
 
 
