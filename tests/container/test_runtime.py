@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from clipper.container import runtime as runtime_module
 from clipper.container.runtime import ContainerRuntime, as_predict_fn, run_predict
 from clipper.rpc import protocol as p
 from clipper.rpc.server import RPCServer
@@ -125,7 +126,9 @@ def _serve_batches(model, batches):
     return asyncio.run(main()), runtime
 
 
-def test_a_fast_model_runs_on_the_main_thread_after_its_first_batch():
+def test_a_fast_model_runs_on_the_main_thread_after_its_first_batch(monkeypatch):
+    # A generous bound: a loaded machine may stall even a trivial first batch.
+    monkeypatch.setattr(runtime_module, "INLINE_BELOW_S", 10.0)
     threads = []
 
     def model(xs):
@@ -140,12 +143,13 @@ def test_a_fast_model_runs_on_the_main_thread_after_its_first_batch():
     assert runtime.inline_batches == 2 and runtime.batches_served == 3
 
 
-def test_a_slow_model_stays_on_the_worker_thread():
+def test_a_slow_model_stays_on_the_worker_thread(monkeypatch):
+    monkeypatch.setattr(runtime_module, "INLINE_BELOW_S", 0.01)
     threads = []
 
     def model(xs):
         threads.append(threading.current_thread().name)
-        time.sleep(0.05)  # slower than INLINE_BELOW_S: heartbeats must keep flowing
+        time.sleep(0.05)  # always slower than INLINE_BELOW_S: stays on the worker
         return [0 for _ in xs]
 
     outputs, runtime = _serve_batches(model, [[[1.0]], [[2.0]], [[3.0]]])
