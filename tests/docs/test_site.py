@@ -96,6 +96,14 @@ def test_every_admin_client_method_is_in_the_reference():
     assert not missing, f"reference/python-client.md does not document the fields {missing}"
 
 
+def test_every_management_route_is_in_the_reference():
+    from clipper.management.api import FIELDS
+
+    page = read("management-api.md")
+    missing = [r for r in FIELDS if not re.search(rf"\| `{r}` \|", page)]
+    assert not missing, f"management-api.md has no table row for the routes {missing}"
+
+
 def test_every_cli_command_and_option_is_in_the_reference():
     page = read("reference/cli.md")
     group = typer.main.get_command(cli_app)  # typer's own (vendored) click objects

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from clipper.deployers.python import deploy_python_closure
+from clipper.management.api import FIELDS
 from tests.helpers import Clipper
 from tests.reliability import models
 
@@ -457,52 +458,9 @@ def test_json_input_nested_deeper_than_255_is_answered_or_refused(clipper, http,
 
 # -- the management frontend -------------------------------------------------------------
 
-# Every route of docs/management-api.md (and the extra ones the server has),
-# with its fields.
-ADMIN_ROUTES: dict[str, tuple[str, ...]] = {
-    "add_app": (
-        "name",
-        "input_type",
-        "default_output",
-        "latency_slo_micros",
-        "input_shape",
-        "selection_policy",
-        "policy_params",
-        "options",
-    ),
-    "delete_app": ("name",),
-    "get_all_applications": ("verbose",),
-    "get_application": ("name",),
-    "set_selection_policy": ("name", "selection_policy", "policy_params"),
-    "set_app_options": ("name", "options"),
-    "get_policy_state": ("name", "uid"),
-    "add_model": (
-        "model_name",
-        "model_version",
-        "input_type",
-        "labels",
-        "container_name",
-        "model_data_path",
-        "batch_size",
-        "model_data",
-        "num_replicas",
-        "pkgs_to_install",
-        "options",
-    ),
-    "delete_versioned_model": ("model_name", "model_version"),
-    "set_model_version": ("model_name", "model_version"),
-    "set_model_options": ("model_name", "model_version", "options"),
-    "set_num_replicas": ("model_name", "model_version", "num_replicas"),
-    "get_num_replicas": ("model_name", "model_version"),
-    "get_all_models": ("verbose",),
-    "get_model": ("model_name", "model_version"),
-    "add_model_links": ("app_name", "model_names"),
-    "delete_model_links": ("app_name", "model_names"),
-    "get_linked_models": ("app_name",),
-    "get_all_containers": ("verbose",),
-    "get_container": ("model_name", "model_version", "replica_id"),
-    "get_logs": ("lines", "replica"),
-}
+# Every POST route the server has, with its fields (docs/management-api.md lists
+# them; tests/docs checks that the page and the server agree).
+ADMIN_ROUTES = FIELDS
 
 NAMES = st.one_of(
     st.sampled_from(
