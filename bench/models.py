@@ -35,11 +35,14 @@ DIGITS_FEATURES = 64
 class MLP:
     """A fixed-seed 784→512→512→10 ReLU network; outputs the argmax class."""
 
+    shape: tuple[int, ...] = MLP_SHAPE
+
     def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         rng = np.random.default_rng(seed)
         self.weights: list[np.ndarray] = []
         self.biases: list[np.ndarray] = []
-        for fan_in, fan_out in itertools.pairwise(MLP_SHAPE):
+        for fan_in, fan_out in itertools.pairwise(self.shape):
             scale = np.sqrt(2.0 / fan_in)
             self.weights.append((rng.standard_normal((fan_in, fan_out)) * scale).astype(np.float32))
             self.biases.append(np.zeros(fan_out, dtype=np.float32))

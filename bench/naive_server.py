@@ -18,7 +18,6 @@ import without Clipper, since it runs in that other environment.
 # No ``from __future__ import annotations``: FastAPI reads the handler's
 # annotations at run time, and ``Query`` is local to ``build_app``.
 import argparse
-import itertools
 from typing import Any
 
 import numpy as np
@@ -36,21 +35,13 @@ class HeavyMLP(models.MLP):
     API takes in one request): the container rebuilds the same weights.
     """
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        rng = np.random.default_rng(seed)
-        self.weights: list[np.ndarray] = []
-        self.biases: list[np.ndarray] = []
-        for fan_in, fan_out in itertools.pairwise(HEAVY_SHAPE):
-            scale = np.sqrt(2.0 / fan_in)
-            self.weights.append((rng.standard_normal((fan_in, fan_out)) * scale).astype(np.float32))
-            self.biases.append(np.zeros(fan_out, dtype=np.float32))
+    shape = HEAVY_SHAPE
 
     def __getstate__(self) -> dict[str, int]:
         return {"seed": self.seed}
 
     def __setstate__(self, state: dict[str, int]) -> None:
-        self.__init__(state["seed"])  # type: ignore[misc]
+        models.MLP.__init__(self, state["seed"])
         # Warm up where it is loaded (page in 22 MB of weights, start BLAS): a
         # cold first batch is many times slower, and Clipper's dispatcher takes
         # the first batch's latency as its estimate (see bench/peers.py).
