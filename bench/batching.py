@@ -49,6 +49,10 @@ from typing import Any
 
 from . import loadgen, models
 from .harness import (
+    BENCHMARKS_DOC,
+    IMG,
+    RESULTS,
+    ROOT,
     BenchServer,
     CpuPlan,
     own_cpu_seconds,
@@ -58,10 +62,7 @@ from .harness import (
 )
 from .loadgen import LoadResult, Pool, Workload
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "benchmarks.md"
-IMG = ROOT / "docs" / "img"
+DOC = BENCHMARKS_DOC
 COMMON_FLAGS = ("--cache-bytes", "0", "--log-level", "WARNING")
 INPUT_POOL = 2000  # distinct inputs cycled per workload (the cache is off anyway)
 

@@ -40,6 +40,11 @@ SINGLE_THREAD_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Where the benchmarks read and write (every bench module imports these).
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+IMG = DOCS / "img"
 
 
 def free_port() -> int:
@@ -351,7 +356,7 @@ def own_cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-BENCHMARKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BENCHMARKS_DOC = DOCS / "benchmarks.md"
 
 
 def write_doc_section(name: str, body: str, doc: Path = BENCHMARKS_DOC) -> None:

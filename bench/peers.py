@@ -86,6 +86,10 @@ import numpy as np
 from . import batching, loadgen, mlserver_runtime, models, naive_server
 from .batching import Bench, Measurement, Options, Probe
 from .harness import (
+    BENCHMARKS_DOC,
+    IMG,
+    RESULTS,
+    ROOT,
     SINGLE_THREAD_ENV,
     BenchServer,
     CpuPlan,
@@ -98,10 +102,7 @@ from .harness import (
 from .loadgen import LoadResult, Pool, Workload
 from .naive_server import MODEL_KEYS, make_model
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "benchmarks.md"
-IMG = ROOT / "docs" / "img"
+DOC = BENCHMARKS_DOC
 VENVS = ROOT / "bench" / ".venvs"
 NAIVE_VENV = VENVS / "naive"
 # Shared packages at the project's versions, so only the framework differs.

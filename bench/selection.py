@@ -60,6 +60,10 @@ from clipper.deployers.sklearn import deploy_sklearn_model
 
 from .batching import machine_info
 from .harness import (
+    BENCHMARKS_DOC,
+    IMG,
+    RESULTS,
+    ROOT,
     BenchServer,
     CpuPlan,
     own_cpu_seconds,
@@ -70,10 +74,7 @@ from .harness import (
 )
 from .loadgen import Connection, HTTPError, post_head
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "benchmarks.md"
-IMG = ROOT / "docs" / "img"
+DOC = BENCHMARKS_DOC
 FLAGS = ["--log-level", "WARNING"]
 DEFAULT_OUTPUT = "-1"
 FEEDBACK_UID = "bench"

@@ -39,6 +39,8 @@ import cloudpickle
 
 from . import batching, models, naive_server
 from .harness import (
+    RESULTS,
+    ROOT,
     BenchServer,
     CpuPlan,
     cpu_seconds,
@@ -48,8 +50,6 @@ from .harness import (
 )
 from .naive_server import make_model
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 TARGET = 0.8  # Clipper / echo, issue 11
 
 LUA = """
