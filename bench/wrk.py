@@ -12,7 +12,7 @@ median reported. A Lua hook counts Clipper's default outputs (a default is
 not a served query) and wrk's own CPU time is reported beside its rate.
 
 Writes bench/results/wrk.json and the ``wrk`` section of docs/benchmarks.md
-(``--no-docs``: print only).
+(``--no-docs``: print only, write nothing).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,15 +39,13 @@ import cloudpickle
 from . import batching, models, naive_server
 from .harness import (
     RESULTS,
-    ROOT,
     BenchServer,
     CpuPlan,
     cpu_seconds,
-    free_port,
-    wait_for,
     write_doc_section,
 )
 from .naive_server import make_model
+from .peers import ProcessServer
 
 TARGET = 0.8  # Clipper / echo, issue 11
 
@@ -84,14 +81,6 @@ class WrkResult:
     server_cpu_us_per_request: float
 
 
-def _up(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-    except OSError:
-        return False
-    return True
-
-
 def run_wrk(
     url: str, script: Path, seconds: float, connections: int, cpus: CpuPlan
 ) -> tuple[dict[str, float], float]:
@@ -121,26 +110,6 @@ def run_wrk(
         "p99_ms": int(mine.group(4)) / 1e3,
         "seconds": seconds,
     }, cpu / wall
-
-
-@contextlib.contextmanager
-def echo_server(cpus: CpuPlan) -> Iterator[tuple[int, int]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.echo_server", "--port", str(port)], cwd=ROOT
-    )
-    try:
-        if cpus.server is not None:
-            os.sched_setaffinity(proc.pid, cpus.server)
-        wait_for(lambda: _up(port), 60, "the echo server")
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -236,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         script = Path(tmp) / "post.lua"
         script.write_text(LUA % body)
         repeats: list[dict[str, Any]] = []
-        with clipper_server(cpus, log) as (cport, server), echo_server(cpus) as (eport, epid):
+        echo = ProcessServer([sys.executable, "-m", "bench.echo_server"], cpus)
+        with clipper_server(cpus, log) as (cport, server), echo:
             for i in range(opts.repeats):
                 results = []
                 for name in ("clipper", "echo") if i % 2 == 0 else ("echo", "clipper"):
@@ -248,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                         url = f"http://127.0.0.1:{cport}/noop/predict"
                         r = measure(name, url, script, clipper_cpu, opts, cpus)
                     else:
-                        url = f"http://127.0.0.1:{eport}/predict"
-                        r = measure(name, url, script, lambda: cpu_seconds(epid), opts, cpus)
+                        url = f"http://127.0.0.1:{echo.query_port}/predict"
+
+                        def echo_cpu() -> float:
+                            return sum(echo.cpu().values())
+
+                        r = measure(name, url, script, echo_cpu, opts, cpus)
                     log(
                         f"repeat {i + 1} {name}: {r.requests_per_s:.0f}/s "
                         f"(served {r.served_per_s:.0f}/s), p99 {r.p99_ms:.1f} ms, "
@@ -277,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "ratio_median": statistics.median(ratios),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "wrk.json").write_text(json.dumps(result, indent=1))
     text = render(result)
     print(text)
-    if not opts.no_docs:
+    if not opts.no_docs:  # a trial run leaves the recorded results alone
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "wrk.json").write_text(json.dumps(result, indent=1))
         write_doc_section("wrk", text)
     return 0
 
