@@ -12,6 +12,7 @@ every implementation passes them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from ..types import ModelId, ModelSpec
@@ -21,6 +22,20 @@ MANAGERS = ("local", "ray")
 
 REPLICA_FIELDS = ("model_name", "model_version", "replica", "pid", "restarts")
 """Keys every dict of :meth:`ContainerManager.replicas` carries (a backend may add more)."""
+
+
+Desired = dict[ModelId, tuple[ModelSpec, int]]
+Scale = Callable[[ModelId, ModelSpec | None, int], Awaitable[None]]
+
+
+async def reconcile_counts(running: Iterable[ModelId], desired: Desired, scale: Scale) -> None:
+    """The reconcile loop both backends share: versions no longer wanted go to
+    zero replicas (``spec`` None), then each wanted one to its count."""
+    for model in list(running):
+        if model not in desired:
+            await scale(model, None, 0)
+    for model, (spec, count) in desired.items():
+        await scale(model, spec, count)
 
 
 def replica_label(model: ModelId | ModelSpec, index: int) -> str:

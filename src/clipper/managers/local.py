@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..types import ModelId, ModelSpec
+from .base import reconcile_counts
 
 log = logging.getLogger("clipper.manager")
 
@@ -185,11 +186,7 @@ class LocalProcessManager:
 
     async def reconcile(self, desired: dict[ModelId, tuple[ModelSpec, int]]) -> None:
         """Start or stop processes so each model version has its desired count."""
-        for model in list(self._replicas):
-            if model not in desired:
-                await self._scale(model, None, 0)
-        for model, (spec, count) in desired.items():
-            await self._scale(model, spec, count)
+        await reconcile_counts(self._replicas, desired, self._scale)
 
     async def _scale(self, model: ModelId, spec: ModelSpec | None, count: int) -> None:
         running = self._replicas.setdefault(model, [])

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..container.runtime import ContainerRuntime
 from ..types import ModelId, ModelSpec
-from .base import replica_label
+from .base import reconcile_counts, replica_label
 
 log = logging.getLogger("clipper.manager")
 
@@ -455,11 +455,7 @@ class RayContainerManager:
         """Create or end actors so each model version has its desired count."""
         async with self._lock:
             self.connect()
-            for model in list(self._replicas):
-                if model not in desired:
-                    await self._scale(model, None, 0)
-            for model, (spec, count) in desired.items():
-                await self._scale(model, spec, count)
+            await reconcile_counts(self._replicas, desired, self._scale)
 
     async def _scale(self, model: ModelId, spec: ModelSpec | None, count: int) -> None:
         running = self._replicas.setdefault(model, [])
