@@ -38,7 +38,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from .batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST
-from .frontend.http import Receive, Scope, Send, send_bytes
+from .frontend.h1 import Request, Response
 from .selection import processor as _processor
 from .selection.policies import get_policy
 from .selection.processor import LOW_CONFIDENCE, NO_MODELS, SLO_MISSED, Prediction
@@ -281,16 +281,18 @@ class Metrics:
 
     # -- GET /metrics ------------------------------------------------------------------
 
-    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def respond(self, request: Request) -> Response:
         """Serve the registry in Prometheus' text format (or OpenMetrics, if asked)."""
-        if scope.get("method") not in ("GET", "HEAD"):
-            await send_bytes(send, 405, b'{"error":"method not allowed","cause":"use GET"}')
-            return
-        accept = next((v for k, v in scope["headers"] if k == b"accept"), b"").decode("latin-1")
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b'{"error":"method not allowed","cause":"use GET"}')
+        accept = (request.header(b"accept") or b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
-        body = encoder(self.registry)
-        headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
-        await send_bytes(send, 200, body if scope["method"] == "GET" else b"", headers)
+        return Response(
+            200,
+            encoder(self.registry),
+            content_type.encode(),
+            ((b"cache-control", b"no-store"),),
+        )
 
     def collect(self) -> Iterator[Metric]:
         """The prometheus_client Collector interface: every ``clipper_`` family."""

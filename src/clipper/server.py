@@ -17,6 +17,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import ssl
 import sys
 import time
 import urllib.parse
@@ -37,7 +38,9 @@ from .batching.dispatcher import Dispatcher, ModelConfig
 from .cache import PredictionCache
 from .dashboard import Dashboard
 from .exceptions import StoreError, ValidationError
+from .frontend.h1 import HTTPServer
 from .frontend.oip import OIPFrontend
+from .frontend.oip import error as oip_error
 from .frontend.query import QueryFrontend
 from .management.api import ManagementFrontend
 from .management.autoscale import Autoscaler, Signals
@@ -61,7 +64,7 @@ MAX_BATCH_SIZE = 1024
 
 
 class _UvicornServer(uvicorn.Server):
-    # Two uvicorn servers share this process; the server process owns signals.
+    # The management frontend shares this process; the server process owns signals.
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
@@ -161,11 +164,16 @@ class ClipperServer:
         self.query_app = QueryFrontend(
             self.catalog,
             self.processor,
-            max_body_bytes=settings.max_body_bytes,
             is_ready=lambda: self.ready,
-            v2=self.oip,
-            metrics=self.metrics.asgi,
+            v2=self.oip.handle,
+            v2_error=oip_error,
+            metrics=self.metrics.respond,
             max_batch_inputs=settings.max_batch_inputs,
+        )
+        self.query_http = HTTPServer(
+            self.query_app.handle,
+            max_body_bytes=settings.max_body_bytes,
+            error_page=self.query_app.error_page,
         )
         self.management_app = ManagementFrontend(
             self.service,
@@ -176,8 +184,8 @@ class ClipperServer:
         )
         self.ready = False
         self.started_at = time.time()
-        self._servers: list[_UvicornServer] = []
-        self._server_tasks: list[asyncio.Task[None]] = []
+        self._management: _UvicornServer | None = None
+        self._management_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -294,37 +302,43 @@ class ClipperServer:
 
         self.store.watch(notify)
         await self.rpc.start()
-        for app, port in (
-            (self.query_app, self.settings.query_port),
-            (self.management_app, self.settings.management_port),
-        ):
-            config = uvicorn.Config(
-                app,
-                host=self.settings.host,
-                port=port,
-                http="httptools",
-                lifespan="off",
-                access_log=False,
-                log_level="warning",
-                server_header=False,
-                date_header=False,
-                proxy_headers=False,
-                timeout_graceful_shutdown=5,
-                ssl_certfile=self.settings.tls_certfile or None,
-                ssl_keyfile=self.settings.tls_keyfile or None,
-            )
-            server = _UvicornServer(config)
-            self._servers.append(server)
-            self._server_tasks.append(asyncio.create_task(server.serve()))
+        tls = None
+        if self.settings.tls_certfile:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.settings.tls_certfile, self.settings.tls_keyfile)
+        try:
+            await self.query_http.start(self.settings.host, self.settings.query_port, tls)
+        except OSError as exc:
+            raise SystemExit(
+                f"could not bind the query port {self.settings.query_port} on "
+                f"{self.settings.host}: {exc}"
+            ) from None
+        config = uvicorn.Config(
+            self.management_app,
+            host=self.settings.host,
+            port=self.settings.management_port,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            date_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=self.settings.tls_certfile or None,
+            ssl_keyfile=self.settings.tls_keyfile or None,
+        )
+        self._management = _UvicornServer(config)
+        self._management_task = asyncio.create_task(self._management.serve())
         deadline = time.monotonic() + 30
-        while not all(s.started for s in self._servers):
-            if any(t.done() for t in self._server_tasks):
+        while not self._management.started:
+            if self._management_task.done():
                 raise SystemExit(
-                    f"could not bind the query port {self.settings.query_port} or the "
-                    f"management port {self.settings.management_port} on {self.settings.host}"
+                    f"could not bind the management port {self.settings.management_port} "
+                    f"on {self.settings.host}"
                 )
             if time.monotonic() > deadline:
-                raise SystemExit("the HTTP frontends did not start within 30 s")
+                raise SystemExit("the management frontend did not start within 30 s")
             await asyncio.sleep(0.01)
         self.autoscaler.refresh()
         await self.service.sync_replicas()
@@ -366,9 +380,10 @@ class ClipperServer:
         deadline = time.monotonic() + self.settings.drain_timeout
         while self.dispatcher.busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for server in self._servers:
-            server.should_exit = True
-        await asyncio.gather(*self._server_tasks, return_exceptions=True)
+        await self.query_http.shutdown(timeout_s=5)
+        if self._management is not None and self._management_task is not None:
+            self._management.should_exit = True
+            await asyncio.gather(self._management_task, return_exceptions=True)
         await self.autoscaler.stop()
         await self.manager.stop_all()
         await self.metrics.stop()

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST
+from clipper.frontend.h1 import Request
 from clipper.metrics import (
     BATCH_SIZE_BUCKETS,
     LATENCY_BUCKETS_S,
@@ -326,24 +327,16 @@ def test_ticks_feed_listeners_and_the_batch_histograms(server: FakeServer) -> No
     assert metrics.batch_sizes["m:1"].count == 1
 
 
-def test_get_metrics_over_asgi(metrics: Metrics) -> None:
+def test_get_metrics_answers_the_registry(metrics: Metrics) -> None:
     metrics.observe_predictions("a", 0.001, [ok()])
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": []}
-    asyncio.run(metrics.asgi(scope, receive, send))
-    headers = dict(sent[0]["headers"])
-    assert sent[0]["status"] == 200 and headers[b"content-type"].startswith(b"text/plain")
-    assert b'clipper_app_requests_total{app="a"} 1.0' in sent[1]["body"]
-    sent.clear()
-    asyncio.run(metrics.asgi({**scope, "method": "POST"}, receive, send))
-    assert sent[0]["status"] == 405
+    response = metrics.respond(Request("GET", "/metrics", b"", []))
+    assert response.status == 200 and response.content_type.startswith(b"text/plain")
+    assert (b"cache-control", b"no-store") in response.headers
+    assert b'clipper_app_requests_total{app="a"} 1.0' in response.body
+    accept = [(b"accept", b"application/openmetrics-text; version=1.0.0")]
+    response = metrics.respond(Request("GET", "/metrics", b"", accept))
+    assert response.content_type.startswith(b"application/openmetrics-text")
+    assert metrics.respond(Request("POST", "/metrics", b"", [])).status == 405
 
 
 def test_observing_a_request_costs_a_few_microseconds(metrics: Metrics) -> None:

@@ -107,10 +107,10 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def api_key_matches(scope: Scope, digests: list[str]) -> bool:
+def api_key_matches(headers: list[tuple[bytes, bytes]], digests: list[str]) -> bool:
     """Whether the request's ``X-Api-Key`` hashes to one of the app's key digests."""
     offered = b""
-    for name, value in scope["headers"]:
+    for name, value in headers:
         if name == b"x-api-key":
             offered = value
     digest = hashlib.sha256(offered).hexdigest().encode()

@@ -23,12 +23,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from .. import __version__
 from ..exceptions import PayloadTooLarge, ValidationError
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import InputType, ModelId
-from .http import Receive, Scope, Send, api_key_matches, read_body, send_bytes, send_json
+from .h1 import Request, Response
+from .http import api_key_matches
 from .oip_request import (
     DEFAULT_OUTPUT_NAME,
     app_queries,
@@ -46,7 +49,6 @@ _INPUT_DATATYPES = {
     InputType.FLOATS: "FP32",
     InputType.DOUBLES: "FP64",
 }
-_JSON = [(b"content-type", b"application/json")]
 
 
 class OIPError(Exception):
@@ -58,7 +60,7 @@ class OIPError(Exception):
 
 
 class OIPFrontend:
-    """ASGI app for ``/v2/...`` on the query port."""
+    """The handler of ``/v2/...`` on the query port."""
 
     def __init__(
         self,
@@ -73,55 +75,48 @@ class OIPFrontend:
         self.max_body_bytes = max_body_bytes
         self.is_ready = is_ready
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, request: Request) -> Response:
         try:
-            await self._route(scope, receive, send)
+            return await self._route(request)
         except OIPError as exc:
-            await send_json(send, exc.status, {"error": str(exc)})
+            return error(exc.status, str(exc))
         except PayloadTooLarge as exc:
-            await send_json(send, 413, {"error": str(exc)})
+            return error(413, str(exc))
         except ValidationError as exc:  # InputError included
-            await send_json(send, 400, {"error": str(exc)})
+            return error(400, str(exc))
         except Overloaded as exc:
-            await send_json(send, 503, {"error": f"overloaded: {exc}"})
+            return error(503, f"overloaded: {exc}")
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method: str = scope["method"]
-        parts = scope["path"][3:].strip("/").split("/")  # after "/v2"
+    async def _route(self, request: Request) -> Response:
+        method = request.method
+        parts = request.path[3:].strip("/").split("/")  # after "/v2"
         if parts == [""]:
             self._method(method, "GET")
-            await send_json(
-                send, 200, {"name": "clipper", "version": __version__, "extensions": EXTENSIONS}
-            )
-            return
+            return _json(200, {"name": "clipper", "version": __version__, "extensions": EXTENSIONS})
         if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
             self._method(method, "GET")
             ok = parts[1] == "live" or self.is_ready()
-            await send_json(send, 200 if ok else 503, {parts[1]: ok})
-            return
+            return _json(200 if ok else 503, {parts[1]: ok})
         if parts[0] == "models" and len(parts) >= 2:
             name, rest = parts[1], parts[2:]
             app = self.catalog.app(name)
             keys = app.spec.options.get("api_key_sha256") if app is not None else None
-            if keys and not api_key_matches(scope, keys):
+            if keys and not api_key_matches(request.headers, keys):
                 raise OIPError(401, f"model '{name}' needs its API key in 'X-Api-Key'")
             version = None
             if len(rest) >= 2 and rest[0] == "versions":
                 version, rest = rest[1], rest[2:]
             if not rest:
                 self._method(method, "GET")
-                await send_json(send, 200, self._metadata(name, version))
-                return
+                return _json(200, self._metadata(name, version))
             if rest == ["ready"]:
                 self._method(method, "GET")
                 ready = self._ready(name, version)
-                await send_json(send, 200 if ready else 503, {"name": name, "ready": ready})
-                return
+                return _json(200 if ready else 503, {"name": name, "ready": ready})
             if rest == ["infer"]:
                 self._method(method, "POST")
-                await self._infer(name, version, scope, receive, send)
-                return
-        raise OIPError(404, f"no route {method} {scope['path']}")
+                return await self._infer(name, version, request)
+        raise OIPError(404, f"no route {method} {request.path}")
 
     @staticmethod
     def _method(method: str, allowed: str) -> None:
@@ -204,13 +199,11 @@ class OIPFrontend:
 
     # -- inference ---------------------------------------------------------------------
 
-    async def _infer(
-        self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def _infer(self, name: str, version: str | None, http: Request) -> Response:
         route = self._resolve(name, version)
-        body = await read_body(scope, receive, self.max_body_bytes)
+        body = http.body
         header_length = encoding = None
-        for key, value in scope["headers"]:
+        for key, value in http.headers:
             if key == b"inference-header-content-length":
                 header_length = value.decode("latin-1")
             elif key == b"content-encoding":
@@ -232,13 +225,22 @@ class OIPFrontend:
             [p.confidence for p in predictions],
         )
         if json_length is None:
-            await send_bytes(send, 200, payload, _JSON)
-            return
-        headers = [
-            (b"content-type", b"application/octet-stream"),
-            (b"inference-header-content-length", json_length.encode()),
-        ]
-        await send_bytes(send, 200, payload, headers)
+            return Response(200, payload)
+        return Response(
+            200,
+            payload,
+            b"application/octet-stream",
+            ((b"inference-header-content-length", json_length.encode()),),
+        )
+
+
+def error(status: int, message: str) -> Response:
+    """The protocol's error shape: ``{"error": message}``."""
+    return Response(status, orjson.dumps({"error": message}))
+
+
+def _json(status: int, obj: Any) -> Response:
+    return Response(status, orjson.dumps(obj))
 
 
 def _output_hint(default_output: str) -> str:

@@ -1,8 +1,10 @@
-"""The query frontend: a thin ASGI app for ``/{app}/predict``, ``/health``, ``/ready``.
+"""The query frontend: ``/{app}/predict``, ``/{app}/update``, ``/health``, ``/ready``.
 
-No framework sits on this path (DESIGN.md: measured 40 % faster than a
-router). It parses, validates, calls the query processor and encodes;
-exceptions become JSON errors here and nowhere else.
+No framework and no ASGI on this path: :mod:`.h1` hands :meth:`QueryFrontend.handle`
+a whole request (body read, size checked) and writes the :class:`~.h1.Response`
+it returns. It parses, validates, calls the query processor and encodes;
+exceptions become JSON errors here and nowhere else. ``/v2`` (the Open Inference
+Protocol) and ``/metrics`` are handlers of the same kind.
 """
 
 from __future__ import annotations
@@ -12,149 +14,135 @@ from collections.abc import Callable
 
 import orjson
 
-from ..exceptions import InputError, PayloadTooLarge, StoreError, ValidationError
+from ..exceptions import InputError, StoreError, ValidationError
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import json_default
-from .http import (
-    ASGIApp,
-    Receive,
-    Scope,
-    Send,
-    api_key_matches,
-    read_body,
-    send_bytes,
-    send_error,
-    send_json,
-    serve,
-)
+from .h1 import Handler, Request, Response, json_error
+from .http import api_key_matches
 from .inputs import parse_predict_body, parse_update_body
 
 log = logging.getLogger("clipper.frontend")
 
+_OK = orjson.dumps({"status": "ok"})
+
+
+def json_response(status: int, obj: object) -> Response:
+    return Response(status, orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
+
 
 class QueryFrontend:
-    """ASGI application of the query port."""
+    """The query port's handler."""
 
     def __init__(
         self,
         catalog: Catalog,
         processor: QueryProcessor,
         *,
-        max_body_bytes: int,
         is_ready: Callable[[], bool] = lambda: True,
-        v2: ASGIApp | None = None,
-        metrics: ASGIApp | None = None,
+        v2: Handler | None = None,
+        v2_error: Callable[[int, str], Response] | None = None,
+        metrics: Callable[[Request], Response] | None = None,
         max_batch_inputs: int = 10_000,
     ) -> None:
         self.max_batch_inputs = max_batch_inputs
         self.v2 = v2  # the Open Inference Protocol, under /v2
+        self.v2_error = v2_error  # its error shape, for errors the HTTP layer answers
         self.metrics = metrics  # GET /metrics
         self.catalog = catalog
         self.processor = processor
-        self.max_body_bytes = max_body_bytes
         self.is_ready = is_ready
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve(self._route, scope, receive, send, log)
+    def error_page(self, path: str, status: int, error: str, cause: str) -> Response:
+        """Errors the HTTP layer answers (400, 413, 431, 500), in the route's shape."""
+        if self.v2_error is not None and _is_v2(path):
+            return self.v2_error(status, f"{error}: {cause}")
+        return json_error(path, status, error, cause)
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        method: str = scope["method"]
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if self.v2 is not None and _is_v2(path):
+            return await self.v2(request)
+        if path.endswith("/predict") or path.endswith("/update"):
+            parts = path.strip("/").split("/")
+            if len(parts) == 2:
+                if request.method != "POST":
+                    return _error(405, "method not allowed", f"use POST for {path}")
+                if parts[1] == "predict":
+                    return await self._predict(parts[0], request)
+                return await self._update(parts[0], request)
         if path == "/health":
-            await send_json(send, 200, {"status": "ok"})
-            return
+            return Response(200, _OK)
         if path == "/ready":
             ready = self.is_ready()
-            await send_json(send, 200 if ready else 503, {"ready": ready})
-            return
-        if self.v2 is not None and (path == "/v2" or path.startswith("/v2/")):
-            await self.v2(scope, receive, send)
-            return
+            return json_response(200 if ready else 503, {"ready": ready})
         if path == "/metrics" and self.metrics is not None:
-            await self.metrics(scope, receive, send)
-            return
-        parts = path.strip("/").split("/")
-        if len(parts) == 2 and parts[1] in ("predict", "update"):
-            if method != "POST":
-                await send_error(send, 405, "method not allowed", f"use POST for {path}")
-                return
-            if parts[1] == "predict":
-                await self._predict(parts[0], scope, receive, send)
-            else:
-                await self._update(parts[0], scope, receive, send)
-            return
-        await send_error(send, 404, "not found", f"no route {method} {path}")
+            return self.metrics(request)
+        return _error(404, "not found", f"no route {request.method} {path}")
 
-    async def _body(
-        self, app: str, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[AppRoute, bytes] | None:
-        """The app's route and the request body, or None once an error is sent."""
+    def _route(self, app: str, request: Request) -> AppRoute | Response:
+        """The app's route, or the error to answer."""
         route = self.catalog.app(app)
         if route is None:
-            await send_error(send, 404, "unknown app", f"no application named {app!r}")
-            return None
+            return _error(404, "unknown app", f"no application named {app!r}")
         keys = route.spec.options.get("api_key_sha256")
-        if keys and not api_key_matches(scope, keys):
-            await send_error(
-                send, 401, "unauthorized", f"app {app!r} needs its API key in 'X-Api-Key'"
-            )
-            return None
-        try:
-            return route, await read_body(scope, receive, self.max_body_bytes)
-        except PayloadTooLarge as exc:
-            await send_error(send, 413, "request body too large", str(exc))
-            return None
+        if keys and not api_key_matches(request.headers, keys):
+            return _error(401, "unauthorized", f"app {app!r} needs its API key in 'X-Api-Key'")
+        return route
 
-    async def _predict(self, app: str, scope: Scope, receive: Receive, send: Send) -> None:
-        got = await self._body(app, scope, receive, send)
-        if got is None:
-            return
-        route, body = got
+    async def _predict(self, app: str, request: Request) -> Response:
+        route = self._route(app, request)
+        if isinstance(route, Response):
+            return route
         spec = route.spec
         try:
-            request = parse_predict_body(body, spec.input_type, spec.input_shape)
-            if len(request.inputs) > self.max_batch_inputs:
+            query = parse_predict_body(request.body, spec.input_type, spec.input_shape)
+            if len(query.inputs) > self.max_batch_inputs:
                 raise InputError(
-                    f"input_batch has {len(request.inputs)} inputs; the limit is "
+                    f"input_batch has {len(query.inputs)} inputs; the limit is "
                     f"{self.max_batch_inputs}"
                 )
             predictions = await self.processor.predict(
-                route, request.inputs, request.version, request.uid
+                route, query.inputs, query.version, query.uid
             )
         except InputError as exc:
-            await send_error(send, 400, "invalid input", str(exc))
-            return
+            return _error(400, "invalid input", str(exc))
         except ValidationError as exc:
-            await send_error(send, 400, "invalid request", str(exc))
-            return
+            return _error(400, "invalid request", str(exc))
         except Overloaded as exc:
-            await send_error(send, 503, "overloaded", str(exc))
-            return
-        if request.is_batch:
+            return _error(503, "overloaded", str(exc))
+        if query.is_batch:
             payload: object = {"batch_predictions": [p.to_json() for p in predictions]}
         else:
             payload = predictions[0].to_json()
-        await send_bytes(
-            send, 200, orjson.dumps(payload, default=json_default, option=orjson.OPT_NON_STR_KEYS)
+        return Response(
+            200, orjson.dumps(payload, default=json_default, option=orjson.OPT_NON_STR_KEYS)
         )
 
-    async def _update(self, app: str, scope: Scope, receive: Receive, send: Send) -> None:
-        got = await self._body(app, scope, receive, send)
-        if got is None:
-            return
-        route, body = got
+    async def _update(self, app: str, request: Request) -> Response:
+        route = self._route(app, request)
+        if isinstance(route, Response):
+            return route
         try:
-            request = parse_update_body(body, route.spec.input_type, route.spec.input_shape)
+            feedback = parse_update_body(
+                request.body, route.spec.input_type, route.spec.input_shape
+            )
         except InputError as exc:
-            await send_error(send, 400, "invalid feedback", str(exc))
-            return
+            return _error(400, "invalid feedback", str(exc))
         try:
-            result = await self.processor.feedback(route, request.uid, request.input, request.label)
+            result = await self.processor.feedback(
+                route, feedback.uid, feedback.input, feedback.label
+            )
         except StoreError as exc:
-            await send_error(send, 503, "store unavailable", f"feedback not recorded: {exc}")
-            return
+            return _error(503, "store unavailable", f"feedback not recorded: {exc}")
         except ValueError as exc:  # a label the app's loss cannot score
-            await send_error(send, 400, "invalid feedback", str(exc))
-            return
-        await send_json(send, 200, result)
+            return _error(400, "invalid feedback", str(exc))
+        return json_response(200, result)
+
+
+def _error(status: int, error: str, cause: str) -> Response:
+    return json_error("", status, error, cause)
+
+
+def _is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")

@@ -1,0 +1,484 @@
+"""HTTP/1.1 for the query port: an ``asyncio.Protocol`` on httptools, no ASGI.
+
+The query port answers one small JSON request after another, thousands a
+second, and the ASGI layer (a scope dict, receive/send message dicts, checks
+on every message, a task per request behind them) cost as much as the rest of
+the frontend (docs/profile.md). This server parses with httptools (llhttp,
+Node's parser), hands a handler a whole :class:`Request` (body read, limits
+checked) and writes its :class:`Response` in one ``write``. It owns what a
+server must:
+
+- keep-alive (HTTP/1.1 by default, HTTP/1.0 when asked) and pipelining:
+  requests on a connection are answered one at a time, in order; with
+  ``max_pipelined`` waiting, that client is no longer read (what one read
+  already holds, at most the transport's read size, is still parsed);
+- flow control: a client that does not read its answers is not read, and
+  its queued requests wait, until it does (or for ``header_timeout_s``);
+- ``Expect: 100-continue``, chunked request bodies, ``HEAD``;
+- limits: a body over ``max_body_bytes`` is a 413 (its bytes are read and
+  dropped, so the connection survives; with ``Expect`` it is never sent and
+  the connection closes), a head over ``max_header_bytes`` a 431, anything
+  httptools cannot parse a 400; each answer in the error page's JSON;
+- timeouts: one sweep a second closes connections idle for ``keep_alive_s``
+  (between requests) or ``header_timeout_s`` (inside one);
+- a handler's exception is a 500 naming only its type, never a traceback;
+- TLS through the event loop's transport; shutdown that answers what is in
+  flight (with ``connection: close``) and closes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import urllib.parse
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+import orjson
+
+log = logging.getLogger("clipper.frontend.h1")
+
+JSON = b"application/json"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+# How a response ends its connection (``_Connection.keep``).
+_CLOSE, _KEEP, _KEEP_10 = 0, 1, 2  # _KEEP_10: HTTP/1.0 keep-alive, said in a header
+
+
+@dataclass(slots=True)
+class Request:
+    """One request, its body read in full."""
+
+    method: str
+    path: str  # percent-decoded, without the query string
+    query: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, in order
+    body: bytes = b""
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+ErrorPage = Callable[[str, int, str, str], Response]  # (path, status, error, cause)
+
+
+def json_error(path: str, status: int, error: str, cause: str) -> Response:
+    """Clipper's error shape: ``{"error": short, "cause": detail}``."""
+    return Response(status, orjson.dumps({"error": error, "cause": cause}))
+
+
+def encode(response: Response, keep: int, head: bool) -> bytes:
+    """The bytes of ``response``; ``head``: without its body (a HEAD request)."""
+    body = response.body
+    status = response.status
+    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+    parts = [line, b"content-type: ", response.content_type, b"\r\ncontent-length: "]
+    parts.append(str(len(body)).encode())
+    parts.append(b"\r\n")
+    for name, value in response.headers:
+        parts += (name, b": ", value, b"\r\n")
+    if keep == _CLOSE:
+        parts.append(b"connection: close\r\n")
+    elif keep == _KEEP_10:
+        parts.append(b"connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    if not head:
+        parts.append(body)
+    return b"".join(parts)
+
+
+class HTTPServer:
+    """An HTTP/1.1 server that calls ``handler`` for each request."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        error_page: ErrorPage = json_error,
+        max_header_bytes: int = 65536,
+        keep_alive_s: float = 5.0,
+        header_timeout_s: float = 30.0,
+        max_pipelined: int = 32,
+    ) -> None:
+        self.handler = handler
+        self.error_page = error_page
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.keep_alive_ticks = max(1, round(keep_alive_s / _TICK_S))
+        self.header_timeout_ticks = max(1, round(header_timeout_s / _TICK_S))
+        self.max_pipelined = max_pipelined
+        self.open: set[_Connection] = set()
+        self.port = 0
+        self.shutting_down = False
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self.open)
+
+    async def start(self, host: str, port: int, ssl: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` (0: any free port, then in ``self.port``)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, ssl=ssl, backlog=2048, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close connections idle too long; one timer for all of them."""
+        while True:
+            await asyncio.sleep(_TICK_S)
+            for conn in list(self.open):
+                conn.tick()
+
+    async def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Stop listening, answer what is in flight, close every connection."""
+        self.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.open):
+            conn.close_when_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.open and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.open):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+
+_TICK_S = 1.0
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parser callbacks, the pipeline, flow control."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # httptools < 0.6.3
+            # Answer the first request of a pipeline that ends in "close".
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport | None = None
+        self.idle_ticks = 0
+        self.busy = False  # a request is being answered
+        self.pending: deque[tuple[Request | Response, int, bool]] = deque()
+        self.read_paused = False
+        self.write_paused = False
+        self.closing = False  # close once the answers owed are written
+        # The message being parsed.
+        self.in_message = False
+        self.in_head = False  # between on_message_begin and on_headers_complete
+        self.head_raw = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.chunks: list[bytes] = []
+        self.body_bytes = 0
+        self.expect_continue = False
+        self.rejected = False  # answered already (413/431): drop its body
+        self.request: Request | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.server.open.add(self)
+        if self.server.shutting_down:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.open.discard(self)
+        self.pending.clear()
+        self.parser = None
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_ticks = 0
+        parser = self.parser
+        if parser is None:  # no more requests on this connection
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade (h2c, websocket) is not taken: the request is answered
+            # as HTTP/1.1 and the connection closes after it.
+            self.parser = None
+            if self.in_message:
+                self._fail(400, "bad request", "protocol upgrades are not supported")
+            else:
+                self.closing = True
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._fail(431, "request header fields too large", self._head_limit())
+            elif isinstance(exc.__context__, _BadURL):
+                self._fail(400, "bad request", "the request target is not a valid URL")
+            else:
+                log.info("invalid HTTP request: %s", exc)
+                self._fail(400, "bad request", f"invalid HTTP request: {exc}")
+            return
+        if self.in_head:
+            # A head that never ends grows inside the parser, unseen by
+            # on_header: count what arrives until it is complete.
+            self.head_raw += len(data)
+            if self.head_raw > self.server.max_header_bytes:
+                self._fail(431, "request header fields too large", self._head_limit())
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its requests and
+        # answering those queued until it does.
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.idle_ticks = 0
+        if not self.busy and self.pending:
+            self._start(*self.pending.popleft())
+        self._resume_reading()
+
+    def eof_received(self) -> bool | None:
+        # The client is done sending: answer what it asked, then close.
+        if self.busy or self.pending:
+            self.closing = True
+            return True  # keep the transport open for the answers
+        return None
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.in_head = True
+        self.head_raw = 0
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.chunks = []
+        self.body_bytes = 0
+        self.expect_continue = False
+        self.rejected = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.server.max_header_bytes:
+            raise _HeadTooLarge  # becomes an HttpParserError in data_received
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        self.in_head = False
+        try:
+            url = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            raise _BadURL from None
+        path = url.path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        self.request = Request(
+            parser.get_method().decode("ascii"), path, url.query or b"", self.headers
+        )
+        declared = self.request.header(b"content-length")
+        limit = self.server.max_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            self._too_large(f"request body of {int(declared)} bytes exceeds the limit of {limit}")
+            return
+        if self.expect_continue and not (self.busy or self.pending):
+            assert self.transport is not None
+            self.transport.write(CONTINUE)
+            self.expect_continue = False  # honoured: the body is on its way
+
+    def on_body(self, body: bytes) -> None:
+        if self.rejected:
+            return
+        self.body_bytes += len(body)
+        if self.body_bytes > self.server.max_body_bytes:
+            self.chunks = []
+            self._too_large(f"request body exceeds the limit of {self.server.max_body_bytes} bytes")
+            return
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        request = self.request
+        if self.rejected or request is None:
+            return
+        self.request = None
+        chunks = self.chunks
+        if chunks:
+            request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        parser = self.parser
+        assert parser is not None
+        if not parser.should_keep_alive():
+            keep = _CLOSE
+        elif parser.get_http_version() == "1.0":
+            keep = _KEEP_10
+        else:
+            keep = _KEEP
+        self._enqueue(request, keep, request.method == "HEAD")
+
+    # -- answering -----------------------------------------------------------------------
+
+    def _enqueue(self, item: Request | Response, keep: int, head: bool) -> None:
+        if not (self.busy or self.pending or self.write_paused):
+            self._start(item, keep, head)
+            return
+        self.pending.append((item, keep, head))
+        if len(self.pending) >= self.server.max_pipelined:
+            self._pause_reading()
+
+    def _start(self, item: Request | Response, keep: int, head: bool) -> None:
+        self.busy = True
+        if isinstance(item, Response):
+            self._write(item, keep, head)
+        else:
+            self.task = asyncio.get_running_loop().create_task(self._answer(item, keep, head))
+
+    async def _answer(self, request: Request, keep: int, head: bool) -> None:
+        try:
+            response = await self.server.handler(request)
+        except Exception as exc:
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = self.server.error_page(
+                request.path, 500, "internal error", type(exc).__name__
+            )
+        self._write(response, keep, head)
+
+    def _write(self, response: Response, keep: int, head: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():  # the client left
+            self.busy = False
+            return
+        if self.server.shutting_down or (self.closing and not self.pending):
+            keep = _CLOSE
+        transport.write(encode(response, keep, head))
+        self.idle_ticks = 0
+        if keep == _CLOSE:
+            self.parser = None
+            self.pending.clear()
+            transport.close()
+            self.busy = False
+            return
+        self.busy = False
+        if self.pending and not self.write_paused:
+            self._start(*self.pending.popleft())
+        self._resume_reading()
+
+    def _too_large(self, cause: str) -> None:
+        """A 413 for the message being read: in turn, before its body is read.
+
+        Without ``Expect: 100-continue`` the client sends the body anyway: it
+        is read and dropped, and the connection goes on. With it, the client
+        waits for our word: the connection closes after the 413.
+        """
+        self.rejected = True
+        self.chunks = []
+        request = self.request
+        self.request = None
+        page = self.server.error_page(
+            request.path if request else "", 413, "request body too large", cause
+        )
+        if self.expect_continue:
+            self.parser = None
+            self._enqueue(page, _CLOSE, False)
+        else:
+            self._enqueue(page, _KEEP, False)
+
+    def _fail(self, status: int, error: str, cause: str) -> None:
+        """Answer a request that cannot be parsed, in turn, then close."""
+        self.parser = None
+        self.in_message = False
+        path = self.request.path if self.request is not None else ""
+        self.request = None
+        self._pause_reading()
+        self._enqueue(self.server.error_page(path, status, error, cause), _CLOSE, False)
+
+    def _head_limit(self) -> str:
+        return f"the request's head exceeds the limit of {self.server.max_header_bytes} bytes"
+
+    # -- flow control and timeouts -------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if (
+            self.read_paused
+            and not self.write_paused
+            and len(self.pending) < self.server.max_pipelined
+            and self.parser is not None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def tick(self) -> None:
+        """A second passed (the server's sweep): close the connection if idle too long."""
+        server = self.server
+        if self.write_paused:  # a client that stopped reading its answers
+            self.idle_ticks += 1
+            if self.idle_ticks >= server.header_timeout_ticks and self.transport is not None:
+                self.transport.abort()
+            return
+        if self.busy or self.pending:
+            self.idle_ticks = 0
+            return
+        self.idle_ticks += 1
+        limit = server.header_timeout_ticks if self.in_message else server.keep_alive_ticks
+        if self.idle_ticks >= limit and self.transport is not None:
+            self.transport.close()
+
+    def close_when_idle(self) -> None:
+        """Shutdown: close now if nothing is owed, else after the answers owed."""
+        self.closing = True
+        if not (self.busy or self.pending or self.in_message) and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: the head is over the limit."""
+
+
+class _BadURL(Exception):
+    """Raised from a parser callback: the request target is not a URL."""
