@@ -59,9 +59,10 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("container runtime (replica, around the model)", ("clipper/container/",)),
     ("batching: queue, dispatcher, AIMD", ("clipper/batching/",)),
     ("query processor: selection, SLO, defaults", ("clipper/selection/", "clipper/cache/")),
+    ("HTTP server (frontend/h1.py + httptools)", ("clipper/frontend/h1.py", "httptools")),
     ("frontend: routing, body, response (orjson)", ("clipper/frontend/",)),
     ("metrics", ("clipper/metrics", "prometheus")),
-    ("HTTP server (uvicorn + httptools)", ("uvicorn/", "httptools")),
+    ("HTTP server: uvicorn (the management port)", ("uvicorn/",)),
     ("event loop (uvloop/asyncio, in Python frames)", ("asyncio/", "uvloop/")),
 ]
 OTHER = "other"

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipper.exceptions import InputError, ValidationError
+from clipper.frontend import inputs as inputs_module
 from clipper.frontend.inputs import (
     PredictRequest,
     describe_json_type,
@@ -560,3 +561,92 @@ def test_body_path_agrees_with_parse_input(value, input_type, version):
 def test_any_body_returns_or_raises_input_error(raw, input_type):
     with contextlib.suppress(InputError):
         parse_predict_body(raw, input_type, None)
+
+
+# -- the simdjson path for one flat array --------------------------------------------
+
+_TOKENS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.integers(-(2**31) - 2, 2**31 + 1).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
+    st.sampled_from(
+        ["1e400", "-1e400", "1E5", "1e-400", "-0.0", "0.5e1", "3.4028235e38", "3.5e38", "-0",
+         "true", "null", '"1"', "[1]", "[]", "[[2]]", "1.0", "00", ".5", "NaN"]
+    ),
+)  # fmt: skip
+_WRAPPERS = st.sampled_from(
+    [
+        '{"input": [%s]}',
+        '{"input":[%s]}',
+        ' \n{ "input" :\t[ %s ] }\r\n',
+        '{"input": [%s], "input": [1]}',
+        '{"input": [%s], "uid": "u"}',
+        '{"input": [%s], "version": "2"}',
+        '{"input_batch": [[%s]]}',
+        '{"input": [%s]',
+        '{"input": [%s]} x',
+        '\ufeff{"input": [%s]}',
+        '{"inpu": [%s]}',
+        "[%s]",
+    ]
+)
+
+
+def _answer(raw: bytes, input_type: InputType, shape: Any, *, general: bool) -> Any:
+    """parse_predict_body's request or InputError; ``general``: without the simdjson path."""
+    with pytest.MonkeyPatch.context() as mp:
+        if general:
+            mp.setattr(inputs_module, "_flat_input", lambda _body, _type: None)
+        try:
+            return parse_predict_body(raw, input_type, shape)
+        except InputError as exc:
+            return exc
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tokens=st.lists(_TOKENS, max_size=12),
+    separator=st.sampled_from([",", ", ", " ,\n"]),
+    wrapper=_WRAPPERS,
+    input_type=st.sampled_from(NUMERIC),
+    shape=st.sampled_from([None, (3,)]),
+)
+def test_the_flat_path_answers_exactly_what_the_general_path_does(
+    tokens, separator, wrapper, input_type, shape
+):
+    raw = (wrapper % separator.join(tokens)).encode()
+    expected = _answer(raw, input_type, shape, general=True)
+    flat = inputs_module._flat_input(raw, input_type)
+    if flat is not None and (shape is None or flat.shape == shape):
+        # Taken: the general path must accept it, equal to the bit.
+        assert isinstance(expected, PredictRequest), (raw, expected)
+        (want,) = expected.inputs
+        assert flat.dtype == want.dtype and flat.tobytes() == want.tobytes(), raw
+    got = _answer(raw, input_type, shape, general=False)
+    if isinstance(expected, InputError):
+        assert isinstance(got, InputError) and str(got) == str(expected), raw
+        return
+    assert isinstance(got, PredictRequest), (raw, got)
+    fields = ("is_batch", "version", "uid")
+    assert [getattr(got, f) for f in fields] == [getattr(expected, f) for f in fields]
+    for a, b in zip(got.inputs, expected.inputs, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), raw
+
+
+def test_the_flat_path_takes_the_common_body_and_leaves_the_rest():
+    assert inputs_module._flat_input(b'{"input": [1, 2.5, -3e2]}', InputType.DOUBLES) is not None
+    ints = inputs_module._flat_input(b'{"input": [1, -2, 2147483647]}', InputType.INTEGERS)
+    assert ints is not None and ints.dtype == np.int32 and ints.tolist() == [1, -2, 2147483647]
+    for raw in (
+        b'{"input": [[1, 2]]}',  # nested: as_buffer would flatten it
+        b'{"input": [1, [2]]}',
+        b'{"input": []}',
+        b'{"input": [1], "uid": 3}',
+        b'{"input": [1e400]}',
+        b'{"input": [1, true]}',
+    ):
+        assert inputs_module._flat_input(raw, InputType.DOUBLES) is None, raw
+    assert inputs_module._flat_input(b'{"input": [2147483648]}', InputType.INTEGERS) is None
+    assert inputs_module._flat_input(b'{"input": [1.5]}', InputType.INTEGERS) is None
+    assert inputs_module._flat_input(b'{"input": [3.5e38]}', InputType.FLOATS) is None
