@@ -8,9 +8,10 @@ bottleneck; its own CPU use is measured and reported with every result.
 
 - Open loop (``run_open``): arrivals at Poisson times at a target rate,
   bounded by a count and a duration. Arrivals queue for a free connection of
-  a bounded pool; an arrival that finds none is counted as the *client's
-  own backlog*. Latency is measured from the scheduled arrival time, so
-  waiting in that backlog counts (no coordinated omission).
+  a bounded pool (the most recently used first, as HTTP clients' pools do);
+  an arrival that finds none is counted as the *client's own backlog*.
+  Latency is measured from the scheduled arrival time, so waiting in that
+  backlog counts (no coordinated omission).
 - Closed loop (``run_closed``): N clients, each sending its next request
   as soon as it has the previous answer.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -447,25 +449,35 @@ async def run_open(
     rng = random.Random(seed)
     rec = _Recorder(trace)
     limit = max_requests if max_requests is not None else int(rate * duration_s * 2 + 10)
-    pending: asyncio.Queue[float] = asyncio.Queue()
-    idle = 0
+    backlog: collections.deque[float] = collections.deque()  # arrivals without a connection
     sent = 0
     requests = itertools.cycle(workload.requests)
     conns = await pool.warm(connections)
+    # Idle connections, the most recently used on top: an arrival takes the
+    # hottest one, as HTTP clients' pools do. (Taking the longest idle would
+    # spread a low rate over every connection, each idle for seconds: past a
+    # server's keep-alive timeout, so the measure would be of reconnects.)
+    idle = list(reversed(conns))
+    running: set[asyncio.Task[None]] = set()
 
-    async def worker(conn: Connection) -> None:
-        nonlocal idle, sent
+    async def serve(conn: Connection, scheduled: float) -> None:
+        nonlocal sent
         while True:
-            idle += 1
-            try:
-                scheduled = await pending.get()
-            finally:
-                idle -= 1
             sent += 1
             await _send_one(conn, next(requests), min(scheduled, time.perf_counter()), rec)
+            if not backlog:
+                idle.append(conn)
+                return
+            scheduled = backlog.popleft()
 
-    workers = [asyncio.create_task(worker(c)) for c in conns]
-    await asyncio.sleep(0)  # let the workers reach the queue
+    def arrive(scheduled: float) -> None:
+        if not idle:
+            backlog.append(scheduled)
+            return
+        task = asyncio.create_task(serve(idle.pop(), scheduled))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
     backlogged = 0
     max_backlog = 0
     issued = 0
@@ -485,12 +497,12 @@ async def run_open(
             while next_at <= now + EARLY_S and issued < limit and next_at < end:
                 if next_at < start:
                     warm += 1
-                elif idle <= pending.qsize():
+                elif not idle:
                     backlogged += 1
-                pending.put_nowait(next_at)
+                arrive(next_at)
                 issued += 1
                 next_at += rng.expovariate(rate)
-            max_backlog = max(max_backlog, pending.qsize() - idle)
+            max_backlog = max(max_backlog, len(backlog))
         # Arrivals are over: wait (bounded) for every issued request to be answered.
         drain_deadline = time.perf_counter() + drain_s
         while rec.answered < issued and time.perf_counter() < drain_deadline:
@@ -499,10 +511,10 @@ async def run_open(
         wall = time.perf_counter() - start
         cpu = _cpu_seconds() - cpu0
         cpu_wall = time.perf_counter() - begin
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-    unsent = pending.qsize()
+        for task in list(running):
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+    unsent = len(backlog)
     lost = sent - rec.answered  # still in flight at the deadline
     if lost > 0:
         # A cancelled request leaves its connection mid-response: start afresh.

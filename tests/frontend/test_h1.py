@@ -23,6 +23,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -695,6 +696,17 @@ async def test_an_idle_keep_alive_connection_is_closed():
         assert (await client.ask()).status == 200
         assert await client.eof() == b""
         await until(lambda: server.connections == 0, "the connection to be gone")
+
+
+@aio
+async def test_an_idle_connection_is_kept_for_keep_alive_s_at_least():
+    # Clients reuse a connection idle for less than the server's promise; one
+    # closed early costs them a reconnect (or a failed request).
+    async with serving(App(), keep_alive_s=1.5) as server, connect(server) as client:
+        assert (await client.ask()).status == 200
+        answered = time.monotonic()
+        assert await client.eof() == b""
+        assert time.monotonic() - answered >= 1.5 - 0.05  # the clock's resolution
 
 
 @aio

@@ -19,8 +19,9 @@ server must:
   dropped, so the connection survives; with ``Expect`` it is never sent and
   the connection closes), a head over ``max_header_bytes`` a 431, anything
   httptools cannot parse a 400; each answer in the error page's JSON;
-- timeouts: one sweep a second closes connections idle for ``keep_alive_s``
-  (between requests) or ``header_timeout_s`` (inside one);
+- timeouts: one sweep every half second closes connections idle for
+  ``keep_alive_s`` (between requests) or ``header_timeout_s`` (inside one),
+  never sooner;
 - a handler's exception is a 500 naming only its type, never a traceback;
 - TLS through the event loop's transport; shutdown that answers what is in
   flight (with ``connection: close``) and closes the rest.
@@ -32,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -125,8 +127,8 @@ class HTTPServer:
         self.error_page = error_page
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
-        self.keep_alive_ticks = max(1, round(keep_alive_s / _TICK_S))
-        self.header_timeout_ticks = max(1, round(header_timeout_s / _TICK_S))
+        self.keep_alive_s = keep_alive_s
+        self.header_timeout_s = header_timeout_s
         self.max_pipelined = max_pipelined
         self.open: set[_Connection] = set()
         self.port = 0
@@ -151,8 +153,9 @@ class HTTPServer:
         """Close connections idle too long; one timer for all of them."""
         while True:
             await asyncio.sleep(_TICK_S)
+            now = time.monotonic()
             for conn in list(self.open):
-                conn.tick()
+                conn.tick(now)
 
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop listening, answer what is in flight, close every connection."""
@@ -173,7 +176,7 @@ class HTTPServer:
                 await self._sweeper
 
 
-_TICK_S = 1.0
+_TICK_S = 0.5  # a timeout fires between its time and half a second later
 
 
 class _Connection(asyncio.Protocol):
@@ -186,7 +189,7 @@ class _Connection(asyncio.Protocol):
             # Answer the first request of a pipeline that ends in "close".
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport | None = None
-        self.idle_ticks = 0
+        self.active_at = time.monotonic()  # last bytes in, or an answer out
         self.busy = False  # a request is being answered
         self.pending: deque[tuple[Request | Response, int, bool]] = deque()
         self.read_paused = False
@@ -220,7 +223,7 @@ class _Connection(asyncio.Protocol):
         self.parser = None
 
     def data_received(self, data: bytes) -> None:
-        self.idle_ticks = 0
+        self.active_at = time.monotonic()
         parser = self.parser
         if parser is None:  # no more requests on this connection
             return
@@ -258,7 +261,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.idle_ticks = 0
+        self.active_at = time.monotonic()
         if not self.busy and self.pending:
             self._start(*self.pending.popleft())
         self._resume_reading()
@@ -386,7 +389,7 @@ class _Connection(asyncio.Protocol):
         if self.server.shutting_down or (self.closing and not self.pending):
             keep = _CLOSE
         transport.write(encode(response, keep, head))
-        self.idle_ticks = 0
+        self.active_at = time.monotonic()
         if keep == _CLOSE:
             self.parser = None
             self.pending.clear()
@@ -449,20 +452,18 @@ class _Connection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    def tick(self) -> None:
-        """A second passed (the server's sweep): close the connection if idle too long."""
+    def tick(self, now: float) -> None:
+        """The server's sweep: close the connection if idle too long."""
         server = self.server
+        idle = now - self.active_at
         if self.write_paused:  # a client that stopped reading its answers
-            self.idle_ticks += 1
-            if self.idle_ticks >= server.header_timeout_ticks and self.transport is not None:
+            if idle >= server.header_timeout_s and self.transport is not None:
                 self.transport.abort()
             return
         if self.busy or self.pending:
-            self.idle_ticks = 0
             return
-        self.idle_ticks += 1
-        limit = server.header_timeout_ticks if self.in_message else server.keep_alive_ticks
-        if self.idle_ticks >= limit and self.transport is not None:
+        limit = server.header_timeout_s if self.in_message else server.keep_alive_s
+        if idle >= limit and self.transport is not None:
             self.transport.close()
 
     def close_when_idle(self) -> None:
