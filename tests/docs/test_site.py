@@ -144,7 +144,9 @@ def test_every_query_route_and_error_is_in_the_reference():
     assert {"/health", "/ready", "/metrics"} <= paths
     for path in paths:
         assert f"`GET {path}`" in page, f"route {path} is not in reference/rest-api.md"
-    for action in re.findall(r'path.endswith\("/(\w+)"\)', source):
+    actions = re.findall(r'route.endswith\("/(\w+)"\)', source)
+    assert actions == ["predict", "update"]
+    for action in actions:
         assert f"`POST /{{app}}/{action}`" in page
     errors = re.findall(r'_error\((\d{3}), "([^"]+)"', source)
     h1 = (ROOT / "src" / "clipper" / "frontend" / "h1.py").read_text()

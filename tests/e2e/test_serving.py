@@ -46,6 +46,9 @@ def test_single_query(clipper, summing):
     body = r.json()
     assert body["output"] == 6.5 and body["default"] is False
     assert isinstance(body["query_id"], int) and "default_explanation" not in body
+    # A trailing slash names the same route.
+    r = clipper.http.post(f"{clipper.query_url}/{summing}/predict/", json={"input": [1, 2, 3]})
+    assert r.status_code == 200 and r.json()["output"] == 6
 
 
 def test_batch_query_answers_each_input_in_order(clipper, summing):

@@ -207,7 +207,7 @@ class _Connection(asyncio.Protocol):
         self.expect_continue = False
         self.rejected = False  # answered already (413/431): drop its body
         self.request: Request | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # held: a task is weakly referenced
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 

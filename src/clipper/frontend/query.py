@@ -63,8 +63,9 @@ class QueryFrontend:
         path = request.path
         if self.v2 is not None and _is_v2(path):
             return await self.v2(request)
-        if path.endswith("/predict") or path.endswith("/update"):
-            parts = path.strip("/").split("/")
+        route = path.strip("/")
+        if route.endswith("/predict") or route.endswith("/update"):
+            parts = route.split("/")
             if len(parts) == 2:
                 if request.method != "POST":
                     return _error(405, "method not allowed", f"use POST for {path}")
