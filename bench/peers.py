@@ -128,45 +128,50 @@ TARGET_P50_MS, TARGET_P99_MS, TARGET_FRONTEND = 1.0, 3.0, 0.8
 READING = """
 **Reading** (hand-written for the run above; rerun and update it when the numbers move).
 
-- *Quiet run.* Load average about 1 throughout; 30 probes were re-run because another
-  process took CPU time during them. Per-repeat ratios (Clipper / naive): light 1.15,
-  1.32, 1.85; heavy 1.90, 1.28, 1.29; no-op 1.43, 1.43, 1.35. Clipper's light-MLP
-  goodput spread the most (3040-4970/s): its probes near capacity are decided by the
-  p99 of a few seconds of Poisson load on a core shared by two processes.
-- *What changed since the previous run* (same machine, same benchmark; Clipper
-  1950 → 3760/s light, 280 → 980/s heavy, 2280 → 5240/s no-op; p50 / p99 at 50/s
-  2.7 / 7.8 → 2.0 / 3.3 ms): the RPC endpoint reads its socket from the event loop's
-  reader callback instead of pyzmq's asyncio adapter (no future per message); a
-  replica runs a fast model's batches on its main thread; one waiter per query instead
-  of `asyncio.wait`; and the dispatcher learns each model's cost per query by batch
-  size. The naive server also moved (1610 → 2680/s light): that run was disturbed by
-  other work, this one was not, so compare ratios, not rates.
-- *Light MLP, frontend-bound: 1.32x naive (target 3x not met), 4.0x the best batching
-  peer (MLServer; target 10x not met).* The serving path, not the model, is the limit:
-  at goodput Clipper spends 270 µs of CPU per query (server and replica together), the
-  naive FastAPI server 360, the bare echo server about 70, the model 16 µs at batch 64.
-  Clipper reaches 33 % of the echo ceiling (the open-loop one; with wrk it is 70-75 %,
-  see the next section) and 6 % of the model-only ceiling.
-- *Heavy MLP: 1.29x naive (target 5x not met; it was 0.76x), 2.2x MLServer (target 9x
-  not met).* On this machine OpenBLAS's float32 matrix product has a cliff: one query
-  (a matrix-vector product) takes 0.67 ms, a batch of 2 about 3 ms, a batch of 64 about
-  10 ms. AIMD alone made batches of 1-3 at the rates that met the SLO, each costing
-  several single calls; the batch cost curve now sends single calls until enough queries
-  wait for a batch that pays (8 and more). What is left is CPU: at goodput the server
-  and the replica share one core, 1.0 ms per query in all, and the 22 MB of weights
-  compete with the frontend for the cache. 12 % of the model-only ceiling.
-- *Overhead at 50 queries/s, light MLP: p99 3.3 ms against 3 ms (not met, 0.3 ms
-  off), p50 1.95 ms against 1 ms (not met).* The echo server answers in 0.93 / 2.0 ms
-  at the same rate, so Clipper adds about 1 ms at p50: the hop to the replica process
-  and back (ZeroMQ's I/O threads in both processes, so four thread wake-ups on an
-  otherwise idle core), then the response. The naive server, with no hop, is at 1.8 /
-  3.3 ms.
+- *Quiet run.* Load average about 1 throughout, no probe re-run for disturbance. Per-
+  repeat ratios (Clipper / naive): light 3.31, 3.08, 3.48; heavy 2.29, 2.78, 2.26;
+  no-op 3.34, 3.58, 2.93; Clipper / MLServer on the light MLP 9.64, 10.21, 8.35.
+- *What changed since the previous run* (same machine and benchmark; Clipper 3760 →
+  8680/s light, 980 → 1920/s heavy, 5240 → 11600/s no-op; CPU per query at goodput
+  270 → 115 µs light): the query port is Clipper's own HTTP/1.1 server on httptools
+  (`clipper.frontend.h1`: no ASGI scope, message dicts or per-message checks), a flat
+  numeric body is parsed by simdjson straight into numpy, and the start-up heap is
+  frozen out of the garbage collector's way. The generator now gives each arrival the
+  most recently used free connection (it spread a low rate over all 256, each idle
+  past the servers' 5 s keep-alive, so low-load latency included reconnects; see the
+  generator's description above). The peers' and naive figures are where they were.
+- *Light MLP, frontend-bound: 3.31x naive (target 3x: met), 9.6x the best batching
+  peer (MLServer; target 10x: not met, 8.4-10.2x per repeat).* At goodput Clipper
+  spends 115 µs of CPU per query, server and replica together (naive 352, the bare
+  echo 64); it serves 68 % of the echo ceiling in this open loop (94 % closed-loop,
+  and 0.88-0.99 with wrk, next section) and 13 % of the model-only ceiling: the path
+  around the model (HTTP, JSON, the hop to the replica and back) is still the limit.
+- *Heavy MLP: 2.29x naive (target 5x not met), 3.2x MLServer (target 9x not met).*
+  On this machine OpenBLAS's float32 product has a cliff: one query (a matrix-vector
+  product) takes 0.7 ms, any batch of 2 or more at least 3 ms (160 µs per query at
+  batch 64; only batches of 6 and more beat single calls). The batch cost
+  curve sends singles until a batch pays, AIMD caps a batch at half the SLO; at
+  goodput batches hold 6-10 queries, 530 µs of CPU per query. Five times naive (4,200/s
+  here) needs batches of 32 and more on this core (200 µs per query in the model, 100
+  in the server): a batch cycle of about 10 ms and a p99 past the 20 ms SLO. Tried and
+  reverted: an adaptive wait for a fuller batch when the learnt curve says it pays
+  (+15 % heavy in one pair of runs, -25 % light in another; gated by batch time, no
+  measurable gain either way).
+- *Overhead at 50 queries/s, light MLP: p50 1.80 ms above the model (target 1 ms: not
+  met), p99 3.11 ms (target 3 ms: 0.11 ms off).* The echo server takes 0.91 / 1.96 ms
+  at the same rate: loopback, HTTP and the generator. On top Clipper adds the hop to
+  the replica process and back (ZeroMQ's I/O thread in each process: six thread
+  switches), about 0.4 ms back to back; after the idle gaps of a low rate the core runs
+  the same work 2-3x slower (measured by hand with a sequential client: echo 0.22 ms
+  back to back, 0.85 ms after 20 ms idle; Clipper 0.60 and 1.81 ms), so every
+  microsecond on the path costs two or three here. The naive server, with no hop, is at
+  1.73 / 2.90 ms.
 - *The peers.* MLServer (adaptive batching, inference in its server process) is the
   best of the three everywhere; LitServe (one API server and one worker process talking
-  over ZeroMQ) reaches 60-70 % of it; Ray Serve (11 processes on one core, about 15 ms
-  of CPU per query) cannot meet a 20 ms p99 at any rate above 20-40 queries/s here.
-  All three got the same batching settings (max batch 64, or 32 for the heavy MLP, and
-  a 2 ms wait) and their answers were checked against the model in-process.
+  over ZeroMQ) reaches 60-75 % of it; Ray Serve (11 processes on one core, 10-15 ms of
+  CPU per query) cannot meet a 20 ms p99 above 20-60 queries/s here. All three got
+  the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
+  and their answers were checked against the model in-process.
 """
 
 

@@ -209,39 +209,37 @@ def render(result: dict[str, Any]) -> str:
 
 READING = """
 The profile was taken on the 2-core machine with nothing else running; py-spy pauses
-the process for each sample, so the CPU per query above is inflated; the shares are
-what matter. The light model's own arithmetic (`MLP.logits`) is about 5 %.
+the process for each sample, so the CPU per query above is inflated (and at 1000
+queries/s most batches hold one or two queries); the shares are what matter. The light
+model's own arithmetic (`MLP.logits`, `_wrapreduction`) is about 8 %.
 
-What changed since the previous profile (600 queries/s, before these fixes): the RPC
-layer's share in the server fell from 25 % to 12 % (the endpoint now drains its ZeroMQ
-socket from the event loop's reader callback: `Socket.recv_multipart` and msgpack's
-`unpack` are what is left, per batch), the replica's hand-off to a worker thread is
-gone for fast models (`Condition.notify` no longer shows), and `asyncio.wait` (2 %
-before, plus its timer) became `wait_all` (1.9 %, at a higher rate).
+What changed since the previous profile: the query port left uvicorn for Clipper's own
+HTTP/1.1 server (`clipper.frontend.h1`); a flat numeric body is parsed by simdjson
+(`_flat_input`) instead of orjson plus `np.fromiter` (`_to_array`,
+`parse_predict_body` and `_occurs_exactly` are gone from the top); the start-up heap is
+frozen out of the garbage collector's way. The server's CPU per query at this rate
+fell from 387 to 306 µs and the replica's from 251 to 225 µs; with wrk and large
+batches the whole path costs about 62 µs per request (docs/benchmarks.md).
 
-- **HTTP server, 25 %** (uvicorn's `httptools_impl`: `RequestResponseCycle.send`,
-  `on_headers_complete`, `data_received`, one asyncio task per request via
-  `_start_asgi_task`). The echo ceiling pays this too: it is the floor of any
-  ASGI-on-uvicorn frontend. Going further means a frontend without ASGI (an
-  `asyncio.Protocol` on httptools that parses, validates and submits in
-  `on_message_complete`, no task and no scope dict per request): up to about half of
-  this share, at the price of owning keep-alive, pipelining, flow control and TLS.
-- **Request parsing, 16 %** (`_to_array`, `parse_predict_body`, `_occurs_exactly`:
-  orjson builds 784 Python numbers and numpy converts them; `np.fromiter` made the
-  conversion about a third cheaper). The JSON path is near its limit
-  (`np.fromstring(..., sep=",")` was 3x slower); the gain left is a binary input path
-  (a raw little-endian array body, or the Open Inference Protocol's binary tensor
-  extension, already served under `/v2`, decoded with `np.frombuffer`).
-- **RPC, 12 % in the server and 12 % in the replica**: per batch, not per query, so
-  it shrinks as batches grow; at this rate most batches hold one or two queries.
-  ZeroMQ's I/O threads (not visible to py-spy) add two thread wake-ups each way.
+- **HTTP server, 24 %** (`h1.py` and httptools). Most of it is the kernel's work seen
+  from Python: `_write` is the `send` system call, `data_received` the parse plus the
+  `recv`, `_start` the creation of the request's task (`loop.create_task`). What
+  ASGI added on top (scope and message dicts, per-message checks, a receive/send
+  round per request) is gone. Left: the task per request (a callback-driven fast
+  path for one input and one model could skip it) and the two system calls.
+- **Request parsing, 12 %** (`_flat_input`: simdjson into a buffer, 20 µs for 784
+  numbers out of process). The gain left is a binary input path (the Open Inference
+  Protocol's binary tensor extension is served under `/v2` already).
+- **RPC, 16 % in the server and 11 % in the replica**: per batch, not per query, so
+  it shrinks as batches grow. ZeroMQ's I/O threads (not visible to py-spy) add two
+  thread switches each way; `ipc://` instead of TCP loopback saved 5 of 59 µs per
+  round trip in a bare test, not worth a second endpoint.
 - **Replica runtime, 11 %** (`serve_forever`, `decode_inputs`, the poll loop): per
   batch as well.
-- **Query processor 8 % and batching 8 %**: per query a future, a `Task`, a `sink`
-  closure (`Dispatcher.submit`), a waiter and one timer (`wait_all`). The dispatcher
-  already resolves queued tasks by their deadline (its per-model sweep timer);
-  extending that sweep to tasks in flight would let `_predict` await the future with
-  no timer of its own: about 2 % of the server's CPU.
+- **Query processor 10 % and batching 10 %**: per query a future, a `Task`, a `sink`
+  closure (`Dispatcher.submit`), a waiter and one timer (`wait_all`), the prediction
+  dataclasses. Extending the dispatcher's per-model deadline sweep to tasks in flight
+  would let `_predict` await the future with no timer of its own (~2 %).
 """
 
 
