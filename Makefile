@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml
 # test drives /usr/bin/chromium through Playwright). Installed from Debian's
 # packages; apt-get update only runs when the install fails, as it is slow and
 # usually unneeded.
-system-deps:  ## install redis-server and chromium if missing (apt-get; sudo unless root)
+system-deps:  ## install redis-server, chromium and openssl if missing (apt-get; sudo unless root)
 	@MISSING=; \
 	command -v redis-server >/dev/null 2>&1 || MISSING="$$MISSING redis-server"; \
 	[ -x /usr/bin/chromium ] || MISSING="$$MISSING chromium"; \
+	command -v openssl >/dev/null 2>&1 || MISSING="$$MISSING openssl"; \
 	if [ -z "$$MISSING" ]; then \
 		echo "redis-server found: $$(command -v redis-server); chromium found: /usr/bin/chromium"; \
 	else \

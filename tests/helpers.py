@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +119,20 @@ class Clipper:
         wait_for(lambda: not pid_alive(server_pid), 30, "the server to exit")
         for pid in pids:
             wait_for(lambda pid=pid: not pid_alive(pid), 30, f"replica pid {pid} to exit")
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1: (cert, key) PEM files,
+    made by the ``openssl`` command (``make system-deps`` installs it)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-newkey", "rsa:2048", "-keyout", str(key), "-out", str(cert)),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key

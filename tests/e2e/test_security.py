@@ -14,7 +14,7 @@ import pytest
 from clipper.admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper.deployers.python import deploy_python_closure
 from tests.e2e import models
-from tests.helpers import Clipper, free_port, pid_alive, wait_for
+from tests.helpers import Clipper, free_port, pid_alive, self_signed_cert, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -150,30 +150,7 @@ def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
 
 
 def test_tls_on_both_http_ports(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed_cert(tmp_path)
     cm = manager(
         tmp_path / "state", tls_certfile=str(cert), tls_keyfile=str(key), tls_verify=str(cert)
     )

@@ -84,9 +84,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 ErrorPage = Callable[[str, int, str, str], Response]  # (path, status, error, cause)
 
 
+def json_response(status: int, obj: object) -> Response:
+    return Response(status, orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
 def json_error(path: str, status: int, error: str, cause: str) -> Response:
     """Clipper's error shape: ``{"error": short, "cause": detail}``."""
-    return Response(status, orjson.dumps({"error": error, "cause": cause}))
+    return json_response(status, {"error": error, "cause": cause})
 
 
 def encode(response: Response, keep: int, head: bool) -> bytes:
@@ -301,9 +305,10 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None
         self.in_head = False
+        parser = self.parser
+        if parser is None:  # after a 413 that closes: the rest is not read
+            return
         try:
             url = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
@@ -344,7 +349,7 @@ class _Connection(asyncio.Protocol):
         if chunks:
             request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         parser = self.parser
-        assert parser is not None
+        assert parser is not None  # set to None only with self.rejected or no request
         if not parser.should_keep_alive():
             keep = _CLOSE
         elif parser.get_http_version() == "1.0":

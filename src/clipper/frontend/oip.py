@@ -23,14 +23,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from .. import __version__
 from ..exceptions import PayloadTooLarge, ValidationError
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import InputType, ModelId
-from .h1 import Request, Response
+from .h1 import Request, Response, json_response
 from .http import api_key_matches
 from .oip_request import (
     DEFAULT_OUTPUT_NAME,
@@ -92,11 +90,13 @@ class OIPFrontend:
         parts = request.path[3:].strip("/").split("/")  # after "/v2"
         if parts == [""]:
             self._method(method, "GET")
-            return _json(200, {"name": "clipper", "version": __version__, "extensions": EXTENSIONS})
+            return json_response(
+                200, {"name": "clipper", "version": __version__, "extensions": EXTENSIONS}
+            )
         if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
             self._method(method, "GET")
             ok = parts[1] == "live" or self.is_ready()
-            return _json(200 if ok else 503, {parts[1]: ok})
+            return json_response(200 if ok else 503, {parts[1]: ok})
         if parts[0] == "models" and len(parts) >= 2:
             name, rest = parts[1], parts[2:]
             app = self.catalog.app(name)
@@ -108,11 +108,11 @@ class OIPFrontend:
                 version, rest = rest[1], rest[2:]
             if not rest:
                 self._method(method, "GET")
-                return _json(200, self._metadata(name, version))
+                return json_response(200, self._metadata(name, version))
             if rest == ["ready"]:
                 self._method(method, "GET")
                 ready = self._ready(name, version)
-                return _json(200 if ready else 503, {"name": name, "ready": ready})
+                return json_response(200 if ready else 503, {"name": name, "ready": ready})
             if rest == ["infer"]:
                 self._method(method, "POST")
                 return await self._infer(name, version, request)
@@ -236,11 +236,7 @@ class OIPFrontend:
 
 def error(status: int, message: str) -> Response:
     """The protocol's error shape: ``{"error": message}``."""
-    return Response(status, orjson.dumps({"error": message}))
-
-
-def _json(status: int, obj: Any) -> Response:
-    return Response(status, orjson.dumps(obj))
+    return json_response(status, {"error": message})
 
 
 def _output_hint(default_output: str) -> str:

@@ -18,17 +18,13 @@ from ..exceptions import InputError, StoreError, ValidationError
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import json_default
-from .h1 import Handler, Request, Response, json_error
+from .h1 import Handler, Request, Response, json_error, json_response
 from .http import api_key_matches
 from .inputs import parse_predict_body, parse_update_body
 
 log = logging.getLogger("clipper.frontend")
 
 _OK = orjson.dumps({"status": "ok"})
-
-
-def json_response(status: int, obj: object) -> Response:
-    return Response(status, orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 class QueryFrontend:
