@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clipper.frontend.h1 import HTTPServer, Request, Response, json_error
+from clipper.frontend.h1 import HTTPServer, Later, Request, Response, json_error
 from tests.helpers import self_signed_cert
 
 WAIT = 10.0  # the deadline for any single wait on the server
@@ -160,9 +160,7 @@ def sha256(data: bytes) -> str:
 
 
 @asynccontextmanager
-async def serving(
-    handler: Callable[[Request], Awaitable[Response]], **options: Any
-) -> AsyncIterator[HTTPServer]:
+async def serving(handler: Callable[[Request], Any], **options: Any) -> AsyncIterator[HTTPServer]:
     options.setdefault("max_body_bytes", 1_000_000)
     ssl_context = options.pop("ssl", None)
     server = HTTPServer(handler, **options)
@@ -667,6 +665,90 @@ async def test_a_handler_exception_is_a_500_without_traceback_and_the_connection
         assert b"Traceback" not in reply.body and b"File " not in reply.body
         reply = await client.ask("GET", "/after")
         assert reply.status == 200 and reply.json()["path"] == "/after"
+
+
+class Kinds:
+    """A handler that answers in each of the three ways ``h1`` takes: now (a
+    ``Response``), from callbacks (a ``Later``) or from a coroutine.
+
+    ``/now``; ``/later/<ms>`` (a future resolved ``ms`` later); ``/co/<ms>``;
+    ``/fail`` (a Later whose future fails); ``/cancel`` (whose future is
+    cancelled); ``/bad-finish`` (whose finish raises); ``/raise`` (the handler
+    itself raises); ``/held`` (a Later resolved by the test, in ``held``).
+    """
+
+    def __init__(self) -> None:
+        self.held: list[asyncio.Future[str]] = []
+
+    def __call__(self, request: Request) -> Any:
+        loop = asyncio.get_running_loop()
+        route, *args = request.path.strip("/").split("/")
+        future: asyncio.Future[str] = loop.create_future()
+        match route:
+            case "now":
+                return Response(200, b'"now"')
+            case "later":
+                loop.call_later(float(args[0]) / 1000, future.set_result, "later")
+            case "co":
+                return self._co(float(args[0]) / 1000)
+            case "fail":
+                loop.call_soon(future.set_exception, LookupError("the secret detail"))
+            case "cancel":
+                loop.call_soon(future.cancel)
+            case "bad-finish":
+                future.set_result("x")
+                return Later(future, lambda _f: {}["missing"])
+            case "raise":
+                raise ZeroDivisionError("the secret detail")
+            case "held":
+                self.held.append(future)
+        return Later(future, lambda f: Response(200, json.dumps(f.result()).encode()))
+
+    async def _co(self, seconds: float) -> Response:
+        await asyncio.sleep(seconds)
+        return Response(200, b'"co"')
+
+
+@aio
+async def test_answers_now_later_and_from_coroutines_keep_pipeline_order():
+    async with serving(Kinds()) as server, connect(server) as client:
+        targets = ["/later/80", "/now", "/co/40", "/later/0", "/now", "/co/0", "/later/20"]
+        await client.send(b"".join(request("GET", t) for t in targets))
+        bodies = [(await client.response()).json() for _ in targets]
+        assert bodies == ["later", "now", "co", "later", "now", "co", "later"]
+
+
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [
+        ("/fail", b"LookupError"),
+        ("/cancel", b"CancelledError"),
+        ("/bad-finish", b"KeyError"),
+        ("/raise", b"ZeroDivisionError"),
+    ],
+)
+@aio
+async def test_a_failed_answer_of_any_kind_is_a_500_and_the_connection_lives(target, kind):
+    async with serving(Kinds()) as server, connect(server) as client:
+        reply = await client.ask("GET", target)
+        assert_error_json(reply, 500)
+        assert kind in reply.body and b"secret" not in reply.body
+        assert (await client.ask("GET", "/now")).json() == "now"
+
+
+@aio
+async def test_a_later_finished_after_its_client_left_is_dropped_quietly():
+    kinds = Kinds()
+    async with serving(kinds) as server:
+        async with connect(server) as client:
+            await client.send(request("GET", "/held"))
+            await until(lambda: kinds.held, "the request to reach the handler")
+        # Its end of the connection waits for the answer owed (a client may
+        # half-close); the answer goes out to nobody, and the connection closes.
+        kinds.held[0].set_result("too late")
+        await until(lambda: server.connections == 0, "the connection to be gone")
+        async with connect(server) as client:
+            assert (await client.ask("GET", "/now")).json() == "now"
 
 
 # -- 10. HEAD --------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""``wait_all``: the processor's wait for a query's futures, bounded by its deadline."""
+"""``when_all`` and ``wait_all``: the wait for a query's futures, bounded by its deadline."""
 
 import asyncio
 import time
 
-from clipper.selection.processor import wait_all
+from clipper.selection.processor import wait_all, when_all
 
 
 def test_returns_as_soon_as_every_future_is_done_even_when_one_is_listed_twice():
@@ -46,3 +46,37 @@ def test_cancelling_the_waiter_does_not_cancel_the_futures():
         return shared.cancelled(), waiting.cancelled()
 
     assert asyncio.run(main()) == (False, True)
+
+
+def test_when_all_calls_back_once_when_the_last_future_is_done():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = loop.create_future(), loop.create_future()
+        calls = []
+        when_all([a, b, a], 30.0, lambda: calls.append(loop.time()))
+        a.set_result(1)
+        await asyncio.sleep(0.01)
+        before = list(calls)
+        b.set_result(2)
+        await asyncio.sleep(0.01)
+        return before, calls
+
+    before, calls = asyncio.run(main())
+    assert before == [] and len(calls) == 1
+
+
+def test_when_all_calls_back_once_at_the_timeout_and_not_again_when_the_laggard_lands():
+    async def main():
+        loop = asyncio.get_running_loop()
+        late = loop.create_future()
+        calls = []
+        started = loop.time()
+        when_all([late], 0.05, lambda: calls.append(loop.time() - started))
+        while not calls:
+            await asyncio.sleep(0.01)
+        late.set_result(3)  # not cancelled: it may be shared
+        await asyncio.sleep(0.05)
+        return calls
+
+    calls = asyncio.run(main())
+    assert len(calls) == 1 and calls[0] >= 0.04

@@ -5,8 +5,9 @@ second, and the ASGI layer (a scope dict, receive/send message dicts, checks
 on every message, a task per request behind them) cost as much as the rest of
 the frontend (docs/profile.md). This server parses with httptools (llhttp,
 Node's parser), hands a handler a whole :class:`Request` (body read, limits
-checked) and writes its :class:`Response` in one ``write``. It owns what a
-server must:
+checked) and writes its :class:`Response` in one ``write``: answered at once,
+from callbacks (a :class:`Later`: no task per request) or by a coroutine. It
+owns what a server must:
 
 - keep-alive (HTTP/1.1 by default, HTTP/1.0 when asked) and pipelining:
   requests on a connection are answered one at a time, in order; with
@@ -39,7 +40,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import orjson
@@ -80,7 +81,19 @@ class Response:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+@dataclass(slots=True)
+class Later:
+    """A response still being computed: once ``future`` is done, the server
+    writes ``finish(future)``. What a handler returns to answer from callbacks,
+    with no task per request (the query port's hot path)."""
+
+    future: asyncio.Future[Any]
+    finish: Callable[[asyncio.Future[Any]], Response]
+
+
+# A handler answers now (a Response), from callbacks (a Later), or from a
+# coroutine (any other awaitable; the server runs it as a task).
+Handler = Callable[[Request], Response | Later | Awaitable[Response]]
 ErrorPage = Callable[[str, int, str, str], Response]  # (path, status, error, cause)
 
 
@@ -211,7 +224,8 @@ class _Connection(asyncio.Protocol):
         self.expect_continue = False
         self.rejected = False  # answered already (413/431): drop its body
         self.request: Request | None = None
-        self.task: asyncio.Task[None] | None = None  # held: a task is weakly referenced
+        # The answer being computed, held: the event loop references a task weakly.
+        self.task: asyncio.Future[Any] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -372,18 +386,50 @@ class _Connection(asyncio.Protocol):
         self.busy = True
         if isinstance(item, Response):
             self._write(item, keep, head)
-        else:
-            self.task = asyncio.get_running_loop().create_task(self._answer(item, keep, head))
-
-    async def _answer(self, request: Request, keep: int, head: bool) -> None:
+            return
         try:
-            response = await self.server.handler(request)
+            result = self.server.handler(item)
         except Exception as exc:
-            log.exception("internal error on %s %s", request.method, request.path)
-            response = self.server.error_page(
-                request.path, 500, "internal error", type(exc).__name__
+            result = self._internal_error(item, exc)
+        if isinstance(result, Response):
+            self._write(result, keep, head)
+        elif isinstance(result, Later):
+            self.task = result.future  # held: nothing else may hold it
+            result.future.add_done_callback(
+                lambda future: self._finish(item, result.finish, future, keep, head)
             )
+        else:
+            self.task = asyncio.get_running_loop().create_task(
+                self._answer(item, result, keep, head)
+            )
+
+    def _finish(
+        self,
+        request: Request,
+        finish: Callable[[asyncio.Future[Any]], Response],
+        future: asyncio.Future[Any],
+        keep: int,
+        head: bool,
+    ) -> None:
+        try:
+            response = finish(future)
+        except (Exception, asyncio.CancelledError) as exc:
+            response = self._internal_error(request, exc)
         self._write(response, keep, head)
+
+    async def _answer(
+        self, request: Request, answer: Awaitable[Response], keep: int, head: bool
+    ) -> None:
+        try:
+            response = await answer
+        except Exception as exc:
+            response = self._internal_error(request, exc)
+        self._write(response, keep, head)
+
+    def _internal_error(self, request: Request, exc: BaseException) -> Response:
+        """A 500 naming only the exception's type; the traceback goes to the log."""
+        log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+        return self.server.error_page(request.path, 500, "internal error", type(exc).__name__)
 
     def _write(self, response: Response, keep: int, head: bool) -> None:
         transport = self.transport

@@ -3,22 +3,25 @@
 No framework and no ASGI on this path: :mod:`.h1` hands :meth:`QueryFrontend.handle`
 a whole request (body read, size checked) and writes the :class:`~.h1.Response`
 it returns. It parses, validates, calls the query processor and encodes;
-exceptions become JSON errors here and nowhere else. ``/v2`` (the Open Inference
-Protocol) and ``/metrics`` are handlers of the same kind.
+exceptions become JSON errors here and nowhere else. A prediction is answered
+from callbacks (a :class:`~.h1.Later` on the processor's future): no task and no
+coroutine per query. ``/v2`` (the Open Inference Protocol) and ``/metrics`` are
+handlers of the same kind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
 from ..exceptions import InputError, StoreError, ValidationError
-from ..selection.processor import Overloaded, QueryProcessor
+from ..selection.processor import Overloaded, Prediction, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import json_default
-from .h1 import Handler, Request, Response, json_error, json_response
+from .h1 import Handler, Later, Request, Response, json_error, json_response
 from .http import api_key_matches
 from .inputs import parse_predict_body, parse_update_body
 
@@ -55,10 +58,10 @@ class QueryFrontend:
             return self.v2_error(status, f"{error}: {cause}")
         return json_error(path, status, error, cause)
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response | Later | Awaitable[Response]:
         path = request.path
         if self.v2 is not None and _is_v2(path):
-            return await self.v2(request)
+            return self.v2(request)
         route = path.strip("/")
         if route.endswith("/predict") or route.endswith("/update"):
             parts = route.split("/")
@@ -66,8 +69,8 @@ class QueryFrontend:
                 if request.method != "POST":
                     return _error(405, "method not allowed", f"use POST for {path}")
                 if parts[1] == "predict":
-                    return await self._predict(parts[0], request)
-                return await self._update(parts[0], request)
+                    return self._predict(parts[0], request)
+                return self._update(parts[0], request)
         if path == "/health":
             return Response(200, _OK)
         if path == "/ready":
@@ -87,7 +90,8 @@ class QueryFrontend:
             return _error(401, "unauthorized", f"app {app!r} needs its API key in 'X-Api-Key'")
         return route
 
-    async def _predict(self, app: str, request: Request) -> Response:
+    def _predict(self, app: str, request: Request) -> Response | Later:
+        """Parse and submit now; answer from the processor's callback (no task)."""
         route = self._route(app, request)
         if isinstance(route, Response):
             return route
@@ -99,22 +103,12 @@ class QueryFrontend:
                     f"input_batch has {len(query.inputs)} inputs; the limit is "
                     f"{self.max_batch_inputs}"
                 )
-            predictions = await self.processor.predict(
-                route, query.inputs, query.version, query.uid
-            )
+            pending = self.processor.predict_soon(route, query.inputs, query.version, query.uid)
         except InputError as exc:
             return _error(400, "invalid input", str(exc))
         except ValidationError as exc:
             return _error(400, "invalid request", str(exc))
-        except Overloaded as exc:
-            return _error(503, "overloaded", str(exc))
-        if query.is_batch:
-            payload: object = {"batch_predictions": [p.to_json() for p in predictions]}
-        else:
-            payload = predictions[0].to_json()
-        return Response(
-            200, orjson.dumps(payload, default=json_default, option=orjson.OPT_NON_STR_KEYS)
-        )
+        return Later(pending, _batch_answer if query.is_batch else _single_answer)
 
     async def _update(self, app: str, request: Request) -> Response:
         route = self._route(app, request)
@@ -135,6 +129,34 @@ class QueryFrontend:
         except ValueError as exc:  # a label the app's loss cannot score
             return _error(400, "invalid feedback", str(exc))
         return json_response(200, result)
+
+
+def _answer(pending: asyncio.Future[list[Prediction]]) -> list[Prediction] | Response:
+    """The predictions, or the response for why there are none."""
+    try:
+        return pending.result()
+    except Overloaded as exc:
+        return _error(503, "overloaded", str(exc))
+
+
+def _single_answer(pending: asyncio.Future[list[Prediction]]) -> Response:
+    predictions = _answer(pending)
+    if isinstance(predictions, Response):
+        return predictions
+    return _json(predictions[0].to_json())
+
+
+def _batch_answer(pending: asyncio.Future[list[Prediction]]) -> Response:
+    predictions = _answer(pending)
+    if isinstance(predictions, Response):
+        return predictions
+    return _json({"batch_predictions": [p.to_json() for p in predictions]})
+
+
+def _json(payload: object) -> Response:
+    return Response(
+        200, orjson.dumps(payload, default=json_default, option=orjson.OPT_NON_STR_KEYS)
+    )
 
 
 def _error(status: int, error: str, cause: str) -> Response:

@@ -78,35 +78,52 @@ class Prediction:
         return body
 
 
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def when_all(
+    futures: list[asyncio.Future[Outcome]], timeout: float, then: Callable[[], None]
+) -> None:
+    """Call ``then`` once, from the event loop, when every future is done or
+    ``timeout`` seconds have passed, whichever is first.
 
-
-async def wait_all(futures: list[asyncio.Future[Outcome]], timeout: float) -> None:
-    """Return when every future is done or ``timeout`` seconds passed.
-
-    ``asyncio.wait`` without its per-call sets and callback removal (it was
-    about 8 % of the server's CPU per query). The futures are never cancelled:
-    a coalesced one may be shared with other queries.
+    Callbacks only: no task and no waiter per query (a coroutine awaiting
+    ``asyncio.wait`` cost about 8 % of the server's CPU per query, a task per
+    request another 8 %). The futures are never cancelled: a coalesced one may
+    be shared with other queries, and a late one still fills the cache.
     """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
     left = len(futures)
+    fired = False
+    timer: asyncio.TimerHandle | None = None
+
+    def fire() -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        if timer is not None:
+            timer.cancel()
+        then()
 
     def one_done(_future: asyncio.Future[Outcome]) -> None:
         nonlocal left
         left -= 1
-        if left == 0 and not waiter.done():
-            waiter.set_result(None)
+        if left == 0:
+            fire()
 
     for future in futures:
         future.add_done_callback(one_done)
-    timer = loop.call_later(timeout, _release, waiter)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
+    timer = asyncio.get_running_loop().call_later(timeout, fire)
+
+
+async def wait_all(futures: list[asyncio.Future[Outcome]], timeout: float) -> None:
+    """``when_all`` for a coroutine: return when every future is done or
+    ``timeout`` seconds passed. Cancelling the wait cancels none of the futures."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def release() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    when_all(futures, timeout, release)
+    await waiter
 
 
 class QueryProcessor:
@@ -179,30 +196,27 @@ class QueryProcessor:
         timeout_s: float | None = None,
     ) -> list[Prediction]:
         """Answer every input by the app's deadline; never raises for model trouble
-        (only ``Overloaded``, for an app that sheds load with 503).
+        (only ``Overloaded``, for an app that sheds load with 503, and
+        ``ValidationError`` for a version pin that names nothing).
 
         ``timeout_s`` tightens the deadline below the app's SLO (never loosens it).
         """
-        start = self.clock()
-        try:
-            predictions = await self._predict(route, inputs, version, uid, timeout_s, start)
-        except Overloaded:
-            if self.observer is not None:
-                self.observer.observe_overload(route.spec.name)
-            raise
-        if self.observer is not None:
-            self.observer.observe_predictions(route.spec.name, self.clock() - start, predictions)
-        return predictions
+        return await self.predict_soon(route, inputs, version, uid, timeout_s)
 
-    async def _predict(
+    def predict_soon(
         self,
         route: AppRoute,
         inputs: list[Any],
-        version: str | None,
-        uid: str | None,
-        timeout_s: float | None,
-        start: float,
-    ) -> list[Prediction]:
+        version: str | None = None,
+        uid: str | None = None,
+        timeout_s: float | None = None,
+    ) -> asyncio.Future[list[Prediction]]:
+        """``predict`` without a coroutine: the queries are submitted now and the
+        returned future resolves by the deadline (to the predictions, or to
+        ``Overloaded``). The query port's hot path: no task per request.
+        A bad version pin raises ``ValidationError`` here, before anything is sent.
+        """
+        start = self.clock()
         spec = route.spec
         budget = spec.slo_micros / 1e6
         if timeout_s is not None:
@@ -218,8 +232,11 @@ class QueryProcessor:
                 available = {}
         else:
             available = self._available(route)
+        result: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
         if not available:
-            return [Prediction(q, spec.default_output, True, NO_MODELS) for q in ids]
+            defaults = [Prediction(q, spec.default_output, True, NO_MODELS) for q in ids]
+            self._resolve(result, spec.name, start, lambda: defaults)
+            return result
         names = list(available)
         if len(names) == 1 and not policy.combines:
             chosen = [names for _ in inputs]  # the common case: no policy work per query
@@ -232,18 +249,58 @@ class QueryProcessor:
             {m: self.dispatcher.submit(available[m], x, deadline, use_cache=use_cache) for m in ms}
             for x, ms in zip(inputs, chosen, strict=True)
         ]
+
+        def answers() -> list[Prediction]:
+            if spec.options.get("overload") == "503" and any(
+                f.done() and f.result().overloaded for fs in futures for f in fs.values()
+            ):
+                raise Overloaded(f"a model of '{spec.name}' has a full queue")
+            return [
+                self._answer(qid, spec, policy, params, state, ms, fs, cold)
+                for qid, ms, fs in zip(ids, chosen, futures, strict=True)
+            ]
+
+        def finish() -> None:
+            self._resolve(result, spec.name, start, answers)
+
         pending = [f for fs in futures for f in fs.values() if not f.done()]
         remaining = deadline - self.clock()
         if pending and remaining > 0:
-            await wait_all(pending, remaining)
-        if spec.options.get("overload") == "503" and any(
-            f.done() and f.result().overloaded for fs in futures for f in fs.values()
-        ):
-            raise Overloaded(f"a model of '{spec.name}' has a full queue")
-        return [
-            self._answer(qid, spec, policy, params, state, ms, fs, cold)
-            for qid, ms, fs in zip(ids, chosen, futures, strict=True)
-        ]
+            when_all(pending, remaining, finish)
+        else:
+            finish()
+        return result
+
+    def _resolve(
+        self,
+        result: asyncio.Future[list[Prediction]],
+        app: str,
+        start: float,
+        answers: Callable[[], list[Prediction]],
+    ) -> None:
+        """Settle ``result`` with ``answers()`` (or what it raised), observed.
+
+        Called from the event loop's callbacks: nothing may escape, or the
+        query would never be answered."""
+        if result.done():  # its awaiting coroutine was cancelled
+            return
+        try:
+            predictions = answers()
+        except Overloaded as exc:
+            if self.observer is not None:
+                self.observer.observe_overload(app)
+            result.set_exception(exc)
+            return
+        except Exception as exc:  # a bug: the caller answers 500 rather than hang
+            result.set_exception(exc)
+            return
+        try:
+            if self.observer is not None:
+                self.observer.observe_predictions(app, self.clock() - start, predictions)
+        except Exception as exc:
+            result.set_exception(exc)
+            return
+        result.set_result(predictions)
 
     def _answer(
         self,

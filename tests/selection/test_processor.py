@@ -1,0 +1,164 @@
+"""``QueryProcessor.predict_soon``: the query port's callback path, with a real
+dispatcher and a scripted replica (no sockets; the RPC layer is tested elsewhere).
+
+It must settle its future in every case, by the deadline: the model's answer,
+the default when the model is too late, an error for a bad version pin, and an
+exception (never a hang) when something on the way raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clipper.batching.dispatcher import Dispatcher
+from clipper.exceptions import ValidationError
+from clipper.rpc import protocol as p
+from clipper.rpc.server import Replica
+from clipper.selection.processor import NO_MODELS, SLO_MISSED, Prediction, QueryProcessor
+from clipper.selection.state import PolicyStates
+from clipper.store.catalog import Catalog
+from clipper.types import AppSpec, InputType, ModelId, ModelSpec
+
+MODEL = ModelId("m", "1")
+
+
+class Store:
+    """A config store with one app ``a`` (SLO 50 ms) linked to model ``m:1``."""
+
+    def generation(self) -> int:
+        return 1
+
+    def list_models(self) -> list[ModelSpec]:
+        return [ModelSpec("m", "1", InputType.DOUBLES)]
+
+    def get_current_version(self, name: str) -> str | None:
+        return "1" if name == "m" else None
+
+    def list_apps(self) -> list[AppSpec]:
+        return [AppSpec("a", InputType.DOUBLES, "-1", 50_000)]
+
+    def get_links(self, app: str) -> list[str]:
+        return ["m"]
+
+
+class NoState:
+    def get(self, app: str, uid: str) -> None:
+        return None
+
+
+class Observer:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.seen: list[tuple[str, list[Prediction]]] = []
+
+    def observe_predictions(self, app: str, latency_s: float, predictions: list[Prediction]):
+        if self.fail:
+            raise RuntimeError("the observer broke")
+        self.seen.append((app, predictions))
+
+    def observe_overload(self, app: str) -> None: ...
+
+    def observe_feedback(self, app: str, accepted: bool) -> None: ...
+
+
+def setup(answer: bool, observer: Observer | None = None) -> tuple[QueryProcessor, Any]:
+    """A processor whose dispatcher has one replica of ``m:1``; the replica
+    answers each batch with each input's sum, on the next loop turn (or never)."""
+    dispatcher = Dispatcher()
+    replica = Replica(b"r", MODEL, "doubles", None, "test", time.time(), time.time())
+
+    def send(identity: bytes, frames: list[bytes]) -> bool:
+        header = p.unpack(frames[0])
+        inputs = p.decode_inputs(header, frames[1:])
+        if answer:
+            result = p.encode_result_ok(header["id"], [float(x.sum()) for x in inputs])
+            loop = asyncio.get_running_loop()
+            args = (replica, header["id"], p.unpack(result[0]), result[1:])
+            loop.call_soon(dispatcher.batch_result, *args)
+        return True
+
+    dispatcher.set_transport(send)
+    dispatcher.replica_joined(replica)
+    catalog = Catalog(Store())  # type: ignore[arg-type]
+    states = PolicyStates(NoState())  # type: ignore[arg-type]
+    return QueryProcessor(catalog, dispatcher, states, observer=observer), catalog.app("a")
+
+
+def x(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float64)
+
+
+def run(fn):
+    return asyncio.run(asyncio.wait_for(fn(), 30))
+
+
+def test_the_models_answer_settles_the_future_and_is_observed():
+    observer = Observer()
+
+    async def main():
+        processor, route = setup(answer=True, observer=observer)
+        return await processor.predict_soon(route, [x(1, 2), x(3, 4)])
+
+    predictions = run(main)
+    assert [(x.output, x.default) for x in predictions] == [(3.0, False), (7.0, False)]
+    assert [app for app, _ in observer.seen] == ["a"]
+
+
+def test_a_model_too_late_gets_the_default_at_the_deadline():
+    async def main():
+        processor, route = setup(answer=False)
+        started = time.monotonic()
+        predictions = await processor.predict_soon(route, [x(1)], timeout_s=0.05)
+        return predictions, time.monotonic() - started
+
+    predictions, took = run(main)
+    assert predictions[0].default and predictions[0].output == "-1"
+    assert predictions[0].explanation == SLO_MISSED
+    assert took >= 0.04
+
+
+def test_no_live_model_answers_the_default_at_once():
+    async def main():
+        processor, route = setup(answer=True)
+        processor.dispatcher.replica_left(processor.dispatcher.replicas()[0], "gone")
+        return await processor.predict_soon(route, [x(1)])
+
+    (prediction,) = run(main)
+    assert prediction.default and prediction.explanation == NO_MODELS
+
+
+def test_a_bad_version_pin_raises_before_anything_is_sent():
+    async def main():
+        processor, route = setup(answer=True)
+        with pytest.raises(ValidationError, match="no version '7'"):
+            processor.predict_soon(route, [x(1)], version="7")
+        return processor.dispatcher.busy()
+
+    assert run(main) is False
+
+
+def test_an_exception_on_the_way_fails_the_future_rather_than_hang():
+    async def main():
+        processor, route = setup(answer=True, observer=Observer(fail=True))
+        return await asyncio.gather(processor.predict_soon(route, [x(1)]), return_exceptions=True)
+
+    (outcome,) = run(main)
+    assert isinstance(outcome, RuntimeError) and "observer broke" in str(outcome)
+
+
+def test_a_cancelled_wait_leaves_the_models_work_alone():
+    async def main():
+        processor, route = setup(answer=False)
+        waiting = asyncio.ensure_future(processor.predict(route, [x(1)], timeout_s=0.05))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(0.1)  # the deadline passes: nothing may raise
+        return waiting.cancelled()
+
+    assert run(main) is True
