@@ -7,6 +7,7 @@ model container side can import it beside the RPC protocol.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,8 +24,9 @@ class InputType(StrEnum):
     STRINGS = "strings"
     JSON = "json"
 
-    @property
+    @functools.cached_property
     def is_numeric(self) -> bool:
+        # Cached on the member: read once per request on the hot path.
         return self in (InputType.INTEGERS, InputType.FLOATS, InputType.DOUBLES)
 
     @classmethod
