@@ -64,12 +64,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.metadata
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -86,43 +82,46 @@ import numpy as np
 from . import batching, loadgen, mlserver_runtime, models, naive_server
 from .batching import Bench, Measurement, Options, Probe
 from .harness import (
-    BENCHMARKS_DOC,
-    IMG,
     RESULTS,
     ROOT,
     SINGLE_THREAD_ENV,
     BenchServer,
     CpuPlan,
-    cpu_seconds,
     free_port,
-    pid_alive,
-    pin_tree,
-    write_doc_section,
 )
 from .loadgen import LoadResult, Pool, Workload
 from .naive_server import MODEL_KEYS, make_model
+from .peer_envs import (
+    PEER_ALIASES,
+    PEER_KEYS,
+    PEERS,
+    VENVS,
+    Peer,
+    PeerFailed,
+    naive_python,
+    naive_versions,
+    peer_python,
+    venv_versions,
+)
+from .peers_report import (
+    CEILING_SIZES,
+    CHECK_COUNT,
+    DOC,
+    INPUT_POOL,
+    LABELS,
+    LOW_RATE,
+    SERVERS,
+    fmt,
+    oneline,
+    overhead,
+    plain,
+    render_markdown,
+    summarise,
+    write_markdown,
+    write_plot,
+)
+from .procserver import ProcessServer
 
-DOC = BENCHMARKS_DOC
-VENVS = ROOT / "bench" / ".venvs"
-NAIVE_VENV = VENVS / "naive"
-# Shared packages at the project's versions, so only the framework differs.
-SHARED = ("uvicorn", "uvloop", "httptools", "numpy", "orjson")
-INPUT_POOL = 500
-LOW_RATE = 50.0
-CEILING_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-SERVERS = ("clipper", "naive", "echo")  # the baselines, beside the batching peers
-LABELS = {"mlp": "light MLP", "mlp-heavy": "heavy MLP", "noop": "no-op"}
-DESCRIBE = {
-    "mlp": "784→512→512→10, float32, fixed seed",
-    "mlp-heavy": "784→2048→2048→10, float32, fixed seed",
-    "noop": "answers 0; 784 values per query like the others",
-}
-# Targets of issue 11 (light: ≥3x naive and ≥10x the best batching peer; heavy: ≥5x
-# naive and ≥9x the best batching peer; overhead p50 ≤ 1 ms, p99 ≤ 3 ms above the
-# model's own batch-1 time; frontend ≥ 80 % of echo).
-TARGET_VS_NAIVE = {"mlp": 3.0, "mlp-heavy": 5.0}
-TARGET_VS_PEER = {"mlp": 10.0, "mlp-heavy": 9.0}  # x the best batching peer's goodput
-TARGET_P50_MS, TARGET_P99_MS, TARGET_FRONTEND = 1.0, 3.0, 0.8
 # Hand-written reading appended below the generated tables (kept in this file
 # so a rerun does not lose it; update it when the numbers move).
 READING = """
@@ -173,410 +172,6 @@ READING = """
   the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
   and their answers were checked against the model in-process.
 """
-
-
-# -- the peers' environments -------------------------------------------------------------
-
-
-class PeerFailed(Exception):
-    """A peer could not be installed, started or measured; the message says why."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A batching serving system measured beside Clipper (a benchmark-only dependency)."""
-
-    key: str
-    label: str
-    requirement: str  # what pip installs
-    pin_from: str | None  # pin the requirement to this project package's version
-    imports: str  # what must import for the environment to count as ready
-    versions: tuple[str, ...]  # distributions whose versions the results record
-    start_timeout_s: float
-
-
-PEERS = {
-    "mlserver": Peer(
-        "mlserver",
-        "MLServer",
-        "mlserver",
-        None,
-        "mlserver, mlserver.codecs, numpy, orjson",
-        ("mlserver", "fastapi", "starlette", "uvicorn", "pydantic", "numpy", "grpcio"),
-        120.0,
-    ),
-    "litserve": Peer(
-        "litserve",
-        "LitServe",
-        "litserve",
-        None,
-        "litserve, numpy, orjson",
-        ("litserve", "fastapi", "starlette", "uvicorn", "pydantic", "numpy", "pyzmq"),
-        120.0,
-    ),
-    "rayserve": Peer(
-        "rayserve",
-        "Ray Serve",
-        "ray[serve]",
-        "ray",
-        "ray, ray.serve, starlette, numpy, orjson",
-        ("ray", "fastapi", "starlette", "uvicorn", "pydantic", "numpy", "grpcio"),
-        240.0,
-    ),
-}
-PEER_KEYS = tuple(PEERS)
-PEER_ALIASES = {"ray": "rayserve", "ray-serve": "rayserve", "ray_serve": "rayserve"}
-# The peers share pydantic with the project too (MLServer, LitServe and Ray Serve use it).
-PEER_SHARED = (*SHARED, "pydantic")
-
-
-def _pins(packages: tuple[str, ...]) -> list[str]:
-    pins = []
-    for pkg in packages:
-        try:
-            pins.append(f"{pkg}=={importlib.metadata.version(pkg)}")
-        except importlib.metadata.PackageNotFoundError:
-            pins.append(pkg)
-    return pins
-
-
-def _imports_ok(python: Path, imports: str) -> bool:
-    try:
-        subprocess.run(
-            [str(python), "-c", f"import {imports}"], check=True, capture_output=True, timeout=120
-        )
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return False
-    return True
-
-
-def _pip_error(stderr: str) -> str:
-    """The last lines of pip's stderr that say something (not its index warnings)."""
-    lines = [
-        ln.strip()
-        for ln in stderr.splitlines()
-        if ln.strip() and "is ignored: it is neither a file nor a directory" not in ln
-    ]
-    return " | ".join(lines[-3:])[-400:] or "no message"
-
-
-def venv_python(
-    venv: Path,
-    requirements: list[str],
-    imports: str,
-    log: Callable[[str], None],
-    shared: tuple[str, ...] = SHARED,
-    fallback: list[str] | None = None,
-) -> Path:
-    """The interpreter of ``venv``, created (``pip install``, from PyPI) when
-    ``imports`` do not import there. ``shared`` packages are pinned to this
-    environment's versions, so only the framework differs; when pip cannot
-    resolve that, it tries once more with ``fallback`` (default
-    ``requirements``), unpinned. Raises ``PeerFailed`` with pip's own words."""
-    python = venv / "bin" / "python"
-    if _imports_ok(python, imports):
-        return python
-    VENVS.mkdir(parents=True, exist_ok=True)
-    (VENVS / ".gitignore").write_text("*\n")
-    name = venv.relative_to(ROOT)
-    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
-    if made.returncode != 0:
-        raise PeerFailed(f"python -m venv {name} failed: {_pip_error(made.stderr)}")
-    attempts = [[*requirements, *_pins(shared)], fallback or requirements]
-    why = ""
-    for i, reqs in enumerate(attempts):
-        log(f"creating {name}: pip install {' '.join(reqs)}")
-        t0 = time.perf_counter()
-        pip = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", *reqs],
-            capture_output=True,
-            text=True,
-        )
-        if pip.returncode == 0 and _imports_ok(python, imports):
-            log(f"  installed in {time.perf_counter() - t0:.0f}s")
-            return python
-        why = _pip_error(pip.stderr) if pip.returncode else f"'import {imports}' fails"
-        log(f"  pip failed: {why}" + ("; again without the shared pins" if i == 0 else ""))
-    raise PeerFailed(f"pip install {' '.join(attempts[-1])} into {name} failed: {why}")
-
-
-def naive_python(log: Callable[[str], None]) -> Path:
-    """The interpreter of bench/.venvs/naive, created (with pip) when missing."""
-    try:
-        return venv_python(NAIVE_VENV, ["fastapi"], "fastapi, uvicorn, numpy, orjson", log)
-    except PeerFailed as exc:
-        raise SystemExit(
-            f"could not install FastAPI into {NAIVE_VENV} ({exc}); the naive baseline needs "
-            f"it: {NAIVE_VENV / 'bin' / 'python'} -m pip install fastapi"
-        ) from exc
-
-
-def peer_python(peer: Peer, log: Callable[[str], None]) -> Path:
-    """The interpreter of bench/.venvs/<peer>, created when missing (``PeerFailed``)."""
-    requirement = peer.requirement
-    if peer.pin_from:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            requirement += f"=={importlib.metadata.version(peer.pin_from)}"
-    return venv_python(
-        VENVS / peer.key,
-        [requirement],
-        peer.imports,
-        log,
-        shared=PEER_SHARED,
-        fallback=[peer.requirement],
-    )
-
-
-def venv_versions(python: Path, dists: tuple[str, ...]) -> dict[str, str]:
-    """Versions of ``dists`` installed for ``python`` (those missing are left out)."""
-    code = (
-        "import importlib.metadata as m, json, sys\nout = {}\nfor p in sys.argv[1:]:\n"
-        "    try:\n        out[p] = m.version(p)\n    except m.PackageNotFoundError:\n"
-        "        pass\nprint(json.dumps(out))"
-    )
-    out = subprocess.run(
-        [str(python), "-c", code, *dists], capture_output=True, text=True, check=True
-    )
-    return dict(json.loads(out.stdout))
-
-
-def naive_versions(python: Path) -> dict[str, str]:
-    return venv_versions(python, ("fastapi", "starlette", "pydantic", "uvicorn", "numpy"))
-
-
-# -- a server that is a process tree ----------------------------------------------------------
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first), or None."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _start_time(pid: int) -> str | None:
-    fields = _stat(pid)
-    return fields[19] if fields else None
-
-
-def tree_and_session(pid: int) -> list[int]:
-    """``pid``, its descendants, and every process of the session ``pid`` leads
-    (a child whose parent died is reparented but stays in the session)."""
-    children: dict[int, list[int]] = {}
-    session: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat(int(entry))
-        if not fields or fields[0] == "Z":
-            continue
-        with contextlib.suppress(ValueError, IndexError):
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            if int(fields[3]) == pid:
-                session.append(int(entry))
-    out, todo = set(session), [pid]
-    while todo:
-        p = todo.pop()
-        out.add(p)
-        todo.extend(c for c in children.get(p, []) if c not in out)
-    return sorted(p for p in out if pid_alive(p))
-
-
-class ServerFailed(RuntimeError):
-    """A server process that exited, or never answered."""
-
-
-class ProcessServer:
-    """A server pinned to the server's CPUs, run as a process in a session of
-    its own; duck-types ``BenchServer`` for the probes of bench/batching.py (no
-    model status; CPU of its whole tree).
-
-    Every process it starts (its descendants, and what stays in its session
-    after a parent died) is pinned to the server's core once it is up and
-    before every probe, counted in its CPU time, and stopped on the way out:
-    SIGTERM to the main process (``grace_s`` to shut its own children down),
-    then SIGTERM and SIGKILL to whatever of the tree is left. ``port``: given
-    (and already written into its configuration) or chosen here and passed as
-    ``--port``; ``log_dir``: its output goes there (else to ours), and
-    the folder is removed on the way out, like ``cleanup``.
-    """
-
-    def __init__(
-        self,
-        argv: list[str],
-        cpus: CpuPlan,
-        *,
-        port: int | None = None,
-        env: dict[str, str] | None = None,
-        timeout_s: float = 60.0,
-        grace_s: float = 15.0,
-        log_dir: Path | None = None,
-        cleanup: tuple[Path, ...] = (),
-    ) -> None:
-        self.host = "127.0.0.1"
-        if port is None:
-            with socket.socket() as s:
-                s.bind((self.host, 0))
-                self.query_port = int(s.getsockname()[1])
-            self.argv = [*argv, "--port", str(self.query_port)]
-        else:
-            self.query_port = port
-            self.argv = list(argv)
-        self.cpus = cpus
-        self.env = env
-        self.timeout_s = timeout_s
-        self.grace_s = grace_s
-        self.log_dir = log_dir
-        self.cleanup = (*cleanup, *((log_dir,) if log_dir else ()))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.pid: int | None = None
-        self.pinned: dict[str, int] = {}
-        self.killed = 0
-
-    def __enter__(self) -> ProcessServer:
-        server_cpus = self.cpus.server
-
-        def pin() -> None:
-            if server_cpus is not None:
-                os.sched_setaffinity(0, server_cpus)
-
-        out: Any = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / "server.log", "ab")  # closed once started
-        try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=ROOT,
-                env=self.env if self.env is not None else os.environ | SINGLE_THREAD_ENV,
-                preexec_fn=pin,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT if out is not None else None,
-            )
-        finally:
-            if out is not None:
-                out.close()
-        self.pid = self.proc.pid
-        try:
-            self._wait_listening()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 12) -> str:
-        if self.log_dir is None:
-            return ""
-        with contextlib.suppress(OSError):
-            text = (self.log_dir / "server.log").read_text(errors="replace")
-            return "\n".join(text.splitlines()[-lines:])
-        return ""
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log_tail()
-            raise ServerFailed(
-                f"{' '.join(self.argv[:3])} exited with {self.proc.returncode}"
-                + (f"; its output ends:\n{tail}" if tail else "")
-            )
-
-    def _wait_listening(self) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            self.check_alive()
-            try:
-                with socket.create_connection((self.host, self.query_port), timeout=1):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                tail = self.log_tail()
-                raise ServerFailed(
-                    f"{' '.join(self.argv[:3])} did not listen on port {self.query_port} within "
-                    f"{self.timeout_s:.0f}s" + (f"; its output ends:\n{tail}" if tail else "")
-                )
-            time.sleep(0.1)
-
-    def members(self) -> list[int]:
-        return tree_and_session(self.pid) if self.pid is not None else []
-
-    def pin(self) -> dict[str, int]:
-        """Pin every thread of every process of the server to its core (again)."""
-        if self.cpus.server is None or self.pid is None:
-            return {}
-        procs = self.members()
-        threads = sum(pin_tree(p, self.cpus.server) for p in procs)
-        self.pinned = {"processes": len(procs), "threads": threads}
-        return self.pinned
-
-    def model_status(self, app: str) -> dict[str, Any]:
-        return {}
-
-    def cpu(self) -> dict[str, float]:
-        if self.pid is None:
-            return {"server": 0.0, "replicas": 0.0}
-        rest = [p for p in self.members() if p != self.pid]
-        return {"server": cpu_seconds(self.pid), "replicas": sum(map(cpu_seconds, rest))}
-
-    def wait_idle(self, limit_s: float = 30.0, cores: float = 0.25) -> float:
-        """Wait (bounded) until the server's processes use under ``cores`` of a
-        core: a peer may still be working off the backlog of an overload."""
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < limit_s:
-            c0, w0 = sum(self.cpu().values()), time.perf_counter()
-            time.sleep(0.1)  # a measurement window
-            used = (sum(self.cpu().values()) - c0) / (time.perf_counter() - w0)
-            if used < cores:
-                break
-        return time.perf_counter() - t0
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        assert self.pid is not None
-        started = {p: _start_time(p) for p in self.members()}
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(self.grace_s)
-        for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            left = self._ours(started)
-            if not left:
-                break
-            for p in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, sig)
-            if sig == signal.SIGKILL:
-                self.killed += len(left)
-                print(
-                    f"killed {len(left)} stray process(es) of {self.argv[2]}: {left}",
-                    file=sys.stderr,
-                )
-            deadline = time.monotonic() + wait_s
-            while self._ours(started) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(15)
-        self.proc = None
-        if not os.environ.get("BENCH_KEEP_STATE"):
-            for path in self.cleanup:
-                shutil.rmtree(path, ignore_errors=True)
-
-    def _ours(self, started: dict[int, str | None]) -> list[int]:
-        """What is left of the server: processes seen at the stop (the same
-        process: same start time) and whatever is still in its session."""
-        assert self.pid is not None
-        left = {
-            p for p, t in started.items() if t is not None and _start_time(p) == t and pid_alive(p)
-        }
-        return sorted(left | set(tree_and_session(self.pid)))
 
 
 # -- the model-only ceiling ------------------------------------------------------------------
@@ -666,8 +261,6 @@ class PeerOptions:
 # measurement swings 3x, and it once turned batching off for the heavy MLP.)
 PEER_MAX_BATCH = {"mlp": 64, "mlp-heavy": 32, "noop": 64}
 BATCH_WAIT_FRACTION = 0.1
-# Queries sent at once (so they are batched) to check a server's answers.
-CHECK_COUNT = 32
 
 
 def peer_batching(ceiling: dict[str, Any], kinds: list[str], slo_ms: float) -> dict[str, Any]:
@@ -971,9 +564,9 @@ class PeerBench:
             "goodput": m.goodput,
             "capacity_closed_loop_guess": capacity,
             "restarts": t.restarts,
-            "probes": [_plain(p) for p in m.probes],
-            "at_goodput": _plain(at_goodput[-1]) if at_goodput else None,
-            "low_load": _plain(low),
+            "probes": [plain(p) for p in m.probes],
+            "at_goodput": plain(at_goodput[-1]) if at_goodput else None,
+            "low_load": plain(low),
             "closed_loop": closed_loop.to_dict() if closed_loop else None,
         } | t.info
         if srv in PEERS:
@@ -1018,7 +611,7 @@ class PeerBench:
                     # It never came up (Ray gives its node 30 s, which a busy
                     # machine can miss): once more.
                     self.log(
-                        f"  {key} {LABELS[kind]} did not start ({_oneline(reason, 200)}); again"
+                        f"  {key} {LABELS[kind]} did not start ({oneline(reason, 200)}); again"
                     )
                     start_failures.append(reason[:1500])
                     continue
@@ -1153,491 +746,6 @@ class PeerBench:
         )
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Probe):
-        d = dict(obj.__dict__)
-        d["load"] = {k: v for k, v in d["load"].items() if k != "error_samples"} | {
-            "error_samples": d["load"].get("error_samples", [])[:2]
-        }
-        return d
-    return obj
-
-
-# -- summary ---------------------------------------------------------------------------------
-
-
-def _med(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def summarise(rows: list[dict[str, Any]], ceiling: dict[str, Any], kinds: list[str]) -> dict:
-    def get(srv: str, kind: str, repeat: int) -> dict[str, Any] | None:
-        for r in rows:
-            if r["server"] == srv and r["model"] == kind and r["repeat"] == repeat:
-                return r
-        return None
-
-    repeats = sorted({r["repeat"] for r in rows})
-    out: dict[str, Any] = {}
-    for kind in kinds:
-        per: dict[str, Any] = {}
-        for srv in ("clipper", "naive", *PEER_KEYS):
-            every = [r for r in rows if r["server"] == srv and r["model"] == kind]
-            if not every:
-                continue
-            rs = [r for r in every if r.get("goodput") is not None]
-            failures = [r["failed"] for r in every if r.get("failed")]
-            if not rs:
-                per[srv] = {"failed": failures[0], "failures": failures}
-                continue
-            gp = [r["goodput"] for r in rs]
-            cpu = [
-                r["at_goodput"]["server_cpu_per_query_us"]
-                + r["at_goodput"]["replica_cpu_per_query_us"]
-                for r in rs
-                if r["at_goodput"]
-            ]
-            per[srv] = {
-                "goodput_median": statistics.median(gp),
-                "goodput_min": min(gp),
-                "goodput_max": max(gp),
-                "goodputs": gp,
-                "cpu_us_per_query_at_goodput": _med(cpu),
-                "low_p50_ms": _med([r["low_load"]["load"]["p50_ms"] for r in rs]),
-                "low_p99_ms": _med([r["low_load"]["load"]["p99_ms"] for r in rs]),
-                "low_answered": sum(r["low_load"]["load"].get("completed", 1) for r in rs),
-                "generator_util_at_goodput": _med(
-                    [r["at_goodput"]["load"]["generator_cpu_util"] for r in rs if r["at_goodput"]]
-                ),
-            }
-            if failures:
-                per[srv]["failures"] = failures
-        ratios: dict[str, list[float]] = {
-            "vs_naive": [],
-            "vs_echo": [],
-            "vs_model_ceiling": [],
-            "vs_best_peer": [],
-        }
-        best_per_repeat: list[str] = []
-        # Peers measured in some repeat: a repeat in which one of them failed has
-        # no best peer (its best would be a lesser one), so no ratio either.
-        ever = {
-            r["server"]
-            for r in rows
-            if r["server"] in PEERS and r["model"] == kind and r.get("goodput") is not None
-        }
-        skipped: list[int] = []
-        for rep in repeats:
-            c, n, e = get("clipper", kind, rep), get("naive", kind, rep), get("echo", "noop", rep)
-            if c and n and n["goodput"]:
-                ratios["vs_naive"].append(c["goodput"] / n["goodput"])
-            if c and e and e["goodput"]:
-                ratios["vs_echo"].append(c["goodput"] / e["goodput"])
-            if c and kind in ceiling:
-                ratios["vs_model_ceiling"].append(c["goodput"] / ceiling[kind]["ceiling_qps"])
-            # The best batching peer of this repeat (of those that ran).
-            peers = [(r["goodput"], key) for key in PEER_KEYS if (r := get(key, kind, rep))]
-            peers = [(g, key) for g, key in peers if g is not None]
-            if c and peers and {key for _, key in peers} < ever:
-                skipped.append(rep)
-            elif c and peers:
-                best, key = max(peers)
-                best_per_repeat.append(key)
-                if best > 0:
-                    ratios["vs_best_peer"].append(c["goodput"] / best)
-                for g, key in peers:
-                    if g:
-                        ratios.setdefault(f"vs_{key}", []).append(c["goodput"] / g)
-        measured = [k for k in PEER_KEYS if "goodput_median" in per.get(k, {})]
-        if measured:
-            per["best_peer"] = max(measured, key=lambda k: per[k]["goodput_median"])
-            per["best_peer_per_repeat"] = best_per_repeat
-            if skipped:
-                per["best_peer_repeats_skipped"] = skipped
-        per["ratios"] = {k: _med(v) for k, v in ratios.items()} | {"per_repeat": ratios}
-        per["model_ceiling_qps"] = ceiling.get(kind, {}).get("ceiling_qps")
-        per["model_batch1_ms"] = ceiling.get(kind, {}).get("batch1_ms")
-        out[kind] = per
-    echo = [r for r in rows if r["server"] == "echo"]
-    if echo:
-        out["echo"] = {
-            "goodput_median": statistics.median(r["goodput"] for r in echo),
-            "goodputs": [r["goodput"] for r in echo],
-            "low_p50_ms": _med([r["low_load"]["load"]["p50_ms"] for r in echo]),
-            "low_p99_ms": _med([r["low_load"]["load"]["p99_ms"] for r in echo]),
-            "generator_util_at_goodput": _med(
-                [r["at_goodput"]["load"]["generator_cpu_util"] for r in echo if r["at_goodput"]]
-            ),
-        }
-    closed: dict[str, list[float]] = {"clipper": [], "naive": [], "echo": [], "gen_util": []}
-    closed |= {key: [] for key in PEER_KEYS}
-    ratio_closed: list[float] = []
-    for rep in repeats:
-        for srv in ("clipper", "naive", "echo", *PEER_KEYS):
-            r = get(srv, "noop", rep)
-            if r and r.get("closed_loop"):
-                closed[srv].append(r["closed_loop"]["achieved_rate"])
-                if srv == "echo":
-                    closed["gen_util"].append(r["closed_loop"]["generator_cpu_util"])
-        c, e = get("clipper", "noop", rep), get("echo", "noop", rep)
-        if c and e and c["closed_loop"] and e["closed_loop"]:
-            ratio_closed.append(
-                c["closed_loop"]["achieved_rate"] / e["closed_loop"]["achieved_rate"]
-            )
-    out["closed_loop_noop"] = {k: _med(v) for k, v in closed.items()} | {
-        "clipper_vs_echo": _med(ratio_closed),
-        "per_repeat": closed | {"clipper_vs_echo": ratio_closed},
-    }
-    return out
-
-
-def overhead(rows: list[dict[str, Any]], ceiling: dict[str, Any], kinds: list[str]) -> dict:
-    out: dict[str, Any] = {}
-    for kind in kinds:
-        rs = [r for r in rows if r["server"] == "clipper" and r["model"] == kind]
-        if not rs or kind not in ceiling:
-            continue
-        own = ceiling[kind]["batch1_ms"]
-        p50 = [r["low_load"]["load"]["p50_ms"] for r in rs]
-        p99 = [r["low_load"]["load"]["p99_ms"] for r in rs]
-        out[kind] = {
-            "rate": LOW_RATE,
-            "model_batch1_ms": own,
-            "p50_ms": statistics.median(p50),
-            "p99_ms": statistics.median(p99),
-            "p50_overhead_ms": statistics.median(p50) - own,
-            "p99_overhead_ms": statistics.median(p99) - own,
-            "p50_per_repeat": p50,
-            "p99_per_repeat": p99,
-            "defaults": sum(r["low_load"]["load"]["defaults"] for r in rs),
-        }
-    echo = [r for r in rows if r["server"] == "echo"]
-    if echo:
-        out["echo_floor"] = {
-            "p50_ms": statistics.median(r["low_load"]["load"]["p50_ms"] for r in echo),
-            "p99_ms": statistics.median(r["low_load"]["load"]["p99_ms"] for r in echo),
-            "note": "the bare ASGI echo server at the same rate: loopback, HTTP and the "
-            "generator's own share of every latency",
-        }
-    return out
-
-
-# -- outputs -------------------------------------------------------------------------------
-
-
-def _f(v: float | None, digits: int = 0, suffix: str = "") -> str:
-    return "-" if v is None else f"{v:.{digits}f}{suffix}"
-
-
-def _verdict(value: float | None, target: float, higher: bool = True) -> str:
-    if value is None:
-        return "not measured"
-    ok = value >= target if higher else value <= target
-    return "**met**" if ok else "**not met**"
-
-
-def _gp(v: dict[str, Any] | None) -> str:
-    """A goodput cell: median (min-max), or why it was not measured."""
-    if not v:
-        return "-"
-    if "goodput_median" not in v:
-        return "**failed** (see below)"
-    txt = f"{v['goodput_median']:.0f} ({v['goodput_min']:.0f}-{v['goodput_max']:.0f})"
-    if v.get("failures"):
-        txt += f", failed in {len(v['failures'])} repeat(s)"
-    return txt
-
-
-def _peer_versions(result: dict[str, Any], key: str) -> str:
-    v = result.get("peer_versions", {}).get(key, {})
-    main = v.get(PEERS[key].versions[0])
-    if not main:
-        return "version unknown"
-    rest = ", ".join(f"{p} {ver}" for p, ver in v.items() if p != PEERS[key].versions[0])
-    return f"{main} ({rest})" if rest else main
-
-
-def render_markdown(result: dict[str, Any]) -> str:
-    info, s, ov = result["machine"], result["summary"], result["overhead"]
-    opts = result["options"]
-    echo = s.get("echo", {})
-    peers = [k for k in result.get("peers", []) if k in PEERS]
-    labels = {k: PEERS[k].label for k in peers}
-    if peers:
-        cfg: dict[str, Any] = result.get("peer_batching", {})
-        sizes = ", ".join(
-            f"{LABELS[k]} {cfg[k]['max_batch_size']}" for k in result["kinds"] if k in cfg
-        )
-        first: dict[str, Any] = next(iter(cfg.values()), {})
-        peer_txt = (
-            "Batching peers, each from its own virtual environment, the whole process tree "
-            "pinned to the server's core: "
-            + "; ".join(f"{labels[k]} {_peer_versions(result, k)}" for k in peers)
-            + f". Their batching, the same for all three: max batch size {sizes}, "
-            f"max wait {_f(first.get('batch_wait_ms'), 1)} ms ({first.get('rule', '')})."
-        )
-    else:
-        peer_txt = "The batching peers (MLServer, LitServe, Ray Serve) were **not measured**."
-    lines = [
-        "## Clipper beside a naive FastAPI server, batching peers and the HTTP ceiling "
-        "(generated by `make bench-peers`)",
-        "",
-        f"Run {info['date_utc']} on {info['cpu_model']} ({info['cpu_count']} cores), "
-        f"Python {info['python']}, numpy {info['packages'].get('numpy', '?')}, "
-        f"uvicorn {info['packages'].get('uvicorn', '?')}; naive server: FastAPI "
-        f"{result['naive_versions'].get('fastapi', '?')}, pydantic "
-        f"{result['naive_versions'].get('pydantic', '?')}; {info['pinning']} (each server "
-        f"alone on that core, frontend and model together); Clipper at "
-        f"{info['git'].get('measured', '?')} with AIMD batching, cache off. Goodput = highest "
-        f"Poisson rate with p99 ≤ {opts['slo_ms']:.0f} ms, no default outputs, no errors; "
-        f"{opts['repeats']} repeat(s), medians (min-max); ratios are medians of per-repeat "
-        f"ratios. Load average {info['loadavg_start'][0]:.1f} at the start, "
-        f"{info.get('loadavg_end', [0])[0]:.1f} at the end (a shared machine: other jobs ran). "
-        + peer_txt,
-        "",
-        "| model | model batch-1 (ms) | model-only ceiling (q/s, best batch) | Clipper goodput "
-        "| naive FastAPI goodput | "
-        + "".join(f"{labels[k]} goodput | " for k in peers)
-        + "echo ceiling (no model) | Clipper / naive "
-        + ("| Clipper / best batching peer " if peers else "")
-        + "| Clipper / echo | Clipper / model ceiling "
-        "| CPU µs/query at goodput (Clipper / naive) |",
-        "|---|---:|---:|---:|---:|"
-        + "---:|" * len(peers)
-        + "---:|---:|"
-        + ("---:|" if peers else "")
-        + "---:|---:|---:|",
-    ]
-    failures: list[str] = []
-    for kind in result["kinds"]:
-        k = s.get(kind)
-        if not k or "clipper" not in k:
-            continue
-        c, n = k["clipper"], k.get("naive", {})
-        r = k["ratios"]
-        ceil = result["model_ceiling"].get(kind, {})
-        ceiling_txt = "- (no work)"
-        if kind != "noop" and ceil:
-            ceiling_txt = f"{ceil['ceiling_qps']:.0f} (b={ceil['best_batch_size']})"
-        best = k.get("best_peer")
-        best_txt = _f(r.get("vs_best_peer"), 2, "x") + (f" ({PEERS[best].label})" if best else "")
-        if best and r.get("vs_best_peer") is None and k[best].get("goodput_median") == 0:
-            best_txt = "∞ (every peer 0)"
-        lines.append(
-            f"| {LABELS[kind]} | {_f(k['model_batch1_ms'], 3)} | {ceiling_txt} "
-            f"| {c['goodput_median']:.0f} ({c['goodput_min']:.0f}-{c['goodput_max']:.0f}) "
-            f"| {_gp(n)} | "
-            + "".join(f"{_gp(k.get(p))} | " for p in peers)
-            + f"{_f(echo.get('goodput_median'))} "
-            f"| {_f(r['vs_naive'], 2, 'x')} "
-            + (f"| {best_txt} " if peers else "")
-            + f"| {_f(r['vs_echo'], 2)} "
-            f"| {_f(r['vs_model_ceiling'], 2) if kind != 'noop' else '-'} "
-            f"| {_f(c.get('cpu_us_per_query_at_goodput'))} / "
-            f"{_f(n.get('cpu_us_per_query_at_goodput'))} |"
-        )
-        for p in peers:
-            for why in dict.fromkeys(k.get(p, {}).get("failures", [])):
-                failures.append(f"- {labels[p]}, {LABELS[kind]}: failed: {_oneline(why)}")
-    if failures:
-        lines += ["", "Peers that failed (the run went on without them):", "", *failures]
-    if peers:
-        lines += [
-            "",
-            "The batching peers in detail (goodput as above; CPU of the whole process tree; "
-            f"latency at {LOW_RATE:.0f} queries/s; answers checked against the model "
-            f"in-process, {CHECK_COUNT} queries sent at once):",
-            "",
-            "| model | peer | max batch / wait (ms) [a full batch in-process, ms] | goodput "
-            "| Clipper / peer "
-            "| CPU µs/query at goodput | p50 / p99 at low load (ms) | processes pinned |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for kind in result["kinds"]:
-            k = s.get(kind, {})
-            cfg = result.get("peer_batching", {}).get(kind, {})
-            for p in peers:
-                v = k.get(p)
-                if not v:
-                    continue
-                pinned = [
-                    row["pinned"]["processes"]
-                    for row in result["rows"]
-                    if row["server"] == p and row["model"] == kind and row.get("pinned")
-                ]
-                lines.append(
-                    f"| {LABELS[kind]} | {labels[p]} "
-                    f"| {cfg.get('max_batch_size', '-')} / {_f(cfg.get('batch_wait_ms'), 1)} "
-                    f"[{_f(cfg.get('batch_ms_in_process'), 2)}] "
-                    f"| {_gp(v)} | {_f(k.get('ratios', {}).get(f'vs_{p}'), 2, 'x')} "
-                    f"| {_f(v.get('cpu_us_per_query_at_goodput'))} "
-                    + (
-                        f"| {_f(v.get('low_p50_ms'), 2)} / {_f(v.get('low_p99_ms'), 2)} "
-                        if v.get("low_answered", 1)
-                        else "| no answer in time "
-                    )
-                    + f"| {max(pinned) if pinned else '-'} |"
-                )
-    lines += [
-        "",
-        f"Low load ({LOW_RATE:.0f} queries/s, Clipper; overhead = latency minus the model's "
-        "own batch-1 time in-process; the echo server's latency at the same rate is the floor "
-        "of loopback, HTTP and the generator):",
-        "",
-        "| model | p50 (ms) | p99 (ms) | p50 overhead (ms) | p99 overhead (ms) | naive p50 / p99 "
-        "(ms) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for kind in result["kinds"]:
-        o = ov.get(kind)
-        if not o:
-            continue
-        n = s[kind].get("naive", {})
-        lines.append(
-            f"| {LABELS[kind]} | {o['p50_ms']:.2f} | {o['p99_ms']:.2f} "
-            f"| {o['p50_overhead_ms']:.2f} | {o['p99_overhead_ms']:.2f} "
-            f"| {_f(n.get('low_p50_ms'), 2)} / {_f(n.get('low_p99_ms'), 2)} |"
-        )
-    if "echo_floor" in ov:
-        e = ov["echo_floor"]
-        lines.append(f"| echo (no model) | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | - | - | - |")
-    cl = s.get("closed_loop_noop", {})
-    peer_closed = "".join(f", {labels[p]} {_f(cl.get(p))}/s" for p in peers)
-    lines += [
-        "",
-        f"Closed loop, {opts['closed_clients']} clients, no-op model: Clipper "
-        f"{_f(cl.get('clipper'))}/s, naive {_f(cl.get('naive'))}/s{peer_closed}, echo "
-        f"{_f(cl.get('echo'))}/s (generator CPU {_f((cl.get('gen_util') or 0) * 100)} % of "
-        f"its core against echo); Clipper / echo = {_f(cl.get('clipper_vs_echo'), 2)}.",
-        "",
-        "**Against the targets of issue 11** (computed from the table):",
-        "",
-    ]
-    for kind, target in TARGET_VS_NAIVE.items():
-        if kind in s and "clipper" in s[kind]:
-            v = s[kind]["ratios"]["vs_naive"]
-            lines.append(
-                f"- {LABELS[kind]}: goodput ≥ {target:.0f}x naive: {_verdict(v, target)} "
-                f"({_f(v, 2)}x, {_f(v / target * 100 if v else None)} % of the target)."
-            )
-    for kind, target in TARGET_VS_PEER.items():
-        if kind not in s or "clipper" not in s[kind]:
-            continue
-        v = s[kind]["ratios"].get("vs_best_peer")
-        best = s[kind].get("best_peer")
-        head = f"- {LABELS[kind]}: goodput ≥ {target:.0f}x the best batching peer: "
-        if not peers:
-            lines.append(head + "not measured (no peer was run).")
-        elif v is None and best and s[kind][best].get("goodput_median") == 0:
-            c = s[kind]["clipper"]["goodput_median"]
-            lines.append(
-                head
-                + (
-                    f"**met**, degenerate ({c:.0f}/s against 0"
-                    if c
-                    else "not measured (0 against 0"
-                )
-                + ": no batching peer met the SLO at any rate tried, down to 10 queries/s)."
-            )
-        elif v is None:
-            why = "every peer failed" if not best else "a peer failed in every repeat"
-            lines.append(head + f"not measured ({why}).")
-        else:
-            lines.append(
-                head + f"{_verdict(v, target)} ({v:.2f}x against "
-                f"{labels.get(best or '', best or '?')}, {v / target * 100:.0f} % of the target)."
-            )
-    for kind in ("mlp", "mlp-heavy"):
-        o = ov.get(kind)
-        if o:
-            lines.append(
-                f"- {LABELS[kind]} overhead at {LOW_RATE:.0f}/s: p50 ≤ {TARGET_P50_MS:.0f} ms: "
-                f"{_verdict(o['p50_overhead_ms'], TARGET_P50_MS, higher=False)} "
-                f"({o['p50_overhead_ms']:.2f} ms); p99 ≤ {TARGET_P99_MS:.0f} ms: "
-                f"{_verdict(o['p99_overhead_ms'], TARGET_P99_MS, higher=False)} "
-                f"({o['p99_overhead_ms']:.2f} ms)."
-            )
-    v = cl.get("clipper_vs_echo")
-    lines += [
-        f"- Frontend ceiling (no-op model, closed loop) ≥ {TARGET_FRONTEND:.0%} of the bare "
-        f"ASGI echo server: {_verdict(v, TARGET_FRONTEND)} ({_f(v * 100 if v else None)} %; "
-        "measured with the Python generator, not wrk).",
-        "",
-        "![Goodput per server and model](img/peers-goodput.png)",
-        "",
-        "Where the server's time goes: [the hot-path profile](profile.md).",
-    ]
-    return "\n".join(lines)
-
-
-def _oneline(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split()).replace("|", "/")
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def write_markdown(result: dict[str, Any], extra: str) -> None:
-    section = render_markdown(result) + ("\n\n" + extra.strip() if extra.strip() else "")
-    write_doc_section("peers", section, DOC)
-
-
-PEER_COLORS = {"mlserver": "#e6550d", "litserve": "#756bb1", "rayserve": "#31a354"}
-
-
-def write_plot(result: dict[str, Any], path: Path = IMG / "peers-goodput.png") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = result["summary"]
-    kinds = [k for k in result["kinds"] if k in s and "clipper" in s[k]]
-    peers = [k for k in result.get("peers", []) if k in PEERS]
-    width = 4.2 + 0.9 * len(peers)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(width * len(kinds), 4.4), squeeze=False)
-    echo = s.get("echo", {}).get("goodput_median")
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        k = s[kind]
-        names = [
-            "Clipper\n(AIMD)",
-            "naive\nFastAPI",
-            *(PEERS[p].label.replace(" ", "\n") for p in peers),
-        ]
-        vals = [k["clipper"], k.get("naive"), *(k.get(p) for p in peers)]
-        ok = [v if v and "goodput_median" in v else None for v in vals]
-        med = [v["goodput_median"] if v else 0 for v in ok]
-        err = [
-            [(v["goodput_median"] - v["goodput_min"]) if v else 0 for v in ok],
-            [(v["goodput_max"] - v["goodput_median"]) if v else 0 for v in ok],
-        ]
-        colors = ["#2171b5", "#999999", *(PEER_COLORS.get(p, "#fdae6b") for p in peers)]
-        ax.bar(names, med, yerr=err, capsize=4, color=colors)
-        for i, (v, raw) in enumerate(zip(ok, vals, strict=True)):
-            if raw and v is None:
-                ax.text(i, 0, "failed", ha="center", va="bottom", fontsize=8, color="red")
-        if echo:
-            ax.axhline(echo, color="green", linestyle="--", linewidth=1, label="echo ceiling")
-        if (
-            kind != "noop"
-            and k.get("model_ceiling_qps")
-            and k["model_ceiling_qps"] < 3 * max([*med, echo or 0])
-        ):
-            ax.axhline(
-                k["model_ceiling_qps"],
-                color="red",
-                linestyle=":",
-                linewidth=1,
-                label="model-only ceiling",
-            )
-        ax.set_title(f"{LABELS[kind]}: goodput, p99 ≤ {result['options']['slo_ms']:.0f} ms")
-        ax.set_ylabel("queries / s (median, min-max)")
-        ax.tick_params(axis="x", labelsize=8)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -1760,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         log(
             "peers' batching: "
             + ", ".join(
-                f"{LABELS[k]} max {c['max_batch_size']} ({_f(c['batch_ms_in_process'], 2)} ms)"
+                f"{LABELS[k]} max {c['max_batch_size']} ({fmt(c['batch_ms_in_process'], 2)} ms)"
                 for k, c in pb.batching.items()
             )
             + f", wait ≤ {next(iter(pb.batching.values()))['batch_wait_ms']} ms"

@@ -45,7 +45,7 @@ from .harness import (
     write_doc_section,
 )
 from .naive_server import make_model
-from .peers import ProcessServer
+from .procserver import ProcessServer
 
 TARGET = 0.8  # Clipper / echo, issue 11
 
