@@ -127,48 +127,52 @@ from .procserver import ProcessServer
 READING = """
 **Reading** (hand-written for the run above; rerun and update it when the numbers move).
 
-- *Quiet run.* Load average about 1 throughout, no probe re-run for disturbance. Per-
-  repeat ratios (Clipper / naive): light 3.31, 3.08, 3.48; heavy 2.29, 2.78, 2.26;
-  no-op 3.34, 3.58, 2.93; Clipper / MLServer on the light MLP 9.64, 10.21, 8.35.
-- *What changed since the previous run* (same machine and benchmark; Clipper 3760 →
-  8680/s light, 980 → 1920/s heavy, 5240 → 11600/s no-op; CPU per query at goodput
-  270 → 115 µs light): the query port is Clipper's own HTTP/1.1 server on httptools
-  (`clipper.frontend.h1`: no ASGI scope, message dicts or per-message checks), a flat
-  numeric body is parsed by simdjson straight into numpy, and the start-up heap is
-  frozen out of the garbage collector's way. The generator now gives each arrival the
-  most recently used free connection (it spread a low rate over all 256, each idle
-  past the servers' 5 s keep-alive, so low-load latency included reconnects; see the
-  generator's description above). The peers' and naive figures are where they were.
-- *Light MLP, frontend-bound: 3.31x naive (target 3x: met), 9.6x the best batching
-  peer (MLServer; target 10x: not met, 8.4-10.2x per repeat).* At goodput Clipper
-  spends 115 µs of CPU per query, server and replica together (naive 352, the bare
-  echo 64); it serves 68 % of the echo ceiling in this open loop (94 % closed-loop,
-  and 0.88-0.99 with wrk, next section) and 13 % of the model-only ceiling: the path
-  around the model (HTTP, JSON, the hop to the replica and back) is still the limit.
-- *Heavy MLP: 2.29x naive (target 5x not met), 3.2x MLServer (target 9x not met).*
-  On this machine OpenBLAS's float32 product has a cliff: one query (a matrix-vector
-  product) takes 0.7 ms, any batch of 2 or more at least 3 ms (160 µs per query at
-  batch 64; only batches of 6 and more beat single calls). The batch cost
-  curve sends singles until a batch pays, AIMD caps a batch at half the SLO; at
-  goodput batches hold 6-10 queries, 530 µs of CPU per query. Five times naive (4,200/s
-  here) needs batches of 32 and more on this core (200 µs per query in the model, 100
-  in the server): a batch cycle of about 10 ms and a p99 past the 20 ms SLO. Tried and
-  reverted: an adaptive wait for a fuller batch when the learnt curve says it pays
-  (+15 % heavy in one pair of runs, -25 % light in another; gated by batch time, no
-  measurable gain either way).
-- *Overhead at 50 queries/s, light MLP: p50 1.80 ms above the model (target 1 ms: not
-  met), p99 3.11 ms (target 3 ms: 0.11 ms off).* The echo server takes 0.91 / 1.96 ms
-  at the same rate: loopback, HTTP and the generator. On top Clipper adds the hop to
-  the replica process and back (ZeroMQ's I/O thread in each process: six thread
-  switches), about 0.4 ms back to back; after the idle gaps of a low rate the core runs
-  the same work 2-3x slower (measured by hand with a sequential client: echo 0.22 ms
-  back to back, 0.85 ms after 20 ms idle; Clipper 0.60 and 1.81 ms), so every
-  microsecond on the path costs two or three here. The naive server, with no hop, is at
-  1.73 / 2.90 ms.
+- *Five repeats on a shared machine.* Load average 0.7-1.2. Per-repeat ratios (Clipper
+  / naive): light 3.53, 3.33, 3.33, 3.10, 2.72; heavy 2.13, 2.45, 2.30, 2.45, 2.32;
+  no-op 3.47, 3.71, 3.25, 2.84, 2.47. Clipper / MLServer on the light MLP 6.91, 6.87,
+  7.27, 8.89, 8.93. This machine's speed drifts by 10-20 % over minutes (the echo
+  server's goodput ranged 12,760 to 13,650/s across today's runs, MLServer's on the
+  light MLP 800 to 1,220/s), so ratios within a repeat are what to compare.
+- *What changed since the previous run*: a prediction is answered from callbacks (no
+  task, coroutine or waiter per query; docs/profile.md). Against the previous commit at
+  fixed rates near goodput (light MLP at 7,500 and 8,500/s, no-op at 9,000 and
+  10,500/s; the two commits alternated three times), the server's CPU per query was
+  equal or 2-5 µs lower and p99 equal or lower; the figures above moved within this
+  machine's spread (light 8,680 → 7,880/s, heavy 1,920 → 1,860/s, no-op 11,600 →
+  11,040/s). The benchmark code was split into modules; what it measures is unchanged.
+- *Light MLP, frontend-bound: 3.33x naive (target 3x: met), 7.3x the best batching
+  peer (MLServer; target 10x: not met, 6.9-8.9x per repeat; 9.6x in the previous run,
+  where MLServer reached 850/s).* At goodput Clipper spends about 120 µs of CPU per
+  query, server and replica together (naive 355, the bare echo about 70); it serves
+  60 % of the echo ceiling in this open loop (94 % closed-loop, and 1.0x with wrk, next
+  section) and 12 % of the model-only ceiling: the path around the model (HTTP, JSON,
+  the hop to the replica and back, some forty Python calls per query) is the limit.
+- *Heavy MLP: 2.32x naive (target 5x not met), 3.0x MLServer (target 9x not met).*
+  On this machine OpenBLAS's float32 product costs a batch about 2.3 ms plus 0.12 ms
+  per query (as if it copied the 22 MB of weights on every call): one query (a
+  matrix-vector product) takes 0.5-0.7 ms, any batch of 2 or more at least 2.8 ms,
+  and only batches of 6 and more beat single calls. Five times naive is 3,800/s here: at
+  0.12 ms per query in the model and about 0.1 ms in the server, the 2.3 ms per batch
+  fits in the rest of the core only with a batch cycle of 13 ms or more, so queries
+  would wait up to two cycles (26 ms, past the 20 ms SLO) with the core fully busy.
+  The batch cost curve sends singles until a batch pays; at goodput batches hold
+  10-13 queries on average (at most 21-27) and Clipper spends 550 µs of CPU per
+  query. Tried and left out: an adaptive wait for a fuller batch (no measurable gain);
+  running the frontend as SCHED_BATCH so that it does not preempt the replica
+  mid-batch (p99 1-2 ms lower at fixed rates, within noise for goodput).
+- *Overhead at 50 queries/s, light MLP: p50 1.81 ms above the model (target 1 ms: not
+  met), p99 3.20 ms (target 3 ms: not met here; 2.91 ms in the 3-repeat run just
+  before, at 69a8123).* The echo server takes 0.90 / 2.12 ms at the same rate:
+  loopback, HTTP and the generator, so the 1 ms p50 target leaves Clipper 0.1 ms for
+  its own path. On top it adds the hop to the replica process and back (ZeroMQ's I/O
+  thread in each process: six thread switches), about 0.4 ms back to back; after the
+  idle gaps of a low rate the core runs the same work 2-3x slower (measured by hand
+  with a sequential client: echo 0.22 ms back to back, 0.85 ms after 20 ms idle;
+  Clipper 0.60 and 1.81 ms). The naive server, with no hop, is at 1.48 / 2.75 ms.
 - *The peers.* MLServer (adaptive batching, inference in its server process) is the
   best of the three everywhere; LitServe (one API server and one worker process talking
-  over ZeroMQ) reaches 60-75 % of it; Ray Serve (11 processes on one core, 10-15 ms of
-  CPU per query) cannot meet a 20 ms p99 above 20-60 queries/s here. All three got
+  over ZeroMQ) reaches 55-85 % of it; Ray Serve (11 processes on one core, 10-17 ms of
+  CPU per query) cannot meet a 20 ms p99 above 20-70 queries/s here. All three got
   the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
   and their answers were checked against the model in-process.
 """

@@ -213,33 +213,37 @@ the process for each sample, so the CPU per query above is inflated (and at 1000
 queries/s most batches hold one or two queries); the shares are what matter. The light
 model's own arithmetic (`MLP.logits`, `_wrapreduction`) is about 8 %.
 
-What changed since the previous profile: the query port left uvicorn for Clipper's own
-HTTP/1.1 server (`clipper.frontend.h1`); a flat numeric body is parsed by simdjson
-(`_flat_input`) instead of orjson plus `np.fromiter` (`_to_array`,
-`parse_predict_body` and `_occurs_exactly` are gone from the top); the start-up heap is
-frozen out of the garbage collector's way. The server's CPU per query at this rate
-fell from 387 to 306 µs and the replica's from 251 to 225 µs; with wrk and large
-batches the whole path costs about 62 µs per request (docs/benchmarks.md).
+What changed since the previous profile: a prediction is answered from callbacks.
+The query handler parses and submits inside the HTTP server's read callback and hands
+it a `Later` (the processor's future); `QueryProcessor.predict_soon` settles that
+future from the dispatcher's callbacks (`when_all`: a counter and one timer), and the
+HTTP server writes the response from the future's callback. No task, coroutine or
+waiter per query: `_Connection._start` (the task's creation, 6 %) and `wait_all` left
+the top, and the HTTP server's share fell from 24 % to about 16 %. The server's CPU per
+query at this rate went from 306 to 262 µs, the replica's from 225 to 199 µs.
 
-- **HTTP server, 24 %** (`h1.py` and httptools). Most of it is the kernel's work seen
-  from Python: `_write` is the `send` system call, `data_received` the parse plus the
-  `recv`, `_start` the creation of the request's task (`loop.create_task`). What
-  ASGI added on top (scope and message dicts, per-message checks, a receive/send
-  round per request) is gone. Left: the task per request (a callback-driven fast
-  path for one input and one model could skip it) and the two system calls.
-- **Request parsing, 12 %** (`_flat_input`: simdjson into a buffer, 20 µs for 784
-  numbers out of process). The gain left is a binary input path (the Open Inference
-  Protocol's binary tensor extension is served under `/v2` already).
-- **RPC, 16 % in the server and 11 % in the replica**: per batch, not per query, so
+- **RPC, 16 % in the server and 12 % in the replica**: per batch, not per query, so
   it shrinks as batches grow. ZeroMQ's I/O threads (not visible to py-spy) add two
   thread switches each way; `ipc://` instead of TCP loopback saved 5 of 59 µs per
   round trip in a bare test, not worth a second endpoint.
+- **HTTP server, 16 %** (`h1.py` and httptools). Most of it is the kernel's work seen
+  from Python: `_write` is the `send` system call, `data_received` the parse plus the
+  `recv`.
+- **Request parsing, 14 %** (`_flat_input`: simdjson into a buffer, 8-20 µs for 784
+  numbers, warm or cold). The gain left is a binary input path (the Open Inference
+  Protocol's binary tensor extension is served under `/v2` already).
+- **Query processor 14 % and batching 10 %**: per query the processor's future, four
+  small closures (`when_all`'s two, the answer and its finish), one timer, a `Task`
+  record and its future in the dispatcher, the prediction dataclasses. Extending the
+  dispatcher's per-model deadline sweep to tasks in flight would drop the timer (~2 %).
 - **Replica runtime, 11 %** (`serve_forever`, `decode_inputs`, the poll loop): per
   batch as well.
-- **Query processor 10 % and batching 10 %**: per query a future, a `Task`, a `sink`
-  closure (`Dispatcher.submit`), a waiter and one timer (`wait_all`), the prediction
-  dataclasses. Extending the dispatcher's per-model deadline sweep to tasks in flight
-  would let `_predict` await the future with no timer of its own (~2 %).
+
+What is left is spread thin: no function but the parser holds more than 6 %, and the
+path is some forty Python calls per query. On the light MLP at goodput the server and
+replica together spend about 120 µs of CPU per query, the bare echo server 70; going
+much lower means leaving Python for the per-request work (a compiled HTTP and JSON
+path), not trimming it.
 """
 
 
