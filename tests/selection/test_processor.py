@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clipper.batching.dispatcher import Dispatcher
+from clipper.batching.controllers import FixedBatchSize
+from clipper.batching.dispatcher import Dispatcher, ModelConfig
 from clipper.exceptions import ValidationError
 from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
@@ -61,15 +62,23 @@ class Observer:
             raise RuntimeError("the observer broke")
         self.seen.append((app, predictions))
 
-    def observe_overload(self, app: str) -> None: ...
+    def observe_overload(self, app: str) -> None:
+        if self.fail:
+            raise RuntimeError("the observer broke on an overload")
 
     def observe_feedback(self, app: str, accepted: bool) -> None: ...
 
 
-def setup(answer: bool, observer: Observer | None = None) -> tuple[QueryProcessor, Any]:
+def setup(
+    answer: bool,
+    observer: Observer | None = None,
+    store: Store | None = None,
+    queue_capacity: int = 10_000,
+) -> tuple[QueryProcessor, Any]:
     """A processor whose dispatcher has one replica of ``m:1``; the replica
     answers each batch with each input's sum, on the next loop turn (or never)."""
-    dispatcher = Dispatcher()
+    config = ModelConfig(FixedBatchSize(64), queue_capacity=queue_capacity)
+    dispatcher = Dispatcher(configure=lambda _model: config)
     replica = Replica(b"r", MODEL, "doubles", None, "test", time.time(), time.time())
 
     def send(identity: bytes, frames: list[bytes]) -> bool:
@@ -84,7 +93,7 @@ def setup(answer: bool, observer: Observer | None = None) -> tuple[QueryProcesso
 
     dispatcher.set_transport(send)
     dispatcher.replica_joined(replica)
-    catalog = Catalog(Store())  # type: ignore[arg-type]
+    catalog = Catalog(store or Store())  # type: ignore[arg-type]
     states = PolicyStates(NoState())  # type: ignore[arg-type]
     return QueryProcessor(catalog, dispatcher, states, observer=observer), catalog.app("a")
 
@@ -162,3 +171,19 @@ def test_a_cancelled_wait_leaves_the_models_work_alone():
         return waiting.cancelled()
 
     assert run(main) is True
+
+
+def test_an_observer_that_fails_on_an_overload_fails_the_future_rather_than_hang():
+    class Full(Store):
+        def list_apps(self) -> list[AppSpec]:
+            return [AppSpec("a", InputType.DOUBLES, "-1", 50_000, options={"overload": "503"})]
+
+    async def main():
+        processor, route = setup(False, Observer(fail=True), Full(), queue_capacity=1)
+        first = processor.predict_soon(route, [x(1)], timeout_s=0.05)
+        second = processor.predict_soon(route, [x(2), x(3)], timeout_s=0.05)
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    first, second = run(main)
+    assert isinstance(second, RuntimeError) and "overload" in str(second)
+    assert isinstance(first, RuntimeError) and "overload" not in str(first)

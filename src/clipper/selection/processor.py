@@ -285,19 +285,15 @@ class QueryProcessor:
         if result.done():  # its awaiting coroutine was cancelled
             return
         try:
-            predictions = answers()
-        except Overloaded as exc:
-            if self.observer is not None:
-                self.observer.observe_overload(app)
-            result.set_exception(exc)
-            return
-        except Exception as exc:  # a bug: the caller answers 500 rather than hang
-            result.set_exception(exc)
-            return
-        try:
+            try:
+                predictions = answers()
+            except Overloaded:
+                if self.observer is not None:
+                    self.observer.observe_overload(app)
+                raise
             if self.observer is not None:
                 self.observer.observe_predictions(app, self.clock() - start, predictions)
-        except Exception as exc:
+        except Exception as exc:  # Overloaded (a 503), or a bug: a 500 rather than a hang
             result.set_exception(exc)
             return
         result.set_result(predictions)
