@@ -387,6 +387,16 @@ class _Connection(asyncio.Protocol):
         if isinstance(item, Response):
             self._write(item, keep, head)
             return
+        # The handler runs after this round of I/O callbacks, not inside it: a
+        # read callback stays short, so a replica's result waiting behind it
+        # in the same round is taken (and the replica given its next batch)
+        # before the bodies just read are parsed.
+        asyncio.get_running_loop().call_soon(self._handle, item, keep, head)
+
+    def _handle(self, item: Request, keep: int, head: bool) -> None:
+        if self.transport is None or self.transport.is_closing():  # the client left
+            self.busy = False
+            return
         try:
             result = self.server.handler(item)
         except Exception as exc:
