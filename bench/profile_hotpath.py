@@ -214,10 +214,12 @@ queries/s most batches hold one or two queries); the shares are what matter. The
 model's own arithmetic (`MLP.logits`, `_wrapreduction`) is about 8 %.
 
 What changed since the previous profile: a prediction is answered from callbacks.
-The query handler parses and submits inside the HTTP server's read callback and hands
-it a `Later` (the processor's future); `QueryProcessor.predict_soon` settles that
-future from the dispatcher's callbacks (`when_all`: a counter and one timer), and the
-HTTP server writes the response from the future's callback. No task, coroutine or
+The query handler parses and submits (just after the round of read callbacks, from
+one `call_soon`) and hands the HTTP server a `Later` (the processor's future);
+`QueryProcessor.predict_soon` settles that future from the dispatcher's callbacks
+(`when_all`: a counter and one timer), and the HTTP server writes the response from
+the future's callback. (This profile was taken with the handler called inside the
+read callback; the `call_soon` came after it.) No task, coroutine or
 waiter per query: `_Connection._start` (the task's creation, 6 %) and `wait_all` left
 the top, and the HTTP server's share fell from 24 % to about 16 %. The server's CPU per
 query at this rate went from 306 to 262 µs, the replica's from 225 to 199 µs.
