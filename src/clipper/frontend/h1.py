@@ -224,8 +224,9 @@ class _Connection(asyncio.Protocol):
         self.expect_continue = False
         self.rejected = False  # answered already (413/431): drop its body
         self.request: Request | None = None
-        # The answer being computed, held: the event loop references a task weakly.
-        self.task: asyncio.Future[Any] | None = None
+        # The answer being computed (a task, or a Later's future), held: the
+        # event loop references a task only weakly.
+        self.answering: asyncio.Future[Any] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -404,12 +405,12 @@ class _Connection(asyncio.Protocol):
         if isinstance(result, Response):
             self._write(result, keep, head)
         elif isinstance(result, Later):
-            self.task = result.future  # held: nothing else may hold it
+            self.answering = result.future  # held: nothing else may hold it
             result.future.add_done_callback(
                 lambda future: self._finish(item, result.finish, future, keep, head)
             )
         else:
-            self.task = asyncio.get_running_loop().create_task(
+            self.answering = asyncio.get_running_loop().create_task(
                 self._answer(item, result, keep, head)
             )
 
