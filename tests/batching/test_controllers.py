@@ -76,6 +76,20 @@ def test_quantile_regression_follows_a_slowdown():
     assert max(sizes[-200:]) <= 21
 
 
+def test_quantile_regression_grows_past_one_on_a_model_with_a_large_fixed_cost():
+    # A random forest: ~4 ms per call whatever the batch, 20 µs per query.
+    # With noise, batches of one have a p99 above half the target, so a line
+    # through the origin (the guess from one size) says two would not fit; only
+    # trying two shows the slope is nearly flat. The fit then allows about
+    # (10 - 4 - 2.3) / 0.02 = 185.
+    rng = random.Random(5)
+    c = QuantileRegressionController(TARGET)
+    sizes = drive(
+        c, lambda b: 0.004 + 0.00002 * b, 2000, noise=lambda r: r.expovariate(1 / 0.0005), rng=rng
+    )
+    assert min(sizes[1500:]) >= 100
+
+
 def test_cost_curve_tries_unknown_sizes_then_picks_the_cheapest_per_query():
     from clipper.batching.controllers import BatchCostCurve
 

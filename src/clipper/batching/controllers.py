@@ -140,6 +140,7 @@ class QuantileRegressionController:
         self.ceiling = ceiling
         self.size = 1
         self.observed = 0
+        self.sizes_measured: list[int] = []  # with enough samples, at the last fit
 
     def max_batch_size(self) -> int:
         return self.size
@@ -157,6 +158,7 @@ class QuantileRegressionController:
             for size, lat in by_size.items()
             if len(lat) >= self.min_samples
         ]
+        self.sizes_measured = sorted(p[0] for p in points)
         if not points:
             return None
         if len(points) == 1:
@@ -185,6 +187,12 @@ class QuantileRegressionController:
             return
         intercept, slope = line
         best = self.ceiling if slope <= 0 else math.floor((self.target_s - intercept) / slope)
+        if len(self.sizes_measured) == 1 and best >= self.sizes_measured[0]:
+            # One size cannot show a slope, and the line through the origin is
+            # only a guess: with a large fixed cost per batch (a random forest)
+            # it says the next size would miss, and the size would stay put
+            # for good. The measured size fits: try one more at least.
+            best = max(best, self.sizes_measured[0] + 1)
         self.size = max(1, min(self.ceiling, best, self.size + self.explore))
 
     def statistics(self) -> ControllerStatistics:
