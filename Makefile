@@ -62,8 +62,13 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff format src tests
 
 .PHONY: bench
-bench: $(STAMP)  ## the batching benchmark (~15 min; BENCH_ARGS=--quick: ~2 min) -> docs/benchmarks.md
+bench: $(STAMP)  ## batching, then the cache (~20 min; BENCH_ARGS=--quick: ~3 min, CACHE_ARGS for the cache part) -> docs/benchmarks.md
 	$(BIN)/python -m bench.batching $(BENCH_ARGS)
+	$(BIN)/python -m bench.cache $(if $(CACHE_ARGS),$(CACHE_ARGS),$(filter --quick --docs --no-pin,$(BENCH_ARGS)))
+
+.PHONY: bench-cache
+bench-cache: $(STAMP)  ## the prediction cache: hit path, feedback speedup (~2 min; BENCH_ARGS=--quick) -> docs/benchmarks.md
+	$(BIN)/python -m bench.cache $(BENCH_ARGS)
 
 .PHONY: bench-scaling
 bench-scaling: $(STAMP)  ## throughput with 1, 2, 4 replicas, local and Ray managers (~3 min; BENCH_ARGS=--quick)

@@ -4,7 +4,9 @@ For a linear SVM and an MLP (bench/models.py), each served by a real Clipper
 server (its own process, started through the admin client) at an SLO of
 20 ms, it measures every batching configuration: batch size 1, fixed 8, 32
 and 64, AIMD, quantile regression, and AIMD with 1, 2 and 5 ms of delayed
-batching. For each:
+batching; a random forest in six of them (batch size 1, fixed 8 and 64,
+AIMD, quantile, AIMD + 2 ms) and a no-op model in two (batch size 1, AIMD).
+For each:
 
 - goodput: the highest Poisson arrival rate at which the client-side p99
   latency is within the SLO and no query got the default output (and none
@@ -121,6 +123,16 @@ MODELS = [
         models.MLP,
         models.mlp_inputs,
         "numpy MLP 784-512-512-10 (float32, fixed seed), 784 integers per query",
+    ),
+    ModelKind(
+        "forest",
+        "random forest",
+        models.RandomForest,
+        models.digits_inputs,
+        "scikit-learn RandomForestClassifier, 50 trees, one thread, on the bundled digits "
+        "data, 64 doubles per query",
+        configs=("b1", "fixed8", "fixed64", "aimd", "quantile", "aimd-d2"),
+        in_quick=False,
     ),
     ModelKind(
         "noop",
@@ -368,7 +380,7 @@ class Bench:
         if starved:
             self.log(f"  ! {app}: the model got no batch at all in {starved} probe(s) (starved)")
         self.log(
-            f"  {kind.label:10s} {config.label:18s} goodput {m.goodput:7.0f}/s "
+            f"  {kind.label:13s} {config.label:18s} goodput {m.goodput:7.0f}/s "
             f"({len(m.probes)} probes); at {mod.rate:.0f}/s: p99 {mod.load['p99_ms']:.1f} ms, "
             f"mean batch {mod.mean_batch_size:.1f}, defaults {mod.load['defaults']}"
         )
@@ -821,7 +833,8 @@ def write_plots(result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     IMG.mkdir(parents=True, exist_ok=True)
-    kinds = [k for k in MODELS if result["summary"].get(k.key) and k.configs is None]
+    # The no-op's two configurations are a reference, not a comparison worth a panel.
+    kinds = [k for k in MODELS if len(result["summary"].get(k.key) or ()) > 2]
     if kinds:
         _plot_goodput(result, kinds, plt)
     _plot_timeline(result, plt)

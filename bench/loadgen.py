@@ -13,7 +13,8 @@ bottleneck; its own CPU use is measured and reported with every result.
   Latency is measured from the scheduled arrival time, so waiting in that
   backlog counts (no coordinated omission).
 - Closed loop (``run_closed``): N clients, each sending its next request
-  as soon as it has the previous answer.
+  as soon as it has the previous answer; ``run_closed_pairs``: each client
+  sends a pair of requests in turn (a prediction, then its feedback).
 
 A result reports the achieved rate, latency percentiles, the ratio of
 default outputs (``"default":true`` in the response), errors, the client
@@ -563,18 +564,79 @@ async def run_closed(
     await asyncio.gather(*(client(c) for c in conns))
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu0
-    done = len(rec.latencies) + rec.errors
+    return _closed_result("closed", rec, clients, wall, cpu, len(rec.latencies) + rec.errors)
+
+
+def _closed_result(
+    mode: str, rec: _Recorder, clients: int, wall: float, cpu: float, sent: int
+) -> LoadResult:
+    """A closed loop's result: no target rate, nothing unsent, no client backlog."""
     return _result(
-        "closed",
+        mode,
         rec,
         target_rate=None,
         concurrency=clients,
         wall=wall,
         cpu=cpu,
-        sent=done,
+        sent=sent,
         unsent=0,
         backlogged=0,
         max_backlog=0,
+    )
+
+
+async def run_closed_pairs(
+    pool: Pool,
+    first: Workload,
+    then: Workload,
+    clients: int,
+    duration_s: float,
+    *,
+    then_must_contain: bytes | None = None,
+) -> tuple[LoadResult, LoadResult]:
+    """Closed loop of request pairs: each of ``clients`` takes the next index
+    ``i`` not yet taken, sends ``first``'s request ``i`` and, once answered,
+    ``then``'s request ``i`` (a prediction, then its feedback), and so on
+    for ``duration_s`` or until the pairs run out. Each request is used once.
+
+    Returns one result per half: ``first``'s (its defaults counted as usual)
+    and ``then``'s, where an answer without ``then_must_contain`` counts as an
+    error. Each half's achieved rate is pairs per second.
+    """
+    pairs = min(len(first.requests), len(then.requests))
+    firsts, thens = _Recorder(), _Recorder()
+    counter = itertools.count()
+    conns = await pool.warm(clients)
+    end = 0.0
+
+    async def client(conn: Connection) -> None:
+        while time.perf_counter() < end and (i := next(counter)) < pairs:
+            await _send_one(conn, first.requests[i], time.perf_counter(), firsts)
+            started = time.perf_counter()
+            try:
+                status, payload = await conn.request(*then.requests[i])
+            except (OSError, HTTPError) as exc:
+                conn.close()
+                thens.error(f"{type(exc).__name__}: {exc}", started)
+                continue
+            if status == 200 and then_must_contain and then_must_contain not in payload:
+                thens.answered += 1
+                thens.error(f"answer without {then_must_contain!r}: {payload[:200]!r}")
+                continue
+            thens.record(started, status, payload)
+
+    cpu0 = _cpu_seconds()
+    start = time.perf_counter()
+    end = start + duration_s
+    await asyncio.gather(*(client(c) for c in conns))
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu0
+    done = len(firsts.latencies) + firsts.errors
+    if done >= pairs:
+        raise RuntimeError(f"ran out of the {pairs} prepared pairs in {wall:.1f}s: prepare more")
+    return (
+        _closed_result("closed-pairs", firsts, clients, wall, cpu, done),
+        _closed_result("closed-pairs", thens, clients, wall, cpu, done),
     )
 
 

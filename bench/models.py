@@ -13,6 +13,11 @@ installed package, so the container could not import it by reference).
   digits data (64 doubles per query). The arithmetic is tiny; what batching
   amortises is scikit-learn's fixed per-call cost (input validation and
   dispatch), the paper's linear-SVM case.
+- ``RandomForest``: scikit-learn's ``RandomForestClassifier`` (50 trees, one
+  thread) on the same digits data. Every call walks each tree once through
+  Python-level dispatch (~40 µs a tree) whatever the batch size, so a batch
+  of 64 costs about what one query does: the strongest batch economics of
+  the set.
 - ``NoOp``: answers 0 for every input: what is left is the serving system.
 - ``Slowable``: wraps a model; while a flag file exists, each batch also
   sleeps the time written in it (to slow a model down in the middle of a
@@ -61,20 +66,38 @@ class MLP:
         return self.logits(x).argmax(axis=1).tolist()
 
 
-class LinearSVM:
-    """scikit-learn ``LinearSVC`` on the bundled digits data (deterministic)."""
+class DigitsClassifier:
+    """A scikit-learn classifier fitted on the bundled digits data (deterministic)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, model: Any) -> None:
         from sklearn.datasets import load_digits
-        from sklearn.svm import LinearSVC
 
         digits = load_digits()
-        self.model = LinearSVC(C=0.01, random_state=seed, max_iter=5000)
-        self.model.fit(digits.data, digits.target)
+        self.model = model.fit(digits.data, digits.target)
 
     def predict(self, inputs: Any) -> list[int]:
         x = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), DIGITS_FEATURES)
         return self.model.predict(x).tolist()
+
+
+class LinearSVM(DigitsClassifier):
+    """scikit-learn ``LinearSVC`` on the digits data."""
+
+    def __init__(self, seed: int = 0) -> None:
+        from sklearn.svm import LinearSVC
+
+        super().__init__(LinearSVC(C=0.01, random_state=seed, max_iter=5000))
+
+
+class RandomForest(DigitsClassifier):
+    """scikit-learn ``RandomForestClassifier`` on the digits data: ``trees`` trees,
+    one thread (``n_jobs=1``: the replica has one core, and joblib's threads
+    would only add scheduling to every call)."""
+
+    def __init__(self, seed: int = 0, trees: int = 50) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+
+        super().__init__(RandomForestClassifier(n_estimators=trees, n_jobs=1, random_state=seed))
 
 
 class NoOp:
