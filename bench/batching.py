@@ -129,7 +129,7 @@ MODELS = [
         "random forest",
         models.RandomForest,
         models.digits_inputs,
-        "scikit-learn RandomForestClassifier, 50 trees, one thread, on the bundled digits "
+        "scikit-learn RandomForestClassifier, 25 trees, one thread, on the bundled digits "
         "data, 64 doubles per query",
         configs=("b1", "fixed8", "fixed64", "aimd", "quantile", "aimd-d2"),
         in_quick=False,

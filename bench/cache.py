@@ -8,7 +8,7 @@ Two figures of issue 11 (the paper's prediction cache, NSDI '17 section 4.1):
   predicted once through the cached app; then the clients cycle through it,
   so every query is a hit (checked against the server's cache counters). For
   the light MLP (784 numbers per query) and the random forest (64 numbers,
-  ~2 ms per batch).
+  ~1.2 ms per batch whatever its size).
 - **Feedback at window 1**: each client predicts an input never sent before
   and, as soon as the answer is back, sends its label (``POST /{app}/update``),
   so feedback always concerns the latest query. An ``exp4`` app over the

@@ -13,9 +13,9 @@ installed package, so the container could not import it by reference).
   digits data (64 doubles per query). The arithmetic is tiny; what batching
   amortises is scikit-learn's fixed per-call cost (input validation and
   dispatch), the paper's linear-SVM case.
-- ``RandomForest``: scikit-learn's ``RandomForestClassifier`` (50 trees, one
+- ``RandomForest``: scikit-learn's ``RandomForestClassifier`` (25 trees, one
   thread) on the same digits data. Every call walks each tree once through
-  Python-level dispatch (~40 µs a tree) whatever the batch size, so a batch
+  Python-level dispatch (~50 µs a tree) whatever the batch size, so a batch
   of 64 costs about what one query does: the strongest batch economics of
   the set.
 - ``NoOp``: answers 0 for every input: what is left is the serving system.
@@ -94,7 +94,7 @@ class RandomForest(DigitsClassifier):
     one thread (``n_jobs=1``: the replica has one core, and joblib's threads
     would only add scheduling to every call)."""
 
-    def __init__(self, seed: int = 0, trees: int = 50) -> None:
+    def __init__(self, seed: int = 0, trees: int = 25) -> None:
         from sklearn.ensemble import RandomForestClassifier
 
         super().__init__(RandomForestClassifier(n_estimators=trees, n_jobs=1, random_state=seed))
