@@ -50,6 +50,11 @@ while not (conn.get_model_replica_info("linear", "1") or {}).get("live"):
 
 url = f"http://{conn.get_query_addr()}/onnx-linear/predict"
 # The replica creates its ONNX Runtime session on its first batch, which may
-# take longer than the SLO: warm it up before timing matters.
-httpx.post(url, json={"input": [0, 0, 0]})
+# take longer than the SLO (until then queries get the default output): warm
+# it up before timing matters.
+deadline = time.monotonic() + 60
+while httpx.post(url, json={"input": [0, 0, 0]}).json().get("default"):
+    if time.monotonic() > deadline:
+        raise SystemExit("the model kept answering with the default; see `clipper logs`")
+    time.sleep(0.1)
 print(httpx.post(url, json={"input_batch": [[1, 2, 3], [0, 0, 0]]}).text)
