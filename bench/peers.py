@@ -127,52 +127,57 @@ from .procserver import ProcessServer
 READING = """
 **Reading** (hand-written for the run above; rerun and update it when the numbers move).
 
-- *Five repeats on a shared machine.* Load average 0.7-1.2. Per-repeat ratios (Clipper
-  / naive): light 3.53, 3.33, 3.33, 3.10, 2.72; heavy 2.13, 2.45, 2.30, 2.45, 2.32;
-  no-op 3.47, 3.71, 3.25, 2.84, 2.47. Clipper / MLServer on the light MLP 6.91, 6.87,
-  7.27, 8.89, 8.93. This machine's speed drifts by 10-20 % over minutes (the echo
-  server's goodput ranged 12,760 to 13,650/s across today's runs, MLServer's on the
-  light MLP 800 to 1,220/s), so ratios within a repeat are what to compare.
-- *What changed since the previous run*: a prediction is answered from callbacks (no
-  task, coroutine or waiter per query; docs/profile.md). Against the previous commit at
-  fixed rates near goodput (light MLP at 7,500 and 8,500/s, no-op at 9,000 and
-  10,500/s; the two commits alternated three times), the server's CPU per query was
-  equal or 2-5 µs lower and p99 equal or lower; the figures above moved within this
-  machine's spread (light 8,680 → 7,880/s, heavy 1,920 → 1,860/s, no-op 11,600 →
-  11,040/s). The benchmark code was split into modules; what it measures is unchanged.
-- *Light MLP, frontend-bound: 3.33x naive (target 3x: met), 7.3x the best batching
-  peer (MLServer; target 10x: not met, 6.9-8.9x per repeat; 9.6x in the previous run,
-  where MLServer reached 850/s).* At goodput Clipper spends about 120 µs of CPU per
-  query, server and replica together (naive 355, the bare echo about 70); it serves
-  60 % of the echo ceiling in this open loop (94 % closed-loop, and 1.0x with wrk, next
-  section) and 12 % of the model-only ceiling: the path around the model (HTTP, JSON,
-  the hop to the replica and back, some forty Python calls per query) is the limit.
-- *Heavy MLP: 2.32x naive (target 5x not met), 3.0x MLServer (target 9x not met).*
+- *Three repeats on a shared machine.* Load average 0.7-1.3. Per-repeat ratios
+  (Clipper / naive): light 3.60, 3.18, 3.38; heavy 3.28, 2.29, 2.82; no-op 3.69, 2.84,
+  3.02. Clipper / MLServer on the light MLP 11.34, 10.60, 11.24. This machine's speed
+  drifts by 10-20 % over minutes (the echo server's goodput was 12,760-13,650/s in
+  earlier runs today and 11,440/s in this one; MLServer's on the light MLP 800-1,220/s
+  across runs), so ratios within a repeat are what to compare.
+- *What changed since the previous run* (3b952fc, five repeats an hour earlier): the
+  query handler runs just after the round of I/O callbacks that read the request (one
+  `call_soon`) instead of inside the read callback, so a replica's result read in the
+  same round is taken, and the replica given its next batch, before new bodies are
+  parsed. Light MLP 7,880 → 9,220/s (CPU per query at goodput 126 → 108 µs), no-op
+  11,040 → 12,080/s, heavy 1,860 → 1,900/s; the echo server went the other way
+  (13,240 → 11,440/s), so the machine was not faster.
+- *Light MLP, frontend-bound: 3.38x naive (target 3x: met), 11.2x the best batching
+  peer (MLServer; target 10x: met in every repeat, 10.6-11.3x; 7.3x in the previous
+  run).* At goodput Clipper spends about 110 µs of CPU per query, server and replica
+  together (naive 336, the bare echo about 65); it serves 81 % of the echo ceiling in
+  this open loop (97 % closed-loop, and 0.86-1.05 with wrk, next section) and 13 % of
+  the model-only ceiling: the path around the model (HTTP, JSON, the hop to the
+  replica and back, some forty Python calls per query) is the limit.
+- *Heavy MLP: 2.82x naive (target 5x not met), 4.0x MLServer (target 9x not met).*
   On this machine OpenBLAS's float32 product costs a batch about 2.3 ms plus 0.12 ms
-  per query (as if it copied the 22 MB of weights on every call): one query (a
+  per query (it packs the 22 MB of weights on every call): one query (a
   matrix-vector product) takes 0.5-0.7 ms, any batch of 2 or more at least 2.8 ms,
-  and only batches of 6 and more beat single calls. Five times naive is 3,800/s here: at
-  0.12 ms per query in the model and about 0.1 ms in the server, the 2.3 ms per batch
-  fits in the rest of the core only with a batch cycle of 13 ms or more, so queries
-  would wait up to two cycles (26 ms, past the 20 ms SLO) with the core fully busy.
-  The batch cost curve sends singles until a batch pays; at goodput batches hold
-  10-13 queries on average (at most 21-27) and Clipper spends 550 µs of CPU per
-  query. Tried and left out: an adaptive wait for a fuller batch (no measurable gain);
-  running the frontend as SCHED_BATCH so that it does not preempt the replica
+  and only batches of 6 and more beat single calls. Five times naive is 4,150/s here:
+  at 0.12 ms per query in the model and about 0.1 ms in the server, the 2.3 ms per
+  batch fits in the 9 % of the core left only with a batch cycle of 26 ms or more,
+  and a query waits for the batch in flight and then runs in the next: far past the
+  20 ms SLO. At fixed rates (1,800-2,600/s) the server and replica together use the whole
+  core (about 550 µs of CPU per query at a mean batch of 13, 380 µs at 20), so
+  goodput is where the core runs out. The issue's figures assumed a batch of 64 at
+  0.1 ms per query beside a 0.9 ms single query (a 9x batch economy); here it is
+  0.16 ms beside 0.5-0.6 ms (under 4x), which also makes the naive server relatively
+  faster. Tried and left out: an adaptive wait for a fuller batch (no measurable
+  gain); running the frontend as SCHED_BATCH so that it does not preempt the replica
   mid-batch (p99 1-2 ms lower at fixed rates, within noise for goodput).
-- *Overhead at 50 queries/s, light MLP: p50 1.81 ms above the model (target 1 ms: not
-  met), p99 3.20 ms (target 3 ms: not met here; 2.91 ms in the 3-repeat run just
-  before, at 69a8123).* The echo server takes 0.90 / 2.12 ms at the same rate:
-  loopback, HTTP and the generator, so the 1 ms p50 target leaves Clipper 0.1 ms for
-  its own path. On top it adds the hop to the replica process and back (ZeroMQ's I/O
-  thread in each process: six thread switches), about 0.4 ms back to back; after the
-  idle gaps of a low rate the core runs the same work 2-3x slower (measured by hand
-  with a sequential client: echo 0.22 ms back to back, 0.85 ms after 20 ms idle;
-  Clipper 0.60 and 1.81 ms). The naive server, with no hop, is at 1.48 / 2.75 ms.
+- *Overhead at 50 queries/s, light MLP: p50 1.59 ms above the model (target 1 ms: not
+  met; 1.52-1.87 per repeat), p99 3.68 ms (target 3 ms: not met; 2.93-3.82 per
+  repeat, 2.91-3.20 in earlier runs).* The echo server takes 0.80 / 1.83 ms at the
+  same rate: loopback, HTTP and the generator, so the 1 ms p50 target leaves Clipper
+  0.2 ms for its own path. On top it adds the hop to the replica process and back
+  (ZeroMQ's I/O thread in each process: six thread switches), about 0.4 ms back to
+  back; after the idle gaps of a low rate the core runs the same work 2-3x slower
+  (measured by hand with a sequential client: echo 0.22 ms back to back, 0.85 ms
+  after 20 ms idle; Clipper 0.60 and 1.81 ms). Above the echo server's own latency,
+  Clipper adds 0.8 ms at p50 and 1.9 ms at p99. The naive server, with no hop, is at
+  1.67 / 2.62 ms.
 - *The peers.* MLServer (adaptive batching, inference in its server process) is the
   best of the three everywhere; LitServe (one API server and one worker process talking
-  over ZeroMQ) reaches 55-85 % of it; Ray Serve (11 processes on one core, 10-17 ms of
-  CPU per query) cannot meet a 20 ms p99 above 20-70 queries/s here. All three got
+  over ZeroMQ) reaches 50-70 % of it; Ray Serve (11 processes on one core, 8-17 ms of
+  CPU per query) cannot meet a 20 ms p99 above 20-60 queries/s here. All three got
   the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
   and their answers were checked against the model in-process.
 """

@@ -208,44 +208,49 @@ def render(result: dict[str, Any]) -> str:
 
 
 READING = """
-The profile was taken on the 2-core machine with nothing else running; py-spy pauses
-the process for each sample, so the CPU per query above is inflated (and at 1000
-queries/s most batches hold one or two queries); the shares are what matter. The light
-model's own arithmetic (`MLP.logits`, `_wrapreduction`) is about 8 %.
+The profile was taken on the 2-core machine while other guests kept it busy (the load
+average was about 2 that evening; the same rate's p99 was 4.4 ms in the previous
+profile, 10.4 ms here); py-spy pauses the process for each sample, so the CPU per
+query above is inflated twice over (and at 1000 queries/s most batches hold one or two
+queries). The shares are what matter. The light model's own arithmetic (`MLP.logits`,
+`_wrapreduction`) is about 8 %.
 
-What changed since the previous profile: a prediction is answered from callbacks.
-The query handler parses and submits (just after the round of read callbacks, from
-one `call_soon`) and hands the HTTP server a `Later` (the processor's future);
-`QueryProcessor.predict_soon` settles that future from the dispatcher's callbacks
-(`when_all`: a counter and one timer), and the HTTP server writes the response from
-the future's callback. (This profile was taken with the handler called inside the
-read callback; the `call_soon` came after it.) No task, coroutine or
-waiter per query: `_Connection._start` (the task's creation, 6 %) and `wait_all` left
-the top, and the HTTP server's share fell from 24 % to about 16 %. The server's CPU per
-query at this rate went from 306 to 262 µs, the replica's from 225 to 199 µs.
+What changed since the previous profile: the query handler no longer runs inside the
+read callback. `_Connection._start` schedules it with one `call_soon`, so it runs just
+after the round of I/O callbacks that read the request, and a replica's result read in
+the same round is taken first. Parsing and submitting then hand the HTTP server a
+`Later` (the processor's future); `QueryProcessor.predict_soon` settles it from the
+dispatcher's callbacks (`when_all`: a counter and one timer) and the HTTP server
+writes the response from the future's callback: no task, coroutine or waiter per
+query. `_start`'s 4.6 % is `call_soon` itself (uvloop's handle, in C, charged to its
+Python caller); it moved out of the read callback rather than adding work: at fixed
+rates the server's CPU per query was unchanged, and with wrk the two versions served
+the same (docs/benchmarks.md).
 
-- **RPC, 16 % in the server and 12 % in the replica**: per batch, not per query, so
-  it shrinks as batches grow. ZeroMQ's I/O threads (not visible to py-spy) add two
-  thread switches each way; `ipc://` instead of TCP loopback saved 5 of 59 µs per
-  round trip in a bare test, not worth a second endpoint.
-- **HTTP server, 16 %** (`h1.py` and httptools). Most of it is the kernel's work seen
-  from Python: `_write` is the `send` system call, `data_received` the parse plus the
-  `recv`.
-- **Request parsing, 14 %** (`_flat_input`: simdjson into a buffer, 8-20 µs for 784
+- **HTTP server, 22 %** (`h1.py` and httptools, `_start` included). Most of it is the
+  kernel's work seen from Python: `_write` is the `send` system call, `data_received`
+  the parse plus the `recv`.
+- **RPC, 18 % in the server and 12 % in the replica**: per batch, not per query, so it
+  shrinks as batches grow. ZeroMQ's I/O threads (not visible to py-spy) add two thread
+  switches each way; `ipc://` instead of TCP loopback saved 5 of 59 µs per round trip
+  in a bare test, not worth a second endpoint.
+- **Request parsing, 12 %** (`_flat_input`: simdjson into a buffer, 8-20 µs for 784
   numbers, warm or cold). The gain left is a binary input path (the Open Inference
   Protocol's binary tensor extension is served under `/v2` already).
-- **Query processor 14 % and batching 10 %**: per query the processor's future, four
+- **Query processor 11 % and batching 9 %**: per query the processor's future, four
   small closures (`when_all`'s two, the answer and its finish), one timer, a `Task`
   record and its future in the dispatcher, the prediction dataclasses. Extending the
   dispatcher's per-model deadline sweep to tasks in flight would drop the timer (~2 %).
-- **Replica runtime, 11 %** (`serve_forever`, `decode_inputs`, the poll loop): per
+- **Replica runtime, 10 %** (`serve_forever`, `decode_inputs`, the poll loop): per
   batch as well.
 
-What is left is spread thin: no function but the parser holds more than 6 %, and the
+What is left is spread thin: no function but the parser holds more than 5 %, and the
 path is some forty Python calls per query. On the light MLP at goodput the server and
-replica together spend about 120 µs of CPU per query, the bare echo server 70; going
-much lower means leaving Python for the per-request work (a compiled HTTP and JSON
-path), not trimming it.
+replica together spend about 110 µs of CPU per query (`make bench-peers`), the bare
+echo server 65; going much lower means leaving Python for the per-request work (a
+compiled HTTP and JSON path), not trimming it, and a compiled HTTP server alone does
+not get there (Granian, in Rust, served the echo workload 1.03-1.17x as fast as
+uvicorn on this core).
 """
 
 
