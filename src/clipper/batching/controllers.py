@@ -115,9 +115,12 @@ class QuantileRegressionController:
     Keeps a window of (batch size, latency) samples, takes the empirical
     ``quantile`` of latency per batch size, and fits ``latency = a + b·size``
     through those points by weighted least squares (refitted every
-    ``refit_every`` batches, to keep the hot path cheap). Until it has seen two
-    sizes it explores upward by doubling; it grows at most ``explore`` per
-    refit, and a batch that misses the target cuts the size at once.
+    ``refit_every`` batches, to keep the hot path cheap). Until one size has
+    enough samples it explores upward by doubling; with one size measured it
+    guesses latency proportional to size, but tries at least the next size
+    while the measured one fits (a slope needs two). It grows at most
+    ``explore`` per refit, and a batch that misses the target cuts the size at
+    once.
     """
 
     def __init__(
