@@ -62,13 +62,18 @@ def batch_economics(xs: Any) -> list[float]:
 
 
 def make_slowable(flag_file: str) -> Any:
-    """Fast until ``flag_file`` exists, then 20 ms + 3 ms per input."""
+    """5 ms + 0.1 ms per input until ``flag_file`` exists, then 20 ms + 3 ms per input.
+
+    Not faster at first: while a batch runs, a closed-loop client's other
+    queries must pile up in the queue for batches to fill (AIMD grows only on
+    full batches); with 1 ms batches a client slowed by a busy machine kept
+    the queue too short and the batch size never grew."""
 
     def slowable(xs: Any) -> list[float]:
         if os.path.exists(flag_file):
             time.sleep(0.020 + 0.003 * len(xs))
         else:
-            time.sleep(0.001 + 0.0001 * len(xs))
+            time.sleep(0.005 + 0.0001 * len(xs))
         return [float(np.sum(x)) for x in xs]
 
     return slowable
