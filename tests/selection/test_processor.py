@@ -23,33 +23,19 @@ from clipper.rpc.server import Replica
 from clipper.selection.processor import NO_MODELS, SLO_MISSED, Prediction, QueryProcessor
 from clipper.selection.state import PolicyStates
 from clipper.store.catalog import Catalog
+from clipper.store.memory import MemoryStore
 from clipper.types import AppSpec, InputType, ModelId, ModelSpec
 
 MODEL = ModelId("m", "1")
 
 
-class Store:
-    """A config store with one app ``a`` (SLO 50 ms) linked to model ``m:1``."""
-
-    def generation(self) -> int:
-        return 1
-
-    def list_models(self) -> list[ModelSpec]:
-        return [ModelSpec("m", "1", InputType.DOUBLES)]
-
-    def get_current_version(self, name: str) -> str | None:
-        return "1" if name == "m" else None
-
-    def list_apps(self) -> list[AppSpec]:
-        return [AppSpec("a", InputType.DOUBLES, "-1", 50_000)]
-
-    def get_links(self, app: str) -> list[str]:
-        return ["m"]
-
-
-class NoState:
-    def get(self, app: str, uid: str) -> None:
-        return None
+def config_store(app_options: dict[str, Any] | None = None) -> MemoryStore:
+    """The embedded store with one app ``a`` (SLO 50 ms) linked to model ``m:1``."""
+    store = MemoryStore()
+    store.add_model(ModelSpec("m", "1", InputType.DOUBLES))
+    store.add_app(AppSpec("a", InputType.DOUBLES, "-1", 50_000, options=app_options or {}))
+    store.add_links("a", ["m"])
+    return store
 
 
 class Observer:
@@ -72,7 +58,7 @@ class Observer:
 def setup(
     answer: bool,
     observer: Observer | None = None,
-    store: Store | None = None,
+    app_options: dict[str, Any] | None = None,
     queue_capacity: int = 10_000,
 ) -> tuple[QueryProcessor, Any]:
     """A processor whose dispatcher has one replica of ``m:1``; the replica
@@ -93,8 +79,9 @@ def setup(
 
     dispatcher.set_transport(send)
     dispatcher.replica_joined(replica)
-    catalog = Catalog(store or Store())  # type: ignore[arg-type]
-    states = PolicyStates(NoState())  # type: ignore[arg-type]
+    store = config_store(app_options)
+    catalog = Catalog(store)
+    states = PolicyStates(store)
     return QueryProcessor(catalog, dispatcher, states, observer=observer), catalog.app("a")
 
 
@@ -174,12 +161,8 @@ def test_a_cancelled_wait_leaves_the_models_work_alone():
 
 
 def test_an_observer_that_fails_on_an_overload_fails_the_future_rather_than_hang():
-    class Full(Store):
-        def list_apps(self) -> list[AppSpec]:
-            return [AppSpec("a", InputType.DOUBLES, "-1", 50_000, options={"overload": "503"})]
-
     async def main():
-        processor, route = setup(False, Observer(fail=True), Full(), queue_capacity=1)
+        processor, route = setup(False, Observer(fail=True), {"overload": "503"}, queue_capacity=1)
         first = processor.predict_soon(route, [x(1)], timeout_s=0.05)
         second = processor.predict_soon(route, [x(2), x(3)], timeout_s=0.05)
         return await asyncio.gather(first, second, return_exceptions=True)
