@@ -134,3 +134,40 @@ def test_cost_curve_follows_a_model_that_gets_cheaper():
     for _ in range(10):
         curve.observe(2, 0.001)  # e.g. the machine got quieter
     assert curve.choose(2, 8) == 2
+
+
+def overload(controller, seed, steps=1000, rate=2400.0, slo=0.020):
+    """A cold start under overload, the frontend and the model on one core.
+
+    The benchmark's large MLP: a batch costs 2.3 ms + 0.12 ms per query, times
+    1.35 for the frontend's share of the core. While a backlog stands (more
+    waiting than the batch size) the frontend's work in between adds a heavy
+    tail (exponential, mean 1.5 ms); otherwise a light one. Queries older than
+    the SLO expire, so the queue holds at most ``rate · slo``. Returns the
+    queue length after each batch.
+    """
+    rng = random.Random(seed)
+    queue = rate * slo
+    queues = []
+    for _ in range(steps):
+        cap = controller.max_batch_size()
+        size = max(1, min(cap, int(queue)))
+        tail = 0.0015 if queue - size > cap else 0.0003
+        latency = 1.35 * (0.0023 + 0.00012 * size) + rng.expovariate(1 / tail)
+        queue = min(max(queue - size, 0) + rate * latency, rate * slo)
+        controller.observe(size, latency, int(queue))
+        queues.append(queue)
+    return queues
+
+
+@pytest.mark.parametrize("seed", range(1, 11))
+def test_quantile_regression_grows_out_of_an_overload_that_slows_small_batches(seed):
+    # Small batches cannot keep up (size 3: ~1,700 queries/s) and, slowed by the
+    # backlog, their p99 misses the target, so the fit alone allowed no more:
+    # six seeds in ten stayed at sizes 1-3 with the queue full for good. A
+    # backlog now grows the size until the queue drains (size ~14 suffices).
+    c = QuantileRegressionController(TARGET)
+    queues = overload(c, seed)
+    drained = next(i for i, q in enumerate(queues) if q < 24)
+    assert drained < 200
+    assert sum(queues[-500:]) / 500 < 20

@@ -343,3 +343,29 @@ def test_a_fixed_batch_size_is_taken_as_given():
         assert all(o.ok for o in outcomes)
 
     asyncio.run(main())
+
+
+def test_the_controller_hears_each_batch_with_the_tasks_left_waiting():
+    class Recording(FixedBatchSize):
+        def __init__(self, size):
+            super().__init__(size)
+            self.seen = []
+
+        def observe(self, batch_size, latency_s, waiting=0):
+            self.seen.append((batch_size, waiting))
+
+    async def main():
+        controller = Recording(4)
+        d = Dispatcher(configure=lambda _m: ModelConfig(controller))
+        t = FakeTransport()
+        d.set_transport(t)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        futures = [d.submit(MODEL, np.array([float(i)]), deadline=1e12) for i in range(7)]
+        await asyncio.sleep(0)
+        answer(d, r, t.sent[0][1], list("abcd"))  # 3 left waiting
+        answer(d, r, t.sent[1][1], list("efg"))  # none
+        await asyncio.gather(*futures)
+        assert controller.seen == [(4, 3), (3, 0)]
+
+    asyncio.run(main())

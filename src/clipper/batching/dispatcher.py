@@ -368,7 +368,7 @@ class Dispatcher:
         state.latency_ewma = (
             latency if state.batches == 1 else 0.8 * state.latency_ewma + 0.2 * latency
         )
-        state.config.controller.observe(len(tasks), latency)
+        state.config.controller.observe(len(tasks), latency, len(state.queue))
         for listener in self.batch_listeners:
             listener(state.model, len(tasks), latency)
         if header.get("ok") is True:
