@@ -171,3 +171,28 @@ def test_quantile_regression_grows_out_of_an_overload_that_slows_small_batches(s
     drained = next(i for i, q in enumerate(queues) if q < 24)
     assert drained < 200
     assert sum(queues[-500:]) / 500 < 20
+
+
+def test_quantile_regression_fit_matches_a_refit_of_the_whole_window():
+    # The fit keeps the window grouped by size as samples come and go; it must
+    # equal numpy's weighted fit of the window's p99 per size, computed afresh.
+    import numpy as np
+
+    rng = random.Random(9)
+    c = QuantileRegressionController(TARGET, window=500)
+    seen = []
+    for step in range(3000):
+        size = rng.choice([1, 1, 2, 3, 5, 8, 13, 21] if step < 1500 else [30, 31, 32, 2])
+        latency = 0.001 + 0.0002 * size + rng.expovariate(2000)
+        c.observe(size, latency)
+        seen.append((size, latency))
+        if step % 250 == 249:
+            by_size = {}
+            for s, lat in seen[-500:]:
+                by_size.setdefault(s, []).append(lat)
+            points = [(s, np.quantile(v, 0.99), len(v)) for s, v in by_size.items() if len(v) >= 5]
+            x, y, n = (np.array(col, dtype=float) for col in zip(*points, strict=True))
+            slope, intercept = np.polyfit(x, y, 1, w=np.sqrt(n))
+            fitted = c.fit()
+            assert fitted == pytest.approx((intercept, max(slope, 0.0)), rel=1e-9, abs=1e-12)
+            assert c.sizes_measured == sorted(int(s) for s in x)
