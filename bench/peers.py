@@ -49,7 +49,9 @@ Figures (medians over ``--repeats``, ratios taken within each repeat):
 - the model-only ceiling: the model called in-process at its best batch size
   on the server's core, one BLAS thread (queries/s);
 - overhead at low load (50 queries/s): p50 and p99 minus the model's own
-  batch-1 time (written to bench/results/overhead.json);
+  time for one query, called in-process as often (20 ms apart: its caches go
+  cold in between, as in a server at that rate), and minus its time back to
+  back (written to bench/results/overhead.json);
 - a closed-loop capacity (64 clients) of every server with the no-op model:
   the frontend's ceiling, with the generator's own CPU use beside it.
 
@@ -187,13 +189,15 @@ READING = """
 
 
 def _ceiling_main(keys: list[str]) -> None:
-    """In a pinned child with one BLAS thread: seconds per batch of each size."""
+    """In a pinned child with one BLAS thread: seconds per batch of each size, and
+    of single queries made at the low-load rate."""
     inputs = models.mlp_inputs(max(CEILING_SIZES))
     out = {}
     for key in keys:
         model = make_model(key)
         per_batch = models.timing(model, inputs, CEILING_SIZES)
-        out[key] = {str(size): t for size, t in per_batch.items()}
+        paced = models.paced_timing(model, inputs, 1 / LOW_RATE)
+        out[key] = {"per_batch": {str(size): t for size, t in per_batch.items()}, "paced": paced}
     print(json.dumps(out))
 
 
@@ -213,9 +217,10 @@ def model_ceiling(keys: list[str], cpus: CpuPlan) -> dict[str, Any]:
         text=True,
         check=True,
     )
-    raw: dict[str, dict[str, float]] = json.loads(out.stdout)
+    raw: dict[str, dict[str, Any]] = json.loads(out.stdout)
     result: dict[str, Any] = {}
-    for key, per_batch in raw.items():
+    for key, timed in raw.items():
+        per_batch: dict[str, float] = timed["per_batch"]
         qps = {size: int(size) / t for size, t in per_batch.items()}
         best = max(qps, key=lambda s: qps[s])
         result[key] = {
@@ -224,6 +229,8 @@ def model_ceiling(keys: list[str], cpus: CpuPlan) -> dict[str, Any]:
             "best_batch_size": int(best),
             "ceiling_qps": qps[best],
             "batch1_ms": per_batch["1"] * 1000,
+            # One query every 1 / LOW_RATE s: the model's own time at low load.
+            "paced_batch1_ms": [t * 1000 for t in timed["paced"]],
         }
     return result
 
