@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
-from .batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST
+from .batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST, TOO_SLOW
 from .frontend.h1 import Request, Response
 from .selection import processor as _processor
 from .selection.policies import get_policy
@@ -67,7 +67,7 @@ TickListener = Callable[[float, dict[str, Any]], None]
 def default_reason(explanation: str | None) -> str:
     """Group a default output's free-text explanation into one of ``REASONS``."""
     text = explanation or ""
-    if text.startswith(SLO_MISSED) or EXPIRED in text:
+    if text.startswith(SLO_MISSED) or EXPIRED in text or TOO_SLOW in text:
         return "slo"
     if text.startswith(NO_MODELS) or (_COLD is not None and text.startswith(_COLD)):
         return "no_models"

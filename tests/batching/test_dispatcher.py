@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from clipper.batching.controllers import FixedBatchSize
-from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, Dispatcher, ModelConfig
+from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, TOO_SLOW, Dispatcher, ModelConfig
 from clipper.cache import PredictionCache
 from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
@@ -146,6 +146,32 @@ def test_expired_tasks_answer_by_their_deadline_without_a_replica():
         d.replica_joined(r)
         assert t.sent == []  # an expired task is never computed
         assert d.statistics()[0].queue.expired == 1
+
+    asyncio.run(main())
+
+
+def test_a_query_the_model_is_too_slow_for_says_so_and_a_later_one_is_computed():
+    # One slow batch (a replica's first, loading its model) sets the latency
+    # estimate: a query with less time left is answered at once, not computed,
+    # and told why (not that it waited in the queue); the estimate halves each
+    # time it alone holds a query back, so the model is soon tried again.
+    async def main():
+        d, t = make()
+        r = replica(b"r1")
+        d.replica_joined(r)
+        d._models[MODEL].latency_ewma = 0.4
+        first = d.submit(MODEL, np.array([1.0]), deadline=soon(0.1))
+        outcome = await asyncio.wait_for(first, 10)
+        assert not outcome.ok and TOO_SLOW in outcome.error and EXPIRED not in outcome.error
+        assert "about 400 ms" in outcome.error and "not computed" in outcome.error
+        assert t.sent == []
+        second = d.submit(MODEL, np.array([2.0]), deadline=soon(0.1))  # 0.2 s estimate
+        assert (await asyncio.wait_for(second, 10)).error.count(TOO_SLOW) == 1
+        third = d.submit(MODEL, np.array([3.0]), deadline=soon(0.2))  # 0.1 s: it fits
+        await asyncio.sleep(0)
+        assert len(t.sent) == 1
+        answer(d, r, t.sent[0][1], [3])
+        assert (await third).output == 3
 
     asyncio.run(main())
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST
+from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST, TOO_SLOW
 from clipper.frontend.h1 import Request
 from clipper.metrics import (
     BATCH_SIZE_BUCKETS,
@@ -212,6 +212,7 @@ def test_each_server_has_its_own_registry(server: FakeServer) -> None:
     [
         (SLO_MISSED, "slo"),
         (f"m:1: {EXPIRED}", "slo"),
+        (f"m:1: {TOO_SLOW} (its recent batches took about 400 ms, 98 ms were left)", "slo"),
         (NO_MODELS, "no_models"),
         (getattr(processor, "COLD", NO_MODELS), "no_models"),  # scaled to zero, starting
         (QUEUE_FULL, "overloaded"),

@@ -45,6 +45,9 @@ log = logging.getLogger("clipper.dispatcher")
 Send = Callable[[bytes, p.Frames], bool]
 REPLICA_LOST = "the replica computing it was lost"
 EXPIRED = "the latency SLO passed while the query waited in the queue (every replica was busy)"
+# A query not computed because its batch would end past the SLO, by the model's
+# recent batch latency (the first batch of a replica may be slow: it loads).
+TOO_SLOW = "the latency SLO would pass before a batch could finish"
 QUEUE_FULL = "the model's queue is full (overloaded)"
 
 
@@ -278,7 +281,17 @@ class Dispatcher:
             # A task due before a batch could finish is answered now, not computed.
             batch, expired = state.queue.pop_batch(take, now, now + state.latency_ewma)
             for task in expired:
-                task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
+                if task.deadline <= now:
+                    task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
+                else:
+                    left_ms = (task.deadline - now) * 1000
+                    ewma_ms = state.latency_ewma * 1000
+                    task.finish(
+                        Outcome(
+                            error=f"{state.model}: {TOO_SLOW} (its recent batches took "
+                            f"about {ewma_ms:.0f} ms, {left_ms:.0f} ms were left); not computed"
+                        )
+                    )
             if not batch:
                 if expired and state.latency_ewma > 0:
                     # The estimate only moves when a batch finishes: if it alone
