@@ -129,57 +129,67 @@ from .procserver import ProcessServer
 READING = """
 **Reading** (hand-written for the run above; rerun and update it when the numbers move).
 
-- *Three repeats on a shared machine.* Load average 0.7-1.3. Per-repeat ratios
-  (Clipper / naive): light 3.60, 3.18, 3.38; heavy 3.28, 2.29, 2.82; no-op 3.69, 2.84,
-  3.02. Clipper / MLServer on the light MLP 11.34, 10.60, 11.24. This machine's speed
-  drifts by 10-20 % over minutes (the echo server's goodput was 12,760-13,650/s in
-  earlier runs today and 11,440/s in this one; MLServer's on the light MLP 800-1,220/s
-  across runs), so ratios within a repeat are what to compare.
-- *What changed since the previous run* (3b952fc, five repeats an hour earlier): the
-  query handler runs just after the round of I/O callbacks that read the request (one
-  `call_soon`) instead of inside the read callback, so a replica's result read in the
-  same round is taken, and the replica given its next batch, before new bodies are
-  parsed. Light MLP 7,880 → 9,220/s (CPU per query at goodput 126 → 108 µs), no-op
-  11,040 → 12,080/s, heavy 1,860 → 1,900/s; the echo server went the other way
-  (13,240 → 11,440/s), so the machine was not faster.
-- *Light MLP, frontend-bound: 3.38x naive (target 3x: met), 11.2x the best batching
-  peer (MLServer; target 10x: met in every repeat, 10.6-11.3x; 7.3x in the previous
-  run).* At goodput Clipper spends about 110 µs of CPU per query, server and replica
-  together (naive 336, the bare echo about 65); it serves 81 % of the echo ceiling in
-  this open loop (97 % closed-loop, and 0.86-1.05 with wrk, next section) and 13 % of
-  the model-only ceiling: the path around the model (HTTP, JSON, the hop to the
-  replica and back, some forty Python calls per query) is the limit.
-- *Heavy MLP: 2.82x naive (target 5x not met), 4.0x MLServer (target 9x not met).*
+- *Three repeats on a host whose speed changed by the minute.* Load average 1.5 at the
+  start, 0.9 at the end. The echo server's goodput was 11,850, 8,070 and 9,280/s in
+  the three repeats (11,440 in the previous run at 20:25, 8,170 in a run 30 minutes
+  before this one that was dropped for it: its every server was 20-40 % slower). A
+  Clipper A/B against the previous session's last commit, alternating, the same
+  minutes, showed the same CPU per query (102-114 µs in the server at 7,000/s both),
+  so the run-to-run differences are the machine's. Per-repeat ratios (Clipper /
+  naive): light 3.87, 3.61, 3.17; heavy 2.75, 2.39, 3.33; no-op 4.09, 4.38, 2.60.
+  Clipper / MLServer on the light MLP: 8.09, 9.79, 6.57.
+- *What changed since the previous run* (a30e3dd): no serving-path change (the
+  dispatcher passes the queue length to the batch-size controller; only the quantile
+  controller reads it). The generator times a request that found a free connection
+  from its send rather than its scheduled arrival: its millisecond timers sent at
+  50/s 0.3 ms late at the median and up to 1.4 ms at p99, which every server's
+  latency included (the echo server's low-load p99: 1.83 → 1.32 ms). The low-load
+  overhead now subtracts the model's own time at that rate (below).
+- *Light MLP, frontend-bound: 3.61x naive (target 3x: met; 3.17-3.87 per repeat),
+  8.1x the best batching peer (MLServer; target 10x: not met this run, 6.6-9.8 per
+  repeat; 11.2x in the previous run).* Clipper spent 154 µs of CPU per query at
+  goodput, server and replica together (108 in the previous run; naive 441 against
+  336: the machine's slower minutes cost the two-process path more), and served 58 %
+  of the echo ceiling in this open loop (81 % before; 94 % closed-loop here) and 9 %
+  of the model-only ceiling: the path around the model (HTTP, JSON, the hop to the
+  replica and back, some forty Python calls per query) is the limit. MLServer's
+  goodput is bounded by its latency rather than its CPU (800/s at 785 µs per query),
+  so it lost less on slow minutes, and the ratio fell.
+- *Heavy MLP: 2.75x naive (target 5x not met), 3.5x MLServer (target 9x not met).*
   On this machine OpenBLAS's float32 product costs a batch about 2.3 ms plus 0.12 ms
   per query (it packs the 22 MB of weights on every call): one query (a
   matrix-vector product) takes 0.5-0.7 ms, any batch of 2 or more at least 2.8 ms,
-  and only batches of 6 and more beat single calls. Five times naive is 4,150/s here:
-  at 0.12 ms per query in the model and about 0.1 ms in the server, the 2.3 ms per
-  batch fits in the 9 % of the core left only with a batch cycle of 26 ms or more,
-  and a query waits for the batch in flight and then runs in the next: far past the
-  20 ms SLO. At fixed rates (1,800-2,600/s) the server and replica together use the whole
-  core (about 550 µs of CPU per query at a mean batch of 13, 380 µs at 20), so
-  goodput is where the core runs out. The issue's figures assumed a batch of 64 at
-  0.1 ms per query beside a 0.9 ms single query (a 9x batch economy); here it is
-  0.16 ms beside 0.5-0.6 ms (under 4x), which also makes the naive server relatively
-  faster. Tried and left out: an adaptive wait for a fuller batch (no measurable
-  gain); running the frontend as SCHED_BATCH so that it does not preempt the replica
-  mid-batch (p99 1-2 ms lower at fixed rates, within noise for goodput).
-- *Overhead at 50 queries/s, light MLP: p50 1.59 ms above the model (target 1 ms: not
-  met; 1.52-1.87 per repeat), p99 3.68 ms (target 3 ms: not met; 2.93-3.82 per
-  repeat, 2.91-3.20 in earlier runs).* The echo server takes 0.80 / 1.83 ms at the
-  same rate: loopback, HTTP and the generator, so the 1 ms p50 target leaves Clipper
-  0.2 ms for its own path. On top it adds the hop to the replica process and back
-  (ZeroMQ's I/O thread in each process: six thread switches), about 0.4 ms back to
-  back; after the idle gaps of a low rate the core runs the same work 2-3x slower
-  (measured by hand with a sequential client: echo 0.22 ms back to back, 0.85 ms
-  after 20 ms idle; Clipper 0.60 and 1.81 ms). Above the echo server's own latency,
-  Clipper adds 0.8 ms at p50 and 1.9 ms at p99. The naive server, with no hop, is at
-  1.67 / 2.62 ms.
+  and only batches of 6 and more beat single calls. Five times naive is 2,950/s in
+  this run (4,150/s in the previous): at 0.12 ms per query in the model and about
+  0.1 ms in the server, the core runs out before batches grow large enough to pay
+  the 2.3 ms, and a query waits for the batch in flight and then runs in the next,
+  near the 20 ms SLO. At fixed rates (1,800-2,600/s) the server and replica together
+  use the whole core (about 550 µs of CPU per query at a mean batch of 13, 380 µs at
+  20), so goodput is where the core runs out. The issue's figures assumed a batch of
+  64 at 0.1 ms per query beside a 0.9 ms single query (a 9x batch economy); here it
+  is 0.16 ms beside 0.5-0.6 ms (under 4x), which also makes the naive server
+  relatively faster. Tried and left out: an adaptive wait for a fuller batch (no
+  measurable gain); running the frontend as SCHED_BATCH so that it does not preempt
+  the replica mid-batch (p99 1-2 ms lower at fixed rates, within noise for goodput);
+  the replica at a lower priority (nice 5 and 10: no change, more expired queries at
+  10). With the quantile controller the heavy MLP once stayed at batches of 1-3 for
+  good after a cold start at 2,400/s; fixed this session (the batching section).
+- *Overhead at 50 queries/s, light MLP: p50 1.31 ms, p99 2.32 ms above the model's own
+  time at that rate (targets 1 ms: not met; 3 ms: met).* Called in-process every 20 ms,
+  its caches gone cold in between as in the server, the model itself takes 0.38 ms
+  (0.05 back to back); above that back-to-back time the figures are 1.65 / 2.65 ms,
+  and p99 was 2.55-5.14 ms per repeat (one repeat in a slow minute). The echo server
+  takes 0.61 / 1.32 ms at the same rate: loopback, HTTP and the generator, so the
+  1 ms p50 target leaves Clipper 0.4 ms for its own path. On top it adds the hop to
+  the replica process and back (ZeroMQ's I/O thread in each process: six thread
+  switches; a bare ZeroMQ round trip between two processes on one core takes 0.13 ms
+  back to back and 0.31 ms after 20 ms idle) and its Python path, which after the
+  idle gaps of a low rate runs 2-3x slower than back to back. The naive server, with
+  no hop, is at 1.42 / 2.13 ms.
 - *The peers.* MLServer (adaptive batching, inference in its server process) is the
   best of the three everywhere; LitServe (one API server and one worker process talking
-  over ZeroMQ) reaches 50-70 % of it; Ray Serve (11 processes on one core, 8-17 ms of
-  CPU per query) cannot meet a 20 ms p99 above 20-60 queries/s here. All three got
+  over ZeroMQ) reaches 30-55 % of it; Ray Serve (11 processes on one core, 12-20 ms of
+  CPU per query) cannot meet a 20 ms p99 above 20-50 queries/s here. All three got
   the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
   and their answers were checked against the model in-process.
 """
