@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from clipper.batching.controllers import FixedBatchSize
 from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, TOO_SLOW, Dispatcher, ModelConfig
@@ -172,6 +173,45 @@ def test_a_query_the_model_is_too_slow_for_says_so_and_a_later_one_is_computed()
         assert len(t.sent) == 1
         answer(d, r, t.sent[0][1], [3])
         assert (await third).output == 3
+
+    asyncio.run(main())
+
+
+def test_a_replicas_first_batch_does_not_set_the_latency_estimate():
+    # The first batch of a replica loads the model (0.4 s here, four times the
+    # SLO): counted, it would have the next queries refused uncomputed.
+    async def main():
+        now = [100.0]
+        d = Dispatcher(configure=lambda _m: ModelConfig(FixedBatchSize(1)), clock=lambda: now[0])
+        t = FakeTransport()
+        d.set_transport(t)
+        r1 = replica(b"r1")
+        d.replica_joined(r1)
+        first = d.submit(MODEL, np.array([1.0]), deadline=now[0] + 0.1)
+        await asyncio.sleep(0)
+        now[0] += 0.4
+        answer(d, r1, t.sent[-1][1], [1])
+        assert (await first).output == 1
+        second = d.submit(MODEL, np.array([2.0]), deadline=now[0] + 0.1)
+        await asyncio.sleep(0)
+        assert len(t.sent) == 2  # computed, not refused
+        now[0] += 0.01
+        answer(d, r1, t.sent[-1][1], [2])
+        assert (await second).output == 2
+        assert d._models[MODEL].latency_ewma == pytest.approx(0.01)
+        # A replica added later (scaled up, restarted) loads too: same rule.
+        r2 = replica(b"r2")
+        d.replica_joined(r2)
+        a = d.submit(MODEL, np.array([3.0]), deadline=now[0] + 0.1)
+        b = d.submit(MODEL, np.array([4.0]), deadline=now[0] + 0.1)
+        await asyncio.sleep(0)
+        by_replica = {ident: header for ident, header, _ in t.sent[-2:]}
+        now[0] += 0.01
+        answer(d, r1, by_replica[b"r1"], [0])
+        now[0] += 0.49
+        answer(d, r2, by_replica[b"r2"], [0])  # 0.5 s, its first
+        await asyncio.gather(a, b)
+        assert d._models[MODEL].latency_ewma == pytest.approx(0.01)
 
     asyncio.run(main())
 

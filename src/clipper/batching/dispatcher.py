@@ -106,6 +106,11 @@ class _ModelState:
     last_batch_size: int = 0
     last_batch_latency: float = 0.0
     latency_ewma: float = 0.0  # per batch, to skip tasks that would finish late
+    # Replicas that have answered a batch. A replica's first batch is left out
+    # of the estimate above: it often loads the model (an ONNX Runtime session,
+    # a JIT warm-up), and an estimate seeded by it would refuse the next
+    # queries until it had halved enough times.
+    answered: set[bytes] = field(default_factory=set)
     # Cost per query by batch size: an adaptive controller's cap is a bound,
     # not a target, when a smaller batch is cheaper per query.
     curve: BatchCostCurve = field(default_factory=BatchCostCurve)
@@ -347,6 +352,7 @@ class Dispatcher:
         state = self._models.get(replica.model)
         if state is None or state.replicas.pop(replica.identity, None) is None:
             return
+        state.answered.discard(replica.identity)
         if replica.identity in state.idle:
             state.idle.remove(replica.identity)
         lost = [bid for bid, f in self._in_flight.items() if f.replica == replica.identity]
@@ -378,9 +384,12 @@ class Dispatcher:
         state.batched_tasks += len(tasks)
         state.last_batch_size = len(tasks)
         state.last_batch_latency = latency
-        state.latency_ewma = (
-            latency if state.batches == 1 else 0.8 * state.latency_ewma + 0.2 * latency
-        )
+        if replica.identity not in state.answered:
+            state.answered.add(replica.identity)
+        elif state.latency_ewma == 0.0:
+            state.latency_ewma = latency
+        else:
+            state.latency_ewma = 0.8 * state.latency_ewma + 0.2 * latency
         state.config.controller.observe(len(tasks), latency, len(state.queue))
         for listener in self.batch_listeners:
             listener(state.model, len(tasks), latency)
