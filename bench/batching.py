@@ -34,13 +34,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +53,8 @@ from .harness import (
     ROOT,
     BenchServer,
     CpuPlan,
+    loop_factory,
+    machine_info,
     own_cpu_seconds,
     system_busy_seconds,
     wait_for,
@@ -204,7 +202,7 @@ class Bench:
         self.opts = opts
         self.log = log
         self.cpus = CpuPlan.choose(opts.pin)
-        self.runner = asyncio.Runner(loop_factory=_loop_factory())
+        self.runner = asyncio.Runner(loop_factory=loop_factory())
         self.moderate_rate: dict[str, float] = {}
         self.measurements: list[Measurement] = []
         self.disturbed_probes = 0
@@ -625,14 +623,6 @@ def windows(trace: list[loadgen.TracePoint], width_s: float) -> list[dict[str, f
     return out
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 # -- summary -------------------------------------------------------------------------------
 
 
@@ -676,66 +666,6 @@ def summarise(measurements: list[Measurement], opts: Options) -> dict[str, Any]:
 
 def _med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def machine_info(cpus: CpuPlan) -> dict[str, Any]:
-    model = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for pkg in (
-        "clipper-serve",
-        "numpy",
-        "scikit-learn",
-        "uvicorn",
-        "uvloop",
-        "httptools",
-        "orjson",
-        "pyzmq",
-        "msgpack",
-        "cloudpickle",
-        "matplotlib",
-    ):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[pkg] = importlib.metadata.version(pkg)
-    git: dict[str, Any] = {}
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        git["commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True
-        ).stdout
-        git["src_modified"] = bool(status.strip())
-    clipper_from = Path(sys.modules["clipper"].__file__ or "").parent
-    if os.environ.get("BENCH_MEASURED_COMMIT"):
-        # The server ran from a checkout of another commit (PYTHONPATH): say which.
-        git["measured"] = os.environ["BENCH_MEASURED_COMMIT"]
-    elif clipper_from.is_relative_to(ROOT):
-        git["measured"] = git.get("commit", "?")[:10] + (
-            " + uncommitted changes" if git.get("src_modified") else ""
-        )
-    else:
-        git["measured"] = f"unknown (clipper imported from {clipper_from})"
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": sorted(os.sched_getaffinity(0)),
-        "memory_gib": round(mem_gib, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "packages": versions,
-        "git": git,
-        "pinning": cpus.note,
-        "event_loop": loadgen.install_uvloop(),
-        "loadavg_start": os.getloadavg(),
-        "clipper_from": str(clipper_from),
-    }
 
 
 # -- outputs -------------------------------------------------------------------------------

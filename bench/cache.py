@@ -45,8 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from . import loadgen, models
-from .batching import _loop_factory, machine_info
-from .harness import BENCHMARKS_DOC, RESULTS, ROOT, BenchServer, CpuPlan, write_doc_section
+from .harness import (
+    BENCHMARKS_DOC,
+    RESULTS,
+    ROOT,
+    BenchServer,
+    CpuPlan,
+    loop_factory,
+    machine_info,
+    write_doc_section,
+)
 from .loadgen import LoadResult, Pool, Workload
 
 FLAGS = ("--batching", "aimd", "--log-level", "WARNING")  # the default cache (32 MiB)
@@ -156,7 +164,7 @@ class CacheBench:
         self.opts = opts
         self.log = log
         self.cpus = CpuPlan.choose(opts.pin)
-        self.runner = asyncio.Runner(loop_factory=_loop_factory())
+        self.runner = asyncio.Runner(loop_factory=loop_factory())
         self.runs: list[Run] = []
         self.next_input = 1  # feedback inputs are never reused across runs
 

@@ -8,10 +8,14 @@ and stopped, with every replica, on the way out whatever happened.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import functools
+import importlib.metadata
 import json
 import os
+import platform
 import resource
 import shutil
 import socket
@@ -31,7 +35,7 @@ import cloudpickle
 
 from clipper.admin import ClipperConnection, LocalContainerManager
 
-from . import models
+from . import loadgen, models
 
 # One BLAS thread per process: the server and its replicas share one core.
 SINGLE_THREAD_ENV = {
@@ -372,3 +376,72 @@ def write_doc_section(name: str, body: str, doc: Path = BENCHMARKS_DOC) -> None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory for ``asyncio.Runner``, or None (asyncio's own) without it."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def machine_info(cpus: CpuPlan) -> dict[str, Any]:
+    model = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for pkg in (
+        "clipper-serve",
+        "numpy",
+        "scikit-learn",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "orjson",
+        "pyzmq",
+        "msgpack",
+        "cloudpickle",
+        "matplotlib",
+    ):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[pkg] = importlib.metadata.version(pkg)
+    git: dict[str, Any] = {}
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        git["commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True
+        ).stdout
+        git["src_modified"] = bool(status.strip())
+    clipper_from = Path(sys.modules["clipper"].__file__ or "").parent
+    if os.environ.get("BENCH_MEASURED_COMMIT"):
+        # The server ran from a checkout of another commit (PYTHONPATH): say which.
+        git["measured"] = os.environ["BENCH_MEASURED_COMMIT"]
+    elif clipper_from.is_relative_to(ROOT):
+        git["measured"] = git.get("commit", "?")[:10] + (
+            " + uncommitted changes" if git.get("src_modified") else ""
+        )
+    else:
+        git["measured"] = f"unknown (clipper imported from {clipper_from})"
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "cpus_available": sorted(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "git": git,
+        "pinning": cpus.note,
+        "event_loop": loadgen.install_uvloop(),
+        "loadavg_start": os.getloadavg(),
+        "clipper_from": str(clipper_from),
+    }

@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from . import soak as soak_mod
-from .batching import ROOT, machine_info
-from .harness import BenchServer, CpuPlan, free_port, wait_for, write_doc_section
+from .harness import (
+    ROOT,
+    BenchServer,
+    CpuPlan,
+    free_port,
+    machine_info,
+    wait_for,
+    write_doc_section,
+)
 
 RESULTS = ROOT / "bench" / "results" / "ops.json"
 

@@ -90,6 +90,7 @@ from .harness import (
     BenchServer,
     CpuPlan,
     free_port,
+    machine_info,
 )
 from .loadgen import LoadResult, Pool, Workload
 from .naive_server import MODEL_KEYS, make_model
@@ -878,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     pb = PeerBench(opts, log, peer_pythons, peer_failures)
     pb.cpus.pin_generator()
-    info = batching.machine_info(pb.cpus)
+    info = machine_info(pb.cpus)
     log(f"clipper from {info['clipper_from']}; {info['pinning']}")
     t0 = time.perf_counter()
     kinds = list(opts.kinds)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import batching, loadgen
-from .harness import BenchServer, CpuPlan, pid_alive
+from .harness import BenchServer, CpuPlan, loop_factory, pid_alive
 from .loadgen import Pool, Workload
 from .naive_server import MODEL_KEYS, make_model
 
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus.pin_generator()
     raw_path = Path(f"/tmp/clipper-profile-{time.time_ns()}.txt")
     flags = [*batching.COMMON_FLAGS, *batching.AIMD]
-    runner = asyncio.Runner(loop_factory=batching._loop_factory())
+    runner = asyncio.Runner(loop_factory=loop_factory())
     try:
         with BenchServer(flags, cpus, log) as server:
             app = f"profile-{args.model}"

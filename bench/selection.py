@@ -58,7 +58,6 @@ import numpy as np
 from clipper.deployers.python import deploy_python_closure
 from clipper.deployers.sklearn import deploy_sklearn_model
 
-from .batching import machine_info
 from .harness import (
     BENCHMARKS_DOC,
     IMG,
@@ -66,6 +65,7 @@ from .harness import (
     ROOT,
     BenchServer,
     CpuPlan,
+    machine_info,
     own_cpu_seconds,
     pin_tree,
     system_busy_seconds,
