@@ -14,9 +14,10 @@ bottleneck; its own CPU use is measured and reported with every result.
   arrival, so waiting for the server counts (no coordinated omission); a
   request that found a free connection is timed from its send. The event
   loop's timers tick in milliseconds, so sends are up to a millisecond off
-  their schedule either way (at 50/s: 0.24 ms late at the median, 0.77 at
-  p99): timing those from the schedule charged the generator's own lateness
-  to the server, most visibly at low rates. The lateness is reported apart
+  their schedule either way (at 50/s, 0.3-0.45 ms late at the median and up
+  to 1.4 ms at p99 in our runs): timing those from the schedule charged the
+  generator's own lateness to the server, most visibly at low rates. The
+  lateness is reported apart
   (``send_late_p50_ms``, ``send_late_p99_ms``).
 - Closed loop (``run_closed``): N clients, each sending its next request
   as soon as it has the previous answer; ``run_closed_pairs``: each client
