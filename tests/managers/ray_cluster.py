@@ -57,8 +57,11 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def free_ports(host: str, count: int, consecutive: bool = False) -> list[int]:
-    """``count`` ports free on ``host`` (and on 0.0.0.0), optionally a consecutive run.
+def free_ports(
+    host: str, count: int, consecutive: bool = False, exclude: set[int] | None = None
+) -> list[int]:
+    """``count`` ports free on ``host`` (and on 0.0.0.0), optionally a consecutive run,
+    none of them in ``exclude`` (ports already chosen but not bound yet).
 
     Picked below the kernel's ephemeral range: a port that is free now but in
     that range can be taken by any outgoing connection before Ray binds it
@@ -72,6 +75,8 @@ def free_ports(host: str, count: int, consecutive: bool = False) -> list[int]:
             ports = list(range(base, base + count))
         else:
             ports = random.sample(range(low, high), count)
+        if exclude and not exclude.isdisjoint(ports):
+            continue
         if all(_port_free(host, p) and _port_free("0.0.0.0", p) for p in ports):
             return ports
     raise RuntimeError(f"no {count} free ports on {host}")
@@ -136,10 +141,20 @@ class RayCluster:
         self.address = ""
         self.env = {**os.environ, **RAY_ENV}
         self.ray = str(Path(sys.executable).with_name("ray"))
+        # Every port handed to a node so far: free when chosen, but bound only
+        # once Ray starts, so the next choice must not pick them again (a worker
+        # port range once overlapped the same node's agent port, and Ray refused
+        # to start).
+        self.chosen: set[int] = set()
+
+    def _ports(self, ip: str, count: int, consecutive: bool = False) -> list[int]:
+        ports = free_ports(ip, count, consecutive, exclude=self.chosen)
+        self.chosen.update(ports)
+        return ports
 
     def _node_flags(self, ip: str, num_cpus: int, resources: dict[str, float] | None) -> list[str]:
-        ports = free_ports(ip, 6)
-        workers = free_ports(ip, 40, consecutive=True)
+        ports = self._ports(ip, 6)
+        workers = self._ports(ip, 40, consecutive=True)
         flags = [
             "--block",
             f"--node-ip-address={ip}",
@@ -190,7 +205,7 @@ class RayCluster:
         return node
 
     def start_head(self, ip: str = "127.0.0.2", num_cpus: int = 2, **kw: float) -> RayNode:
-        gcs, client, dashboard = free_ports(ip, 3)
+        gcs, client, dashboard = self._ports(ip, 3)
         flags = [
             "--head",
             f"--port={gcs}",
