@@ -40,8 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .batching import ROOT
-from .harness import BenchServer, CpuPlan, descendants
+from .harness import ROOT, BenchServer, CpuPlan, descendants
 
 RESULTS_DIR = ROOT / "bench" / "results"
 IMG = ROOT / "docs" / "img" / "soak-rss.png"
