@@ -29,11 +29,12 @@ from clipper.types import AppSpec, InputType, ModelId, ModelSpec
 MODEL = ModelId("m", "1")
 
 
-def config_store(app_options: dict[str, Any] | None = None) -> MemoryStore:
+def config_store(app_options: dict[str, Any] | None = None, policy: str = "single") -> MemoryStore:
     """The embedded store with one app ``a`` (SLO 50 ms) linked to model ``m:1``."""
     store = MemoryStore()
     store.add_model(ModelSpec("m", "1", InputType.DOUBLES))
-    store.add_app(AppSpec("a", InputType.DOUBLES, "-1", 50_000, options=app_options or {}))
+    spec = AppSpec("a", InputType.DOUBLES, "-1", 50_000, policy=policy, options=app_options or {})
+    store.add_app(spec)
     store.add_links("a", ["m"])
     return store
 
@@ -60,6 +61,7 @@ def setup(
     observer: Observer | None = None,
     app_options: dict[str, Any] | None = None,
     queue_capacity: int = 10_000,
+    policy: str = "single",
 ) -> tuple[QueryProcessor, Any]:
     """A processor whose dispatcher has one replica of ``m:1``; the replica
     answers each batch with each input's sum, on the next loop turn (or never)."""
@@ -79,7 +81,7 @@ def setup(
 
     dispatcher.set_transport(send)
     dispatcher.replica_joined(replica)
-    store = config_store(app_options)
+    store = config_store(app_options, policy)
     catalog = Catalog(store)
     states = PolicyStates(store)
     return QueryProcessor(catalog, dispatcher, states, observer=observer), catalog.app("a")
@@ -170,3 +172,48 @@ def test_an_observer_that_fails_on_an_overload_fails_the_future_rather_than_hang
     first, second = run(main)
     assert isinstance(second, RuntimeError) and "overload" in str(second)
     assert isinstance(first, RuntimeError) and "overload" not in str(first)
+
+
+class RecordingStates:
+    """A policy-state backend that records each atomic update it is asked for."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.steps: list[list[str]] = []
+
+    def get_policy_state(self, app: str, uid: str) -> Any:
+        return self.store.get_policy_state(app, uid)
+
+    def update_policy_states(self, app: str, uids: Any, update: Any) -> Any:
+        self.steps.append(list(uids))
+        return self.store.update_policy_states(app, uids, update)
+
+
+def test_feedback_updates_the_users_and_the_apps_state_in_one_step():
+    async def main():
+        processor, route = setup(answer=True, policy="ucb1")
+        recording = RecordingStates(processor.states.backend)
+        processor.states.backend = recording
+        store = recording.store
+        answers = []
+        # The model answers the sum: 3.0 is right for (1, 2), 5.0 wrong.
+        answers.append(await processor.feedback(route, "alice", x(1, 2), 5.0))
+        alice = store.get_policy_state("a", "alice")
+        assert alice == store.get_policy_state("a", "")
+        app_before = store.get_policy_state("a", "")
+        answers.append(await processor.feedback(route, "", x(1, 2), 3.0))
+        # A new user starts from the app's state as it was, in the same step.
+        app_now = store.get_policy_state("a", "")
+        answers.append(await processor.feedback(route, "bob", x(1, 2), 3.0))
+        bob = store.get_policy_state("a", "bob")
+        return answers, recording.steps, alice, app_before, app_now, bob, store
+
+    answers, steps, alice, app_before, app_now, bob, store = run(main)
+    assert answers == [{"accepted": True}] * 3
+    assert steps == [["", "alice"], [""], ["", "bob"]]
+    assert alice is not None and app_now != app_before
+    assert store.get_policy_state("a", "alice") == alice  # untouched by the others
+    # bob's state is the app's (as it was before bob) after one observation,
+    # and so is the app's new state: equal.
+    assert bob == store.get_policy_state("a", "")
+    assert bob != app_now

@@ -5,6 +5,7 @@ A subclass provides the ``make_store`` fixture: a callable that opens a store.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,15 +41,27 @@ def increment(state: dict[str, Any] | None) -> dict[str, Any]:
     return state
 
 
+def increment_all(states: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """A joint policy-state update: count one more in each."""
+    return {uid: increment(state) for uid, state in states.items()}
+
+
 def hammer_state(stores: list[ConfigStore], threads: int = 8, per_thread: int = 50) -> None:
-    """Increment the state ("a", "u") from ``threads`` threads, spread over ``stores``."""
+    """Increment the state ("a", "u") from ``threads`` threads, spread over ``stores``:
+    every other time alone, else together with ("a", "") (half the threads name
+    the two the other way round), so "u" ends at threads * per_thread and ""
+    at half that."""
     barrier = threading.Barrier(threads)
 
     def work(t: int) -> None:
         store = stores[t % len(stores)]
+        uids = ["u", ""] if t % 2 else ["", "u"]
         barrier.wait()
-        for _ in range(per_thread):
-            store.update_policy_state("a", "u", increment)
+        for i in range(per_thread):
+            if i % 2:
+                store.update_policy_states("a", uids, increment_all)
+            else:
+                store.update_policy_state("a", "u", increment)
 
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(work, t) for t in range(threads)]:
@@ -640,11 +653,81 @@ class StoreContract:
         assert store.get_policy_state("a", "u") is None
         assert store.update_policy_state("a", "u", increment) == {"n": 1}
 
+    def test_update_policy_states_updates_several_in_one_step(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.update_policy_state("a", "u", lambda _: {"n": 5})
+        seen: list[dict[str, Any]] = []
+
+        def update(states: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+            seen.append(copy.deepcopy(states))
+            return increment_all(states)
+
+        assert store.update_policy_states("a", ["u", "", "v"], update) == {
+            "u": {"n": 6},
+            "": {"n": 1},
+            "v": {"n": 1},
+        }
+        assert seen[-1] == {"u": {"n": 5}, "": None, "v": None}
+        assert store.update_policy_states("a", ["", "v"], update) == {"": {"n": 2}, "v": {"n": 2}}
+        assert seen[-1] == {"": {"n": 1}, "v": {"n": 1}}
+        assert store.get_policy_state("a", "u") == {"n": 6}
+        assert store.get_policy_state("a", "") == {"n": 2}
+
+    def test_update_policy_states_stores_all_or_none(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.update_policy_states("a", ["", "u"], increment_all)
+        bad: list[Any] = [
+            lambda s: {"": {"n": 9}, "u": []},  # one state not an object
+            lambda s: {"": {"n": 9}},  # one state missing
+            lambda s: {"": {"n": 9}, "u": {"n": 9}, "w": {"n": 9}},  # one too many
+            lambda s: [{"n": 9}, {"n": 9}],  # not a mapping
+        ]
+        for update in bad:
+            with pytest.raises(ValidationError, match="policy state"):
+                store.update_policy_states("a", ["", "u"], update)
+
+        def fail(states: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+            raise KeyError("missing")
+
+        with pytest.raises(KeyError, match="missing"):
+            store.update_policy_states("a", ["", "u"], fail)
+        assert store.get_policy_state("a", "") == {"n": 1}
+        assert store.get_policy_state("a", "u") == {"n": 1}
+        assert store.get_policy_state("a", "w") is None
+
+    @pytest.mark.parametrize(
+        "uids",
+        [[], ["u", "u"], ["u", 7], "u", None],
+        ids=["empty", "duplicate", "not-a-string", "a-string", "none"],
+    )
+    def test_update_policy_states_checks_the_uids(self, store: ConfigStore, uids: Any) -> None:
+        store.add_app(app("a"))
+        calls: list[object] = []
+        with pytest.raises(ValidationError, match="uid"):
+            store.update_policy_states("a", uids, lambda s: calls.append(s) or {})  # type: ignore[func-returns-value]
+        assert calls == []
+        assert store.get_policy_state("a", "u") is None
+
+    def test_update_policy_states_of_unknown_app_is_not_found(self, store: ConfigStore) -> None:
+        calls: list[object] = []
+        with pytest.raises(NotFoundError, match="'ghost'"):
+            store.update_policy_states("ghost", ["", "u"], lambda s: calls.append(s) or {})  # type: ignore[func-returns-value]
+        assert calls == []
+
+    def test_policy_states_updated_together_are_not_shared(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        mine = {"w": [1]}
+        returned = store.update_policy_states("a", ["u", "v"], lambda _: {"u": mine, "v": mine})
+        returned["u"]["w"].append(2)
+        mine["w"].append(3)
+        assert store.get_policy_state("a", "u") == store.get_policy_state("a", "v") == {"w": [1]}
+
     def test_concurrent_state_updates_lose_nothing(self, store: ConfigStore) -> None:
         store.add_app(app("a"))
         before = store.generation()
         hammer_state([store], threads=8, per_thread=50)
         assert store.get_policy_state("a", "u") == {"n": 400}
+        assert store.get_policy_state("a", "") == {"n": 200}
         assert store.generation() == before
 
     # Generation

@@ -265,6 +265,7 @@ def test_two_instances_lose_no_state_update(pair: tuple[RedisStore, RedisStore])
     before = first.generation()
     hammer_state([first, second], threads=8, per_thread=50)
     assert first.get_policy_state("a", "u") == second.get_policy_state("a", "u") == {"n": 400}
+    assert first.get_policy_state("a", "") == {"n": 200}
     assert second.generation() == before
 
 

@@ -320,6 +320,7 @@ def test_two_stores_on_one_file_lose_no_state_update(tmp_path: Path) -> None:
         before = first.generation()
         hammer_state([first, second], threads=8, per_thread=50)
         assert first.get_policy_state("a", "u") == second.get_policy_state("a", "u") == {"n": 400}
+        assert first.get_policy_state("a", "") == {"n": 200}
         assert second.generation() == before
 
 

@@ -12,7 +12,6 @@ user.
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import random
 import time
@@ -338,7 +337,7 @@ class QueryProcessor:
     async def feedback(self, route: AppRoute, uid: str, input: Any, label: Any) -> dict[str, Any]:
         """Learn from a label: each linked model's output for ``input`` (from the
         cache where present, else computed now) is scored and the policy's state,
-        for the user and the app, updated atomically in the store."""
+        for the user and the app, updated in one atomic step in the store."""
         spec = route.spec
         policy, params = self.policy_for(spec)
         available = self._available(route)
@@ -361,18 +360,20 @@ class QueryProcessor:
             return {"accepted": False, "cause": "no linked model answered for this input"}
         models = list(available)
 
-        def learn(state: State | None, base: State) -> State:
-            start = copy.deepcopy(state) if state is not None else base
-            return policy.observe(start, models, outputs, label, params)
+        def learn(states: dict[str, State | None]) -> dict[str, State]:
+            # A user without state starts from the app's state as it was. A
+            # policy's observe returns a new state, its argument untouched.
+            shared = states[SHARED]
+            base = shared if shared is not None else policy.initial_state(params)
+            return {
+                uid: policy.observe(
+                    base if state is None else state, models, outputs, label, params
+                )
+                for uid, state in states.items()
+            }
 
         def apply() -> None:
-            # A user without state starts from the app's state as it was.
-            shared = copy.deepcopy(
-                self.states.get(spec.name, SHARED, lambda: policy.initial_state(params))
-            )
-            self.states.update(spec.name, SHARED, lambda s: learn(s, copy.deepcopy(shared)))
-            if uid != SHARED:
-                self.states.update(spec.name, uid, lambda s: learn(s, shared))
+            self.states.update(spec.name, [SHARED] if uid == SHARED else [SHARED, uid], learn)
 
         # The store write may touch disk or the network: keep it off the event loop.
         await asyncio.to_thread(apply)

@@ -1,8 +1,9 @@
 """Policy state per (app, user), cached in memory, kept in the config store.
 
 The query path reads states from memory; feedback updates them through the
-store's atomic read-modify-write, so concurrent feedback (from this or
-another frontend) never loses an update. Cached states are re-read after
+store's atomic read-modify-write (a user's state and the app's shared one in
+one step), so concurrent feedback (from this or another frontend) never loses
+an update. Cached states are re-read after
 ``ttl_s``, so updates made by other frontends arrive within that time.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..exceptions import StoreError
@@ -24,9 +25,12 @@ SHARED = ""  # the uid of the app-wide state
 class StateBackend(Protocol):
     def get_policy_state(self, app: str, uid: str) -> State | None: ...
 
-    def update_policy_state(
-        self, app: str, uid: str, update: Callable[[State | None], State]
-    ) -> State: ...
+    def update_policy_states(
+        self,
+        app: str,
+        uids: Sequence[str],
+        update: Callable[[dict[str, State | None]], Mapping[str, State]],
+    ) -> dict[str, State]: ...
 
 
 class PolicyStates:
@@ -73,11 +77,19 @@ class PolicyStates:
         self._cache[key] = (now, state)
         return state
 
-    def update(self, app: str, uid: str, update: Callable[[State | None], State]) -> State:
-        """Atomically update one state in the store and refresh the cache."""
-        state = self.backend.update_policy_state(app, uid, update)
-        self._cache[(app, uid)] = (self.clock(), state)
-        return state
+    def update(
+        self,
+        app: str,
+        uids: Sequence[str],
+        update: Callable[[dict[str, State | None]], Mapping[str, State]],
+    ) -> dict[str, State]:
+        """Atomically update states of one app in the store (one step for all of
+        ``uids``) and refresh the cache."""
+        states = self.backend.update_policy_states(app, uids, update)
+        now = self.clock()
+        for uid, state in states.items():
+            self._cache[(app, uid)] = (now, state)
+        return states
 
     def clear(self) -> None:
         """Forget cached states (after a configuration change, e.g. a new policy)."""

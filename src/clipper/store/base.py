@@ -11,11 +11,14 @@ import abc
 import copy
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 from clipper.exceptions import NotFoundError, ValidationError
 from clipper.types import AppSpec, InputType, ModelSpec
+
+# A joint policy-state update: {uid: stored state or None} -> {uid: new state}.
+StatesUpdate = Callable[[dict[str, dict[str, Any] | None]], Mapping[str, dict[str, Any]]]
 
 
 class ConfigStore(abc.ABC):
@@ -144,7 +147,6 @@ class ConfigStore(abc.ABC):
         application. The dict is the caller's own.
         """
 
-    @abc.abstractmethod
     def update_policy_state(
         self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
     ) -> dict[str, Any]:
@@ -161,6 +163,25 @@ class ConfigStore(abc.ABC):
         must not call the store. If it raises, nothing is stored and the
         exception propagates. NotFoundError if the application does not
         exist. Neither the generation nor ``watch`` callbacks see the change.
+        """
+        return self.update_policy_states(app, [uid], lambda cur: {uid: update(cur[uid])})[uid]
+
+    @abc.abstractmethod
+    def update_policy_states(
+        self,
+        app: str,
+        uids: Sequence[str],
+        update: StatesUpdate,
+    ) -> dict[str, dict[str, Any]]:
+        """Atomically replace several states of one application, in one step.
+
+        ``update`` gets ``{uid: current}`` for every uid of ``uids`` (distinct,
+        at least one; ``current`` as in :meth:`update_policy_state`) and
+        returns ``{uid: new state}`` for each of them, all stored together or
+        none; the stored states come back as copies. Feedback updates a
+        user's state and the application's shared one this way. Otherwise as
+        :meth:`update_policy_state`; ValidationError if ``update`` returns
+        other uids than it was given.
         """
 
     @abc.abstractmethod
@@ -306,6 +327,29 @@ def dump_policy_state(state: object) -> str:
         if not isinstance(key, str):
             raise ValidationError(f"policy state keys must be strings, got {key!r}")
     return dump_json(dict(state), "policy state")
+
+
+def check_uids(uids: Sequence[str]) -> list[str]:
+    """Return ``uids`` as a list if they can name policy states to update together."""
+    if isinstance(uids, str | bytes) or not isinstance(uids, Sequence):
+        raise ValidationError(f"policy state uids must be a list, got {type(uids).__name__}")
+    out = [check_uid(uid) for uid in uids]
+    if not out:
+        raise ValidationError("policy state uids must not be empty")
+    if len(set(out)) != len(out):
+        raise ValidationError(f"policy state uids must be distinct, got {out!r}")
+    return out
+
+
+def dump_policy_states(uids: Sequence[str], states: object) -> dict[str, str]:
+    """Return the JSON text of each uid's new state, as returned by an update;
+    ValidationError unless it names exactly ``uids``, each with a JSON object."""
+    if not isinstance(states, Mapping) or set(states) != set(uids):
+        got = sorted(states) if isinstance(states, Mapping) else type(states).__name__
+        raise ValidationError(
+            f"a policy state update must return states for {list(uids)!r}, got {got!r}"
+        )
+    return {uid: dump_policy_state(states[uid]) for uid in uids}
 
 
 def load_policy_state(text: str | bytes) -> dict[str, Any]:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from clipper.exceptions import StoreError
 from clipper.store.base import (
     ConfigStore,
+    StatesUpdate,
     app_from_record,
     app_to_record,
     check_replicas,
     check_uid,
-    dump_policy_state,
+    check_uids,
+    dump_policy_states,
     duplicate_app,
     duplicate_model,
     load_policy_state,
@@ -232,19 +234,22 @@ class MemoryStore(ConfigStore):
             text = self._states.get(app, {}).get(uid)
         return load_policy_state(text) if text is not None else None
 
-    def update_policy_state(
-        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Atomically replace the state of (``app``, ``uid``) with ``update(current)``."""
-        check_uid(uid)
+    def update_policy_states(
+        self,
+        app: str,
+        uids: Sequence[str],
+        update: StatesUpdate,
+    ) -> dict[str, dict[str, Any]]:
+        """Atomically replace several states of one application, in one step."""
+        uids = check_uids(uids)
         with self._locked():
             if app not in self._apps:
                 raise missing_app(app)
             states = self._states.get(app, {})
-            text = states.get(uid)
-            text = dump_policy_state(update(load_policy_state(text) if text is not None else None))
-            self._states.setdefault(app, states)[uid] = text
-        return load_policy_state(text)
+            current = {u: load_policy_state(states[u]) if u in states else None for u in uids}
+            texts = dump_policy_states(uids, update(current))
+            self._states.setdefault(app, states).update(texts)
+        return {u: load_policy_state(text) for u, text in texts.items()}
 
     def delete_policy_states(self, app: str) -> int:
         """Delete every policy state of an application; return how many there were."""

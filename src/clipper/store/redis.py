@@ -35,12 +35,13 @@ server (or a primary with replicas), not Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -52,12 +53,14 @@ from redis.retry import Retry
 from clipper.exceptions import StoreError, ValidationError
 from clipper.store.base import (
     ConfigStore,
+    StatesUpdate,
     app_from_record,
     app_to_record,
     check_replicas,
     check_uid,
+    check_uids,
     dump_json,
-    dump_policy_state,
+    dump_policy_states,
     duplicate_app,
     duplicate_model,
     load_policy_state,
@@ -82,7 +85,7 @@ BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
 POLL_INTERVAL = 0.2
 JOIN_TIMEOUT = 10.0
-# How often update_policy_state starts over after losing a race before it
+# How often update_policy_states starts over after losing a race before it
 # gives up, and its jittered exponential back-off between attempts (seconds).
 STATE_UPDATE_ATTEMPTS = 100
 STATE_RETRY_DELAY_START = 0.0005
@@ -371,58 +374,71 @@ class RedisStore(ConfigStore):
             text = cast(str | None, r.hget(self._key("pstate", app), uid))
             return load_policy_state(text) if text is not None else None
 
-    def update_policy_state(
-        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Atomically replace the state of (``app``, ``uid``) with ``update(current)``.
+    def update_policy_states(
+        self,
+        app: str,
+        uids: Sequence[str],
+        update: StatesUpdate,
+    ) -> dict[str, dict[str, Any]]:
+        """Atomically replace several states of one application, in one step.
 
         Optimistic: when another client changes the app's states (or the
         apps) between the read and the write, it starts over, calling
-        ``update`` again with the new state, up to STATE_UPDATE_ATTEMPTS
+        ``update`` again with the new states, up to STATE_UPDATE_ATTEMPTS
         times; then StoreError. Threads of this store updating the same
-        state take turns instead, so they do not make each other retry.
+        states take turns instead, so they do not make each other retry.
         """
-        check_uid(uid)
-        with self._state_locks[hash((app, uid)) % STATE_LOCK_STRIPES]:
+        uids = check_uids(uids)
+        # Every stripe the states fall on, always taken in the same order.
+        stripes = sorted({hash((app, uid)) % STATE_LOCK_STRIPES for uid in uids})
+        with contextlib.ExitStack() as held:
+            for stripe in stripes:
+                held.enter_context(self._state_locks[stripe])
             for attempt in range(STATE_UPDATE_ATTEMPTS):
                 if attempt:
                     delay = min(STATE_RETRY_DELAY_START * 2**attempt, STATE_RETRY_DELAY_MAX)
                     time.sleep(random.uniform(0, delay))
-                state = self._try_update_state(app, uid, update)
-                if state is not None:
-                    return state
+                states = self._try_update_states(app, uids, update)
+                if states is not None:
+                    return states
         raise StoreError(
-            f"Redis config store {self._where}: cannot update the policy state of "
-            f"{app!r} user {uid!r}: still contended after {STATE_UPDATE_ATTEMPTS} attempts"
+            f"Redis config store {self._where}: cannot update the policy states of "
+            f"{app!r} users {uids!r}: still contended after {STATE_UPDATE_ATTEMPTS} attempts"
         )
 
-    def _try_update_state(
-        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
-    ) -> dict[str, Any] | None:
+    def _try_update_states(
+        self,
+        app: str,
+        uids: list[str],
+        update: StatesUpdate,
+    ) -> dict[str, dict[str, Any]] | None:
         """One WATCH/MULTI/EXEC attempt; None if another client got in between."""
         apps, key = self._key("apps"), self._key("pstate", app)
         # What update() or the check of its result raise must reach the caller
         # as is, not as the StoreError that _calling makes of a ValueError.
         failure: Exception | None = None
-        with self._calling("update a policy state") as r, r.pipeline(transaction=True) as pipe:
+        with self._calling("update policy states") as r, r.pipeline(transaction=True) as pipe:
             pipe.watch(apps, key)  # and until MULTI, the pipe runs commands at once
             if not pipe.hexists(apps, app):
                 failure = missing_app(app)
             else:
-                text = cast(str | None, pipe.hget(key, uid))
-                current = load_policy_state(text) if text is not None else None
+                texts = cast(list[str | None], pipe.hmget(key, uids))
+                current = {
+                    u: load_policy_state(t) if t is not None else None
+                    for u, t in zip(uids, texts, strict=True)
+                }
                 try:
-                    text = dump_policy_state(update(current))
+                    new = dump_policy_states(uids, update(current))
                 except Exception as e:
                     failure = e
                 else:
                     pipe.multi()
-                    pipe.hset(key, uid, text)
+                    pipe.hset(key, mapping=cast(dict[Any, Any], new))
                     try:
                         pipe.execute()
                     except redis.WatchError:
                         return None
-                    return load_policy_state(text)
+                    return {u: load_policy_state(text) for u, text in new.items()}
         assert failure is not None  # every path that did not return set it
         raise failure
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,14 @@ from clipper.store.base import (
     MODEL_FIELDS,
     MODEL_STRUCTURED_FIELDS,
     ConfigStore,
+    StatesUpdate,
     app_from_record,
     app_to_record,
     check_replicas,
     check_uid,
+    check_uids,
     dump_json,
-    dump_policy_state,
+    dump_policy_states,
     duplicate_app,
     duplicate_model,
     load_policy_state,
@@ -434,30 +436,35 @@ class SQLiteStore(ConfigStore):
             ).fetchone()
         return load_policy_state(row["state"]) if row is not None else None
 
-    def update_policy_state(
-        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Atomically replace the state of (``app``, ``uid``) with ``update(current)``.
+    def update_policy_states(
+        self,
+        app: str,
+        uids: Sequence[str],
+        update: StatesUpdate,
+    ) -> dict[str, dict[str, Any]]:
+        """Atomically replace several states of one application, in one step.
 
-        The read and the write share one ``BEGIN IMMEDIATE`` transaction, so
+        The reads and the writes share one ``BEGIN IMMEDIATE`` transaction, so
         no other writer, in this process or another, can come between them.
         """
-        check_uid(uid)
-        with self._writing("update a policy state") as conn:
+        uids = check_uids(uids)
+        with self._writing("update policy states") as conn:
             if not self._app_exists(conn, app):
                 raise missing_app(app)
-            row = conn.execute(
-                "SELECT state FROM policy_states WHERE app = ? AND uid = ?", (app, uid)
-            ).fetchone()
-            current = load_policy_state(row["state"]) if row is not None else None
+            marks = ", ".join("?" * len(uids))
+            rows = conn.execute(
+                f"SELECT uid, state FROM policy_states WHERE app = ? AND uid IN ({marks})",
+                (app, *uids),
+            ).fetchall()
+            stored = {row["uid"]: load_policy_state(row["state"]) for row in rows}
             # If update() or the check raises, the transaction rolls back untouched.
-            text = dump_policy_state(update(current))
-            conn.execute(
+            texts = dump_policy_states(uids, update({u: stored.get(u) for u in uids}))
+            conn.executemany(
                 "INSERT INTO policy_states (app, uid, state) VALUES (?, ?, ?) "
                 "ON CONFLICT (app, uid) DO UPDATE SET state = excluded.state",
-                (app, uid, text),
+                [(app, u, text) for u, text in texts.items()],
             )
-        return load_policy_state(text)
+        return {u: load_policy_state(text) for u, text in texts.items()}
 
     def delete_policy_states(self, app: str) -> int:
         """Delete every policy state of an application; return how many there were."""
