@@ -199,7 +199,7 @@ _MODEL: tuple[tuple[str, _Family, str, tuple[str, ...]], ...] = (
     ("expired", _C, "Tasks dropped unsent: their deadline passed", ("queue", "expired")),
     ("rejected", _C, "Tasks refused: the queue was full", ("queue", "rejected")),
     ("coalesced", _C, "Queries joined to an identical pending one", ("coalesced",)),
-    ("max_batch_size", _G, "The batch-size controller's current maximum", ("max_batch_size",)),
+    ("max_batch_size", _G, "The largest of its replicas' batch-size maximums", ("max_batch_size",)),
     ("queue_depth", _G, "Tasks waiting in the queue", ("queue", "depth")),
     ("queue_capacity", _G, "The queue's bound", ("queue", "capacity")),
     ("in_flight_batches", _G, "Batches on replicas now", ("in_flight_batches",)),

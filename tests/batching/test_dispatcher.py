@@ -6,8 +6,15 @@ import time
 import numpy as np
 import pytest
 
-from clipper.batching.controllers import FixedBatchSize
-from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, TOO_SLOW, Dispatcher, ModelConfig
+from clipper.batching.controllers import AIMDController, FixedBatchSize
+from clipper.batching.dispatcher import (
+    EXPIRED,
+    PROBE_AFTER_S,
+    QUEUE_FULL,
+    TOO_SLOW,
+    Dispatcher,
+    ModelConfig,
+)
 from clipper.cache import PredictionCache
 from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
@@ -160,7 +167,7 @@ def test_a_query_the_model_is_too_slow_for_says_so_and_a_later_one_is_computed()
         d, t = make()
         r = replica(b"r1")
         d.replica_joined(r)
-        d._models[MODEL].latency_ewma = 0.4
+        d._models[MODEL].members[b"r1"].latency = 0.4
         first = d.submit(MODEL, np.array([1.0]), deadline=soon(0.1))
         outcome = await asyncio.wait_for(first, 10)
         assert not outcome.ok and TOO_SLOW in outcome.error and EXPIRED not in outcome.error
@@ -198,7 +205,7 @@ def test_a_replicas_first_batch_does_not_set_the_latency_estimate():
         now[0] += 0.01
         answer(d, r1, t.sent[-1][1], [2])
         assert (await second).output == 2
-        assert d._models[MODEL].latency_ewma == pytest.approx(0.01)
+        assert d._models[MODEL].members[b"r1"].latency == pytest.approx(0.01)
         # A replica added later (scaled up, restarted) loads too: same rule.
         r2 = replica(b"r2")
         d.replica_joined(r2)
@@ -211,7 +218,9 @@ def test_a_replicas_first_batch_does_not_set_the_latency_estimate():
         now[0] += 0.49
         answer(d, r2, by_replica[b"r2"], [0])  # 0.5 s, its first
         await asyncio.gather(a, b)
-        assert d._models[MODEL].latency_ewma == pytest.approx(0.01)
+        members = d._models[MODEL].members
+        assert members[b"r1"].latency == pytest.approx(0.01)
+        assert members[b"r2"].latency == 0.0
 
     asyncio.run(main())
 
@@ -359,7 +368,6 @@ def test_one_slow_batch_does_not_starve_the_model():
 def test_an_adaptive_controller_sends_singles_when_pairs_cost_more_per_query():
     """The dispatcher learns the batch cost curve from real results: a model
     whose pairs take 4x a single call gets singles when two tasks wait."""
-    from clipper.batching.controllers import AIMDController
 
     async def main():
         clock = [1000.0]
@@ -400,7 +408,7 @@ def test_a_fixed_batch_size_is_taken_as_given():
         r = replica(b"r1")
         d.replica_joined(r)
         for size in (1, 2, 1, 2, 1, 2, 1, 2):  # pairs look expensive...
-            d._models[MODEL].curve.observe(size, 0.001 * size * size)
+            d._models[MODEL].members[b"r1"].curve.observe(size, 0.001 * size * size)
         futures = [d.submit(MODEL, np.array([1.0]), deadline=1e12) for _ in range(2)]
         await asyncio.sleep(0)
         assert t.sent[-1][1]["count"] == 2  # ...but a fixed size means what it says
@@ -421,8 +429,7 @@ def test_the_controller_hears_each_batch_with_the_tasks_left_waiting():
             self.seen.append((batch_size, waiting))
 
     async def main():
-        controller = Recording(4)
-        d = Dispatcher(configure=lambda _m: ModelConfig(controller))
+        d = Dispatcher(configure=lambda _m: ModelConfig(Recording(4)))
         t = FakeTransport()
         d.set_transport(t)
         r = replica(b"r1")
@@ -432,6 +439,201 @@ def test_the_controller_hears_each_batch_with_the_tasks_left_waiting():
         answer(d, r, t.sent[0][1], list("abcd"))  # 3 left waiting
         answer(d, r, t.sent[1][1], list("efg"))  # none
         await asyncio.gather(*futures)
-        assert controller.seen == [(4, 3), (3, 0)]
+        # Each replica has its own copy of the configured controller.
+        assert d._models[MODEL].members[b"r1"].controller.seen == [(4, 3), (3, 0)]
+
+    asyncio.run(main())
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def two_replicas(controller=None):
+    """A dispatcher on a fake clock with a fast replica r1 and a slow one r2
+    (batch latency estimates 5 ms and 50 ms)."""
+    clock = Clock()
+    d = Dispatcher(configure=lambda _m: ModelConfig(controller or FixedBatchSize(8)), clock=clock)
+    t = FakeTransport()
+    d.set_transport(t)
+    fast, slow = replica(b"r1"), replica(b"r2")
+    d.replica_joined(fast)
+    d.replica_joined(slow)
+    members = d._models[MODEL].members
+    for member, latency in ((members[b"r1"], 0.005), (members[b"r2"], 0.05)):
+        member.answered, member.latency = True, latency
+    return d, t, clock, fast, slow
+
+
+def test_a_slow_replica_leaves_to_a_fast_one_what_it_cannot_finish_in_time():
+    async def main():
+        d, t, clock, fast, slow = two_replicas()
+        busy = d.submit(MODEL, np.array([0.0]), deadline=clock.now + 10)
+        await asyncio.sleep(0)
+        assert [ident for ident, _, _ in t.sent] == [b"r1"]  # first in line
+        # The fast replica is busy. 30 ms left: too little for the slow one
+        # (50 ms), enough for the fast (5 ms): kept for it, neither sent nor
+        # refused.
+        urgent = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.03)
+        await asyncio.sleep(0)
+        assert len(t.sent) == 1 and not urgent.done()
+        # 200 ms left: the slow replica takes it (and only it).
+        relaxed = d.submit(MODEL, np.array([2.0]), deadline=clock.now + 0.2)
+        await asyncio.sleep(0)
+        assert len(t.sent) == 2 and t.sent[1][0] == b"r2" and t.sent[1][1]["count"] == 1
+        # The fast one answers and takes the urgent task.
+        clock.now += 0.005
+        answer(d, fast, t.sent[0][1], ["busy"])
+        assert len(t.sent) == 3 and t.sent[2][0] == b"r1"
+        clock.now += 0.005
+        answer(d, fast, t.sent[2][1], ["urgent"])
+        clock.now += 0.04  # 50 ms after it was sent
+        answer(d, slow, t.sent[1][1], ["relaxed"])
+        assert [(await f).output for f in (busy, urgent, relaxed)] == ["busy", "urgent", "relaxed"]
+        # Each replica's estimate follows its own batches.
+        members = d._models[MODEL].members
+        assert members[b"r1"].latency == pytest.approx(0.005)
+        assert members[b"r2"].latency == pytest.approx(0.05)
+
+    asyncio.run(main())
+
+
+def test_a_task_even_the_fastest_replica_cannot_finish_is_refused_not_kept():
+    async def main():
+        d, t, clock, _fast, _slow = two_replicas()
+        d.submit(MODEL, np.array([0.0]), deadline=clock.now + 10)
+        await asyncio.sleep(0)
+        hopeless = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.002)
+        outcome = await asyncio.wait_for(hopeless, 10)
+        assert not outcome.ok and TOO_SLOW in outcome.error and "about 5 ms" in outcome.error
+        assert len(t.sent) == 1
+        # The fast replica is computing: its estimate is left as it is.
+        assert d._models[MODEL].members[b"r1"].latency == pytest.approx(0.005)
+
+    asyncio.run(main())
+
+
+def test_a_slow_replica_idle_a_while_tries_one_task_and_its_estimate_starts_afresh():
+    async def main():
+        d, t, clock, _fast, slow = two_replicas()
+        d.submit(MODEL, np.array([0.0]), deadline=clock.now + 10)
+        await asyncio.sleep(0)
+        first = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.03)
+        await asyncio.sleep(0)
+        assert len(t.sent) == 1  # kept for the fast replica, which is busy
+        clock.now += PROBE_AFTER_S
+        urgent = [d.submit(MODEL, np.array([2.0 + i]), deadline=clock.now + 0.03) for i in range(3)]
+        await asyncio.sleep(0)
+        # Idle for PROBE_AFTER_S: it tries one task (the earliest due that is
+        # still live; the first one expired meanwhile).
+        assert EXPIRED in (await first).error
+        assert len(t.sent) == 2 and t.sent[1][0] == b"r2" and t.sent[1][1]["count"] == 1
+        clock.now += 0.004  # it has become fast
+        answer(d, slow, t.sent[1][1], ["probe"])
+        assert (await urgent[0]).output == "probe"
+        assert d._models[MODEL].members[b"r2"].latency == pytest.approx(0.004)
+        # Now it takes the rest as a batch.
+        assert len(t.sent) == 3 and t.sent[2][0] == b"r2" and t.sent[2][1]["count"] == 2
+        answer(d, slow, t.sent[2][1], ["b", "c"])
+        assert [(await f).output for f in urgent[1:]] == ["b", "c"]
+
+    asyncio.run(main())
+
+
+def test_a_replica_still_slow_after_a_try_waits_twice_as_long_for_the_next():
+    async def main():
+        d, t, clock, _fast, slow = two_replicas()
+        d.submit(MODEL, np.array([0.0]), deadline=clock.now + 100)  # the fast one stays busy
+        await asyncio.sleep(0)
+        waits = []
+        for _ in range(3):
+            idle_from = clock.now
+            sent = len(t.sent)
+            while len(t.sent) == sent:  # a task the slow replica should leave, every 0.25 s
+                clock.now += 0.25
+                d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.03)
+                await asyncio.sleep(0)
+            waits.append(clock.now - idle_from)
+            assert t.sent[-1][0] == b"r2" and t.sent[-1][1]["count"] == 1
+            clock.now += 0.05  # still slow
+            answer(d, slow, t.sent[-1][1], ["late"])
+        assert waits == [
+            pytest.approx(w) for w in (PROBE_AFTER_S, 2 * PROBE_AFTER_S, 4 * PROBE_AFTER_S)
+        ]
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_each_replica_has_its_own_batch_size_controller():
+    async def main():
+        d, t, clock, fast, slow = two_replicas(AIMDController(0.02, initial=4))
+        members = d._models[MODEL].members
+        answered: set[int] = set()
+
+        def drain(rep, latency):
+            """Answer every batch in flight on ``rep``, each ``latency`` after the last."""
+            for ident, header, _ in list(t.sent):
+                if ident == rep.identity and header["id"] not in answered:
+                    answered.add(header["id"])
+                    clock.now += latency
+                    answer(d, rep, header, [0] * header["count"])
+
+        first = [d.submit(MODEL, np.array([1.0]), deadline=clock.now + 10) for _ in range(8)]
+        await asyncio.sleep(0)
+        assert {ident for ident, _, _ in t.sent} == {b"r1", b"r2"}
+        # While the slow replica computes its batch, the fast one serves rounds
+        # of 8 queries, each batch within the 20 ms target: its size grows.
+        for _ in range(6):
+            futures = [d.submit(MODEL, np.array([1.0]), deadline=clock.now + 10) for _ in range(8)]
+            await asyncio.sleep(0)
+            while not all(f.done() for f in futures):
+                drain(fast, 0.005)
+                await asyncio.sleep(0)
+        clock.now += 0.5
+        drain(slow, 0.0)  # half a second: a miss, for the slow replica only
+        while not all(f.done() for f in first):
+            drain(fast, 0.005)
+            drain(slow, 0.05)
+            await asyncio.sleep(0)
+        assert members[b"r1"].controller.max_batch_size() > 4
+        assert members[b"r2"].controller.max_batch_size() < 4
+        stats = d.statistics()[0]
+        by_replica = {r.replica: r for r in stats.by_replica}
+        assert by_replica["r1"].max_batch_size == stats.max_batch_size
+        assert by_replica["r2"].max_batch_size < stats.max_batch_size
+        assert by_replica["r1"].batches > by_replica["r2"].batches >= 1
+        assert stats.controller.observed_batches == stats.batches
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_reconfigure_keeps_what_each_replica_learned_or_replaces_its_controller():
+    async def main():
+        configs = {"now": ModelConfig(AIMDController(0.02, initial=4))}
+        d = Dispatcher(configure=lambda _m: configs["now"])
+        d.set_transport(FakeTransport())
+        d.replica_joined(replica(b"r1"))
+        d.replica_joined(replica(b"r2"))
+        members = d._models[MODEL].members
+        members[b"r1"].controller.observe(4, 0.001)  # a full, fast batch: grows
+        grown = members[b"r1"].controller.max_batch_size()
+        assert grown > 4 == members[b"r2"].controller.max_batch_size()
+        # The same kind with a new target: each keeps its size, takes the target.
+        configs["now"] = ModelConfig(AIMDController(0.05, initial=1))
+        d.reconfigure()
+        assert members[b"r1"].controller.max_batch_size() == grown
+        assert members[b"r2"].controller.max_batch_size() == 4
+        assert {m.controller.target_s for m in members.values()} == {0.05}
+        # Another kind: each replica gets its own copy of the new controller.
+        configs["now"] = ModelConfig(FixedBatchSize(16))
+        d.reconfigure()
+        controllers = [m.controller for m in members.values()]
+        assert all(isinstance(c, FixedBatchSize) for c in controllers)
+        assert controllers[0] is not controllers[1]
+        assert d.statistics()[0].max_batch_size == 16
 
     asyncio.run(main())

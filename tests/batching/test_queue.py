@@ -29,6 +29,30 @@ def test_expired_and_answered_tasks_are_dropped_not_dispatched():
     assert (stats.expired, stats.dispatched, stats.depth) == (1, 1, 0)
 
 
+def test_tasks_due_before_keep_before_stay_queued_in_order():
+    q, out = DeadlineQueue(), []
+    for name, deadline in [("refused", 1.5), ("k1", 2.5), ("k2", 2.8), ("b1", 4.0), ("b2", 5.0)]:
+        q.push(task(deadline, out, name))
+    batch, dropped = q.pop_batch(10, now=1.0, horizon=2.0, keep_before=3.0)
+    assert [t.input for t in batch] == ["b1", "b2"]
+    assert [t.input for t in dropped] == ["refused"]
+    # Kept, not dispatched nor expired: still first in line for another replica.
+    assert [t.input for t in q.pop_batch(10, now=1.0)[0]] == ["k1", "k2"]
+    stats = q.statistics()
+    assert (stats.expired, stats.dispatched, stats.depth) == (1, 4, 0)
+
+
+def test_scan_limit_bounds_how_many_tasks_are_looked_past():
+    q, out = DeadlineQueue(), []
+    for i in range(10):
+        q.push(task(2.0 + i / 100, out, f"k{i}"))
+    q.push(task(9.0, out, "far"))
+    batch, dropped = q.pop_batch(4, now=1.0, keep_before=3.0, scan_limit=5)
+    assert batch == [] and dropped == [] and len(q) == 11
+    batch, _ = q.pop_batch(4, now=1.0, keep_before=3.0)
+    assert [t.input for t in batch] == ["far"] and len(q) == 10
+
+
 def test_expire_removes_only_past_deadlines():
     q, out = DeadlineQueue(), []
     for name, deadline in [("a", 1.0), ("b", 2.0), ("c", 3.0)]:

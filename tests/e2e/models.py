@@ -79,6 +79,26 @@ def make_slowable(flag_file: str) -> Any:
     return slowable
 
 
+def make_one_slow_replica(claim_file: str, slow_s: float) -> Any:
+    """Answers each input with its replica's pid. The first replica to be
+    called claims ``claim_file`` and takes ``slow_s`` per batch (a replica on a
+    slower machine); the others answer at once."""
+    slow: list[bool] = []
+
+    def one_slow(xs: Any) -> list[int]:
+        if not slow:
+            try:
+                os.close(os.open(claim_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                slow.append(True)
+            except FileExistsError:
+                slow.append(False)
+        if slow[0]:
+            time.sleep(slow_s)
+        return [os.getpid()] * len(xs)
+
+    return one_slow
+
+
 def make_counting() -> Any:
     """Counts its calls (per container process); slow enough to overlap queries."""
     calls = [0]

@@ -62,6 +62,37 @@ def test_batches_grow_under_concurrent_load(clipper):
     assert stats["max_batch_size"] > 2
 
 
+def test_a_slow_replica_leaves_what_it_cannot_finish_in_time_to_a_fast_one(clipper, tmp_path):
+    # One replica takes 1.5 s a batch (another machine, say), the SLO is
+    # 400 ms. Judged by its own latency, it leaves the queries to its fast
+    # sibling after its first two batches (the first is not counted: it might
+    # be a model load), but for one query now and then to see whether it has
+    # become faster (after 1 s idle, then 2 s, 4 s, ...). Judged by the
+    # model's estimate, mixed from both replicas, it kept taking a batch
+    # whenever idle (in one 10 s run: 8 defaults, against 4 this way).
+    claim = tmp_path / "slow-replica"
+    deploy(clipper, "hetero", models.make_one_slow_replica(str(claim), 1.5), 400_000, 2)
+
+    def slow_batches():
+        by_replica = model_stats(clipper, "hetero")["by_replica"]
+        return max((r["batches"] for r in by_replica if r["latency_estimate_ms"] > 1000), default=0)
+
+    with Load(clipper, "hetero", clients=8) as load:
+        # Its first two batches, then two tries (after 1 s and 2 s idle).
+        wait_for(lambda: slow_batches() >= 4, timeout=120, what="4 batches of the slow replica")
+    assert all(code == 200 for code, _ in load.answers)
+    answers = [body for _, body in load.answers]
+    defaults = [a for a in answers if a["default"]]
+    stats = model_stats(clipper, "hetero")
+    slow, fast = sorted(stats["by_replica"], key=lambda r: r["batches"])
+    assert slow["latency_estimate_ms"] > 1000 > 100 > fast["latency_estimate_ms"]
+    assert slow["batches"] <= 5 and fast["batches"] > 100, stats
+    # Its first two batches and the tries: a handful of queries, while the
+    # fast replica answered hundreds in time.
+    assert len(defaults) <= 12, f"{len(defaults)} of {len(answers)} answers were the default"
+    assert len(answers) - len(defaults) > 100
+
+
 def test_a_model_that_slows_down_drives_the_batch_size_down(clipper, tmp_path):
     flag = tmp_path / "slow-now"
     deploy(clipper, "slowable", models.make_slowable(str(flag)))

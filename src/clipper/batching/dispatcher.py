@@ -16,6 +16,7 @@ computed twice. A pending entry lives exactly as long as its task.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import itertools
 import logging
@@ -23,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -49,6 +51,13 @@ EXPIRED = "the latency SLO passed while the query waited in the queue (every rep
 # recent batch latency (the first batch of a replica may be slow: it loads).
 TOO_SLOW = "the latency SLO would pass before a batch could finish"
 QUEUE_FULL = "the model's queue is full (overloaded)"
+# A replica that left every task to faster replicas (its latency estimate
+# above their time left) takes one anyway once idle this long; twice as long
+# after each such try in a row, up to PROBE_MAX_S, until it takes a batch.
+PROBE_AFTER_S = 1.0
+PROBE_MAX_S = 60.0
+# How many tasks a replica looks past, left for faster replicas, in one pump.
+KEEP_SCAN_LIMIT = 256
 
 
 @dataclass
@@ -78,6 +87,56 @@ class ModelStatistics:
     controller: ControllerStatistics
     queue: QueueStatistics
     cost_per_query_ms: dict[str, float] = field(default_factory=dict)
+    by_replica: list[ReplicaBatchStatistics] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReplicaBatchStatistics:
+    """How one replica of a model batches (each has its own controller)."""
+
+    replica: str  # its label
+    max_batch_size: int
+    batches: int
+    mean_batch_size: float
+    latency_estimate_ms: float  # 0 until its second batch
+    cost_per_query_ms: dict[str, float]
+
+
+@dataclass(eq=False)
+class _Member:
+    """A replica of a model and how it batches.
+
+    Replicas of one model may run on different hardware (another machine, a
+    GPU beside a CPU), so each has its own batch-size controller, cost curve
+    and latency estimate: a slow replica neither shrinks a fast one's batches
+    nor makes it refuse queries it could answer in time, and it leaves the
+    queries it cannot finish by their deadline to the others.
+    """
+
+    replica: Replica
+    controller: BatchSizeController
+    curve: BatchCostCurve = field(default_factory=BatchCostCurve)
+    # Batch latency, exponentially weighted; 0 until it has answered twice:
+    # a replica's first batch is left out, as it often loads the model (an
+    # ONNX Runtime session, a JIT warm-up), and an estimate seeded by it would
+    # refuse the next queries until it had halved enough times.
+    latency: float = 0.0
+    answered: bool = False
+    idle_since: float = 0.0
+    probing: bool = False  # its batch in flight was taken despite its estimate
+    probe_wait: float = PROBE_AFTER_S
+    batches: int = 0
+    tasks: int = 0
+
+    def statistics(self) -> ReplicaBatchStatistics:
+        return ReplicaBatchStatistics(
+            replica=self.replica.label,
+            max_batch_size=self.controller.max_batch_size(),
+            batches=self.batches,
+            mean_batch_size=self.tasks / self.batches if self.batches else 0.0,
+            latency_estimate_ms=self.latency * 1000,
+            cost_per_query_ms=self.curve.curve(),
+        )
 
 
 @dataclass(eq=False)
@@ -91,9 +150,9 @@ class _InFlight:
 class _ModelState:
     model: ModelId
     input_type: str
-    config: ModelConfig
+    config: ModelConfig  # its controller is the prototype each replica copies
     queue: DeadlineQueue
-    replicas: dict[bytes, Replica] = field(default_factory=dict)
+    members: dict[bytes, _Member] = field(default_factory=dict)
     idle: deque[bytes] = field(default_factory=deque)
     pump_scheduled: bool = False
     delay_timer: asyncio.TimerHandle | None = None
@@ -105,15 +164,6 @@ class _ModelState:
     coalesced: int = 0
     last_batch_size: int = 0
     last_batch_latency: float = 0.0
-    latency_ewma: float = 0.0  # per batch, to skip tasks that would finish late
-    # Replicas that have answered a batch. A replica's first batch is left out
-    # of the estimate above: it often loads the model (an ONNX Runtime session,
-    # a JIT warm-up), and an estimate seeded by it would refuse the next
-    # queries until it had halved enough times.
-    answered: set[bytes] = field(default_factory=set)
-    # Cost per query by batch size: an adaptive controller's cap is a bound,
-    # not a target, when a smaller batch is cheaper per query.
-    curve: BatchCostCurve = field(default_factory=BatchCostCurve)
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
@@ -172,12 +222,14 @@ class Dispatcher:
         """
         for model, state in self._models.items():
             new = self._configure(model)
-            old = state.config.controller
-            if type(new.controller) is type(old) and not isinstance(old, FixedBatchSize):
-                target = getattr(new.controller, "target_s", None)
-                if target is not None:
-                    old.set_target(target)
-                new.controller = old
+            for member in state.members.values():
+                old = member.controller
+                if type(new.controller) is type(old) and not isinstance(old, FixedBatchSize):
+                    target = getattr(new.controller, "target_s", None)
+                    if target is not None:
+                        old.set_target(target)
+                else:
+                    member.controller = copy.deepcopy(new.controller)
             state.config = new
             state.queue.capacity = new.queue_capacity
 
@@ -185,7 +237,7 @@ class Dispatcher:
 
     def live_replicas(self, model: ModelId) -> int:
         state = self._models.get(model)
-        return len(state.replicas) if state else 0
+        return len(state.members) if state else 0
 
     def submit(
         self, model: ModelId, input: Any, deadline: float, *, use_cache: bool = True
@@ -269,43 +321,77 @@ class Dispatcher:
     def _pump(self, state: _ModelState, *, flush: bool = False) -> None:
         now = self._clock()
         config = state.config
+        passed: list[bytes] = []  # idle replicas that took nothing this time
         while state.idle and len(state.queue):
-            max_size = config.controller.max_batch_size()
+            member = state.members.get(state.idle[0])
+            if member is None:
+                state.idle.popleft()
+                continue
+            controller = member.controller
+            max_size = controller.max_batch_size()
             if config.max_delay_s > 0 and not flush and len(state.queue) < max_size:
                 oldest = state.queue.oldest_enqueued_at()
                 if oldest is not None and now < oldest + config.max_delay_s:
                     self._wait_for_fuller_batch(state, oldest + config.max_delay_s - now)
-                    return
-            identity = state.idle.popleft()
-            replica = state.replicas.get(identity)
-            if replica is None:
-                continue
+                    break
+            state.idle.popleft()
             take = max_size
-            if not isinstance(config.controller, FixedBatchSize):
-                take = state.curve.choose(len(state.queue), max_size)
-            # A task due before a batch could finish is answered now, not computed.
-            batch, expired = state.queue.pop_batch(take, now, now + state.latency_ewma)
+            if not isinstance(controller, FixedBatchSize):
+                take = member.curve.choose(len(state.queue), max_size)
+            # A task due before a batch could finish on the fastest replica is
+            # answered now, not computed; one that only a faster replica could
+            # finish in time is left to it.
+            fastest = member
+            if len(state.members) > 1:
+                fastest = min(state.members.values(), key=attrgetter("latency"))
+            batch, expired = state.queue.pop_batch(
+                take,
+                now,
+                now + fastest.latency,
+                keep_before=now + member.latency,
+                scan_limit=KEEP_SCAN_LIMIT,
+            )
+            if (
+                not batch
+                and len(state.queue)
+                and member.latency > fastest.latency
+                and now - member.idle_since >= member.probe_wait
+            ):
+                # It has left everything to faster replicas for a while: it may
+                # have become faster, and only a batch can tell. One task; its
+                # estimate starts afresh from that batch.
+                batch, more = state.queue.pop_batch(1, now, now + fastest.latency)
+                expired.extend(more)
+                member.probing = bool(batch)
+                if batch:
+                    member.probe_wait = min(2 * member.probe_wait, PROBE_MAX_S)
+            elif batch:
+                member.probe_wait = PROBE_AFTER_S
             for task in expired:
                 if task.deadline <= now:
                     task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
                 else:
                     left_ms = (task.deadline - now) * 1000
-                    ewma_ms = state.latency_ewma * 1000
+                    estimate_ms = fastest.latency * 1000
                     task.finish(
                         Outcome(
                             error=f"{state.model}: {TOO_SLOW} (its recent batches took "
-                            f"about {ewma_ms:.0f} ms, {left_ms:.0f} ms were left); not computed"
+                            f"about {estimate_ms:.0f} ms, {left_ms:.0f} ms were left); not computed"
                         )
                     )
             if not batch:
-                if expired and state.latency_ewma > 0:
-                    # The estimate only moves when a batch finishes: if it alone
-                    # holds every task back, shrink it, or the model would starve
-                    # (a single slow batch must not stop a model for good).
-                    state.latency_ewma /= 2
-                state.idle.appendleft(identity)
-                return
-            self._dispatch(state, replica, batch, now)
+                busy = len(state.members) - len(state.idle) - len(passed) - 1
+                if expired and fastest.latency > 0 and busy == 0:
+                    # An estimate only moves when a batch finishes: if it alone
+                    # holds every task back while no replica computes, shrink it,
+                    # or the model would starve (a single slow batch must not
+                    # stop a model for good).
+                    fastest.latency /= 2
+                passed.append(member.replica.identity)
+                continue
+            self._dispatch(state, member, batch, now)
+        # Replicas that took nothing stay first in line, in their order.
+        state.idle.extendleft(reversed(passed))
 
     def _wait_for_fuller_batch(self, state: _ModelState, delay: float) -> None:
         if state.delay_timer is None:
@@ -318,9 +404,8 @@ class Dispatcher:
 
             state.delay_timer = loop.call_later(delay, fire)
 
-    def _dispatch(
-        self, state: _ModelState, replica: Replica, batch: list[Task], now: float
-    ) -> None:
+    def _dispatch(self, state: _ModelState, member: _Member, batch: list[Task], now: float) -> None:
+        replica = member.replica
         batch_id = next(self._batch_ids)
         try:
             fields, frames = p.encode_inputs(replica.input_type, [t.input for t in batch])
@@ -328,7 +413,7 @@ class Dispatcher:
             log.exception("could not encode a batch for %s", state.model)
             for task in batch:
                 task.finish(Outcome(error=f"could not encode the batch: {exc}"))
-            state.idle.append(replica.identity)
+            self._idle(state, member, now)
             return
         limit = state.config.batch_time_limit_s
         if limit is not None:
@@ -339,20 +424,25 @@ class Dispatcher:
             # The replica vanished under us: forget it; its batch is retried.
             self.replica_left(replica, "send failed")
 
+    @staticmethod
+    def _idle(state: _ModelState, member: _Member, now: float) -> None:
+        member.idle_since = now
+        state.idle.append(member.replica.identity)
+
     # -- the replica side (ReplicaListener) -----------------------------------
 
     def replica_joined(self, replica: Replica) -> None:
         state = self._state(replica.model, replica.input_type)
         state.input_type = replica.input_type
-        state.replicas[replica.identity] = replica
-        state.idle.append(replica.identity)
+        member = _Member(replica, copy.deepcopy(state.config.controller))
+        state.members[replica.identity] = member
+        self._idle(state, member, self._clock())
         self._pump(state)
 
     def replica_left(self, replica: Replica, reason: str) -> None:
         state = self._models.get(replica.model)
-        if state is None or state.replicas.pop(replica.identity, None) is None:
+        if state is None or state.members.pop(replica.identity, None) is None:
             return
-        state.answered.discard(replica.identity)
         if replica.identity in state.idle:
             state.idle.remove(replica.identity)
         lost = [bid for bid, f in self._in_flight.items() if f.replica == replica.identity]
@@ -379,22 +469,29 @@ class Dispatcher:
             return
         del self._in_flight[batch_id]
         tasks = flight.tasks
-        latency = self._clock() - flight.sent_at
+        now = self._clock()
+        latency = now - flight.sent_at
         state.batches += 1
         state.batched_tasks += len(tasks)
         state.last_batch_size = len(tasks)
         state.last_batch_latency = latency
-        if replica.identity not in state.answered:
-            state.answered.add(replica.identity)
-        elif state.latency_ewma == 0.0:
-            state.latency_ewma = latency
-        else:
-            state.latency_ewma = 0.8 * state.latency_ewma + 0.2 * latency
-        state.config.controller.observe(len(tasks), latency, len(state.queue))
+        member = state.members.get(replica.identity)
+        if member is not None:
+            member.batches += 1
+            member.tasks += len(tasks)
+            if not member.answered:
+                member.answered = True
+            elif member.latency == 0.0 or member.probing:
+                member.latency = latency
+            else:
+                member.latency = 0.8 * member.latency + 0.2 * latency
+            member.probing = False
+            member.controller.observe(len(tasks), latency, len(state.queue))
         for listener in self.batch_listeners:
             listener(state.model, len(tasks), latency)
         if header.get("ok") is True:
-            state.curve.observe(len(tasks), latency)
+            if member is not None:
+                member.curve.observe(len(tasks), latency)
             try:
                 outputs = p.decode_outputs(frames, len(tasks))
             except RPCError as exc:
@@ -406,8 +503,8 @@ class Dispatcher:
             etype = str(header.get("error_type", "Error"))
             emsg = str(header.get("error_message", ""))
             self._fail(state, tasks, f"model {state.model} raised {etype}: {emsg}")
-        if replica.identity in state.replicas:
-            state.idle.append(replica.identity)
+        if member is not None:
+            self._idle(state, member, now)
             self._pump(state)
 
     def _fail(self, state: _ModelState, tasks: list[Task], message: str) -> None:
@@ -420,30 +517,43 @@ class Dispatcher:
     def statistics(self) -> list[ModelStatistics]:
         out = []
         for model, s in self._models.items():
-            in_flight = sum(1 for f in self._in_flight.values() if f.replica in s.replicas)
+            in_flight = sum(1 for f in self._in_flight.values() if f.replica in s.members)
+            members = list(s.members.values())
+            by_replica = [m.statistics() for m in members]
+            prototype = s.config.controller.statistics()
+            # The model's figures: the largest batch any replica may take, and
+            # the cost curve of the replica that ran the most batches.
+            busiest = max(members, key=lambda m: m.batches, default=None)
+            max_size = max((r.max_batch_size for r in by_replica), default=prototype.max_batch_size)
+            controller = ControllerStatistics(
+                policy=prototype.policy,
+                max_batch_size=max_size,
+                observed_batches=sum(m.controller.statistics().observed_batches for m in members),
+            )
             out.append(
                 ModelStatistics(
                     model=str(model),
-                    replicas=len(s.replicas),
+                    replicas=len(s.members),
                     idle_replicas=len(s.idle),
                     in_flight_batches=in_flight,
                     batches=s.batches,
                     errors=s.errors,
-                    max_batch_size=s.config.controller.max_batch_size(),
+                    max_batch_size=max_size,
                     mean_batch_size=s.batched_tasks / s.batches if s.batches else 0.0,
                     last_batch_size=s.last_batch_size,
                     last_batch_latency_s=s.last_batch_latency,
                     max_delay_s=s.config.max_delay_s,
                     coalesced=s.coalesced,
-                    controller=s.config.controller.statistics(),
+                    controller=controller,
                     queue=s.queue.statistics(),
-                    cost_per_query_ms=s.curve.curve(),
+                    cost_per_query_ms=busiest.curve.curve() if busiest is not None else {},
+                    by_replica=by_replica,
                 )
             )
         return out
 
     def replicas(self) -> list[Replica]:
-        return [r for s in self._models.values() for r in s.replicas.values()]
+        return [m.replica for s in self._models.values() for m in s.members.values()]
 
     def busy(self) -> bool:
         """Whether any query waits in a queue or runs on a replica."""

@@ -82,7 +82,13 @@ class DeadlineQueue:
         return min(live) if live else None
 
     def pop_batch(
-        self, max_size: int, now: float, horizon: float | None = None
+        self,
+        max_size: int,
+        now: float,
+        horizon: float | None = None,
+        *,
+        keep_before: float | None = None,
+        scan_limit: int | None = None,
     ) -> tuple[list[Task], list[Task]]:
         """Up to ``max_size`` live tasks, earliest deadline first, and the expired
         tasks met on the way (for the caller to answer).
@@ -91,20 +97,42 @@ class DeadlineQueue:
         caller passes now plus the expected batch latency) are dropped here, so
         no model computes a query whose answer would come too late. Under
         overload this keeps the model's time for queries it can still serve.
+        Tasks due before ``keep_before`` (but after ``horizon``) stay queued,
+        for a faster replica; at most ``scan_limit`` of them are looked at.
         """
         cutoff = now if horizon is None else horizon
         batch: list[Task] = []
         expired: list[Task] = []
         heap = self._heap
-        while heap and len(batch) < max_size:
-            _, _, task = heapq.heappop(heap)
-            if task.done:
-                continue
-            if task.deadline <= cutoff:
-                self.expired += 1
-                expired.append(task)
-                continue
-            batch.append(task)
+        if keep_before is None or keep_before <= cutoff:
+            while heap and len(batch) < max_size:
+                _, _, task = heapq.heappop(heap)
+                if task.done:
+                    continue
+                if task.deadline <= cutoff:
+                    self.expired += 1
+                    expired.append(task)
+                    continue
+                batch.append(task)
+        else:
+            limit = len(heap) if scan_limit is None else scan_limit
+            kept: list[tuple[float, int, Task]] = []
+            while heap and len(batch) < max_size:
+                entry = heapq.heappop(heap)
+                task = entry[2]
+                if task.done:
+                    continue
+                if task.deadline <= cutoff:
+                    self.expired += 1
+                    expired.append(task)
+                elif task.deadline <= keep_before:
+                    kept.append(entry)
+                    if len(kept) >= limit:
+                        break
+                else:
+                    batch.append(task)
+            for entry in kept:
+                heapq.heappush(heap, entry)
         self.dispatched += len(batch)
         return batch, expired
 
