@@ -373,9 +373,10 @@ class Dispatcher:
                 else:
                     left_ms = (task.deadline - now) * 1000
                     estimate_ms = fastest.latency * 1000
+                    whose = "its" if len(state.members) == 1 else "its fastest replica's"
                     task.finish(
                         Outcome(
-                            error=f"{state.model}: {TOO_SLOW} (its recent batches took "
+                            error=f"{state.model}: {TOO_SLOW} ({whose} recent batches took "
                             f"about {estimate_ms:.0f} ms, {left_ms:.0f} ms were left); not computed"
                         )
                     )
