@@ -130,38 +130,38 @@ from .procserver import ProcessServer
 READING = """
 **Reading** (hand-written for the run above; rerun and update it when the numbers move).
 
-- *Three repeats on a host whose speed changed by the minute.* Load average 1.5 at the
-  start, 0.9 at the end. The echo server's goodput was 11,850, 8,070 and 9,280/s in
-  the three repeats (11,440 in the previous run at 20:25, 8,170 in a run 30 minutes
-  before this one that was dropped for it: its every server was 20-40 % slower). A
-  Clipper A/B against the previous session's last commit, alternating, the same
-  minutes, showed the same CPU per query (102-114 µs in the server at 7,000/s both),
-  so the run-to-run differences are the machine's. Per-repeat ratios (Clipper /
-  naive): light 3.87, 3.61, 3.17; heavy 2.75, 2.39, 3.33; no-op 4.09, 4.38, 2.60.
-  Clipper / MLServer on the light MLP: 8.09, 9.79, 6.57.
-- *What changed since the previous run* (a30e3dd): no serving-path change (the
-  dispatcher passes the queue length to the batch-size controller; only the quantile
-  controller reads it). The generator times a request that found a free connection
-  from its send rather than its scheduled arrival: its millisecond timers sent at
-  50/s 0.3 ms late at the median and up to 1.4 ms at p99, which every server's
-  latency included (the echo server's low-load p99: 1.83 → 1.32 ms). The low-load
-  overhead now subtracts the model's own time at that rate (below).
-- *Light MLP, frontend-bound: 3.61x naive (target 3x: met; 3.17-3.87 per repeat),
-  8.1x the best batching peer (MLServer; target 10x: not met this run, 6.6-9.8 per
-  repeat; 11.2x in the previous run).* Clipper spent 154 µs of CPU per query at
-  goodput, server and replica together (108 in the previous run; naive 441 against
-  336: the machine's slower minutes cost the two-process path more), and served 58 %
-  of the echo ceiling in this open loop (81 % before; 94 % closed-loop here) and 9 %
-  of the model-only ceiling: the path around the model (HTTP, JSON, the hop to the
-  replica and back, some forty Python calls per query) is the limit. MLServer's
-  goodput is bounded by its latency rather than its CPU (800/s at 785 µs per query),
-  so it lost less on slow minutes, and the ratio fell.
-- *Heavy MLP: 2.75x naive (target 5x not met), 3.5x MLServer (target 9x not met).*
+- *Three repeats on a shared host.* Load average 1.7 at the end. The echo server's
+  goodput was 7,860, 9,040 and 8,520/s in the three repeats (11,850, 8,070 and 9,280
+  in the previous run, 00:08); closed loop it served 14,550/s (11,440 before). Per-repeat
+  ratios (Clipper / naive): light 2.95, 3.35, 3.13; heavy 2.47, 2.31, 2.65; no-op
+  2.50, 2.36, 3.06. Clipper / MLServer on the light MLP: 8.34, 8.36, 5.50 (MLServer's
+  third repeat was its best, 1,170/s).
+- *What changed since the previous run* (1bd77a9): batching is per replica (each
+  replica its own batch-size controller, cost curve and latency estimate; every model
+  here has one replica, so the same decisions as before), and the dispatcher's
+  per-batch bookkeeping moved with it. An in-process microbenchmark of the dispatcher
+  (submit, pump, result; batches of 1 and 8) and a closed-loop A/B of the whole server
+  on the no-op model (64 clients, three alternations of three 4 s runs: 14,550-15,860/s
+  before, 14,650-15,860/s after, 57-61 µs of server CPU per query both) measured no
+  difference, so the lower no-op goodput in this run (7,780/s against 10,440) is the
+  machine's: the echo server lost as much, and in this open loop Clipper served 86-105
+  % of the echo server's goodput with the no-op model.
+- *Light MLP, frontend-bound: 3.13x naive (target 3x: met; 2.95-3.35 per repeat),
+  8.3x the best batching peer (MLServer; target 10x: not met, 5.5-8.4 per repeat;
+  8.1x and 11.2x in the previous two runs).* Clipper spent 154 µs of CPU per query at
+  goodput, server and replica together (154 in the previous run, 108 in the one
+  before; naive 406), and served 76 % of the echo ceiling in this open loop (85 %
+  closed-loop with the no-op model) and 11 % of the model-only ceiling: the path
+  around the model (HTTP, JSON, the hop to the replica and back, some forty Python
+  calls per query) is the limit. MLServer's goodput is bounded by its latency rather
+  than its CPU (820/s at 818 µs per query).
+- *Heavy MLP: 2.47x naive (target 5x not met), 2.9x MLServer (target 9x not met;
+  2.75x and 3.5x in the previous run).*
   On this machine OpenBLAS's float32 product costs a batch about 2.3 ms plus 0.12 ms
   per query (it packs the 22 MB of weights on every call): one query (a
   matrix-vector product) takes 0.5-0.7 ms, any batch of 2 or more at least 2.8 ms,
-  and only batches of 6 and more beat single calls. Five times naive is 2,950/s in
-  this run (4,150/s in the previous): at 0.12 ms per query in the model and about
+  and only batches of 6 and more beat single calls. Five times naive is 3,200/s in
+  this run (2,950/s and 4,150/s in the previous two): at 0.12 ms per query in the model and about
   0.1 ms in the server, the core runs out before batches grow large enough to pay
   the 2.3 ms, and a query waits for the batch in flight and then runs in the next,
   near the 20 ms SLO. At fixed rates (1,800-2,600/s) the server and replica together
@@ -175,18 +175,18 @@ READING = """
   the replica at a lower priority (nice 5 and 10: no change, more expired queries at
   10). With the quantile controller the heavy MLP once stayed at batches of 1-3 for
   good after a cold start at 2,400/s; fixed this session (the batching section).
-- *Overhead at 50 queries/s, light MLP: p50 1.31 ms, p99 2.32 ms above the model's own
-  time at that rate (targets 1 ms: not met; 3 ms: met).* Called in-process every 20 ms,
-  its caches gone cold in between as in the server, the model itself takes 0.38 ms
-  (0.05 back to back); above that back-to-back time the figures are 1.65 / 2.65 ms,
-  and p99 was 2.55-5.14 ms per repeat (one repeat in a slow minute). The echo server
-  takes 0.61 / 1.32 ms at the same rate: loopback, HTTP and the generator, so the
+- *Overhead at 50 queries/s, light MLP: p50 1.23 ms, p99 2.29 ms above the model's own
+  time at that rate (targets 1 ms: not met; 3 ms: met; 1.31 / 2.32 in the previous
+  run).* Called in-process every 20 ms, its caches gone cold in between as in the
+  server, the model itself takes 0.41 ms (0.07 back to back); above that back-to-back
+  time the figures are 1.57 / 2.63 ms. The echo server takes 0.65 / 1.38 ms at the
+  same rate: loopback, HTTP and the generator, so the
   1 ms p50 target leaves Clipper 0.4 ms for its own path. On top it adds the hop to
   the replica process and back (ZeroMQ's I/O thread in each process: six thread
   switches; a bare ZeroMQ round trip between two processes on one core takes 0.13 ms
   back to back and 0.31 ms after 20 ms idle) and its Python path, which after the
   idle gaps of a low rate runs 2-3x slower than back to back. The naive server, with
-  no hop, is at 1.42 / 2.13 ms.
+  no hop, is at 1.45 / 2.21 ms.
 - *The peers.* MLServer (adaptive batching, inference in its server process) is the
   best of the three everywhere; LitServe (one API server and one worker process talking
   over ZeroMQ) reaches 30-55 % of it; Ray Serve (11 processes on one core, 12-20 ms of
