@@ -345,7 +345,7 @@ def dump_policy_states(uids: Sequence[str], states: object) -> dict[str, str]:
     """Return the JSON text of each uid's new state, as returned by an update;
     ValidationError unless it names exactly ``uids``, each with a JSON object."""
     if not isinstance(states, Mapping) or set(states) != set(uids):
-        got = sorted(states) if isinstance(states, Mapping) else type(states).__name__
+        got = list(states) if isinstance(states, Mapping) else type(states).__name__
         raise ValidationError(
             f"a policy state update must return states for {list(uids)!r}, got {got!r}"
         )
