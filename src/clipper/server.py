@@ -257,12 +257,25 @@ class ClipperServer:
     def status(self) -> dict[str, Any]:
         """What ``/admin/status`` and ``get_all_containers`` report."""
         live = {(r.model, r.label): r for r in self.dispatcher.replicas()}
+        batching = self.dispatcher.replica_batching()
+
+        def batches_of(key: tuple[ModelId, str]) -> dict[str, Any]:
+            # Each live replica's own batch-size maximum and latency estimate.
+            stats = batching.get(key)
+            if stats is None:
+                return {"max_batch_size": None, "latency_estimate_ms": None}
+            return {
+                "max_batch_size": stats.max_batch_size,
+                "latency_estimate_ms": round(stats.latency_estimate_ms, 3),
+            }
+
         replicas = []
         for proc in self.manager.replicas():
             key = (ModelId(proc["model_name"], proc["model_version"]), proc["replica"])
-            replicas.append({**proc, "live": live.pop(key, None) is not None})
-        for replica in live.values():  # containers started by someone else
-            replicas.append({**replica.describe(), "restarts": 0, "live": True})
+            is_live = live.pop(key, None) is not None
+            replicas.append({**proc, "live": is_live, **batches_of(key)})
+        for key, replica in live.items():  # containers started by someone else
+            replicas.append({**replica.describe(), "restarts": 0, "live": True, **batches_of(key)})
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 3),

@@ -138,6 +138,8 @@ def test_deployed_model_shows_in_models_and_replicas(cli, summing):
     assert models[0]["labels"] == ["cli"]
     replicas = [r for r in cli.json("replicas") if r["model_name"] == "summer"]
     assert replicas and replicas[0]["live"] is True and isinstance(replicas[0]["pid"], int)
+    # Each live replica batches on its own: its maximum batch size is shown.
+    assert isinstance(replicas[0]["max_batch_size"], int) and replicas[0]["max_batch_size"] >= 1
     assert replicas[0]["replica"] in cli.ok("replicas")
 
 

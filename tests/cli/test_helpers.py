@@ -214,7 +214,15 @@ def test_models_table():
 
 def test_replicas_table():
     replicas = [
-        {"model_name": "m", "model_version": "1", "replica": "m-1-0", "pid": 42, "live": True},
+        {
+            "model_name": "m",
+            "model_version": "1",
+            "replica": "m-1-0",
+            "pid": 42,
+            "live": True,
+            "max_batch_size": 17,
+            "latency_estimate_ms": 3.25,
+        },
         {
             "model_name": "m",
             "model_version": "1",
@@ -225,9 +233,10 @@ def test_replicas_table():
         },
     ]
     lines = text_of(replicas_table(replicas)).splitlines()
+    assert any("Max batch" in line and "Batch ms" in line for line in lines[:5])
     live = next(line for line in lines if "m-1-0" in line)
     dead = next(line for line in lines if "m-1-1" in line)
-    assert "42" in live and "✓" in live
+    assert "42" in live and "✓" in live and "17" in live and "3.2" in live
     assert "✗" in dead and "2" in dead
 
 

@@ -556,6 +556,14 @@ class Dispatcher:
     def replicas(self) -> list[Replica]:
         return [m.replica for s in self._models.values() for m in s.members.values()]
 
+    def replica_batching(self) -> dict[tuple[ModelId, str], ReplicaBatchStatistics]:
+        """How each live replica batches, by (model version, replica label)."""
+        return {
+            (model, m.replica.label): m.statistics()
+            for model, s in self._models.items()
+            for m in s.members.values()
+        }
+
     def busy(self) -> bool:
         """Whether any query waits in a queue or runs on a replica."""
         return bool(self._in_flight) or any(len(s.queue) for s in self._models.values())

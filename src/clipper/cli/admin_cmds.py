@@ -43,7 +43,10 @@ def models(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     console.print(models_table(found, wanted))
 
 
-@app.command(help="List the model replicas: pid, whether live (connected), restarts.")
+@app.command(
+    help="List the model replicas: pid, whether live (connected), restarts, and each live"
+    " one's maximum batch size and batch latency estimate."
+)
 def replicas(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     conn = target(ctx).connect()
     found = conn.get_all_model_replicas(verbose=True)

@@ -78,9 +78,10 @@ def models_table(
 
 def replicas_table(replicas: list[Mapping[str, Any]]) -> Table:
     table = Table(title="Replicas")
-    for col in ("Model", "Version", "Replica", "PID", "Live", "Restarts"):
+    for col in ("Model", "Version", "Replica", "PID", "Live", "Restarts", "Max batch", "Batch ms"):
         table.add_column(col)
     for r in replicas:
+        latency = r.get("latency_estimate_ms")
         table.add_row(
             _cell(r.get("model_name")),
             _cell(r.get("model_version")),
@@ -88,6 +89,8 @@ def replicas_table(replicas: list[Mapping[str, Any]]) -> Table:
             _cell(r.get("pid")),
             CHECK if r.get("live") else "✗",
             _cell(r.get("restarts")),
+            _cell(r.get("max_batch_size")),
+            _cell(f"{latency:.1f}" if isinstance(latency, int | float) and latency > 0 else None),
         )
     return table
 
