@@ -469,12 +469,18 @@ def two_replicas(controller=None):
     return d, t, clock, fast, slow
 
 
+async def keep_fast_busy(d, t, clock, seconds=10.0):
+    """Send one task, which the fast replica (first in line) takes and keeps."""
+    busy = d.submit(MODEL, np.array([0.0]), deadline=clock.now + seconds)
+    await asyncio.sleep(0)
+    assert [ident for ident, _, _ in t.sent] == [b"r1"]
+    return busy
+
+
 def test_a_slow_replica_leaves_to_a_fast_one_what_it_cannot_finish_in_time():
     async def main():
         d, t, clock, fast, slow = two_replicas()
-        busy = d.submit(MODEL, np.array([0.0]), deadline=clock.now + 10)
-        await asyncio.sleep(0)
-        assert [ident for ident, _, _ in t.sent] == [b"r1"]  # first in line
+        busy = await keep_fast_busy(d, t, clock)
         # The fast replica is busy. 30 ms left: too little for the slow one
         # (50 ms), enough for the fast (5 ms): kept for it, neither sent nor
         # refused.
@@ -505,8 +511,7 @@ def test_a_slow_replica_leaves_to_a_fast_one_what_it_cannot_finish_in_time():
 def test_a_task_even_the_fastest_replica_cannot_finish_is_refused_not_kept():
     async def main():
         d, t, clock, _fast, _slow = two_replicas()
-        d.submit(MODEL, np.array([0.0]), deadline=clock.now + 10)
-        await asyncio.sleep(0)
+        await keep_fast_busy(d, t, clock)
         hopeless = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.002)
         outcome = await asyncio.wait_for(hopeless, 10)
         assert not outcome.ok and TOO_SLOW in outcome.error
@@ -521,8 +526,7 @@ def test_a_task_even_the_fastest_replica_cannot_finish_is_refused_not_kept():
 def test_a_slow_replica_idle_a_while_tries_one_task_and_its_estimate_starts_afresh():
     async def main():
         d, t, clock, _fast, slow = two_replicas()
-        d.submit(MODEL, np.array([0.0]), deadline=clock.now + 10)
-        await asyncio.sleep(0)
+        await keep_fast_busy(d, t, clock)
         first = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.03)
         await asyncio.sleep(0)
         assert len(t.sent) == 1  # kept for the fast replica, which is busy
@@ -548,8 +552,7 @@ def test_a_slow_replica_idle_a_while_tries_one_task_and_its_estimate_starts_afre
 def test_a_replica_still_slow_after_a_try_waits_twice_as_long_for_the_next():
     async def main():
         d, t, clock, _fast, slow = two_replicas()
-        d.submit(MODEL, np.array([0.0]), deadline=clock.now + 100)  # the fast one stays busy
-        await asyncio.sleep(0)
+        await keep_fast_busy(d, t, clock, seconds=100)
         waits = []
         for _ in range(3):
             idle_from = clock.now

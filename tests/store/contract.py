@@ -46,6 +46,16 @@ def increment_all(states: dict[str, dict[str, Any] | None]) -> dict[str, dict[st
     return {uid: increment(state) for uid, state in states.items()}
 
 
+def recorder(calls: list[object]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A joint policy-state update that records what it was given and stores nothing new."""
+
+    def update(states: dict[str, Any]) -> dict[str, Any]:
+        calls.append(states)
+        return {}
+
+    return update
+
+
 def hammer_state(stores: list[ConfigStore], threads: int = 8, per_thread: int = 50) -> None:
     """Increment the state ("a", "u") from ``threads`` threads, spread over ``stores``:
     every other time alone, else together with ("a", "") (half the threads name
@@ -704,14 +714,14 @@ class StoreContract:
         store.add_app(app("a"))
         calls: list[object] = []
         with pytest.raises(ValidationError, match="uid"):
-            store.update_policy_states("a", uids, lambda s: calls.append(s) or {})  # type: ignore[func-returns-value]
+            store.update_policy_states("a", uids, recorder(calls))
         assert calls == []
         assert store.get_policy_state("a", "u") is None
 
     def test_update_policy_states_of_unknown_app_is_not_found(self, store: ConfigStore) -> None:
         calls: list[object] = []
         with pytest.raises(NotFoundError, match="'ghost'"):
-            store.update_policy_states("ghost", ["", "u"], lambda s: calls.append(s) or {})  # type: ignore[func-returns-value]
+            store.update_policy_states("ghost", ["", "u"], recorder(calls))
         assert calls == []
 
     def test_policy_states_updated_together_are_not_shared(self, store: ConfigStore) -> None:
