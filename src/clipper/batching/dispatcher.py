@@ -2,11 +2,14 @@
 
 Replicas pull work: a replica that finishes a batch (or joins) takes the
 next one, so a slow replica never holds work a free one could do. One batch
-is in flight per replica; its size comes from the model's batch-size
-controller, and with delayed batching an idle replica waits up to a bound
-for a fuller batch. Expired tasks are dropped, never sent: one timer per
-model sweeps the queue at its earliest deadline. A replica that leaves with
-a batch in flight gets that batch retried once on another replica.
+is in flight per replica; its size comes from that replica's own batch-size
+controller (a copy of the model's), and with delayed batching an idle
+replica waits up to a bound for a fuller batch. A task is refused uncomputed
+when even the fastest replica's batch would end past its deadline, and left
+queued for a faster replica when only this one's would. Expired tasks are
+dropped, never sent: one timer per model sweeps the queue at its earliest
+deadline. A replica that leaves with a batch in flight gets that batch
+retried once on another replica.
 
 In front of the queue sits the prediction cache: a hit answers at once, and
 a query identical to one already pending attaches to it instead of being
