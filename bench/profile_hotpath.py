@@ -251,6 +251,30 @@ echo server 65; going much lower means leaving Python for the per-request work (
 compiled HTTP and JSON path), not trimming it, and a compiled HTTP server alone does
 not get there (Granian, in Rust, served the echo workload 1.03-1.17x as fast as
 uvicorn on this core).
+
+**Compiling the hot path with mypyc: tried, not adopted** (2026-11-29). mypyc (part of
+mypy, on PyPI) compiles type-annotated modules to C extensions with the normal install
+and a C compiler, so it is the kind of extension the issue allows. The hot modules were
+compiled in a copy of the tree and the whole server A/B-tested closed loop (no-op
+model, AIMD, 64 connections, server pinned to one core; three 4 s runs per build,
+alternating, twice):
+
+| compiled | server CPU µs/query | against the interpreted build |
+|---|---:|---|
+| `frontend/h1.py` (the HTTP protocol) | 52-54 | 55-58 in the runs beside it: about 5 % less |
+| the selection and batching modules (`processor`, `dispatcher`, `queue`, `types`) | 57-66 | none |
+| `rpc/protocol.py`, `rpc/server.py` | 55-71 | none |
+| all of these and `frontend/inputs.py`, `frontend/query.py` | 88-102 | slower (below) |
+
+mypyc checks annotated types at run time, so the compiled build also failed where a
+library's stubs differ from what it returns (uvloop's `Server.sockets` is a list, not
+a tuple; its `remove_reader` returns None, not a bool; httptools' `URL.query` may be
+None) and where a compiled class is deep-copied (the batch-size controllers), and the
+compiled `_flat_input` returned None for every body, so each query took the slower
+general parser (about 40 µs more). The per-query work left is in C already
+(httptools, simdjson, orjson, numpy, libzmq, uvloop) or is attribute traffic and calls
+that mypyc speeds up little; 5 % on one module does not pay for a C compiler in every
+install and a second build of every module to test.
 """
 
 
