@@ -49,7 +49,7 @@ from .management.service import ManagementService
 from .managers.local import LocalProcessManager
 from .metrics import Metrics
 from .rpc.protocol import curve_keypair
-from .rpc.server import RPCServer
+from .rpc.server import Replica, RPCServer
 from .selection.processor import QueryProcessor
 from .selection.state import PolicyStates
 from .settings import Settings
@@ -109,6 +109,8 @@ class ClipperServer:
             heartbeat_timeout=settings.heartbeat_timeout,
             secret=settings.rpc_secret or None,
             curve_secret_key=curve_secret,
+            on_unresponsive=self._replica_hung,
+            unresponsive_after=self._hung_after,
         )
         self.dispatcher.set_transport(self.rpc.send)
         from .managers.base import ContainerManager
@@ -215,6 +217,16 @@ class ClipperServer:
             # Far beyond any sane batch: a replica stuck this long is restarted.
             batch_time_limit_s=max(10 * slo_micros / 1e6, 5.0),
         )
+
+    def _hung_after(self, model: ModelId) -> float:
+        """How long a replica removed for silence may stay away before its process
+        is ended: the model's batch time limit, which the container's own
+        watchdog enforces whenever it can run."""
+        return self._configure_model(model).batch_time_limit_s or 30.0
+
+    def _replica_hung(self, replica: Replica) -> None:
+        if replica.pid is not None:
+            self.manager.replica_unresponsive(replica.label, replica.pid)
 
     def _autoscale_signals(self) -> dict[ModelId, Signals]:
         out = {}

@@ -248,6 +248,46 @@ class ManagerContract:
 
         drive(body)
 
+    def test_a_hung_replica_is_ended_and_restarted(self, drive: Any) -> None:
+        async def body(h: Harness, manager: ContainerManager) -> None:
+            flag = h.state_dir / "hold-the-gil"
+            spec = h.deploy("hung", models.make_gil_holder(str(flag)))
+            await manager.reconcile({spec.id: (spec, 1)})
+            await h.settled(manager, spec, 1)
+            (victim,) = manager.replicas()
+            label, pid = victim["replica"], victim["pid"]
+            # A report about a replica it did not start, or about another
+            # process under that label (one already restarted), ends nothing.
+            assert manager.replica_unresponsive("stranger-1-0", pid) is False
+            assert manager.replica_unresponsive(label, pid + 1_000_000) is False
+            assert pid_alive(pid) and manager.replicas()[0]["restarts"] == 0
+            # Wired as the server wires it: the endpoint reports, the manager ends.
+            h.rpc.unresponsive_after = lambda _model: 0.5
+            h.rpc.on_unresponsive = lambda r: manager.replica_unresponsive(r.label, r.pid or 0)
+            flag.touch()
+            stuck = asyncio.ensure_future(h.predict(spec, [1.0, 2.0]))
+            await h.until(
+                lambda: any(r.pid == pid and why.startswith("no heartbeat") for r, why in h.left),
+                "the replica holding the GIL to be removed for silence",
+            )
+            assert pid_alive(pid)  # hung, not dead: nothing but its manager can end it
+            flag.unlink()
+            await h.until(
+                lambda: any(
+                    r["replica"] == label and r["restarts"] >= 1 and r["pid"] not in (None, pid)
+                    for r in manager.replicas()
+                ),
+                f"{label} to be ended and restarted",
+            )
+            await h.until(lambda: not pid_alive(pid), "the hung process to be gone")
+            await h.settled(manager, spec, 1)
+            assert (await h.predict(spec, [2.0, 2.0])).output == 4.0
+            # The query it hung on: retried once on the new process, or lost with a reason.
+            outcome = await asyncio.wait_for(stuck, h.timeout)
+            assert outcome.output == 3.0 or "was lost" in (outcome.error or ""), outcome
+
+        drive(body)
+
     def test_a_model_that_does_not_load_is_retried(self, drive: Any) -> None:
         async def body(h: Harness, manager: ContainerManager) -> None:
             spec = h.deploy("broken", models.Unloadable())

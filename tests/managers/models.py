@@ -25,3 +25,18 @@ class Unloadable:
 
 def _fail_to_load() -> None:
     raise RuntimeError("this model cannot be loaded")
+
+
+def make_gil_holder(flag_file: str) -> Any:
+    """Sums each input; while ``flag_file`` exists, a batch never returns from a
+    C call that holds the GIL (libc's ``sleep`` through ``ctypes.PyDLL``): no
+    other thread of the replica runs, its heartbeats and its watchdog included."""
+
+    def gil_holder(xs: Any) -> list[float]:
+        if os.path.exists(flag_file):
+            import ctypes
+
+            ctypes.PyDLL(None).sleep(3600)
+        return [float(sum(x)) for x in xs]
+
+    return gil_holder

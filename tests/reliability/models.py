@@ -129,6 +129,22 @@ def make_gated(flag_file: str, seconds: float = 0.2) -> Any:
     return gated
 
 
+def make_gil_holding(seconds: int = 3600) -> Any:
+    """Sums each input, but a batch holding an input that sums to 13 never
+    returns (within ``seconds``) from a C call that keeps the GIL (libc's
+    ``sleep`` through ``ctypes.PyDLL``): the replica's other threads, its
+    heartbeats and its watchdog, cannot run."""
+
+    def gil_holding(xs: Any) -> list[float]:
+        if any(float(np.sum(x)) == 13.0 for x in xs):
+            import ctypes
+
+            ctypes.PyDLL(None).sleep(seconds)
+        return [float(np.sum(x)) for x in xs]
+
+    return gil_holding
+
+
 def make_hanging(seconds: float = 3600.0) -> Any:
     """Sums each input, but never returns (within ``seconds``) from a batch
     holding an input that sums to 13: a deadlocked model, still heartbeating."""

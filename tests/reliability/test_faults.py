@@ -254,6 +254,42 @@ def test_a_replica_stuck_in_predict_forever_is_replaced(clipper):
             os.kill(replica["pid"], signal.SIGKILL)
 
 
+def test_a_replica_stuck_holding_the_gil_is_killed_and_restarted(clipper):
+    slo_s = 0.5
+    deploy(
+        clipper,
+        "gil",
+        "gil",
+        models.make_gil_holding(),
+        slo_micros=int(slo_s * 1e6),
+        default="gil default",
+    )
+    (replica,) = clipper.wait_live("gil")
+    try:
+        stuck = timed_predict(clipper, "gil", {"input": [13.0]})
+        assert stuck.status == 200 and stuck.body["default"] is True  # by the deadline
+        assert stuck.elapsed < slo_s + 2.0
+        # Its own watchdog cannot run: the server removes it for silence (3 s),
+        # gives it the batch time limit (5 s here) to come back, then has the
+        # manager kill it; the manager starts a new process.
+        wait_for(
+            lambda: any(
+                r["live"] and r["pid"] not in (None, replica["pid"])
+                for r in replicas_of(clipper, "gil")
+            ),
+            60,
+            "a new process of the hung replica to be live",
+        )
+        assert not pid_alive(replica["pid"])
+        (record,) = replicas_of(clipper, "gil")
+        assert record["restarts"] >= 1
+        answer = timed_predict(clipper, "gil", {"input": [1.0]})
+        assert answer.body == {**answer.body, "output": 1.0, "default": False}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replica["pid"], signal.SIGKILL)
+
+
 def test_a_model_with_the_wrong_number_of_outputs_errs_for_that_batch_only(clipper):
     deploy(clipper, "miscount", "miscount", models.wrong_count, default="bad count")
     (replica,) = clipper.wait_live("miscount")

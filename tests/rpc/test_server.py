@@ -32,16 +32,22 @@ async def until(condition, timeout=20.0):
         await asyncio.sleep(0.01)
 
 
-def run(coro_fn):
+def run(coro_fn, **settings):
+    """Run ``coro_fn(server, listener, dealer)`` against an endpoint on a free
+    port (``settings`` override its keyword arguments) and a raw DEALER."""
+
     async def main():
         listener = Recorder()
         address = f"tcp://127.0.0.1:{free_port()}"
         server = RPCServer(
             address,
             listener,
-            check_registration=lambda m, t: None if m.name != "ghost" else "unknown model",
-            heartbeat_interval=0.05,
-            heartbeat_timeout=0.5,
+            **{
+                "check_registration": lambda m, t: None if m.name != "ghost" else "unknown model",
+                "heartbeat_interval": 0.05,
+                "heartbeat_timeout": 0.5,
+                **settings,
+            },
         )
         await server.start()
         ctx = zmq.asyncio.Context()
@@ -116,3 +122,105 @@ def test_garbage_is_counted_and_dropped():
         assert await recv_type(dealer) == p.REGISTERED
 
     run(body)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_hung(coro_fn, grace=5.0):
+    """A registered replica on an endpoint whose liveness the test drives
+    (``check_liveness`` on a fake clock; the background loop never ticks) and
+    which records what it reports hung."""
+    clock, hung = FakeClock(), []
+
+    async def body(server, listener, dealer):
+        await dealer.send_multipart(register())
+        assert await recv_type(dealer) == p.REGISTERED
+        await coro_fn(server, listener, dealer, clock, hung)
+
+    run(
+        body,
+        heartbeat_interval=3600.0,
+        heartbeat_timeout=3.0,
+        clock=clock,
+        on_unresponsive=hung.append,
+        unresponsive_after=lambda model: grace if model.name == "m" else 1.0,
+    )
+
+
+def test_a_replica_silent_past_its_grace_is_reported_hung_once():
+    async def body(server, listener, dealer, clock, hung):
+        clock.now = 3.5  # past the heartbeat timeout: removed
+        server.check_liveness()
+        assert listener.events[-1] == ("left", "no heartbeat for 3.5s")
+        assert server.replicas == {}
+        clock.now = 3.5 + 4.9  # within the model's grace (5 s): it may still come back
+        server.check_liveness()
+        assert hung == []
+        clock.now = 3.5 + 5.0
+        server.check_liveness()
+        assert [(r.model.name, r.pid) for r in hung] == [("m", 1)]
+        clock.now = 100.0
+        server.check_liveness()
+        assert len(hung) == 1  # reported once
+
+    run_hung(body)
+
+
+def test_a_replica_that_comes_back_within_its_grace_is_not_reported():
+    async def body(server, listener, dealer, clock, hung):
+        clock.now = 3.5
+        server.check_liveness()
+        assert server.replicas == {}
+        # It was only slow: its next heartbeat is answered "register again", and it does.
+        await dealer.send_multipart([p.make(p.HEARTBEAT)])
+        assert await recv_type(dealer) == p.REREGISTER
+        await dealer.send_multipart(register())
+        assert await recv_type(dealer) == p.REGISTERED
+        clock.now = 100.0
+        server.check_liveness()  # removed again (silent again), but it came back once
+        assert hung == []
+        clock.now = 200.0
+        server.check_liveness()
+        assert len(hung) == 1  # the second silence was never followed by a return
+
+    run_hung(body)
+
+
+def test_a_replica_whose_process_exited_is_not_reported_hung():
+    async def body(server, listener, dealer, clock, hung):
+        clock.now = 3.5
+        server.check_liveness()
+        server.process_exited(1)  # its manager saw it exit: nothing left to end
+        clock.now = 100.0
+        server.check_liveness()
+        assert hung == []
+
+    run_hung(body)
+
+
+def test_a_failing_hung_report_does_not_stop_liveness_checks():
+    async def body(server, listener, dealer, clock, hung):
+        def boom(replica):
+            hung.append(replica)
+            raise RuntimeError("manager unavailable")
+
+        server.on_unresponsive = boom
+        clock.now = 3.5
+        server.check_liveness()
+        clock.now = 100.0
+        server.check_liveness()  # logged, not raised
+        assert len(hung) == 1
+        await dealer.send_multipart(register())
+        assert await recv_type(dealer) == p.REGISTERED
+        clock.now = 200.0
+        server.check_liveness()  # the loop still removes silent replicas
+        assert listener.events.count(("joined", "m")) == 2
+        assert listener.events[-1][0] == "left"
+
+    run_hung(body)

@@ -68,6 +68,19 @@ class ContainerManager(Protocol):
         """
         ...
 
+    def replica_unresponsive(self, label: str, pid: int) -> bool:
+        """End a replica's process that is alive but no longer answers; it restarts.
+
+        The RPC layer calls this (through the server) for a replica it removed
+        for missing heartbeats that has not registered again within its grace:
+        a ``predict`` stuck in C code that holds the GIL (the container's own
+        watchdog thread then cannot run either) or a frozen process. Only the
+        replica labelled ``label`` whose process is ``pid`` is ended, so a
+        report about a container this manager did not start, or one already
+        restarted, does nothing. True when a process was ended.
+        """
+        ...
+
     async def stop_all(self) -> None:
         """Stop every replica this manager started; afterwards none runs."""
         ...

@@ -1,7 +1,10 @@
 """The local container manager: each replica a child process, restarted on crash.
 
 The manager starts and stops processes; whether a replica is *live* is the
-RPC layer's business (it registered and keeps heartbeating). It stops
+RPC layer's business (it registered and keeps heartbeating). When the RPC
+layer reports a replica hung (silent, yet not exited), the manager kills
+that process (:meth:`LocalProcessManager.replica_unresponsive`) and the
+supervisor restarts it as after a crash. It stops
 exactly the processes it started, and a child stops by itself if the
 server dies without cleaning up (``--exit-with-parent``).
 """
@@ -127,6 +130,17 @@ class _ReplicaProcess:
         finally:
             logfile.close()
 
+    def kill_if(self, pid: int) -> bool:
+        """SIGKILL the process if it still runs as ``pid`` (a hung one cannot
+        be asked: a handler for SIGTERM needs the GIL); the supervisor restarts it."""
+        proc = self.process
+        if proc is None or proc.returncode is not None or proc.pid != pid or self._stopping:
+            return False
+        log.error("replica %s (pid %d) is hung; killing it to restart it", self.spec.label, pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        return True
+
     async def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
         proc = self.process
@@ -199,6 +213,14 @@ class LocalProcessManager:
 
     def replicas(self) -> list[dict[str, Any]]:
         return [r.describe() for procs in self._replicas.values() for r in procs]
+
+    def replica_unresponsive(self, label: str, pid: int) -> bool:
+        return any(
+            r.kill_if(pid)
+            for procs in self._replicas.values()
+            for r in procs
+            if r.spec.label == label
+        )
 
     async def stop_all(self) -> None:
         procs = [r for procs in self._replicas.values() for r in procs]

@@ -277,6 +277,15 @@ class _Replica:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.manager.backoff_max)
 
+    def kill_if(self, pid: int) -> bool:
+        """End the actor if its process is still ``pid``: Ray restarts it."""
+        if self.handle is None or self.pid != pid or self._stopping:
+            return False
+        log.error("replica %s (pid %d on %s) is hung; killing it", self.label, pid, self.node_ip)
+        with contextlib.suppress(Exception):
+            import_ray().kill(self.handle, no_restart=False)
+        return True
+
     def _kill(self) -> None:
         handle, self.handle = self.handle, None
         if handle is not None:
@@ -468,6 +477,9 @@ class RayContainerManager:
         if not running:
             del self._replicas[model]
             self._artifacts.pop(model, None)
+
+    def replica_unresponsive(self, label: str, pid: int) -> bool:
+        return any(r.kill_if(pid) for rs in self._replicas.values() for r in rs if r.label == label)
 
     def replicas(self) -> list[dict[str, Any]]:
         """Each replica, with the Ray node it runs on (``node``) and its ``state``."""

@@ -3,7 +3,11 @@
 It owns the socket, registration and liveness (heartbeats both ways, a
 timeout that removes silent replicas) and hands everything else to a
 ``ReplicaListener`` (the dispatcher): a replica joined, left, or answered a
-batch. Malformed frames and unknown protocol versions are logged and
+batch. A replica removed for silence that has not registered again within
+its grace (``unresponsive_after``) is reported once to ``on_unresponsive``:
+its process is alive but hung (a ``predict`` stuck in C code that holds the
+GIL stops the container's own watchdog too, as does a frozen process), and
+only its manager can end it. Malformed frames and unknown protocol versions are logged and
 dropped; they never stop the endpoint.
 
 The socket is a plain (blocking-API) ZeroMQ socket driven by the event
@@ -72,6 +76,10 @@ class ReplicaListener(Protocol):
 # Decides whether a registering container is acceptable: None, or the reason not.
 RegistrationCheck = Callable[[ModelId, str], str | None]
 
+# How long a replica removed for silence may take to register again before it
+# counts as hung (seconds, per model version).
+UnresponsiveAfter = Callable[[ModelId], float]
+
 
 # Messages handled per wake-up before yielding to the loop (HTTP must not starve).
 DRAIN_LIMIT = 512
@@ -91,6 +99,8 @@ class RPCServer:
         secret: str | None = None,
         curve_secret_key: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_unresponsive: Callable[[Replica], None] | None = None,
+        unresponsive_after: UnresponsiveAfter = lambda _model: 30.0,
     ) -> None:
         self.address = address
         self._curve_secret_key = curve_secret_key
@@ -100,7 +110,11 @@ class RPCServer:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.clock = clock
+        self.on_unresponsive = on_unresponsive
+        self.unresponsive_after = unresponsive_after
         self.replicas: dict[bytes, Replica] = {}
+        # Replicas removed for silence, each with the time it counts as hung by.
+        self._silent: dict[bytes, tuple[Replica, float]] = {}
         self.malformed_messages = 0
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
@@ -172,6 +186,9 @@ class RPCServer:
         for identity, replica in list(self.replicas.items()):
             if replica.pid == pid:
                 self._drop(identity, f"process {pid} exited")
+        for identity, (replica, _) in list(self._silent.items()):
+            if replica.pid == pid:
+                del self._silent[identity]
 
     def _drop(self, identity: bytes, reason: str) -> None:
         replica = self.replicas.pop(identity, None)
@@ -286,9 +303,42 @@ class RPCServer:
     async def _liveness_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            now = self.clock()
-            for identity, replica in list(self.replicas.items()):
-                if now - replica.last_seen > self.heartbeat_timeout:
-                    self._drop(identity, f"no heartbeat for {now - replica.last_seen:.1f}s")
-                elif not self.send(identity, [p.make(p.HEARTBEAT)]):
-                    self._drop(identity, "connection lost")
+            self.check_liveness()
+
+    def check_liveness(self) -> None:
+        """Remove replicas silent past the timeout, heartbeat the others, and
+        report the removed ones that stayed away past their grace."""
+        now = self.clock()
+        for identity, replica in list(self.replicas.items()):
+            if now - replica.last_seen > self.heartbeat_timeout:
+                self._drop(identity, f"no heartbeat for {now - replica.last_seen:.1f}s")
+                if replica.pid is not None and self.on_unresponsive is not None:
+                    grace = self.unresponsive_after(replica.model)
+                    self._silent[identity] = (replica, now + grace)
+            elif not self.send(identity, [p.make(p.HEARTBEAT)]):
+                self._drop(identity, "connection lost")
+        for identity, (replica, hung_by) in list(self._silent.items()):
+            if self._back(replica):
+                del self._silent[identity]
+            elif now >= hung_by:
+                del self._silent[identity]
+                log.error(
+                    "replica %s of %s (pid %s) has not been heard from for %.0fs; "
+                    "reporting it hung",
+                    replica.label,
+                    replica.model,
+                    replica.pid,
+                    now - replica.last_seen,
+                )
+                assert self.on_unresponsive is not None
+                try:
+                    self.on_unresponsive(replica)
+                except Exception:  # the liveness loop must go on
+                    log.exception("could not report replica %s hung", replica.label)
+
+    def _back(self, silent: Replica) -> bool:
+        """Whether a replica removed for silence registered again (same process)."""
+        again = self.replicas.get(silent.identity)
+        if again is not None and again.pid == silent.pid:
+            return True
+        return any(r.pid == silent.pid and r.label == silent.label for r in self.replicas.values())
