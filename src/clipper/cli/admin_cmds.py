@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from .base import app, console, err_console, print_json, target
 from .parsing import load_function, parse_shape, read_pickle
@@ -14,33 +16,35 @@ from .render import apps_table, models_table, replicas_table
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print raw JSON instead of a table.")]
 
 
-@app.command(help="List the applications: input type, SLO, default output, links, policy.")
-def apps(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    conn = target(ctx).connect()
-    found = conn.get_all_apps(verbose=True)
+def _show(found: list[Any], as_json: bool, none: str, table: Callable[[], Table]) -> None:
+    """A listing: raw JSON, a line saying there is nothing, or the table."""
     if as_json:
         print_json(found)
     elif not found:
-        typer.echo("No applications registered.")
+        typer.echo(none)
     else:
-        console.print(apps_table(found))
+        console.print(table())
+
+
+@app.command(help="List the applications: input type, SLO, default output, links, policy.")
+def apps(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    found = target(ctx).connect().get_all_apps(verbose=True)
+    _show(found, as_json, "No applications registered.", lambda: apps_table(found))
 
 
 @app.command(help="List the model versions: current version, input type, batch size, replicas.")
 def models(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     conn = target(ctx).connect()
     found = conn.get_all_models(verbose=True)
-    if as_json:
-        print_json(found)
-        return
-    if not found:
-        typer.echo("No models deployed.")
-        return
-    wanted: dict[tuple[str, str], int | None] = {}
-    for m in found:
-        key = (str(m["model_name"]), str(m["model_version"]))
-        wanted[key] = conn.get_num_replicas(*key)
-    console.print(models_table(found, wanted))
+
+    def table() -> Table:
+        wanted: dict[tuple[str, str], int | None] = {}
+        for m in found:
+            key = (str(m["model_name"]), str(m["model_version"]))
+            wanted[key] = conn.get_num_replicas(*key)
+        return models_table(found, wanted)
+
+    _show(found, as_json, "No models deployed.", table)
 
 
 @app.command(
@@ -48,14 +52,8 @@ def models(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     " one's maximum batch size and batch latency estimate."
 )
 def replicas(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    conn = target(ctx).connect()
-    found = conn.get_all_model_replicas(verbose=True)
-    if as_json:
-        print_json(found)
-    elif not found:
-        typer.echo("No replicas.")
-    else:
-        console.print(replicas_table(found))
+    found = target(ctx).connect().get_all_model_replicas(verbose=True)
+    _show(found, as_json, "No replicas.", lambda: replicas_table(found))
 
 
 @app.command(help="Register an application (its REST endpoint is /APP/predict).")
