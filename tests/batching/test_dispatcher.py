@@ -531,20 +531,24 @@ def test_a_slow_replica_idle_a_while_tries_one_task_and_its_estimate_starts_afre
         await asyncio.sleep(0)
         assert len(t.sent) == 1  # kept for the fast replica, which is busy
         clock.now += PROBE_AFTER_S
-        urgent = [d.submit(MODEL, np.array([2.0 + i]), deadline=clock.now + 0.03) for i in range(3)]
+        urgent = [
+            d.submit(MODEL, np.array([2.0 + i]), deadline=clock.now + 0.03 + 0.001 * i)
+            for i in (0, 2, 1)
+        ]
         await asyncio.sleep(0)
-        # Idle for PROBE_AFTER_S: it tries one task (the earliest due that is
-        # still live; the first one expired meanwhile).
+        # Idle for PROBE_AFTER_S: it tries one task, the one with the most time
+        # to spare (the urgent ones stay for the fast replica; the first task
+        # expired meanwhile).
         assert EXPIRED in (await first).error
         assert len(t.sent) == 2 and t.sent[1][0] == b"r2" and t.sent[1][1]["count"] == 1
         clock.now += 0.004  # it has become fast
         answer(d, slow, t.sent[1][1], ["probe"])
-        assert (await urgent[0]).output == "probe"
+        assert (await urgent[1]).output == "probe"
         assert d._models[MODEL].members[b"r2"].latency == pytest.approx(0.004)
-        # Now it takes the rest as a batch.
+        # Now it takes the rest as a batch, earliest due first.
         assert len(t.sent) == 3 and t.sent[2][0] == b"r2" and t.sent[2][1]["count"] == 2
         answer(d, slow, t.sent[2][1], ["b", "c"])
-        assert [(await f).output for f in urgent[1:]] == ["b", "c"]
+        assert [(await urgent[i]).output for i in (0, 2)] == ["b", "c"]
 
     asyncio.run(main())
 

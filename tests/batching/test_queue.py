@@ -53,6 +53,22 @@ def test_scan_limit_bounds_how_many_tasks_are_looked_past():
     assert [t.input for t in batch] == ["far"] and len(q) == 10
 
 
+def test_pop_latest_takes_the_live_task_due_last_and_keeps_the_order_of_the_rest():
+    q, out = DeadlineQueue(), []
+    deadlines = [3.0, 1.0, 7.0, 2.0, 6.0, 4.0, 8.0, 5.0]
+    tasks = {d: task(d, out, f"t{d:g}") for d in deadlines}
+    for d in deadlines:
+        q.push(tasks[d])
+    tasks[8.0].finish("answered elsewhere")  # the last due, but done: skipped
+    assert q.pop_latest(horizon=2.0).input == "t7"
+    assert q.pop_latest(horizon=2.0).input == "t6"
+    # Nothing due after the horizon: nothing taken, the queue as it was.
+    assert q.pop_latest(horizon=5.0) is None and len(q) == 6
+    assert [t.input for t in q.pop_batch(10, now=0.0)[0]] == ["t1", "t2", "t3", "t4", "t5"]
+    assert q.statistics().dispatched == 7
+    assert q.pop_latest(horizon=0.0) is None  # only the done task was left
+
+
 def test_expire_removes_only_past_deadlines():
     q, out = DeadlineQueue(), []
     for name, deadline in [("a", 1.0), ("b", 2.0), ("c", 3.0)]:

@@ -55,8 +55,9 @@ EXPIRED = "the latency SLO passed while the query waited in the queue (every rep
 TOO_SLOW = "the latency SLO would pass before a batch could finish"
 QUEUE_FULL = "the model's queue is full (overloaded)"
 # A replica that left every task to faster replicas (its latency estimate
-# above their time left) takes one anyway once idle this long; twice as long
-# after each such try in a row, up to PROBE_MAX_S, until it takes a batch.
+# above their time left) takes one anyway once idle this long (the one due
+# last); twice as long after each such try in a row, up to PROBE_MAX_S, until
+# it takes a batch.
 PROBE_AFTER_S = 1.0
 PROBE_MAX_S = 60.0
 # How many tasks a replica looks past, left for faster replicas, in one pump.
@@ -361,10 +362,11 @@ class Dispatcher:
                 and now - member.idle_since >= member.probe_wait
             ):
                 # It has left everything to faster replicas for a while: it may
-                # have become faster, and only a batch can tell. One task; its
-                # estimate starts afresh from that batch.
-                batch, more = state.queue.pop_batch(1, now, now + fastest.latency)
-                expired.extend(more)
+                # have become faster, and only a batch can tell. One task, the
+                # one with the most time to spare; its estimate starts afresh
+                # from that batch.
+                probe = state.queue.pop_latest(now + fastest.latency)
+                batch = [probe] if probe is not None else []
                 member.probing = bool(batch)
                 if batch:
                     member.probe_wait = min(2 * member.probe_wait, PROBE_MAX_S)

@@ -136,6 +136,30 @@ class DeadlineQueue:
         self.dispatched += len(batch)
         return batch, expired
 
+    def pop_latest(self, horizon: float) -> Task | None:
+        """The live task due last, removed from the queue, if it is due after
+        ``horizon``; else None (and the queue is left as it is).
+
+        For a replica that tries whether it has become faster: it takes the
+        query with the most time to spare, and leaves the urgent ones to the
+        replicas known to be fast. A scan of the whole queue (it happens at
+        most once a second per such replica).
+        """
+        heap = self._heap
+        best = -1
+        for i, (deadline, _, task) in enumerate(heap):
+            if not task.done and deadline > horizon and (best < 0 or heap[i] > heap[best]):
+                best = i
+        if best < 0:
+            return None
+        task = heap[best][2]
+        last = heap.pop()
+        if best < len(heap):
+            heap[best] = last
+            heapq.heapify(heap)
+        self.dispatched += 1
+        return task
+
     def expire(self, now: float) -> list[Task]:
         """Remove and return the tasks whose deadline has passed."""
         out = []
