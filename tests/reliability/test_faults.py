@@ -283,8 +283,14 @@ def test_a_replica_stuck_holding_the_gil_is_killed_and_restarted(clipper):
         assert not pid_alive(replica["pid"])
         (record,) = replicas_of(clipper, "gil")
         assert record["restarts"] >= 1
-        answer = timed_predict(clipper, "gil", {"input": [1.0]})
-        assert answer.body == {**answer.body, "output": 1.0, "default": False}
+
+        def answered() -> Answer | None:
+            answer = timed_predict(clipper, "gil", {"input": [1.0]})
+            return answer if answer.body["default"] is False else None
+
+        # Its first answer (a cold process on a busy machine may miss one SLO).
+        answer = wait_for(answered, 30, "the new process to answer")
+        assert answer.status == 200 and answer.body["output"] == 1.0
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(replica["pid"], signal.SIGKILL)
