@@ -225,8 +225,13 @@ class ClipperServer:
         return self._configure_model(model).batch_time_limit_s or 30.0
 
     def _replica_hung(self, replica: Replica) -> None:
-        if replica.pid is not None:
-            self.manager.replica_unresponsive(replica.label, replica.pid)
+        if replica.pid is None or not self.manager.replica_unresponsive(replica.label, replica.pid):
+            log.warning(
+                "replica %s (pid %s) looks hung, but this server's container manager did not"
+                " start that process (a container started by hand?): it is left running",
+                replica.label,
+                replica.pid,
+            )
 
     def _autoscale_signals(self) -> dict[ModelId, Signals]:
         out = {}

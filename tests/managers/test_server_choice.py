@@ -1,8 +1,10 @@
-"""The server picks its container manager from ``--manager`` (local or ray)."""
+"""The server picks its container manager from ``--manager`` (local or ray) and wires it in."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,10 @@ import pytest
 from clipper.exceptions import ValidationError
 from clipper.managers.local import LocalProcessManager
 from clipper.managers.ray import RayContainerManager
+from clipper.rpc.server import Replica
 from clipper.server import ClipperServer
 from clipper.settings import Settings
+from clipper.types import ModelId
 
 
 def _build(tmp_path: Path, **kw: object) -> ClipperServer:
@@ -63,5 +67,31 @@ def test_the_status_reports_an_empty_cache(tmp_path: Path) -> None:
     try:
         cache = server.status()["cache"]
         assert cache is not None and cache["entries"] == 0 and cache["max_bytes"] > 0
+    finally:
+        _close(server)
+
+
+def test_a_hung_replica_goes_to_the_manager_after_the_batch_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = _build(tmp_path)
+    try:
+        ended: list[tuple[str, int]] = []
+
+        def replica_unresponsive(label: str, pid: int) -> bool:
+            ended.append((label, pid))
+            return label == "m-1-0"  # the manager started this one only
+
+        monkeypatch.setattr(server.manager, "replica_unresponsive", replica_unresponsive)
+        # The grace is the model's batch time limit: max(10 x SLO, 5 s).
+        assert server.rpc.unresponsive_after(ModelId("m", "1")) == 5.0
+        hung = Replica(b"id", ModelId("m", "1"), "doubles", 42, "m-1-0", 0.0, 0.0)
+        assert server.rpc.on_unresponsive is not None
+        server.rpc.on_unresponsive(hung)
+        assert ended == [("m-1-0", 42)]
+        with caplog.at_level(logging.WARNING, "clipper.server"):
+            server.rpc.on_unresponsive(dataclasses.replace(hung, label="by-hand"))
+        assert ended[-1] == ("by-hand", 42)
+        assert "did not start that process" in caplog.text and "left running" in caplog.text
     finally:
         _close(server)

@@ -4,9 +4,9 @@ The manager starts and stops processes; whether a replica is *live* is the
 RPC layer's business (it registered and keeps heartbeating). When the RPC
 layer reports a replica hung (silent, yet not exited), the manager kills
 that process (:meth:`LocalProcessManager.replica_unresponsive`) and the
-supervisor restarts it as after a crash. It stops
-exactly the processes it started, and a child stops by itself if the
-server dies without cleaning up (``--exit-with-parent``).
+supervisor restarts it as after a crash. It stops exactly the processes it
+started, and a child stops by itself if the server dies without cleaning up
+(``--exit-with-parent``).
 """
 
 from __future__ import annotations

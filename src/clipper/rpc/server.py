@@ -7,8 +7,8 @@ batch. A replica removed for silence that has not registered again within
 its grace (``unresponsive_after``) is reported once to ``on_unresponsive``:
 its process is alive but hung (a ``predict`` stuck in C code that holds the
 GIL stops the container's own watchdog too, as does a frozen process), and
-only its manager can end it. Malformed frames and unknown protocol versions are logged and
-dropped; they never stop the endpoint.
+only its manager can end it. Malformed frames and unknown protocol versions
+are logged and dropped; they never stop the endpoint.
 
 The socket is a plain (blocking-API) ZeroMQ socket driven by the event
 loop's reader on its file descriptor, not pyzmq's asyncio adapter: a wake-up
