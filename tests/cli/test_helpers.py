@@ -205,11 +205,25 @@ def test_models_table():
             "batch_size": 8,
         },
     ]
-    text = text_of(models_table(models, {("m", "1"): 0, ("m", "2"): 3}))
-    v1 = next(line for line in text.splitlines() if " 1 " in line and "m" in line)
-    v2 = next(line for line in text.splitlines() if " 2 " in line and "m" in line)
+    models.append(
+        {
+            "model_name": "auto",
+            "model_version": "1",
+            "is_current_version": True,
+            "input_type": "doubles",
+            "batch_size": -1,
+            "options": {"min_replicas": 0, "max_replicas": 4},
+        }
+    )
+    wanted = {("m", "1"): 0, ("m", "2"): 3, ("auto", "1"): 1}
+    text = text_of(models_table(models, wanted))
+    v1 = next(line for line in text.splitlines() if " 1 " in line and "m " in line)
+    v2 = next(line for line in text.splitlines() if " 2 " in line and "m " in line)
     assert "✓" not in v1 and "default" in v1
     assert "✓" in v2 and "8" in v2 and "3" in v2
+    # Autoscaled: its range, not the stored count (which does not apply).
+    auto = next(line for line in text.splitlines() if "auto " in line and "doubles" in line)
+    assert "auto 0-4" in auto
 
 
 def test_replicas_table():

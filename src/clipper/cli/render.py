@@ -58,7 +58,9 @@ def apps_table(apps: list[Mapping[str, Any]]) -> Table:
 def models_table(
     models: list[Mapping[str, Any]], wanted: Mapping[tuple[str, str], int | None]
 ) -> Table:
-    """``wanted`` maps (model, version) to its requested replica count."""
+    """``wanted`` maps (model, version) to its requested replica count; an
+    autoscaled version (``max_replicas`` in its options) shows its range instead,
+    since the autoscaler, not the stored count, decides how many run."""
     table = Table(title="Models")
     for col in ("Name", "Version", "Current", "Input type", "Batch size", "Replicas wanted"):
         table.add_column(col, justify="center" if col == "Current" else "left")
@@ -71,9 +73,16 @@ def models_table(
             CHECK if m.get("is_current_version") else "",
             _cell(m.get("input_type")),
             "default" if batch == -1 else _cell(batch),
-            _cell(wanted.get(key)),
+            _replicas_wanted(m, wanted.get(key)),
         )
     return table
+
+
+def _replicas_wanted(model: Mapping[str, Any], stored: int | None) -> str:
+    options = model.get("options") or {}
+    if "max_replicas" in options:
+        return f"auto {options.get('min_replicas', 1)}-{options['max_replicas']}"
+    return _cell(stored)
 
 
 def replicas_table(replicas: list[Mapping[str, Any]]) -> Table:
