@@ -289,6 +289,35 @@ class ManagerContract:
 
         drive(body)
 
+    def test_a_frozen_replica_is_ended_and_restarted(self, drive: Any) -> None:
+        async def body(h: Harness, manager: ContainerManager) -> None:
+            spec = h.deploy("frozen", models.total)
+            await manager.reconcile({spec.id: (spec, 1)})
+            await h.settled(manager, spec, 1)
+            (victim,) = manager.replicas()
+            label, pid = victim["replica"], victim["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await h.until(
+                    lambda: any(r.pid == pid for r, _ in h.left), "the frozen replica to be removed"
+                )
+                assert manager.replica_unresponsive(label, pid) is True
+                await h.until(
+                    lambda: any(
+                        r["replica"] == label and r["pid"] not in (None, pid)
+                        for r in manager.replicas()
+                    ),
+                    f"{label} to be ended and restarted",
+                )
+                await h.until(lambda: not pid_alive(pid), "the frozen process to be gone")
+            finally:
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            await h.settled(manager, spec, 1)
+            assert (await h.predict(spec, [2.0, 5.0])).output == 7.0
+
+        drive(body)
+
     def test_a_model_that_does_not_load_is_retried(self, drive: Any) -> None:
         async def body(h: Harness, manager: ContainerManager) -> None:
             spec = h.deploy("broken", models.Unloadable())
