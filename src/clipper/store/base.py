@@ -19,6 +19,8 @@ from clipper.types import AppSpec, InputType, ModelSpec
 
 # A joint policy-state update: {uid: stored state or None} -> {uid: new state}.
 StatesUpdate = Callable[[dict[str, dict[str, Any] | None]], Mapping[str, dict[str, Any]]]
+# Policy states by uid, as stored.
+States = dict[str, dict[str, Any]]
 
 
 class ConfigStore(abc.ABC):
@@ -167,12 +169,7 @@ class ConfigStore(abc.ABC):
         return self.update_policy_states(app, [uid], lambda cur: {uid: update(cur[uid])})[uid]
 
     @abc.abstractmethod
-    def update_policy_states(
-        self,
-        app: str,
-        uids: Sequence[str],
-        update: StatesUpdate,
-    ) -> dict[str, dict[str, Any]]:
+    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
         """Atomically replace several states of one application, in one step.
 
         ``update`` gets ``{uid: current}`` for every uid of ``uids`` (distinct,

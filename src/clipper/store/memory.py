@@ -10,6 +10,7 @@ from typing import Any
 from clipper.exceptions import StoreError
 from clipper.store.base import (
     ConfigStore,
+    States,
     StatesUpdate,
     app_from_record,
     app_to_record,
@@ -234,12 +235,7 @@ class MemoryStore(ConfigStore):
             text = self._states.get(app, {}).get(uid)
         return load_policy_state(text) if text is not None else None
 
-    def update_policy_states(
-        self,
-        app: str,
-        uids: Sequence[str],
-        update: StatesUpdate,
-    ) -> dict[str, dict[str, Any]]:
+    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
         """Atomically replace several states of one application, in one step."""
         uids = check_uids(uids)
         with self._locked():

@@ -53,6 +53,7 @@ from redis.retry import Retry
 from clipper.exceptions import StoreError, ValidationError
 from clipper.store.base import (
     ConfigStore,
+    States,
     StatesUpdate,
     app_from_record,
     app_to_record,
@@ -374,12 +375,7 @@ class RedisStore(ConfigStore):
             text = cast(str | None, r.hget(self._key("pstate", app), uid))
             return load_policy_state(text) if text is not None else None
 
-    def update_policy_states(
-        self,
-        app: str,
-        uids: Sequence[str],
-        update: StatesUpdate,
-    ) -> dict[str, dict[str, Any]]:
+    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
         """Atomically replace several states of one application, in one step.
 
         Optimistic: when another client changes the app's states (or the

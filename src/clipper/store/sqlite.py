@@ -19,6 +19,7 @@ from clipper.store.base import (
     MODEL_FIELDS,
     MODEL_STRUCTURED_FIELDS,
     ConfigStore,
+    States,
     StatesUpdate,
     app_from_record,
     app_to_record,
@@ -436,12 +437,7 @@ class SQLiteStore(ConfigStore):
             ).fetchone()
         return load_policy_state(row["state"]) if row is not None else None
 
-    def update_policy_states(
-        self,
-        app: str,
-        uids: Sequence[str],
-        update: StatesUpdate,
-    ) -> dict[str, dict[str, Any]]:
+    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
         """Atomically replace several states of one application, in one step.
 
         The reads and the writes share one ``BEGIN IMMEDIATE`` transaction, so
