@@ -113,6 +113,11 @@ class Harness:
             await asyncio.sleep(0.05)
         raise AssertionError(f"timed out after {self.timeout:.0f}s waiting for {what}")
 
+    async def scale(self, manager: ContainerManager, spec: ModelSpec, count: int) -> None:
+        """Ask for ``count`` replicas of one version (the only one wanted) and wait for them."""
+        await manager.reconcile({spec.id: (spec, count)})
+        await self.settled(manager, spec, count)
+
     async def settled(self, manager: ContainerManager, spec: ModelSpec, count: int) -> None:
         """Wait until ``count`` replicas are live and the manager reports the same ones."""
 
@@ -179,8 +184,7 @@ class ManagerContract:
     def test_reconcile_starts_replicas_that_register_and_answer(self, drive: Any) -> None:
         async def body(h: Harness, manager: ContainerManager) -> None:
             spec = h.deploy("adder", models.total)
-            await manager.reconcile({spec.id: (spec, 2)})
-            await h.settled(manager, spec, 2)
+            await h.scale(manager, spec, 2)
             reported = manager.replicas()
             assert all(set(REPLICA_FIELDS) <= set(r) for r in reported)
             assert sorted(r["replica"] for r in reported) == ["adder-1-0", "adder-1-1"]
@@ -197,14 +201,11 @@ class ManagerContract:
     def test_scaling_up_and_down(self, drive: Any) -> None:
         async def body(h: Harness, manager: ContainerManager) -> None:
             spec = h.deploy("scaled", models.whoami)
-            await manager.reconcile({spec.id: (spec, 1)})
-            await h.settled(manager, spec, 1)
+            await h.scale(manager, spec, 1)
             first = _pids(manager)
-            await manager.reconcile({spec.id: (spec, 3)})
-            await h.settled(manager, spec, 3)
+            await h.scale(manager, spec, 3)
             assert set(first) <= set(_pids(manager))  # scaling up keeps what runs
-            await manager.reconcile({spec.id: (spec, 1)})
-            await h.settled(manager, spec, 1)
+            await h.scale(manager, spec, 1)
             assert _pids(manager) == first  # scaling down stops the newest
             answered = await h.predict(spec, [0.0])
             assert answered.ok and answered.output == first[0]
@@ -230,8 +231,7 @@ class ManagerContract:
     def test_a_crashed_replica_is_restarted(self, drive: Any) -> None:
         async def body(h: Harness, manager: ContainerManager) -> None:
             spec = h.deploy("crashy", models.total)
-            await manager.reconcile({spec.id: (spec, 2)})
-            await h.settled(manager, spec, 2)
+            await h.scale(manager, spec, 2)
             victim = manager.replicas()[0]
             os.kill(victim["pid"], signal.SIGKILL)
             await h.until(
@@ -252,8 +252,7 @@ class ManagerContract:
         async def body(h: Harness, manager: ContainerManager) -> None:
             flag = h.state_dir / "hold-the-gil"
             spec = h.deploy("hung", models.make_gil_holder(str(flag)))
-            await manager.reconcile({spec.id: (spec, 1)})
-            await h.settled(manager, spec, 1)
+            await h.scale(manager, spec, 1)
             (victim,) = manager.replicas()
             label, pid = victim["replica"], victim["pid"]
             # A report about a replica it did not start, or about another
@@ -292,8 +291,7 @@ class ManagerContract:
     def test_a_frozen_replica_is_ended_and_restarted(self, drive: Any) -> None:
         async def body(h: Harness, manager: ContainerManager) -> None:
             spec = h.deploy("frozen", models.total)
-            await manager.reconcile({spec.id: (spec, 1)})
-            await h.settled(manager, spec, 1)
+            await h.scale(manager, spec, 1)
             (victim,) = manager.replicas()
             label, pid = victim["replica"], victim["pid"]
             os.kill(pid, signal.SIGSTOP)
@@ -334,8 +332,7 @@ class ManagerContract:
     def test_replicas_present_the_secret_over_an_encrypted_socket(self, drive: Any) -> None:
         async def body(h: Harness, manager: ContainerManager) -> None:
             spec = h.deploy("secure", models.total)
-            await manager.reconcile({spec.id: (spec, 1)})
-            await h.settled(manager, spec, 1)
+            await h.scale(manager, spec, 1)
             assert (await h.predict(spec, [4.0, 1.0])).output == 5.0
 
         drive(body, secure=True)
