@@ -59,7 +59,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("container runtime (replica, around the model)", ("clipper/container/",)),
     ("batching: queue, dispatcher, AIMD", ("clipper/batching/",)),
     ("query processor: selection, SLO, defaults", ("clipper/selection/", "clipper/cache/")),
-    ("HTTP server (frontend/h1.py + httptools)", ("clipper/frontend/h1.py", "httptools")),
+    ("HTTP server (http/server.py + httptools)", ("clipper/http/server.py", "httptools")),
     ("frontend: routing, body, response (orjson)", ("clipper/frontend/",)),
     ("metrics", ("clipper/metrics", "prometheus")),
     ("HTTP server: uvicorn (the management port)", ("uvicorn/",)),
@@ -261,7 +261,7 @@ alternating, twice):
 
 | compiled | server CPU µs/query | against the interpreted build |
 |---|---:|---|
-| `frontend/h1.py` (the HTTP protocol) | 52-54 | 55-58 in the runs beside it: about 5 % less |
+| `http/server.py` (the HTTP protocol) | 52-54 | 55-58 in the runs beside it: about 5 % less |
 | the selection and batching modules (`processor`, `dispatcher`, `queue`, `types`) | 57-66 | none |
 | `rpc/protocol.py`, `rpc/server.py` | 55-71 | none |
 | all of these and `frontend/inputs.py`, `frontend/query.py` | 88-102 | slower (below) |

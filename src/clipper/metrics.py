@@ -38,7 +38,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from .batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST, TOO_SLOW
-from .frontend.h1 import Request, Response
+from .http.server import Request, Response
 from .selection import processor as _processor
 from .selection.policies import get_policy
 from .selection.processor import LOW_CONFIDENCE, NO_MODELS, SLO_MISSED, Prediction

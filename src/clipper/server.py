@@ -39,10 +39,10 @@ from .batching.dispatcher import Dispatcher, ModelConfig
 from .cache import PredictionCache
 from .dashboard import Dashboard
 from .exceptions import StoreError, ValidationError
-from .frontend.h1 import HTTPServer
 from .frontend.oip import OIPFrontend
 from .frontend.oip import error as oip_error
 from .frontend.query import QueryFrontend
+from .http.server import HTTPServer
 from .management.api import ManagementFrontend
 from .management.autoscale import Autoscaler, Signals
 from .management.service import ManagementService

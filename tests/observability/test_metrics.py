@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clipper.batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST, TOO_SLOW
-from clipper.frontend.h1 import Request
+from clipper.http.server import Request
 from clipper.metrics import (
     BATCH_SIZE_BUCKETS,
     LATENCY_BUCKETS_S,

@@ -13,8 +13,8 @@ import pytest
 
 from clipper import __version__
 from clipper.exceptions import ValidationError
-from clipper.frontend.h1 import Request
 from clipper.frontend.oip import OIPFrontend
+from clipper.http.server import Request
 from clipper.selection.processor import Overloaded, Prediction
 from clipper.store.catalog import Catalog
 from clipper.types import AppSpec, InputType, ModelId, ModelSpec

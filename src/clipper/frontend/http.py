@@ -107,7 +107,7 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def api_key_matches(headers: list[tuple[bytes, bytes]], digests: list[str]) -> bool:
+def _unused_api_key_matches(headers: list[tuple[bytes, bytes]], digests: list[str]) -> bool:
     """Whether the request's ``X-Api-Key`` hashes to one of the app's key digests."""
     offered = b""
     for name, value in headers:

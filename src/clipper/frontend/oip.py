@@ -25,11 +25,11 @@ from typing import Any
 
 from .. import __version__
 from ..exceptions import PayloadTooLarge, ValidationError
+from ..http.auth import api_key_matches
+from ..http.server import Request, Response, json_response
 from ..selection.processor import Overloaded, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import InputType, ModelId
-from .h1 import Request, Response, json_response
-from .http import api_key_matches
 from .oip_request import (
     DEFAULT_OUTPUT_NAME,
     app_queries,

@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from ..exceptions import InputError, StoreError, ValidationError
+from ..http.auth import api_key_matches
+from ..http.server import Handler, Later, Request, Response, json_error, json_response
 from ..selection.processor import Overloaded, Prediction, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import json_default
-from .h1 import Handler, Later, Request, Response, json_error, json_response
-from .http import api_key_matches
 from .inputs import parse_predict_body, parse_update_body
 
 log = logging.getLogger("clipper.frontend")

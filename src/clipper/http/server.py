@@ -45,7 +45,7 @@ from typing import Any, cast
 import httptools
 import orjson
 
-log = logging.getLogger("clipper.frontend.h1")
+log = logging.getLogger("clipper.http")
 
 JSON = b"application/json"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 server (``clipper.frontend.h1``), black-box, over real sockets.
+"""The HTTP/1.1 server (``clipper.http.server``), black-box, over real sockets.
 
 Each test starts an ``HTTPServer`` on 127.0.0.1 (any free port) in its own event
 loop, once on asyncio's loop and once on uvloop (the production loop), and talks
@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clipper.frontend.h1 import HTTPServer, Later, Request, Response, json_error
+from clipper.http.server import HTTPServer, Later, Request, Response, json_error
 from tests.helpers import self_signed_cert
 
 WAIT = 10.0  # the deadline for any single wait on the server
