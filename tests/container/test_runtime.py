@@ -84,17 +84,17 @@ class _Results:
         self.results[batch_id] = (header, frames)
 
 
-def _serve_batches(model, batches):
+def _serve_batches(model, batches, listener=None, **server_settings):
     """A real RPC endpoint and a real runtime (in a thread): send ``batches``
     one after another, as the dispatcher does; returns (outputs, runtime)."""
     address = f"tcp://127.0.0.1:{free_port()}"
     runtime = ContainerRuntime(
         model, address=address, model_name="m", model_version="1", input_type="doubles"
     )
+    listener = listener or _Results()
 
     async def main():
-        listener = _Results()
-        server = RPCServer(address, listener)
+        server = RPCServer(address, listener, **server_settings)
         await server.start()
         thread = threading.Thread(target=runtime.serve_forever, daemon=True)
         thread.start()
@@ -156,3 +156,38 @@ def test_a_slow_model_stays_on_the_worker_thread(monkeypatch):
     assert outputs == [[0], [0], [0]]
     assert threads == ["predict"] * 3
     assert runtime.inline_batches == 0
+
+
+def test_a_result_over_the_frontends_size_limit_is_sent_as_an_error():
+    runtime = ContainerRuntime(
+        lambda xs: ["x" * 5000 for _ in xs],
+        address="tcp://127.0.0.1:1",
+        model_name="m",
+        model_version="1",
+        input_type="doubles",
+    )
+    header, frames = batch([np.array([1.0]), np.array([2.0])])
+    assert p.parse_header(runtime._run_batch(5, header, frames)[0])["ok"] is True  # no limit yet
+    runtime.max_message_bytes = 4096  # what the frontend's "registered" said
+    (out,) = runtime._run_batch(5, header, frames)
+    result = p.parse_header(out)
+    assert result["ok"] is False and result["id"] == 5
+    assert result["error_type"] == p.RESULT_TOO_LARGE
+    assert "10,0" in result["error_message"] and "4,096 bytes" in result["error_message"]
+
+
+def test_an_oversized_result_is_a_model_error_and_the_replica_keeps_serving():
+    def model(xs):
+        return ["x" * 10_000 if x[0] == 2.0 else "ok" for x in xs]
+
+    listener = _Results()
+    outputs, runtime = _serve_batches(
+        model, [[[1.0]], [[2.0]], [[3.0]]], listener, max_message_bytes=4096
+    )
+    assert runtime.max_message_bytes == 4096  # learnt from the registration
+    first, too_large, last = outputs
+    assert first == ["ok"] and last == ["ok"]
+    assert too_large["ok"] is False and too_large["error_type"] == p.RESULT_TOO_LARGE
+    assert "over the frontend's RPC size limit of 4,096 bytes" in too_large["error_message"]
+    # Not a dropped connection: the same registration answered all three batches.
+    assert runtime.batches_served == 3 and len(listener.joined) == 1

@@ -88,3 +88,25 @@ def test_bad_headers_are_rejected(frame, match):
 def test_inconsistent_batches_are_rejected(fields, frames):
     with pytest.raises(RPCError):
         p.decode_inputs(fields, frames)
+
+
+def test_what_a_peer_sent_is_summed_up_short_and_escaped_for_logs():
+    assert p.summary("m") == "'m'"
+    forged = p.summary("m\n2001-01-01 INFO forged\x1b[31m" + "x" * 1000, 40)
+    assert "\n" not in forged and "\x1b" not in forged and len(forged) < 60
+    assert forged.endswith("…")
+    assert p.summary(b"\x00" * 1000, 8) == repr(b"\x00" * 8) + "…"
+    assert p.summary(["x" * 10**6]) == "<list>" and p.summary(7) == "7"
+    # The errors parse_header raises carry a summary, not the peer's value.
+    with pytest.raises(RPCError) as raised:
+        p.parse_header(msgpack.packb({"v": 1, "type": "x\n" * 10_000}))
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 200
+
+
+def test_a_result_error_is_cut_when_encoded_and_when_received():
+    header = p.parse_header(p.encode_result_error(1, "T" * 1000, "e" * 10_000)[0])
+    assert len(header["error_type"]) == p.MAX_ERROR_TYPE
+    assert len(header["error_message"]) == p.MAX_ERROR_MESSAGE
+    received = {"error_type": {"a": 1}, "error_message": "e" * 10_000}
+    p.bound_error(received)
+    assert received == {"error_type": "{'a': 1}", "error_message": "e" * 1999 + "…"}

@@ -14,6 +14,7 @@ from tests.helpers import free_port
 class Recorder:
     def __init__(self):
         self.events = []
+        self.headers = {}  # batch id -> the result's header, as the listener got it
 
     def replica_joined(self, replica):
         self.events.append(("joined", replica.model.name))
@@ -23,6 +24,7 @@ class Recorder:
 
     def batch_result(self, replica, batch_id, header, frames):
         self.events.append(("result", batch_id))
+        self.headers[batch_id] = (header, frames)
 
 
 async def until(condition, timeout=20.0):

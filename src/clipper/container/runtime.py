@@ -17,6 +17,13 @@ at most; should such a batch suddenly run for seconds, the frontend drops the
 replica and it registers again when the batch ends, and the average sends
 later batches to the worker. A watchdog thread enforces the batch time limit
 either way.
+
+The frontend sends its size limit when it acknowledges the registration
+(``max_message_bytes``); a result over it would cost the connection (the
+frontend's socket disconnects a peer that sends more), so the runtime sends an
+error result for that batch instead, naming the size (the queries get the
+app's default output with that explanation). A frontend that sends no limit
+gets every result as it is.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from ..rpc import protocol as p
 log = logging.getLogger("clipper.container")
 
 PredictFn = Callable[[Any], Any]
-MAX_ERROR_MESSAGE = 2000
+MAX_ERROR_MESSAGE = p.MAX_ERROR_MESSAGE
 INLINE_BELOW_S = 0.02  # batches faster than this (on average) run on the main thread
 WATCHDOG_INTERVAL_S = 0.25
 
@@ -117,6 +124,8 @@ class ContainerRuntime:
         self._running: tuple[float, float | None] | None = None
         self.out_of_memory = threading.Event()
         self.registered = threading.Event()
+        # The frontend's RPC size limit, from its ``registered`` (None: no limit given).
+        self.max_message_bytes: int | None = None
         self.batches_served = 0
         self.inline_batches = 0
         # Batch latency (seconds, exponentially weighted); None until one ran.
@@ -235,6 +244,9 @@ class ContainerRuntime:
                             self._busy += 1
                             work.put((batch_id, header, buffers))
                     elif kind == p.REGISTERED:
+                        limit = header.get("max_message_bytes")
+                        if type(limit) is int and limit > 0:
+                            self.max_message_bytes = limit
                         if not self.registered.is_set():
                             log.info("registered with the frontend")
                         self.registered.set()
@@ -308,10 +320,26 @@ class ContainerRuntime:
             self.out_of_memory.set()
         finally:
             self._running = None
+        result = self._within_limit(batch_id, result)
         took = time.monotonic() - started
         self._latency = took if self._latency is None else 0.8 * self._latency + 0.2 * took
         self.batches_served += 1
         return result
+
+    def _within_limit(self, batch_id: int, result: p.Frames) -> p.Frames:
+        """``result``, or an error result when it is over the frontend's size limit."""
+        limit = self.max_message_bytes
+        if limit is None:
+            return result
+        size = p.frames_size(result)
+        if size <= limit:
+            return result
+        message = (
+            f"the result of this batch is {size:,} bytes, over the frontend's RPC size "
+            f"limit of {limit:,} bytes"
+        )
+        log.warning("batch %s not sent: %s", batch_id, message)
+        return p.encode_result_error(batch_id, p.RESULT_TOO_LARGE, message)
 
     def _work(
         self,

@@ -9,7 +9,9 @@ never handles.
 Message types (see docs/rpc-protocol.md for the full specification):
 
 - ``register`` (container → frontend): model name, version, input type,
-  pid and a replica label. Answered by ``registered`` or ``rejected``.
+  pid, a replica label and the frontend's secret. Answered by ``registered``
+  (which carries the frontend's size limit, ``max_message_bytes``) or
+  ``rejected``.
 - ``heartbeat`` (both ways): liveness. A frontend that does not know the
   sender answers a heartbeat with ``reregister``.
 - ``batch`` (frontend → container): a batch id, the input type and an
@@ -52,6 +54,27 @@ MESSAGE_TYPES = frozenset(
 NUMERIC_DTYPES = {"integers": "<i4", "floats": "<f4", "doubles": "<f8"}
 MAX_HEADER_BYTES = 1 << 20
 
+# -- limits on what a peer may send the frontend ----------------------------------
+# The largest frame the frontend accepts (ZeroMQ's MAXMSGSIZE on its ROUTER:
+# a peer that sends a larger frame is disconnected). Sent to containers in
+# ``registered`` as ``max_message_bytes``; a container checks its result
+# against it and reports an error result instead of sending one over it.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Frames in one message (the header included, ZeroMQ's identity frame not):
+# a registered container's largest message is an ok ``result`` (header and
+# outputs); anyone else may only send header-only messages (``register``,
+# ``heartbeat``, ``goodbye``).
+MAX_FRAMES_REGISTERED = 2
+MAX_FRAMES_UNREGISTERED = 1
+# The header of a peer that has not registered (a ``register`` is well
+# under 1 KiB): parsing a stranger's message costs little.
+MAX_UNREGISTERED_HEADER_BYTES = 16 * 1024
+# A model's error as the frontend keeps it (the container cuts it too).
+MAX_ERROR_MESSAGE = 2000
+MAX_ERROR_TYPE = 200
+# The error type a container reports when its result is over the size limit.
+RESULT_TOO_LARGE = "ResultTooLarge"
+
 # Frames: bytes, memoryviews or zmq.Frame objects, as pyzmq accepts them.
 Frames = list[Any]
 
@@ -87,20 +110,42 @@ def make(msg_type: str, **fields: Any) -> bytes:
     return pack({"v": PROTOCOL_VERSION, "type": msg_type, **fields})
 
 
-def parse_header(frame: bytes | memoryview) -> dict[str, Any]:
+def parse_header(frame: bytes | memoryview, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
     """Decode and check a header frame: a map with a known version and type."""
-    if len(frame) > MAX_HEADER_BYTES:
-        raise RPCError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+    if len(frame) > max_bytes:
+        raise RPCError(f"header of {len(frame)} bytes exceeds {max_bytes}")
     header = unpack(frame)
     if not isinstance(header, dict):
         raise RPCError("header is not a map")
     version = header.get("v")
     if version != PROTOCOL_VERSION:
-        raise RPCError(f"unsupported protocol version {version!r} (this side speaks 1)")
+        raise RPCError(f"unsupported protocol version {summary(version)} (this side speaks 1)")
     msg_type = header.get("type")
     if msg_type not in MESSAGE_TYPES:
-        raise RPCError(f"unknown message type {msg_type!r}")
+        raise RPCError(f"unknown message type {summary(msg_type)}")
     return header
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters (an ellipsis marks a cut)."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def summary(value: Any, limit: int = 80) -> str:
+    """A short, printable description of a value a peer sent, for log lines:
+    strings and bytes cut before ``repr`` (which escapes newlines and control
+    characters), anything else by its type only."""
+    if isinstance(value, str | bytes):
+        text = repr(value[:limit])
+        return text + "…" if len(value) > limit else text
+    if value is None or isinstance(value, bool | int | float):
+        return cut(repr(value), limit)
+    return f"<{type(value).__name__}>"
+
+
+def frames_size(frames: Sequence[Any]) -> int:
+    """Total bytes of a message's frames (bytes, memoryviews or zmq.Frame)."""
+    return sum(memoryview(f).nbytes for f in frames)
 
 
 # -- encryption --------------------------------------------------------------
@@ -221,7 +266,25 @@ def encode_result_ok(batch_id: int, outputs: list[Any]) -> Frames:
 
 def encode_result_error(batch_id: int, error_type: str, message: str) -> Frames:
     """A ``result`` message carrying an error as data (container side)."""
-    return [make(RESULT, id=batch_id, ok=False, error_type=error_type, error_message=message)]
+    return [
+        make(
+            RESULT,
+            id=batch_id,
+            ok=False,
+            error_type=cut(error_type, MAX_ERROR_TYPE),
+            error_message=cut(message, MAX_ERROR_MESSAGE),
+        )
+    ]
+
+
+def bound_error(header: dict[str, Any]) -> None:
+    """Cut a failed ``result``'s ``error_type`` and ``error_message`` in place
+    (frontend side: whatever a container sends, the explanation stays short)."""
+    for key, limit in (("error_type", MAX_ERROR_TYPE), ("error_message", MAX_ERROR_MESSAGE)):
+        if key in header:
+            value = header[key]
+            text = value if isinstance(value, str) else str(value)  # a bounded header
+            header[key] = cut(text, limit)
 
 
 def decode_outputs(frames: Sequence[bytes | memoryview], expected: int) -> list[Any]:

@@ -10,6 +10,29 @@ GIL stops the container's own watchdog too, as does a frozen process), and
 only its manager can end it. Malformed frames and unknown protocol versions
 are logged and dropped; they never stop the endpoint.
 
+The port is open to whoever can reach it, so a peer is a stranger until it
+registers with the server's secret, and what a stranger sends costs little:
+
+- a ``register`` without the right secret is refused before anything else
+  runs (no registration check, no state kept for the peer), with a bounded,
+  escaped log line at most once per ``LOG_EVERY_S``;
+- a stranger's heartbeat gets ``reregister`` (how a live container learns the
+  frontend restarted) within a global rate, a ``goodbye`` nothing, and
+  anything else (a ``result``, say) is dropped and counted: a stranger never
+  receives a batch and never settles one;
+- frames: each at most ``max_message_bytes`` (ZeroMQ's ``MAXMSGSIZE``: the
+  peer is disconnected), a stranger's message one frame with a small header,
+  a replica's at most two (a ``result``: header and outputs) and
+  ``max_message_bytes`` in all. A replica's result over those limits, or
+  with an error text past ``MAX_ERROR_MESSAGE``, settles its batch as a model
+  error (the text cut) rather than vanishing.
+
+libzmq buffers every frame of a multipart message before handing it over,
+and bounds each frame (``MAXMSGSIZE``), not their number: only
+authentication at the ZeroMQ handshake (CurveZMQ with known client keys)
+would stop a peer that can reach the port from growing that buffer with a
+message that never ends. Bind the port where only replicas reach it.
+
 The socket is a plain (blocking-API) ZeroMQ socket driven by the event
 loop's reader on its file descriptor, not pyzmq's asyncio adapter: a wake-up
 drains every message that is ready (``NOBLOCK`` until ``Again``) and sends
@@ -83,6 +106,57 @@ UnresponsiveAfter = Callable[[ModelId], float]
 
 # Messages handled per wake-up before yielding to the loop (HTTP must not starve).
 DRAIN_LIMIT = 512
+# Each kind of warning a peer can cause is logged at most once per this many
+# seconds; the next one says how many were left out.
+LOG_EVERY_S = 10.0
+# ``reregister`` answers to strangers' heartbeats: per second, and at once.
+REREGISTER_RATE = 1000.0
+REREGISTER_BURST = 1000.0
+# The longest secret and replica label taken from a ``register``.
+MAX_SECRET_CHARS = 4096
+MAX_LABEL_CHARS = 128
+
+
+class _Throttle:
+    """Logs one record per ``interval`` seconds at most; counts the others and
+    reports their number with the next one."""
+
+    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._next = float("-inf")
+        self.suppressed = 0
+
+    def log(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
+        now = self.clock()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        self._next = now + self.interval
+        if self.suppressed:
+            msg += " (and %d more like it since the last report)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        log.log(level, msg, *args, exc_info=exc_info)
+
+
+class _Bucket:
+    """A token bucket: ``take`` is true at most ``rate`` times a second on
+    average, ``burst`` times at once."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = burst
+        self.last = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class RPCServer:
@@ -101,8 +175,12 @@ class RPCServer:
         clock: Callable[[], float] = time.monotonic,
         on_unresponsive: Callable[[Replica], None] | None = None,
         unresponsive_after: UnresponsiveAfter = lambda _model: 30.0,
+        max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        if max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive")
         self.address = address
+        self.max_message_bytes = max_message_bytes
         self._curve_secret_key = curve_secret_key
         self._secret = secret.encode() if secret else None
         self.listener = listener
@@ -115,7 +193,16 @@ class RPCServer:
         self.replicas: dict[bytes, Replica] = {}
         # Replicas removed for silence, each with the time it counts as hung by.
         self._silent: dict[bytes, tuple[Replica, float]] = {}
-        self.malformed_messages = 0
+        # What peers sent that was dropped or refused, by cause.
+        self.malformed_messages = 0  # not the protocol (undecodable, unknown version or type)
+        self.oversized_messages = 0  # more frames or bytes than the sender may send
+        self.unregistered_messages = 0  # from a peer that has not registered
+        self.rejected_registrations = 0  # without the right secret
+        self._log_dropped = _Throttle(LOG_EVERY_S, clock)
+        self._log_rejected = _Throttle(LOG_EVERY_S, clock)
+        self._log_refused = _Throttle(LOG_EVERY_S, clock)
+        self._log_send = _Throttle(LOG_EVERY_S, clock)
+        self._reregisters = _Bucket(REREGISTER_RATE, REREGISTER_BURST, clock)
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,6 +217,8 @@ class RPCServer:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, 10000)
         sock.setsockopt(zmq.RCVHWM, 10000)
+        # A peer that sends a larger frame is disconnected before it is buffered.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         if self._curve_secret_key is not None:
             sock.curve_server = True
             sock.curve_secretkey = self._curve_secret_key
@@ -141,6 +230,15 @@ class RPCServer:
         self._tasks = [asyncio.create_task(self._liveness_loop(), name="rpc-liveness")]
         self._schedule_drain()  # messages that arrived before the reader was set
         log.info("RPC endpoint listening on %s", self.address)
+
+    def statistics(self) -> dict[str, int]:
+        """Counts of what peers sent that was dropped or refused (for status and metrics)."""
+        return {
+            "malformed_messages": self.malformed_messages,
+            "oversized_messages": self.oversized_messages,
+            "unregistered_messages": self.unregistered_messages,
+            "rejected_registrations": self.rejected_registrations,
+        }
 
     @property
     def bound_address(self) -> str:
@@ -169,7 +267,9 @@ class RPCServer:
         try:
             sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:  # Again (queue full) or EHOSTUNREACH (peer gone)
-            log.warning("could not send to replica %s: %s", identity.hex(), exc)
+            self._log_send.log(
+                logging.WARNING, "could not send to RPC peer %s: %s", identity[:16].hex(), exc
+            )
             return False
         finally:
             # The send may have consumed the descriptor's edge for waiting input.
@@ -214,35 +314,42 @@ class RPCServer:
                 self._handle(frames)
             except RPCError as exc:
                 self.malformed_messages += 1
-                log.warning("dropped a malformed RPC message: %s", exc)
+                self._log_dropped.log(
+                    logging.WARNING, "dropped a malformed RPC message: %s", p.cut(str(exc), 300)
+                )
             except Exception:  # never let one message stop the endpoint
                 self.malformed_messages += 1
-                log.exception("error while handling an RPC message")
+                self._log_dropped.log(
+                    logging.ERROR, "error while handling an RPC message", exc_info=True
+                )
         self._schedule_drain()  # more may be waiting: continue after other work
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
             raise RPCError("message has no header frame")
         identity, header_frame, data = frames[0], frames[1], frames[2:]
+        replica = self.replicas.get(identity)
+        if replica is None:
+            self._handle_stranger(identity, frames[1:])
+            return
+        size = p.frames_size(frames[1:])
+        if len(frames) - 1 > p.MAX_FRAMES_REGISTERED or size > self.max_message_bytes:
+            self._oversized(replica, len(frames) - 1, size, header_frame)
+            return
         header = p.parse_header(header_frame)
         kind = header["type"]
-        replica = self.replicas.get(identity)
         now = self.clock()
-        if replica is not None:
-            replica.last_seen = now
+        replica.last_seen = now
         if kind == p.RESULT:
-            if replica is None:
-                raise RPCError("result from an unregistered container")
             batch_id = header.get("id")
-            if not isinstance(batch_id, int):
+            if type(batch_id) is not int:  # not a bool either
                 raise RPCError("result without an integer 'id'")
+            if header.get("ok") is not True:
+                p.bound_error(header)
             replica.batches += 1
             self.listener.batch_result(replica, batch_id, header, data)
         elif kind == p.HEARTBEAT:
-            if replica is None:
-                self.send(identity, [p.make(p.REREGISTER)])
-            else:
-                self.send(identity, [p.make(p.HEARTBEAT)])
+            self.send(identity, [p.make(p.HEARTBEAT)])
         elif kind == p.REGISTER:
             self._register(identity, header, now)
         elif kind == p.GOODBYE:
@@ -250,8 +357,98 @@ class RPCServer:
         else:
             raise RPCError(f"unexpected message type {kind!r} from a container")
 
+    def _handle_stranger(self, identity: bytes, frames: list[bytes]) -> None:
+        """A message from a peer that has not registered: a ``register`` is
+        checked, a heartbeat answered ``reregister`` (within a rate), the rest
+        dropped; nothing is kept about the peer."""
+        if len(frames) > p.MAX_FRAMES_UNREGISTERED:
+            self.oversized_messages += 1
+            self._log_dropped.log(
+                logging.WARNING,
+                "dropped an RPC message of %d frames from a peer that has not registered",
+                len(frames),
+            )
+            return
+        header = p.parse_header(frames[0], p.MAX_UNREGISTERED_HEADER_BYTES)
+        kind = header["type"]
+        if kind == p.REGISTER:
+            self._register(identity, header, self.clock())
+        elif kind == p.HEARTBEAT:
+            # A container the frontend forgot (it restarted, or dropped it for
+            # silence) learns to register again; a stranger learns nothing.
+            if self._reregisters.take():
+                self.send(identity, [p.make(p.REREGISTER)])
+        elif kind != p.GOODBYE:  # a refused container says goodbye as it exits
+            self.unregistered_messages += 1
+            self._log_dropped.log(
+                logging.WARNING,
+                "dropped a %s message from an RPC peer that has not registered",
+                p.summary(kind, 20),
+            )
+
+    def _oversized(self, replica: Replica, count: int, size: int, header_frame: bytes) -> None:
+        """A replica's message over the frame or size limit: a result settles
+        its batch as a model error, anything else is dropped."""
+        self.oversized_messages += 1
+        what = f"{count} frames of {size:,} bytes in all"
+        allowed = f"{p.MAX_FRAMES_REGISTERED} frames of {self.max_message_bytes:,} bytes in all"
+        self._log_dropped.log(
+            logging.WARNING,
+            "replica %s of %s sent a message of %s, over the limit of %s",
+            p.summary(replica.label, 40),
+            replica.model,
+            what,
+            allowed,
+        )
+        try:
+            header = p.parse_header(header_frame)
+        except RPCError:
+            return
+        batch_id = header.get("id")
+        if header["type"] != p.RESULT or type(batch_id) is not int:
+            return
+        replica.last_seen = self.clock()
+        replica.batches += 1
+        failed = {
+            "v": p.PROTOCOL_VERSION,
+            "type": p.RESULT,
+            "id": batch_id,
+            "ok": False,
+            "error_type": p.RESULT_TOO_LARGE,
+            "error_message": f"the result was {what}, over the RPC limit of {allowed}",
+        }
+        self.listener.batch_result(replica, batch_id, failed, [])
+
+    def _secret_ok(self, offered: Any) -> bool:
+        if self._secret is None:
+            return True
+        if not isinstance(offered, str) or len(offered) > MAX_SECRET_CHARS:
+            return False
+        # Constant-time: the comparison must not leak how much matched.
+        return hmac.compare_digest(offered.encode(), self._secret)
+
+    def _registered_message(self) -> bytes:
+        return p.make(
+            p.REGISTERED,
+            heartbeat_interval=self.heartbeat_interval,
+            max_message_bytes=self.max_message_bytes,
+        )
+
     def _register(self, identity: bytes, header: dict[str, Any], now: float) -> None:
         name, version = header.get("model_name"), header.get("model_version")
+        if not self._secret_ok(header.get("secret")):
+            # Before anything else: no registration check, nothing kept, and a
+            # short escaped log line now and then (strangers may flood this).
+            self.rejected_registrations += 1
+            self._log_rejected.log(
+                logging.WARNING,
+                "refused an RPC registration for model %s version %s: wrong or missing secret",
+                p.summary(name, 64),
+                p.summary(version, 32),
+            )
+            self._drop(identity, "registered again without the secret")
+            self.send(identity, [p.make(p.REJECTED, reason="wrong or missing secret")])
+            return
         input_type = header.get("input_type")
         if not all(isinstance(v, str) and v for v in (name, version, input_type)):
             self.send(
@@ -266,37 +463,42 @@ class RPCServer:
             return
         assert isinstance(name, str) and isinstance(version, str) and isinstance(input_type, str)
         model = ModelId(name, version)
-        if self._secret is not None:
-            offered = header.get("secret")
-            offered_bytes = offered.encode() if isinstance(offered, str) else b""
-            # Constant-time: the comparison must not leak how much matched.
-            if not hmac.compare_digest(offered_bytes, self._secret):
-                log.warning("rejected a container for %s: wrong or missing secret", model)
-                self.send(identity, [p.make(p.REJECTED, reason="wrong or missing secret")])
-                return
         if identity in self.replicas:
             existing = self.replicas[identity]
             if existing.model == model:
-                self.send(identity, [p.make(p.REGISTERED)])
+                self.send(identity, [self._registered_message()])
                 return
             self._drop(identity, "re-registered as another model")
         reason = self.check_registration(model, input_type) if self.check_registration else None
         if reason is not None:
-            log.warning("rejected container for %s: %s", model, reason)
+            self._log_refused.log(
+                logging.WARNING,
+                "rejected a container for model %s version %s: %s",
+                p.summary(name, 64),
+                p.summary(version, 32),
+                p.cut(reason, 300),
+            )
             self.send(identity, [p.make(p.REJECTED, reason=reason)])
             return
         pid = header.get("pid")
+        label = header.get("replica")
         replica = Replica(
             identity=identity,
             model=model,
             input_type=input_type,
-            pid=pid if isinstance(pid, int) else None,
-            label=str(header.get("replica") or identity.hex()),
+            pid=pid if type(pid) is int and 0 < pid < 2**31 else None,
+            label=(
+                label
+                if isinstance(label, str)
+                and 0 < len(label) <= MAX_LABEL_CHARS
+                and label.isprintable()  # it appears in log lines as it is
+                else identity.hex()
+            ),
             joined_at=now,
             last_seen=now,
         )
         self.replicas[identity] = replica
-        self.send(identity, [p.make(p.REGISTERED, heartbeat_interval=self.heartbeat_interval)])
+        self.send(identity, [self._registered_message()])
         log.info("replica %s of %s joined (pid %s)", replica.label, model, replica.pid)
         self.listener.replica_joined(replica)
 
