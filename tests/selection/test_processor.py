@@ -9,6 +9,7 @@ exception (never a hang) when something on the way raises.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -184,9 +185,9 @@ class RecordingStates:
     def get_policy_state(self, app: str, uid: str) -> Any:
         return self.store.get_policy_state(app, uid)
 
-    def update_policy_states(self, app: str, uids: Any, update: Any) -> Any:
+    def update_policy_states(self, app: str, uids: Any, update: Any, **kw: Any) -> Any:
         self.steps.append(list(uids))
-        return self.store.update_policy_states(app, uids, update)
+        return self.store.update_policy_states(app, uids, update, **kw)
 
 
 def test_feedback_updates_the_users_and_the_apps_state_in_one_step():
@@ -217,3 +218,41 @@ def test_feedback_updates_the_users_and_the_apps_state_in_one_step():
     # and so is the app's new state: equal.
     assert bob == store.get_policy_state("a", "")
     assert bob != app_now
+
+
+class BlockedUserReads:
+    """A policy-state backend whose reads of users' states wait for ``gate``."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.gate = threading.Event()
+
+    def get_policy_state(self, app: str, uid: str) -> Any:
+        if uid and not self.gate.wait(30):
+            raise AssertionError("the gate was never opened")
+        return self.store.get_policy_state(app, uid)
+
+    def update_policy_states(self, app: str, uids: Any, update: Any, **kw: Any) -> Any:
+        return self.store.update_policy_states(app, uids, update, **kw)
+
+
+def test_a_query_never_waits_for_a_users_state_from_the_store():
+    """A user's state not in memory: the query is answered (from the app's
+    shared state) while the store read of it is still blocked."""
+
+    async def main():
+        processor, route = setup(answer=True, policy="exp4")
+        blocked = BlockedUserReads(processor.states.backend)
+        processor.states.backend = blocked
+        blocked.store.update_policy_state("a", "alice", lambda _: {"not": "an exp4 state"})
+        try:
+            predictions = await processor.predict_soon(route, [x(1, 2)], uid="alice")
+            fallbacks = processor.states.statistics().fallbacks
+        finally:
+            blocked.gate.set()
+        assert await asyncio.to_thread(processor.states.wait_fetches, 30)
+        return predictions, fallbacks
+
+    predictions, fallbacks = run(main)
+    assert [(p.output, p.default) for p in predictions] == [(3.0, False)]
+    assert fallbacks == 1

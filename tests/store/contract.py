@@ -740,6 +740,145 @@ class StoreContract:
         assert store.get_policy_state("a", "") == {"n": 200}
         assert store.generation() == before
 
+    # Policy states: the per-app cap on user states
+
+    @staticmethod
+    def users_kept(store: ConfigStore, app_name: str, uids: list[str]) -> list[str]:
+        return [u for u in uids if store.get_policy_state(app_name, u) is not None]
+
+    def test_user_state_cap_removes_the_least_recently_written(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        for uid in ("u1", "u2", "u3"):
+            store.update_policy_states("a", ["", uid], increment_all, max_user_states=3)
+        # u1 is written again: now u2 is the least recently written user.
+        store.update_policy_states("a", ["", "u1"], increment_all, max_user_states=3)
+        store.update_policy_states("a", ["", "u4"], increment_all, max_user_states=3)
+        assert self.users_kept(store, "a", ["u1", "u2", "u3", "u4"]) == ["u1", "u3", "u4"]
+        assert store.get_policy_state("a", "u1") == {"n": 2}
+        assert store.get_policy_state("a", "") == {"n": 5}
+        store.update_policy_state("a", "u5", increment, max_user_states=3)
+        assert self.users_kept(store, "a", ["u1", "u2", "u3", "u4", "u5"]) == ["u1", "u4", "u5"]
+
+    def test_the_shared_state_never_counts_and_is_never_removed(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.update_policy_state("a", "", increment, max_user_states=1)
+        for i in range(5):
+            store.update_policy_states("a", [f"u{i}", ""], increment_all, max_user_states=1)
+            store.update_policy_state("a", f"v{i}", increment, max_user_states=1)
+        assert store.get_policy_state("a", "") == {"n": 6}
+        names = [f"{p}{i}" for i in range(5) for p in "uv"]
+        assert self.users_kept(store, "a", names) == ["v4"]
+
+    def test_updates_of_known_users_at_the_cap_remove_nothing(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        uids = [f"u{i}" for i in range(4)]
+        for uid in uids:
+            store.update_policy_states("a", ["", uid], increment_all, max_user_states=4)
+        for _ in range(3):
+            for uid in reversed(uids):
+                store.update_policy_states("a", ["", uid], increment_all, max_user_states=4)
+        assert [store.get_policy_state("a", u) for u in uids] == [{"n": 4}] * 4
+
+    def test_a_removed_user_starts_afresh(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.update_policy_state("a", "old", lambda _: {"n": 41}, max_user_states=1)
+        store.update_policy_state("a", "new", increment, max_user_states=1)
+        calls: list[object] = []
+
+        def again(states: dict[str, Any]) -> dict[str, Any]:
+            calls.append(copy.deepcopy(states))
+            return increment_all(states)
+
+        assert store.update_policy_states("a", ["old"], again, max_user_states=1) == {
+            "old": {"n": 1}
+        }
+        assert calls == [{"old": None}]
+        assert store.get_policy_state("a", "new") is None
+
+    def test_no_cap_keeps_every_user_and_a_cap_applies_later(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        uids = [f"u{i:02}" for i in range(30)]
+        for uid in uids:
+            store.update_policy_states("a", ["", uid], increment_all)
+        assert self.users_kept(store, "a", uids) == uids
+        # A cap set later (a restart with a smaller one) catches up at the next new user.
+        store.update_policy_state("a", "late", increment, max_user_states=10)
+        assert self.users_kept(store, "a", [*uids, "late"]) == [*uids[-9:], "late"]
+        assert store.get_policy_state("a", "") == {"n": 30}
+
+    def test_the_cap_is_per_app(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        store.add_app(app("b"))
+        for i in range(3):
+            store.update_policy_state("a", f"u{i}", increment, max_user_states=2)
+            store.update_policy_state("b", f"u{i}", increment, max_user_states=3)
+        assert self.users_kept(store, "a", ["u0", "u1", "u2"]) == ["u1", "u2"]
+        assert self.users_kept(store, "b", ["u0", "u1", "u2"]) == ["u0", "u1", "u2"]
+
+    def test_deleting_the_states_resets_the_count(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        for uid in ("u1", "u2"):
+            store.update_policy_state("a", uid, increment, max_user_states=2)
+        assert store.delete_policy_states("a") == 2
+        for uid in ("u3", "u4"):
+            store.update_policy_state("a", uid, increment, max_user_states=2)
+        assert self.users_kept(store, "a", ["u1", "u2", "u3", "u4"]) == ["u3", "u4"]
+        store.delete_app("a")
+        store.add_app(app("a"))
+        for uid in ("u5", "u6"):
+            store.update_policy_state("a", uid, increment, max_user_states=2)
+        assert self.users_kept(store, "a", ["u3", "u4", "u5", "u6"]) == ["u5", "u6"]
+
+    @pytest.mark.parametrize("cap", [-1, "3", 2.0, True, None])
+    def test_the_cap_must_be_a_count(self, store: ConfigStore, cap: Any) -> None:
+        store.add_app(app("a"))
+        calls: list[object] = []
+        with pytest.raises(ValidationError, match="max_user_states"):
+            store.update_policy_states("a", ["u"], recorder(calls), max_user_states=cap)
+        assert calls == []
+
+    def test_the_cap_holds_under_concurrent_new_users(self, store: ConfigStore) -> None:
+        store.add_app(app("a"))
+        threads, per_thread, cap = 6, 20, 15
+        barrier = threading.Barrier(threads)
+
+        def work(t: int) -> None:
+            barrier.wait()
+            for i in range(per_thread):
+                store.update_policy_states(
+                    "a", ["", f"t{t}-{i}"], increment_all, max_user_states=cap
+                )
+
+        with ThreadPoolExecutor(threads) as pool:
+            for future in [pool.submit(work, t) for t in range(threads)]:
+                future.result()
+        uids = [f"t{t}-{i}" for t in range(threads) for i in range(per_thread)]
+        assert len(self.users_kept(store, "a", uids)) == cap
+        assert store.get_policy_state("a", "") == {"n": threads * per_thread}
+        # The newest user of each thread was written after that thread's others.
+        kept = set(self.users_kept(store, "a", uids))
+        for t in range(threads):
+            older = [f"t{t}-{i}" for i in range(per_thread - 1)]
+            if any(u in kept for u in older):
+                assert f"t{t}-{per_thread - 1}" in kept
+
+    @pytest.mark.parametrize("uid", ["x" * 256, "é" * 128, "\U0001f600" * 64])
+    def test_a_uid_of_256_bytes_is_fine(self, store: ConfigStore, uid: str) -> None:
+        store.add_app(app("a"))
+        assert store.update_policy_state("a", uid, increment) == {"n": 1}
+        assert store.get_policy_state("a", uid) == {"n": 1}
+
+    @pytest.mark.parametrize("uid", ["x" * 257, "é" * 128 + "x", "\U0001f600" * 65, "\ud800"])
+    def test_a_longer_uid_is_refused(self, store: ConfigStore, uid: str) -> None:
+        store.add_app(app("a"))
+        calls: list[object] = []
+        with pytest.raises(ValidationError, match="uid"):
+            store.update_policy_states("a", ["", uid], recorder(calls))
+        with pytest.raises(ValidationError, match="uid"):
+            store.get_policy_state("a", uid)
+        assert calls == []
+        assert store.get_policy_state("a", "") is None
+
     # Generation
 
     def test_generation_rises_with_every_change(self, store: ConfigStore) -> None:

@@ -318,8 +318,35 @@ def test_policy_states_live_in_one_hash_per_app(url: str) -> None:
             store.update_policy_state("a", "", increment)
             store.update_policy_state("a", "u", lambda _: {"w": [1.5]})
             assert client.hgetall("p:pstate:a") == {"": '{"n": 1}', "u": '{"w": [1.5]}'}
+            # Users (not the shared state) are ranked by their last write.
+            assert client.zrange("p:pstate-age:a", 0, -1) == ["u"]
             store.delete_app("a")
-            assert client.exists("p:pstate:a") == 0
+            assert client.exists("p:pstate:a", "p:pstate-age:a") == 0
+            store.add_app(app("a"))
+            store.update_policy_state("a", "v", increment)
+            assert store.delete_policy_states("a") == 1
+            assert client.exists("p:pstate:a", "p:pstate-age:a") == 0
+    finally:
+        client.close()
+
+
+def test_states_written_before_the_age_set_count_as_the_oldest(url: str) -> None:
+    """States written by a version without the cap have no age: they go first."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        with RedisStore(url, prefix="old") as store:
+            store.add_app(app("a"))
+            client.hset(
+                "old:pstate:a",
+                mapping={"": '{"n": 9}', "old1": '{"n": 1}', "old2": '{"n": 2}'},
+            )
+            store.update_policy_state("a", "old2", increment, max_user_states=2)
+            store.update_policy_state("a", "new", increment, max_user_states=2)
+            kept = [u for u in ("old1", "old2", "new") if store.get_policy_state("a", u)]
+            assert kept == ["old2", "new"]
+            assert store.get_policy_state("a", "old2") == {"n": 3}
+            assert store.get_policy_state("a", "") == {"n": 9}
+            assert client.zrange("old:pstate-age:a", 0, -1) == ["old2", "new"]
     finally:
         client.close()
 

@@ -70,7 +70,7 @@ def test_file_uses_wal_and_records_schema_version(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     assert rows == {"schema_version": SCHEMA_VERSION, "generation": 0}
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
 
 
 # The schema of version 1, before options, as that release created it.
@@ -158,9 +158,9 @@ def test_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.generation() == 9
     with closing(sqlite3.connect(path)) as conn:
         rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        assert rows == {"schema_version": 3, "generation": 9}
+        assert rows == {"schema_version": SCHEMA_VERSION, "generation": 9}
         assert _columns(conn, "apps")[-1] == "options"
-        assert _columns(conn, "policy_states") == ["app", "uid", "state"]
+        assert _columns(conn, "policy_states") == ["app", "uid", "state", "updated_seq"]
         assert _columns(conn, "model_versions")[-1] == "options"
     # Reopening a migrated file migrates nothing again.
     with SQLiteStore(path) as store:
@@ -222,7 +222,7 @@ def test_version_2_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.generation() == 7
     with closing(sqlite3.connect(path)) as conn:
         rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        assert rows == {"schema_version": 3, "generation": 7}
+        assert rows == {"schema_version": SCHEMA_VERSION, "generation": 7}
         assert conn.execute("SELECT count(*) FROM policy_states").fetchone()[0] == 2
     with SQLiteStore(path) as store:
         assert store.get_policy_state("a", "") == {"n": 2}
@@ -231,11 +231,61 @@ def test_version_2_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.get_policy_state("b", "u") == {"n": 1}
 
 
+# Version 4 added the user-state cap: policy_states.updated_seq and policy_state_users.
+_V3_SCHEMA = (
+    _V2_SCHEMA.replace("('schema_version', 2)", "('schema_version', 3)")
+    + """
+CREATE TABLE policy_states (
+    app TEXT NOT NULL REFERENCES apps (name) ON DELETE CASCADE,
+    uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (app, uid)
+);
+INSERT INTO policy_states VALUES ('a', '', '{"n": 10}'), ('a', 'old1', '{"n": 1}'),
+    ('a', 'old2', '{"n": 2}'), ('a', 'old3', '{"n": 3}'), ('b', 'other', '{"n": 4}');
+"""
+)
+
+
+def _make_v3_file(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_V3_SCHEMA)
+
+
+def test_version_3_file_is_migrated_and_its_states_count_as_the_oldest(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _make_v3_file(path)
+    with SQLiteStore(path) as store:
+        assert store.get_policy_state("a", "") == {"n": 10}
+        assert store.get_policy_state("a", "old2") == {"n": 2}
+        assert store.get_policy_state("b", "other") == {"n": 4}
+        store.update_policy_state("a", "old3", increment, max_user_states=3)
+        assert store.get_policy_state("a", "old3") == {"n": 4}
+        # Three users already (counted by the migration): a new one removes an old one.
+        store.update_policy_state("a", "new", increment, max_user_states=3)
+        kept = [u for u in ("old1", "old2", "old3", "new") if store.get_policy_state("a", u)]
+        assert len(kept) == 3 and kept[-2:] == ["old3", "new"]
+        assert store.get_policy_state("a", "") == {"n": 10}
+        assert store.generation() == 7
+    with closing(sqlite3.connect(path)) as conn:
+        rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        assert rows == {"schema_version": SCHEMA_VERSION, "generation": 7}
+        counts = dict(conn.execute("SELECT app, users FROM policy_state_users").fetchall())
+        assert counts == {"a": 3, "b": 1}
+
+
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-@pytest.mark.parametrize("make_old", [_make_v1_file, _make_v2_file], ids=["v1", "v2"])
+def _indexes(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql")
+    return {(row[0], row[1]) for row in rows}
+
+
+@pytest.mark.parametrize(
+    "make_old", [_make_v1_file, _make_v2_file, _make_v3_file], ids=["v1", "v2", "v3"]
+)
 def test_migrated_and_new_files_have_the_same_schema(
     tmp_path: Path, make_old: Callable[[Path], None]
 ) -> None:
@@ -245,7 +295,9 @@ def test_migrated_and_new_files_have_the_same_schema(
     SQLiteStore(new).close()
     with closing(sqlite3.connect(old)) as a, closing(sqlite3.connect(new)) as b:
         assert _tables(a) == _tables(b)
-        for table in ("meta", "apps", "model_versions", "links", "policy_states"):
+        assert _indexes(a) == _indexes(b)
+        tables = ("meta", "apps", "model_versions", "links", "policy_states", "policy_state_users")
+        for table in tables:
             info_a = list(a.execute(f"PRAGMA table_info({table})"))
             info_b = list(b.execute(f"PRAGMA table_info({table})"))
             assert info_a == info_b, table

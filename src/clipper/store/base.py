@@ -150,7 +150,12 @@ class ConfigStore(abc.ABC):
         """
 
     def update_policy_state(
-        self, app: str, uid: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
+        self,
+        app: str,
+        uid: str,
+        update: Callable[[dict[str, Any] | None], dict[str, Any]],
+        *,
+        max_user_states: int = 0,
     ) -> dict[str, Any]:
         """Atomically replace the state of (``app``, ``uid``) with ``update(current)``.
 
@@ -165,11 +170,16 @@ class ConfigStore(abc.ABC):
         must not call the store. If it raises, nothing is stored and the
         exception propagates. NotFoundError if the application does not
         exist. Neither the generation nor ``watch`` callbacks see the change.
+        ``max_user_states`` as in :meth:`update_policy_states`.
         """
-        return self.update_policy_states(app, [uid], lambda cur: {uid: update(cur[uid])})[uid]
+        return self.update_policy_states(
+            app, [uid], lambda cur: {uid: update(cur[uid])}, max_user_states=max_user_states
+        )[uid]
 
     @abc.abstractmethod
-    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
+    def update_policy_states(
+        self, app: str, uids: Sequence[str], update: StatesUpdate, *, max_user_states: int = 0
+    ) -> States:
         """Atomically replace several states of one application, in one step.
 
         ``update`` gets ``{uid: current}`` for every uid of ``uids`` (distinct,
@@ -179,6 +189,19 @@ class ConfigStore(abc.ABC):
         user's state and the application's shared one this way. Otherwise as
         :meth:`update_policy_state`; ValidationError if ``update`` returns
         other uids than it was given.
+
+        The store remembers when each user state was last written. With
+        ``max_user_states`` > 0 (0: no limit), the application keeps at most
+        that many user states (uid "", the shared state, never counts and is
+        never removed): when this write takes the count past it, the least
+        recently written user states are deleted in the same atomic step, so
+        random uids cannot grow the store without bound while active users
+        keep theirs. A removed user is then a new user again: the next
+        feedback starts its state from the application's shared one, and
+        queries meanwhile use the shared state. The states written by this
+        call are the most recent, so they are removed only when the call
+        writes more user states than the limit. ValidationError if
+        ``max_user_states`` is not an integer >= 0.
         """
 
     @abc.abstractmethod
@@ -309,11 +332,36 @@ def model_from_record(record: Mapping[str, Any]) -> ModelSpec:
     return ModelSpec(**fields)
 
 
+# The longest uid a policy state may have, in UTF-8 bytes (the HTTP frontends
+# refuse longer ones already; this is the store's own line of defence).
+MAX_UID_BYTES = 256
+
+
 def check_uid(uid: object) -> str:
-    """Return ``uid`` if it can name a policy state, else raise ValidationError."""
+    """Return ``uid`` if it can name a policy state, else raise ValidationError.
+
+    A uid is a string of at most MAX_UID_BYTES bytes in UTF-8.
+    """
     if not isinstance(uid, str):
         raise ValidationError(f"policy state uid must be a string, got {type(uid).__name__}")
+    try:
+        size = len(uid.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError("policy state uid must be valid Unicode text") from None
+    if size > MAX_UID_BYTES:
+        raise ValidationError(
+            f"policy state uid must be at most {MAX_UID_BYTES} bytes in UTF-8, got {size}"
+        )
     return uid
+
+
+def check_max_user_states(n: object) -> int:
+    """Return ``n`` if it can cap an application's user states (0: no cap)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ValidationError(f"max_user_states must be an integer, got {type(n).__name__}")
+    if n < 0:
+        raise ValidationError(f"max_user_states must be >= 0, got {n}")
+    return n
 
 
 def dump_policy_state(state: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from clipper.store.base import (
     StatesUpdate,
     app_from_record,
     app_to_record,
+    check_max_user_states,
     check_replicas,
     check_uid,
     check_uids,
@@ -32,6 +34,7 @@ from clipper.types import AppSpec, ModelId, ModelSpec
 # the values as the other stores do, so all of them accept the same values, and
 # every read builds a fresh spec, so callers never share the stored state.
 Record = dict[str, Any]
+SHARED = ""  # the uid of an application's shared policy state
 
 
 class MemoryStore(ConfigStore):
@@ -46,8 +49,9 @@ class MemoryStore(ConfigStore):
         self._current: dict[str, str] = {}
         self._replicas: dict[ModelId, int] = {}
         self._links: dict[str, list[str]] = {}
-        # app -> uid -> policy state as JSON text, so every read decodes a fresh copy.
-        self._states: dict[str, dict[str, str]] = {}
+        # app -> uid -> policy state as JSON text, so every read decodes a fresh copy;
+        # least recently written first (the order the user-state cap removes them in).
+        self._states: dict[str, OrderedDict[str, str]] = {}
         self._generation = 0
 
     @contextmanager
@@ -232,19 +236,34 @@ class MemoryStore(ConfigStore):
         """Return the state stored for (``app``, ``uid``), or None."""
         check_uid(uid)
         with self._locked():
-            text = self._states.get(app, {}).get(uid)
+            states = self._states.get(app)
+            text = states.get(uid) if states is not None else None
         return load_policy_state(text) if text is not None else None
 
-    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
-        """Atomically replace several states of one application, in one step."""
+    def update_policy_states(
+        self, app: str, uids: Sequence[str], update: StatesUpdate, *, max_user_states: int = 0
+    ) -> States:
+        """Atomically replace several states of one application, in one step;
+        past ``max_user_states`` user states, the least recently written go."""
         uids = check_uids(uids)
+        cap = check_max_user_states(max_user_states)
         with self._locked():
             if app not in self._apps:
                 raise missing_app(app)
-            states = self._states.get(app, {})
+            states = self._states.get(app, OrderedDict())
             current = {u: load_policy_state(states[u]) if u in states else None for u in uids}
             texts = dump_policy_states(uids, update(current))
-            self._states.setdefault(app, states).update(texts)
+            for uid, text in texts.items():
+                states[uid] = text
+                states.move_to_end(uid)
+            self._states[app] = states
+            if cap:
+                users = len(states) - (SHARED in states)
+                for _ in range(users - cap):
+                    # The shared state is written with every feedback, so it is
+                    # seldom first in line; skip it when it is.
+                    oldest = next(uid for uid in states if uid != SHARED)
+                    del states[oldest]
         return {u: load_policy_state(text) for u, text in texts.items()}
 
     def delete_policy_states(self, app: str) -> int:

@@ -12,6 +12,7 @@ Data model, every key under ``{prefix}:`` (``clipper`` unless told otherwise)::
     {prefix}:replicas:{model}  hash    version -> replica count (absent: 1)
     {prefix}:current           hash    model name -> current version
     {prefix}:pstate:{app}      hash    uid -> policy state (JSON object; uid "" is shared)
+    {prefix}:pstate-age:{app}  zset    user uid -> write sequence (higher: written later)
 
 Every change is one Lua script: Redis runs a script alone, so its checks and
 its writes form one step that no other client (in any process) can interleave
@@ -28,6 +29,9 @@ read-modify-write whose modification is Python code, so it cannot be a
 script: it WATCHes the state's hash (and the apps hash, so a state is never
 written after its app was deleted), reads, runs the update, and writes in
 MULTI/EXEC, starting over if another client touched a watched key meanwhile.
+The write inside MULTI/EXEC is one script (WRITE_POLICY_STATES) that also
+keeps the app's age set and, past the user-state cap, removes the least
+recently written user states, all in the same atomic step.
 
 The scripts build key names from the prefix, so this needs a single Redis
 server (or a primary with replicas), not Redis Cluster.
@@ -57,6 +61,7 @@ from clipper.store.base import (
     StatesUpdate,
     app_from_record,
     app_to_record,
+    check_max_user_states,
     check_replicas,
     check_uid,
     check_uids,
@@ -375,8 +380,11 @@ class RedisStore(ConfigStore):
             text = cast(str | None, r.hget(self._key("pstate", app), uid))
             return load_policy_state(text) if text is not None else None
 
-    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
-        """Atomically replace several states of one application, in one step.
+    def update_policy_states(
+        self, app: str, uids: Sequence[str], update: StatesUpdate, *, max_user_states: int = 0
+    ) -> States:
+        """Atomically replace several states of one application, in one step;
+        past ``max_user_states`` user states, the least recently written go.
 
         Optimistic: when another client changes the app's states (or the
         apps) between the read and the write, it starts over, calling
@@ -385,6 +393,7 @@ class RedisStore(ConfigStore):
         states take turns instead, so they do not make each other retry.
         """
         uids = check_uids(uids)
+        cap = check_max_user_states(max_user_states)
         # Every stripe the states fall on, always taken in the same order.
         stripes = sorted({hash((app, uid)) % STATE_LOCK_STRIPES for uid in uids})
         with contextlib.ExitStack() as held:
@@ -394,7 +403,7 @@ class RedisStore(ConfigStore):
                 if attempt:
                     delay = min(STATE_RETRY_DELAY_START * 2**attempt, STATE_RETRY_DELAY_MAX)
                     time.sleep(random.uniform(0, delay))
-                states = self._try_update_states(app, uids, update)
+                states = self._try_update_states(app, uids, update, cap)
                 if states is not None:
                     return states
         raise StoreError(
@@ -407,6 +416,7 @@ class RedisStore(ConfigStore):
         app: str,
         uids: list[str],
         update: StatesUpdate,
+        cap: int,
     ) -> dict[str, dict[str, Any]] | None:
         """One WATCH/MULTI/EXEC attempt; None if another client got in between."""
         apps, key = self._key("apps"), self._key("pstate", app)
@@ -429,7 +439,11 @@ class RedisStore(ConfigStore):
                     failure = e
                 else:
                     pipe.multi()
-                    pipe.hset(key, mapping=cast(dict[Any, Any], new))
+                    pairs = [part for item in new.items() for part in item]
+                    # EVAL, not EVALSHA: a script missing from Redis's cache
+                    # (after a restart) could not be loaded inside MULTI.
+                    args = [self.prefix, app, str(cap), *pairs]
+                    pipe.eval(scripts.WRITE_POLICY_STATES, 0, *args)
                     try:
                         pipe.execute()
                     except redis.WatchError:
@@ -444,7 +458,7 @@ class RedisStore(ConfigStore):
             pipe = r.pipeline(transaction=True)
             key = self._key("pstate", app)
             pipe.hlen(key)
-            pipe.delete(key)
+            pipe.delete(key, self._key("pstate-age", app))
             count, _ = pipe.execute()
             return int(count)
 

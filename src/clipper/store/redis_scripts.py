@@ -40,7 +40,7 @@ local links = P .. ':links:' .. app
 for _, model in ipairs(redis.call('LRANGE', links, 0, -1)) do
     redis.call('SREM', P .. ':linked:' .. model, app)
 end
-redis.call('DEL', links, P .. ':pstate:' .. app)
+redis.call('DEL', links, P .. ':pstate:' .. app, P .. ':pstate-age:' .. app)
 return changed()
 """
 
@@ -146,4 +146,45 @@ for _, name in ipairs(names) do
     end
 end
 return out
+"""
+
+# The write step of a policy-state update, queued inside the MULTI/EXEC block
+# that WATCHes the states (so not a mutating script of the kind above: states
+# are not configuration, nothing is INCRed or published). It writes the
+# states, stamps each user's in the age set with a score above every other
+# (uid "", the shared state, has none), and past the cap removes the users
+# with the lowest scores: the least recently written. A state written by a
+# version without age sets has no score yet; it gets 0, the oldest.
+# ARGV: prefix, app, max user states (0: no cap), then uid, state pairs.
+# Returns how many user states it removed.
+WRITE_POLICY_STATES = """
+local P, app, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local states, ages = P .. ':pstate:' .. app, P .. ':pstate-age:' .. app
+local users = redis.call('HLEN', states) - redis.call('HEXISTS', states, '')
+if redis.call('ZCARD', ages) < users then
+    for _, uid in ipairs(redis.call('HKEYS', states)) do
+        if uid ~= '' then redis.call('ZADD', ages, 'NX', 0, uid) end
+    end
+end
+local clock = 0
+local newest = redis.call('ZRANGE', ages, -1, -1, 'WITHSCORES')
+if #newest == 2 then clock = tonumber(newest[2]) end
+for i = 4, #ARGV, 2 do
+    redis.call('HSET', states, ARGV[i], ARGV[i + 1])
+    if ARGV[i] ~= '' then
+        clock = clock + 1
+        redis.call('ZADD', ages, clock, ARGV[i])
+    end
+end
+local removed = 0
+if cap > 0 then
+    local over = redis.call('ZCARD', ages) - cap
+    if over > 0 then
+        local oldest = redis.call('ZPOPMIN', ages, over)
+        for i = 1, #oldest, 2 do
+            removed = removed + redis.call('HDEL', states, oldest[i])
+        end
+    end
+end
+return removed
 """

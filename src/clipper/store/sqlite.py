@@ -7,7 +7,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from clipper.store.base import (
     StatesUpdate,
     app_from_record,
     app_to_record,
+    check_max_user_states,
     check_replicas,
     check_uid,
     check_uids,
@@ -40,7 +41,9 @@ from clipper.types import AppSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SHARED = ""  # the uid of an application's shared policy state
+
+SCHEMA_VERSION = 4
 
 # The current schema, for a new file. An older file gets the same tables from
 # _MIGRATIONS, so a column added here is added there too, at the end.
@@ -70,12 +73,33 @@ CREATE TABLE IF NOT EXISTS policy_states (
     app TEXT NOT NULL REFERENCES apps (name) ON DELETE CASCADE,
     uid TEXT NOT NULL,
     state TEXT NOT NULL,
+    updated_seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (app, uid)
 );
+CREATE TABLE IF NOT EXISTS policy_state_users (
+    app TEXT PRIMARY KEY REFERENCES apps (name) ON DELETE CASCADE,
+    users INTEGER NOT NULL
+);
 """
+# policy_states.updated_seq orders an app's states by their last write (larger
+# is more recent; rows from before version 4 have 0, the oldest); the user-state
+# cap removes the smallest first. policy_state_users counts each app's user
+# states (uid "" excluded), so checking the cap costs no scan.
 
-# Schema version -> the statements that bring a file of that version to the next one.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+# Indexes on columns that migrations add: created once the schema is current.
+_INDEXES = ("CREATE INDEX IF NOT EXISTS policy_states_by_age ON policy_states (app, updated_seq)",)
+
+
+def _add_updated_seq(conn: sqlite3.Connection) -> None:
+    # A file of version 1 or 2 got policy_states from _SCHEMA, column included.
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(policy_states)")]
+    if "updated_seq" not in columns:
+        conn.execute("ALTER TABLE policy_states ADD COLUMN updated_seq INTEGER NOT NULL DEFAULT 0")
+
+
+# Schema version -> the statements (or functions of the connection) that bring a
+# file of that version to the next one.
+_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     1: (
         "ALTER TABLE apps ADD COLUMN options TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE model_versions ADD COLUMN options TEXT NOT NULL DEFAULT '{}'",
@@ -88,6 +112,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             state TEXT NOT NULL,
             PRIMARY KEY (app, uid)
         )""",
+    ),
+    # Version 4: the user-state cap. Old states keep loading; they count as
+    # the least recently written ones.
+    3: (
+        _add_updated_seq,
+        """CREATE TABLE IF NOT EXISTS policy_state_users (
+            app TEXT PRIMARY KEY REFERENCES apps (name) ON DELETE CASCADE,
+            users INTEGER NOT NULL
+        )""",
+        """INSERT OR REPLACE INTO policy_state_users (app, users)
+            SELECT app, count(*) FROM policy_states WHERE uid != '' GROUP BY app""",
     ),
 }
 
@@ -190,6 +225,8 @@ class SQLiteStore(ConfigStore):
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', 0)")
             elif row["value"] != SCHEMA_VERSION:
                 self._migrate(conn, row["value"])
+            for statement in _INDEXES:
+                conn.execute(statement)
 
     def _migrate(self, conn: sqlite3.Connection, version: object) -> None:
         """Bring a file of an older schema version up to date, in the open transaction.
@@ -204,8 +241,11 @@ class SQLiteStore(ConfigStore):
             )
         try:
             while version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
+                for step in _MIGRATIONS[version]:
+                    if callable(step):
+                        step(conn)
+                    else:
+                        conn.execute(step)
                 version += 1
         except sqlite3.Error as e:
             raise StoreError(
@@ -437,13 +477,18 @@ class SQLiteStore(ConfigStore):
             ).fetchone()
         return load_policy_state(row["state"]) if row is not None else None
 
-    def update_policy_states(self, app: str, uids: Sequence[str], update: StatesUpdate) -> States:
-        """Atomically replace several states of one application, in one step.
+    def update_policy_states(
+        self, app: str, uids: Sequence[str], update: StatesUpdate, *, max_user_states: int = 0
+    ) -> States:
+        """Atomically replace several states of one application, in one step;
+        past ``max_user_states`` user states, the least recently written go.
 
-        The reads and the writes share one ``BEGIN IMMEDIATE`` transaction, so
-        no other writer, in this process or another, can come between them.
+        The reads and the writes (the removals too) share one ``BEGIN
+        IMMEDIATE`` transaction, so no other writer, in this process or
+        another, can come between them.
         """
         uids = check_uids(uids)
+        cap = check_max_user_states(max_user_states)
         with self._writing("update policy states") as conn:
             if not self._app_exists(conn, app):
                 raise missing_app(app)
@@ -455,16 +500,46 @@ class SQLiteStore(ConfigStore):
             stored = {row["uid"]: load_policy_state(row["state"]) for row in rows}
             # If update() or the check raises, the transaction rolls back untouched.
             texts = dump_policy_states(uids, update({u: stored.get(u) for u in uids}))
+            seq = conn.execute(
+                "SELECT coalesce(max(updated_seq), 0) FROM policy_states WHERE app = ?", (app,)
+            ).fetchone()[0]
             conn.executemany(
-                "INSERT INTO policy_states (app, uid, state) VALUES (?, ?, ?) "
-                "ON CONFLICT (app, uid) DO UPDATE SET state = excluded.state",
-                [(app, u, text) for u, text in texts.items()],
+                "INSERT INTO policy_states (app, uid, state, updated_seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (app, uid) DO UPDATE "
+                "SET state = excluded.state, updated_seq = excluded.updated_seq",
+                [(app, u, text, seq + i) for i, (u, text) in enumerate(texts.items(), 1)],
             )
+            new_users = sum(1 for u in uids if u != SHARED and u not in stored)
+            if new_users:
+                self._count_new_users(conn, app, new_users, cap)
         return {u: load_policy_state(text) for u, text in texts.items()}
+
+    @staticmethod
+    def _count_new_users(conn: sqlite3.Connection, app: str, new: int, cap: int) -> None:
+        """Count ``new`` user states of ``app``; past ``cap`` (if any), delete the oldest."""
+        # No RETURNING: it needs SQLite 3.35, and some systems' Python has an older one.
+        conn.execute(
+            "INSERT INTO policy_state_users (app, users) VALUES (?, ?) "
+            "ON CONFLICT (app) DO UPDATE SET users = users + excluded.users",
+            (app, new),
+        )
+        users = conn.execute(
+            "SELECT users FROM policy_state_users WHERE app = ?", (app,)
+        ).fetchone()[0]
+        if cap and users > cap:
+            removed = conn.execute(
+                "DELETE FROM policy_states WHERE rowid IN (SELECT rowid FROM policy_states "
+                "WHERE app = ? AND uid != '' ORDER BY updated_seq LIMIT ?)",
+                (app, users - cap),
+            ).rowcount
+            conn.execute(
+                "UPDATE policy_state_users SET users = users - ? WHERE app = ?", (removed, app)
+            )
 
     def delete_policy_states(self, app: str) -> int:
         """Delete every policy state of an application; return how many there were."""
         with self._writing("delete policy states") as conn:
+            conn.execute("DELETE FROM policy_state_users WHERE app = ?", (app,))
             return conn.execute("DELETE FROM policy_states WHERE app = ?", (app,)).rowcount
 
     # Housekeeping
