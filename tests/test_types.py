@@ -56,3 +56,11 @@ def test_settings_from_env_and_overrides(monkeypatch, tmp_path):
     assert s.state_dir == tmp_path.resolve()
     assert s.store == f"sqlite:///{tmp_path.resolve()}/clipper.db"
     assert s.rpc_address == "tcp://127.0.0.1:7000"
+
+
+@pytest.mark.parametrize("name", ["v2\n", "m\n", "a\nb", "digits\r", "\nm", "m\x00"])
+def test_names_are_matched_whole_a_trailing_newline_included(name):
+    with pytest.raises(ValueError, match="invalid"):
+        validate_name(name)
+    with pytest.raises(ValueError, match="invalid"):
+        validate_app_name(name)

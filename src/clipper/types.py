@@ -58,7 +58,8 @@ _INPUT_TYPE_ALIASES: dict[str, InputType] = {
     **{a: InputType.JSON for a in ("json", "j")},
 }
 
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+# Matched with fullmatch: "$" would also accept a trailing newline ("v2\n").
+_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
 RESERVED_APP_NAMES = frozenset({"v2", "health", "ready", "metrics", "admin", "dashboard"})
 
 
@@ -70,7 +71,7 @@ def validate_name(name: object, what: str = "name") -> str:
     """
     if not isinstance(name, str):
         raise ValueError(f"{what} must be a string, got {type(name).__name__}")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid {what} {name!r}: use 1-63 lowercase letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"

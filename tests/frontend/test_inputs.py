@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from clipper.frontend.inputs import (
     describe_json_type,
     parse_input,
     parse_predict_body,
+    parse_update_body,
 )
 from clipper.types import InputType
 
@@ -174,6 +176,130 @@ def test_batch_element_errors_name_the_index():
     assert error(body(input_batch=["a", 1]), InputType.STRINGS) == (
         "input_batch[1]: expected a string for input type 'strings', found a number"
     )
+
+
+# -- bounds: the batch length and the uid ---------------------------------------
+
+
+def test_batch_length_limit():
+    raw = body(input_batch=[[1.0]] * 6)
+    with pytest.raises(InputError, match=r"^input_batch has 6 inputs; the limit is 5$"):
+        parse_predict_body(raw, InputType.DOUBLES, None, 5)
+    assert len(parse_predict_body(raw, InputType.DOUBLES, None, 6).inputs) == 6
+    assert len(parse_predict_body(raw, InputType.DOUBLES, None).inputs) == 6  # no limit
+
+
+@pytest.fixture
+def no_conversion(monkeypatch):
+    def refuse(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("an element was converted")
+
+    monkeypatch.setattr(inputs_module, "_parse", refuse)
+
+
+@pytest.mark.usefixtures("no_conversion")
+@pytest.mark.parametrize("input_type", list(InputType))
+def test_batch_length_is_checked_before_any_element_is_converted(input_type):
+    # Short: orjson parses it and the length is checked before the elements.
+    with pytest.raises(InputError, match="input_batch has 3 inputs; the limit is 2"):
+        parse_predict_body(body(input_batch=[[0], [0], [0]]), input_type, None, 2)
+
+
+def bomb(n: int, key: bytes = b"input_batch", extra: bytes = b"") -> bytes:
+    return b'{"' + key + b'":[' + b",".join([b"[0]"] * n) + extra + b"]}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bomb(100_000),
+        bomb(100_000, key=b"input\\u005fbatch"),  # the name with an escape
+        bomb(100_000).replace(b"{", b'{"version": "1", ', 1),
+    ],
+)
+def test_a_long_batch_is_refused_before_it_becomes_python_objects(raw, monkeypatch):
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("the body went to orjson")
+
+    monkeypatch.setattr(inputs_module.orjson, "loads", refuse)
+    for input_type in InputType:
+        with pytest.raises(InputError, match="input_batch has 100000 inputs; the limit is 10000"):
+            parse_predict_body(raw, input_type, None, 10_000)
+
+
+@pytest.mark.usefixtures("no_conversion")
+def test_bodies_simdjson_cannot_read_still_meet_the_limit():
+    # simdjson refuses integers beyond 64 bits (orjson reads them as floats) and a
+    # field given twice is left to orjson (which keeps the last): the check after
+    # orjson still refuses them before converting any element.
+    for raw in (
+        bomb(30_000, extra=b",[123456789012345678901234567890]"),
+        b'{"input_batch": [[1]], ' + bomb(30_000)[1:],
+    ):
+        with pytest.raises(InputError, match=r"input_batch has 300\d\d inputs; the limit is 10000"):
+            parse_predict_body(raw, InputType.DOUBLES, None, 10_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    limit=st.integers(1, 8),
+    element=st.sampled_from(
+        ["[0]", "0", '"a"', "[1.5, 2]", "{}", "1e400", "123456789012345678901"]
+    ),
+    wrapper=st.sampled_from(
+        [
+            '{"input_batch": [%s]}',
+            '{"input\\u005fbatch": [%s]}',
+            '{"input_batch": [%s], "input_batch": [[1]]}',
+            '{"input_batch": [[1]], "input_batch": [%s]}',
+            '{"input_batch": [%s], "input": [1]}',
+            '{"input_batch": [%s], "uid": "\\u00e9"}',
+            '{"input_batch": [%s], "x": 1}',
+            '{"input_batch": [%s]',
+            "[%s]",
+        ]
+    ),
+    input_type=st.sampled_from(list(InputType)),
+)
+def test_the_early_count_agrees_with_the_general_path(n, limit, element, wrapper, input_type):
+    raw = (wrapper % ",".join([element] * n)).encode()
+
+    def answer(early: bool) -> Any:
+        with pytest.MonkeyPatch.context() as mp:
+            if not early:
+                mp.setattr(inputs_module, "_refuse_long_batch", lambda _body, _limit: None)
+            try:
+                return parse_predict_body(raw, input_type, None, limit)
+            except InputError as exc:
+                return exc
+
+    expected, got = answer(early=False), answer(early=True)
+    if isinstance(got, InputError):
+        # Refused early only when the general path refuses too.
+        assert isinstance(expected, InputError), (raw, got)
+        if "the limit is" not in str(got) or "the limit is" in str(expected):
+            assert str(got) == str(expected), raw
+    else:
+        assert isinstance(expected, PredictRequest), raw
+        assert len(got.inputs) == len(expected.inputs), raw
+
+
+@pytest.mark.parametrize(
+    ("uid", "ok"),
+    [("u" * 256, True), ("u" * 257, False), ("é" * 128, True), ("é" * 129, False), (7, True)],
+)
+def test_uid_is_at_most_256_bytes(uid, ok):
+    raw = body(input=[1.0], uid=uid)
+    update = body(uid=uid, input=[1.0], label=1)
+    if ok:
+        assert parse_predict_body(raw, InputType.DOUBLES, None).uid == str(uid)
+        assert parse_update_body(update, InputType.DOUBLES, None).uid == str(uid)
+        return
+    message = "field 'uid' is longer than the limit of 256 bytes (UTF-8)"
+    assert error(raw) == message
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_update_body(update, InputType.DOUBLES, None)
 
 
 # -- numeric types -----------------------------------------------------------

@@ -252,3 +252,27 @@ def test_infer_overloaded_and_processor_validation(oip, processor):
     processor.raises = ValidationError("model 'm' has no version '3'")
     status, body = infer(oip, "/v2/models/one/infer", fp64([1, 2], [1, 2]))
     assert status == 400 and body == {"error": "model 'm' has no version '3'"}
+
+
+def test_infer_rows_are_capped_by_max_batch_inputs(processor):
+    oip = OIPFrontend(
+        Catalog(FakeStore()),  # type: ignore[arg-type]
+        processor,  # type: ignore[arg-type]
+        max_body_bytes=10_000,
+        max_batch_inputs=3,
+    )
+    status, body = infer(oip, "/v2/models/one/infer", fp64([3, 2], [1, 2, 3, 4, 5, 6]))
+    assert status == 200 and len(processor.calls[0]["inputs"]) == 3
+    processor.calls.clear()
+    status, body = infer(oip, "/v2/models/one/infer", fp64([4, 2], [1, 2, 3, 4, 5, 6, 7, 8]))
+    assert status == 400 and body == {
+        "error": "input 'input' has 4 queries (rows of shape [4, 2]); the limit is 3"
+    }
+    assert not processor.calls
+
+
+@pytest.mark.parametrize("shape", [[300_000, 0], [100_000_000, 0], [0, 2]])
+def test_infer_refuses_zero_size_dimensions(oip, processor, shape):
+    status, body = infer(oip, "/v2/models/one/infer", fp64(shape, []))
+    assert status == 400 and "has a zero-size dimension" in body["error"]
+    assert list(body) == ["error"] and not processor.calls

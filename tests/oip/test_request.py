@@ -172,6 +172,75 @@ def test_bad_header_length():
     assert "Inference-Header-Content-Length" in error(doc, header_length="x")
 
 
+# -- bounds: checked on the shape, before the data is decoded ------------------------------
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if a tensor's data is decoded."""
+
+    def refuse(*args):
+        raise AssertionError("the tensor's data was decoded")
+
+    monkeypatch.setattr("clipper.frontend.oip_request.decode_json", refuse)
+    monkeypatch.setattr("clipper.frontend.oip_request.decode_binary", refuse)
+
+
+def limited(doc: dict, spec: AppSpec | None, limit: int, binary: bytes = b"") -> InferRequest:
+    raw, length = body(doc, binary)
+    return parse_infer_request(raw, length, spec, limit)
+
+
+def test_the_81_byte_body_that_claimed_300000_rows():
+    raw = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[300000,0],"data":[]}]}'
+    assert len(raw) <= 81
+    with pytest.raises(InputError, match=r"zero-size dimension \(each query is empty\)"):
+        parse_infer_request(raw, None, app("json"), 10_000)
+
+
+@pytest.mark.usefixtures("no_decoding")
+@pytest.mark.parametrize("input_type", ["json", "doubles", "strings"])
+def test_rows_beyond_the_limit_are_refused_before_decoding(input_type):
+    doc = {"inputs": [tensor("FP32", [11, 1], list(range(11)))]}
+    message = r"has 11 queries \(rows of shape \[11, 1\]\); the limit is 10"
+    with pytest.raises(InputError, match=message):
+        limited(doc, app(input_type), 10)
+    binary = {"name": "input", "datatype": "BYTES", "shape": [11]}
+    binary["parameters"] = {"binary_data_size": 44}
+    with pytest.raises(InputError, match="has 11 queries"):
+        limited({"inputs": [binary]}, app(input_type), 10, b"\0" * 44)
+
+
+def test_rows_at_the_limit_and_one_query_of_the_declared_shape():
+    doc = {"inputs": [tensor("FP32", [10, 1], list(range(10)))]}
+    assert len(app_queries(limited(doc, app("doubles"), 10).tensor, app("doubles"))) == 10
+    # A tensor of the app's declared shape is one query, however long.
+    spec = app("doubles", [20])
+    one = limited({"inputs": [tensor("FP32", [20], list(range(20)))]}, spec, 10)
+    assert len(app_queries(one.tensor, spec)) == 1
+    with pytest.raises(InputError, match="has 20 queries"):
+        limited({"inputs": [tensor("FP32", [20, 1], list(range(20)))]}, app("doubles", [1]), 10)
+
+
+@pytest.mark.usefixtures("no_decoding")
+def test_a_shape_larger_than_the_json_can_hold_is_refused_before_decoding():
+    doc = {"inputs": [tensor("FP32", [1, 1_000_000], [1])]}
+    with pytest.raises(InputError, match=r"needs 1000000 elements, more than the \d+ bytes"):
+        limited(doc, app("doubles"), 10)
+
+
+@pytest.mark.parametrize(
+    ("uid", "ok"),
+    [("u" * 256, True), ("u" * 257, False), ("é" * 128, True), ("é" * 129, False), (2**62, True)],
+)
+def test_uid_is_at_most_256_bytes(uid, ok):
+    doc = {"inputs": [tensor("FP32", [1], [1])], "parameters": {"clipper_uid": uid}}
+    if ok:
+        assert parse(doc).uid == str(uid)
+    else:
+        assert "parameters.clipper_uid is longer than the limit of 256 bytes" in error(doc)
+
+
 def test_decompress():
     raw = b'{"a": 1}' * 100
     assert decompress(gzip.compress(raw), "gzip", 10_000) == raw

@@ -113,9 +113,39 @@ def test_binary_size_must_match_shape(datatype):
     assert f"needs {6 * itemsize} bytes, binary_data_size is {6 * itemsize - 1}" in str(info.value)
 
 
-def test_empty_tensors():
-    assert decode_json("x", "INT32", (0,), []).data.shape == (0,)
-    assert decode_binary("x", "FP32", (0, 3), b"").data.shape == (0, 3)
+@pytest.mark.parametrize(
+    ("shape", "what"),
+    [
+        ((0,), "the batch is empty"),
+        ((0, 3), "the batch is empty"),
+        ((2, 0), "each query is empty"),
+        # Rows claimed for free: no data at all, and no allocation either.
+        ((100_000_000, 0), "each query is empty"),
+        ((10**18, 10**18, 0), "each query is empty"),
+    ],
+)
+def test_zero_size_dimensions_are_refused(shape, what):
+    message = rf"'shape' \[{', '.join(map(str, shape))}\] has a zero-size dimension \({what}\)"
+    with pytest.raises(InputError, match=message):
+        decode_json("x", "INT32", shape, [])
+    with pytest.raises(InputError, match=message):
+        decode_json("x", "BYTES", shape, [])
+    with pytest.raises(InputError, match=message):
+        decode_binary("x", "FP32", shape, b"")
+    with pytest.raises(InputError, match=message):
+        decode_binary("x", "BYTES", shape, b"")
+    with pytest.raises(InputError, match=message):
+        check_header({"name": "x", "datatype": "INT8", "shape": list(shape)}, "i")
+
+
+def test_bytes_shape_is_checked_against_the_data_before_decoding(monkeypatch):
+    # 3 million elements cannot fit in 8 bytes: refused before the data is read.
+    def no_reading(*args):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr("clipper.frontend.oip_tensors.deserialize_bytes", no_reading)
+    with pytest.raises(InputError, match=r"needs 3000000 BYTES elements, the binary data holds 2"):
+        decode_binary("s", "BYTES", (3_000_000,), b"\0" * 8)
 
 
 # -- BYTES -----------------------------------------------------------------------------
@@ -184,11 +214,12 @@ def test_bad_tensor_headers(tensor, message):
 
 
 def test_good_tensor_header():
-    assert check_header({"name": "x", "datatype": "INT8", "shape": [2, 0]}, "i") == (
+    assert check_header({"name": "x", "datatype": "INT8", "shape": [2, 1]}, "i") == (
         "x",
         "INT8",
-        (2, 0),
+        (2, 1),
     )
+    assert check_header({"name": "x", "datatype": "INT8", "shape": []}, "i") == ("x", "INT8", ())
 
 
 # -- answers -----------------------------------------------------------------------------

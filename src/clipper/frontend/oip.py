@@ -66,11 +66,13 @@ class OIPFrontend:
         processor: QueryProcessor,
         *,
         max_body_bytes: int,
+        max_batch_inputs: int = 10_000,
         is_ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.catalog = catalog
         self.processor = processor
         self.max_body_bytes = max_body_bytes
+        self.max_batch_inputs = max_batch_inputs  # most queries (rows) one request may carry
         self.is_ready = is_ready
 
     async def handle(self, request: Request) -> Response:
@@ -210,7 +212,7 @@ class OIPFrontend:
                 encoding = value.decode("latin-1")
         if encoding is not None:
             body = decompress(body, encoding, self.max_body_bytes)
-        request = parse_infer_request(body, header_length)
+        request = parse_infer_request(body, header_length, route.spec, self.max_batch_inputs)
         inputs = app_queries(request.tensor, route.spec)
         predictions = await self.processor.predict(
             route, inputs, version, request.uid, timeout_s=request.timeout_s

@@ -9,6 +9,7 @@ app's input type, and encode the predictions as the answer. Problems raise
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import orjson
 
 from ..exceptions import InputError, PayloadTooLarge
 from ..types import AppSpec, InputType
+from .inputs import check_uid
 from .oip_tensors import Tensor, check_header, decode_binary, decode_json, encode_output
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "default_value",
     "encode_response",
     "parse_infer_request",
+    "query_count",
 ]
 
 DEFAULT_OUTPUT_NAME = "output0"
@@ -73,8 +76,18 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse an ``/infer`` body; ``header_length`` is ``Inference-Header-Content-Length``."""
+def parse_infer_request(
+    body: bytes,
+    header_length: str | None,
+    spec: AppSpec | None = None,
+    max_queries: int | None = None,
+) -> InferRequest:
+    """Parse an ``/infer`` body; ``header_length`` is ``Inference-Header-Content-Length``.
+
+    With ``max_queries``, a tensor whose shape claims more queries (rows, as
+    :func:`app_queries` would read them for ``spec``) is refused before its
+    data is decoded.
+    """
     binary = memoryview(b"")
     header: bytes | memoryview = body
     if header_length is not None:
@@ -104,8 +117,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if seq not in (0, ""):
         raise InputError("sequence batching (parameters.sequence_id) is not supported")
     uid = params.get("clipper_uid")
-    if uid is not None and (isinstance(uid, bool) or not isinstance(uid, str | int) or uid == ""):
-        raise InputError("parameters.clipper_uid must be a non-empty string or an integer")
+    if uid is not None:
+        uid = check_uid(uid, "parameters.clipper_uid")
     binary_default = params.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise InputError("parameters.binary_data_output must be true or false")
@@ -118,16 +131,9 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             f"a Clipper app takes exactly one input tensor (its rows are the queries), "
             f"found {len(inputs)}"
         )
-    tensor = _input_tensor(inputs[0], binary)
+    tensor = _input_tensor(inputs[0], binary, len(header), spec, max_queries)
     output_name, binary_output = _requested_output(doc.get("outputs"), binary_default)
-    return InferRequest(
-        request_id,
-        tensor,
-        output_name,
-        binary_output,
-        timeout_s,
-        None if uid is None else str(uid),
-    )
+    return InferRequest(request_id, tensor, output_name, binary_output, timeout_s, uid)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -146,9 +152,30 @@ def _timeout(value: Any) -> float | None:
     return value / 1e6 if value > 0 else None  # 0: no timeout, as in Triton
 
 
-def _input_tensor(tensor: Any, binary: memoryview) -> Tensor:
+def query_count(shape: tuple[int, ...], spec: AppSpec | None) -> int:
+    """How many queries a tensor of ``shape`` is for ``spec``'s app (see
+    :func:`app_queries`): one for a scalar or a tensor of the app's declared
+    input shape, else the first dimension. An upper bound for shapes that
+    ``app_queries`` refuses."""
+    declared = spec.input_shape if spec is not None and spec.input_type.is_numeric else None
+    if not shape or (declared is not None and shape == tuple(declared)):
+        return 1
+    return shape[0]
+
+
+def _input_tensor(
+    tensor: Any,
+    binary: memoryview,
+    header_bytes: int,
+    spec: AppSpec | None,
+    max_queries: int | None,
+) -> Tensor:
     name, datatype, shape = check_header(tensor, "inputs[0]")
     where = f"input {name!r}"
+    if max_queries is not None and (rows := query_count(shape, spec)) > max_queries:
+        raise InputError(
+            f"{where} has {rows} queries (rows of shape {list(shape)}); the limit is {max_queries}"
+        )
     params = _object(tensor.get("parameters"), f"{where}: 'parameters'")
     if "shared_memory_region" in params:
         raise InputError(f"{where}: shared memory is not supported")
@@ -161,6 +188,12 @@ def _input_tensor(tensor: Any, binary: memoryview) -> Tensor:
             )
         if "data" not in tensor:
             raise InputError(f"{where} has neither 'data' nor parameters.binary_data_size")
+        count = math.prod(shape)
+        if count > header_bytes:  # each element takes a byte of JSON text at least
+            raise InputError(
+                f"{where}: shape {list(shape)} needs {count} elements, more than "
+                f"the {header_bytes} bytes of JSON hold"
+            )
         return decode_json(name, datatype, shape, tensor["data"])
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise InputError(f"{where}: parameters.binary_data_size must be a non-negative integer")

@@ -120,20 +120,40 @@ def check_header(tensor: Any, where: str) -> tuple[str, str, tuple[int, ...]]:
         raise InputError(
             f"{where}: 'shape' must be an array of at most {_MAX_DIMS} non-negative integers"
         )
+    _count(tuple(shape), where)
     return name, datatype, tuple(shape)
 
 
-def _count(shape: tuple[int, ...]) -> int:
+def _count(shape: tuple[int, ...], where: str) -> int:
+    """The number of elements of a tensor of ``shape``.
+
+    A zero-size dimension is refused: such a tensor holds no query, and its
+    other dimensions could claim any number of rows for free (``[100000000,
+    0]`` is 100 million empty rows in no data). With every dimension at least
+    1, no dimension exceeds the element count, which the data must match.
+    """
+    if 0 in shape:
+        what = "the batch is empty" if shape[0] == 0 else "each query is empty"
+        raise InputError(f"{where}: 'shape' {list(shape)} has a zero-size dimension ({what})")
     return math.prod(shape)
 
 
 def decode_binary(
     name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview
 ) -> Tensor:
-    """Decode a tensor's binary data (the binary tensor extension)."""
-    count = _count(shape)
+    """Decode a tensor's binary data (the binary tensor extension).
+
+    The shape is checked against the data's length before anything is read.
+    """
+    count = _count(shape, f"input {name!r}")
     dtype = DATATYPES[datatype]
     if dtype is None:
+        if count > len(raw) // 4:  # each element has a 4-byte length
+            raise InputError(
+                f"input {name!r}: shape {list(shape)} needs {count} BYTES elements, "
+                f"the binary data holds {len(raw) // 4} at most ({len(raw)} bytes, "
+                "with a 4-byte length per element)"
+            )
         elements = deserialize_bytes(raw, f"input {name!r}")
         if len(elements) != count:
             raise InputError(
@@ -158,11 +178,12 @@ def decode_binary(
 def decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Tensor:
     """Decode a tensor's JSON ``data``: flat, or nested to match ``shape``."""
     where = f"input {name!r}"
+    count = _count(shape, where)
     if not isinstance(data, list):
         raise InputError(f"{where}: 'data' must be an array")
     dtype = DATATYPES[datatype]
     if dtype is None:
-        flat = _flatten_strings(data, shape, where)
+        flat = _flatten_strings(data, shape, count, where)
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
         return Tensor(name, datatype, shape, arr.reshape(shape))
@@ -170,7 +191,7 @@ def decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
         parsed = np.array(data)
     except (ValueError, OverflowError):
         raise InputError(f"{where}: 'data' is ragged or holds values of mixed kinds") from None
-    _check_count(parsed, shape, where)
+    _check_count(parsed, shape, count, where)
     kind = parsed.dtype.kind
     if datatype == "BOOL":
         if kind != "b" and parsed.size:
@@ -212,8 +233,7 @@ def _exact_integers(
         raise InputError(f"{where}: {bad} is out of range for {datatype}") from None
 
 
-def _check_count(parsed: npt.NDArray[Any], shape: tuple[int, ...], where: str) -> None:
-    count = _count(shape)
+def _check_count(parsed: npt.NDArray[Any], shape: tuple[int, ...], count: int, where: str) -> None:
     if parsed.ndim > 1 and parsed.shape != shape:
         raise InputError(
             f"{where}: nested 'data' of shape {list(parsed.shape)} does not match "
@@ -225,8 +245,7 @@ def _check_count(parsed: npt.NDArray[Any], shape: tuple[int, ...], where: str) -
         )
 
 
-def _flatten_strings(data: list[Any], shape: tuple[int, ...], where: str) -> list[str]:
-    count = _count(shape)
+def _flatten_strings(data: list[Any], shape: tuple[int, ...], count: int, where: str) -> list[str]:
     if all(type(x) is str for x in data):
         flat: list[str] = data
     else:

@@ -97,12 +97,9 @@ class QueryFrontend:
             return route
         spec = route.spec
         try:
-            query = parse_predict_body(request.body, spec.input_type, spec.input_shape)
-            if len(query.inputs) > self.max_batch_inputs:
-                raise InputError(
-                    f"input_batch has {len(query.inputs)} inputs; the limit is "
-                    f"{self.max_batch_inputs}"
-                )
+            query = parse_predict_body(
+                request.body, spec.input_type, spec.input_shape, self.max_batch_inputs
+            )
             pending = self.processor.predict_soon(route, query.inputs, query.version, query.uid)
         except InputError as exc:
             return _error(400, "invalid input", str(exc))

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 from ..exceptions import NotFoundError, ValidationError
 from ..managers.envs import EnvironmentBuilder, check_model_loads
 from ..selection.policies import get_policy
@@ -52,6 +54,61 @@ def _check(condition: bool, message: str) -> None:
         raise ValidationError(message)
 
 
+def validate_requirements(pkgs: object) -> list[str]:
+    """``pkgs_to_install``: a list of PEP 508 requirements by name (``numpy==2.1``,
+    ``pkg[extra]>=1; python_version>"3.10"``), or ValidationError naming the entry.
+
+    pip reads more than requirements from its command line: an option
+    (``--index-url``, ``-e``, ``-r``) or a URL would let a deploy choose where
+    code comes from, so neither is accepted; a named index or a local wheel
+    belongs in the server's pip configuration.
+    """
+    _check(
+        isinstance(pkgs, list) and all(isinstance(p, str) and p.strip() for p in pkgs),
+        "pkgs_to_install must be a list of pip requirement strings",
+    )
+    assert isinstance(pkgs, list)
+    for entry in pkgs:
+        if entry.strip().startswith("-"):
+            raise ValidationError(
+                f"pkgs_to_install: {entry!r} is a pip option, not a requirement "
+                "(options such as --index-url and -e are not accepted)"
+            )
+        try:
+            requirement = Requirement(entry)
+        except InvalidRequirement as exc:
+            reason = str(exc).splitlines()[0]
+            raise ValidationError(
+                f"pkgs_to_install: {entry!r} is not a PEP 508 requirement ({reason})"
+            ) from None
+        if requirement.url is not None:
+            raise ValidationError(
+                f"pkgs_to_install: {entry!r} names a URL; give a package by name and version "
+                "(URL requirements are not accepted)"
+            )
+    return list(pkgs)
+
+
+def validate_model_data_path(path: object, state_dir: Path) -> str:
+    """A ``model_data_path`` given without ``model_data``: "" (none), or a path
+    that resolves (symbolic links followed) to a place inside ``state_dir``;
+    the resolved path, or ValidationError. Replicas unpickle what it names and
+    run the interpreter its ``env.json`` names, so it must be the server's own."""
+    _check(isinstance(path, str), "model_data_path must be a string")
+    assert isinstance(path, str)
+    if path == "":
+        return path
+    rule = f"model_data_path must be a path inside the server's state folder ({state_dir})"
+    try:
+        resolved = Path(path).resolve()
+        root = state_dir.resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+        raise ValidationError(f"{rule}; {path!r} does not resolve: {exc}") from None
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ValidationError(f"{rule}; {path!r} resolves to {resolved}")
+    return str(resolved)
+
+
 class ManagementService:
     """Operator commands, validated, applied to the store, then propagated."""
 
@@ -67,6 +124,7 @@ class ManagementService:
         self.store = store
         self.catalog = catalog
         self.manager = manager
+        self.state_dir = state_dir
         self.models_dir = state_dir / "models"
         self.log_dir = state_dir / "logs"
         # Called after every change, once the catalog is fresh (the dispatcher
@@ -255,12 +313,10 @@ class ManagementService:
                 f"not '{itype.value}'",
             )
         model_options = validate_model_options(options or {})
-        pkgs = pkgs_to_install or []
-        _check(
-            isinstance(pkgs, list) and all(isinstance(p, str) and p.strip() for p in pkgs),
-            "pkgs_to_install must be a list of pip requirement strings",
-        )
+        pkgs = validate_requirements(pkgs_to_install or [])
         _check(not pkgs or model_data is not None, "pkgs_to_install needs model_data")
+        if model_data is None:
+            model_data_path = validate_model_data_path(model_data_path, self.state_dir)
         artifact_dir = self.models_dir / model_name / model_version
         if model_data is not None:
             model_data_path = str(await self._store_artifact(artifact_dir, model_data, pkgs))

@@ -94,9 +94,11 @@ class EnvironmentBuilder:
         if code != 0:
             raise ValidationError(f"could not create a virtual environment: {out.strip()}")
         python = path / "bin" / "python"
+        # "--": whatever the list holds, pip reads it as requirements, never as
+        # options (the management service accepts PEP 508 requirements only).
         code, out = await _run(
             self.base_python, "-m", "pip", "--python", str(python), "install",
-            "--disable-pip-version-check", "--no-input", "--quiet", *pkgs,
+            "--disable-pip-version-check", "--no-input", "--quiet", "--", *pkgs,
             timeout=PIP_TIMEOUT_S,
         )  # fmt: skip
         if code != 0:
