@@ -256,8 +256,8 @@ class BenchServer:
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """The management API's bearer token, when the server was given one."""
-        token = getattr(self.cm, "admin_token", None) or os.environ.get("CLIPPER_ADMIN_TOKEN")
+        """The management API's token: given, else the one the server keeps in its state folder."""
+        token = self.cm.resolve_admin_token()
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def status(self) -> dict[str, Any]:

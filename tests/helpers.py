@@ -14,6 +14,28 @@ from typing import Any
 import httpx
 
 from clipper.admin import ClipperConnection, LocalContainerManager
+from clipper.statedir import ADMIN_TOKEN_FILE, read_secret
+
+
+def admin_token(state_dir: Path) -> str:
+    """The admin token a server keeps in its state folder (made at its first start)."""
+    token = read_secret(state_dir, ADMIN_TOKEN_FILE)
+    assert token, f"no admin token in {state_dir}"
+    return token
+
+
+class AdminAuth(httpx.Auth):
+    """Sends a server's admin token on requests to its management port, and only there
+    (the query port never sees it), as the admin client does."""
+
+    def __init__(self, admin_url: str, token: Callable[[], str]) -> None:
+        self.admin_url = admin_url
+        self.token = token
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        if str(request.url).startswith(self.admin_url) and "authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {self.token()}"
+        yield request
 
 
 def default_sigint() -> None:
@@ -80,7 +102,11 @@ class Clipper:
         self.conn = ClipperConnection(self.cm)
         self.query_url = f"http://127.0.0.1:{self.cm.clipper_query_port}"
         self.admin_url = f"http://127.0.0.1:{self.cm.clipper_management_port}"
-        self.http = httpx.Client(timeout=30.0)
+        self.http = httpx.Client(timeout=30.0, auth=AdminAuth(self.admin_url, self.token))
+
+    def token(self) -> str:
+        """The admin token: the one given to the manager, else the server's own."""
+        return self.cm.admin_token or admin_token(self.cm.state_path)
 
     def start(self) -> Clipper:
         self.conn.start_clipper(timeout=120)

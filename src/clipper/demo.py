@@ -62,8 +62,6 @@ async def install_demo(service: ManagementService, settings: Settings) -> str:
     return (
         f"\nClipper demo ready. The app '{APP}' classifies 8x8 digit images.\n"
         f"  Query:      {url}\n"
-        f"  Management: http://{settings.host}:{settings.management_port}/admin/ping\n"
-        f"  Dashboard:  http://{settings.host}:{settings.management_port}/dashboard\n"
         f"  Metrics:    http://{settings.host}:{settings.query_port}/metrics\n"
         f"Try it (this image is a {label}):\n\n"
         f"  curl -X POST {url} -H 'Content-Type: application/json' -d '{body}'\n\n"

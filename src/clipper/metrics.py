@@ -38,7 +38,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from .batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST, TOO_SLOW
-from .http.server import Request, Response
+from .http.server import Request, Response, json_error
 from .selection import processor as _processor
 from .selection.policies import get_policy
 from .selection.processor import LOW_CONFIDENCE, NO_MODELS, SLO_MISSED, Prediction
@@ -284,7 +284,7 @@ class Metrics:
     def respond(self, request: Request) -> Response:
         """Serve the registry in Prometheus' text format (or OpenMetrics, if asked)."""
         if request.method not in ("GET", "HEAD"):
-            return Response(405, b'{"error":"method not allowed","cause":"use GET"}')
+            return json_error(request.path, 405, "method not allowed", "use GET for /metrics")
         accept = (request.header(b"accept") or b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
         return Response(

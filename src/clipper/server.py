@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import ipaddress
-import json
 import logging
 import logging.handlers
 import os
@@ -22,11 +20,8 @@ import ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from . import settings as settings_mod
 from .batching.controllers import (
@@ -42,7 +37,8 @@ from .exceptions import StoreError, ValidationError
 from .frontend.oip import OIPFrontend
 from .frontend.oip import error as oip_error
 from .frontend.query import QueryFrontend
-from .http.server import HTTPServer
+from .http.auth import HostOriginGuard, token_matches
+from .http.server import Handler, HTTPServer, Request, Response, json_error
 from .management.api import ManagementFrontend
 from .management.autoscale import Autoscaler, Signals
 from .management.service import ManagementService
@@ -53,22 +49,22 @@ from .rpc.server import Replica, RPCServer
 from .selection.processor import QueryProcessor
 from .selection.state import PolicyStates
 from .settings import Settings
+from .statedir import (
+    ADMIN_TOKEN_FILE,
+    RPC_SECRET_FILE,
+    load_or_create_secret,
+    private_dir,
+    remove_server_record,
+    write_server_record,
+)
 from .store import open_store
 from .store.catalog import Catalog
 from .types import InputType, ModelId
 
 log = logging.getLogger("clipper.server")
 
-SERVER_FILE = "server.json"
 DEFAULT_SLO_MICROS = 100_000  # for a model no app links to yet
 MAX_BATCH_SIZE = 1024
-
-
-class _UvicornServer(uvicorn.Server):
-    # The management frontend shares this process; the server process owns signals.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class ClipperServer:
@@ -76,12 +72,15 @@ class ClipperServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        if not _is_loopback(settings.host) and not settings.admin_token:
-            raise ValidationError(
-                f"the management API would listen on {settings.host}, beyond this machine, "
-                "without authentication: set CLIPPER_ADMIN_TOKEN (or --admin-token)"
-            )
+        private_dir(settings.state_dir)
+        # Closed by default: a token and a secret always, generated at first
+        # start unless configured (then owner-only files in the state folder).
+        self.admin_token = settings.admin_token or load_or_create_secret(
+            settings.state_dir, ADMIN_TOKEN_FILE
+        )
+        self.rpc_secret = settings.rpc_secret or load_or_create_secret(
+            settings.state_dir, RPC_SECRET_FILE
+        )
         if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
             raise ValidationError("TLS needs both --tls-certfile and --tls-keyfile")
         if settings.manager not in ("local", "ray"):
@@ -107,7 +106,7 @@ class ClipperServer:
             check_registration=self._check_registration,
             heartbeat_interval=settings.heartbeat_interval,
             heartbeat_timeout=settings.heartbeat_timeout,
-            secret=settings.rpc_secret or None,
+            secret=self.rpc_secret,
             curve_secret_key=curve_secret,
             on_unresponsive=self._replica_hung,
             unresponsive_after=self._hung_after,
@@ -124,7 +123,7 @@ class ClipperServer:
                 rpc_address=f"tcp://{settings.rpc_host}:{settings.rpc_port}",
                 address=settings.ray_address,
                 on_exit=self.rpc.process_exited,
-                secret=settings.rpc_secret or None,
+                secret=self.rpc_secret,
                 server_key=curve_public,
             )
         else:
@@ -132,7 +131,7 @@ class ClipperServer:
                 rpc_address=settings.rpc_address,
                 state_dir=settings.state_dir,
                 on_exit=self.rpc.process_exited,
-                secret=settings.rpc_secret or None,
+                secret=self.rpc_secret,
                 server_key=curve_public,
             )
         self.service = ManagementService(
@@ -154,7 +153,11 @@ class ClipperServer:
         self.processor = QueryProcessor(
             self.catalog,
             self.dispatcher,
-            PolicyStates(self.store),
+            PolicyStates(
+                self.store,
+                max_bytes=settings.policy_cache_bytes,
+                max_user_states=settings.max_user_states,
+            ),
             observer=self.metrics,
             is_autoscaled=self.autoscaler.is_autoscaled,
         )
@@ -163,6 +166,7 @@ class ClipperServer:
             self.processor,
             max_body_bytes=settings.max_body_bytes,
             is_ready=lambda: self.ready,
+            max_batch_inputs=settings.max_batch_inputs,
         )
         self.query_app = QueryFrontend(
             self.catalog,
@@ -170,27 +174,64 @@ class ClipperServer:
             is_ready=lambda: self.ready,
             v2=self.oip.handle,
             v2_error=oip_error,
-            metrics=self.metrics.respond,
+            metrics=self._metrics_route(),
             max_batch_inputs=settings.max_batch_inputs,
         )
-        self.query_http = HTTPServer(
-            self.query_app.handle,
-            max_body_bytes=settings.max_body_bytes,
-            error_page=self.query_app.error_page,
-        )
+        self.query_http = self._http_server("query", self.query_app.handle)
+        self.query_http.error_page = self.query_app.error_page
         self.management_app = ManagementFrontend(
             self.service,
             self.status,
-            max_body_bytes=settings.max_body_bytes,
+            admin_token=self.admin_token,
             dashboard=Dashboard(self.metrics, self.catalog),
-            admin_token=settings.admin_token or None,
+            is_ready=lambda: self.ready,
+            secure=bool(settings.tls_certfile),
         )
+        self.management_http = self._http_server("management", self.management_app.handle)
         self.ready = False
         self.started_at = time.time()
-        self._management: _UvicornServer | None = None
-        self._management_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+
+    def _http_server(self, name: str, handler: Handler) -> HTTPServer:
+        """One of the two ports: the same HTTP stack, limits and Host/Origin guard."""
+        st = self.settings
+        guard = HostOriginGuard(
+            bind_host=st.host,
+            loopback=_is_loopback(st.host),
+            scheme="https" if st.tls_certfile else "http",
+            allowed_hosts=st.allowed_hosts.split(","),
+            allowed_origins=st.allowed_origins.split(","),
+        )
+        return HTTPServer(
+            handler,
+            max_body_bytes=st.max_body_bytes,
+            header_timeout_s=st.request_head_timeout,
+            body_timeout_s=st.request_body_timeout,
+            max_connections=st.max_connections,
+            max_inflight_bytes=st.max_inflight_bytes,
+            guard=guard,
+            name=name,
+        )
+
+    def _metrics_route(self) -> Any:
+        """``GET /metrics``: open (for Prometheus), or behind ``metrics_token`` when set."""
+        respond = self.metrics.respond
+        if not self.settings.metrics_token:
+            return respond
+        token = self.settings.metrics_token.encode()
+
+        def guarded(request: Request) -> Response:
+            if not token_matches(request.header(b"authorization"), token):
+                return json_error(
+                    request.path,
+                    401,
+                    "unauthorized",
+                    "/metrics needs 'Authorization: Bearer <metrics_token>'",
+                )
+            return respond(request)
+
+        return guarded
 
     # -- wiring callbacks ---------------------------------------------------------
 
@@ -337,40 +378,16 @@ class ClipperServer:
         if self.settings.tls_certfile:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(self.settings.tls_certfile, self.settings.tls_keyfile)
-        try:
-            await self.query_http.start(self.settings.host, self.settings.query_port, tls)
-        except OSError as exc:
-            raise SystemExit(
-                f"could not bind the query port {self.settings.query_port} on "
-                f"{self.settings.host}: {exc}"
-            ) from None
-        config = uvicorn.Config(
-            self.management_app,
-            host=self.settings.host,
-            port=self.settings.management_port,
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            server_header=False,
-            date_header=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=5,
-            ssl_certfile=self.settings.tls_certfile or None,
-            ssl_keyfile=self.settings.tls_keyfile or None,
-        )
-        self._management = _UvicornServer(config)
-        self._management_task = asyncio.create_task(self._management.serve())
-        deadline = time.monotonic() + 30
-        while not self._management.started:
-            if self._management_task.done():
+        for what, http, port in (
+            ("query", self.query_http, self.settings.query_port),
+            ("management", self.management_http, self.settings.management_port),
+        ):
+            try:
+                await http.start(self.settings.host, port, tls)
+            except OSError as exc:
                 raise SystemExit(
-                    f"could not bind the management port {self.settings.management_port} "
-                    f"on {self.settings.host}"
-                )
-            if time.monotonic() > deadline:
-                raise SystemExit("the management frontend did not start within 30 s")
-            await asyncio.sleep(0.01)
+                    f"could not bind the {what} port {port} on {self.settings.host}: {exc}"
+                ) from None
         self.autoscaler.refresh()
         await self.service.sync_replicas()
         self.autoscaler.start()
@@ -391,6 +408,21 @@ class ClipperServer:
             self.rpc.bound_address,
         )
 
+    def banner(self) -> str:
+        """What the server prints once up (stdout, not the log: it holds the token)."""
+        st = self.settings
+        scheme = "https" if st.tls_certfile else "http"
+        management = f"{scheme}://{st.host}:{st.management_port}"
+        return (
+            f"\nClipper is up (pid {os.getpid()}).\n"
+            f"  Queries:    {scheme}://{st.host}:{st.query_port}/<app>/predict\n"
+            f"  Management: {management}/admin/ (needs the admin token: `clipper token`)\n"
+            f"  Dashboard:  {management}/dashboard?token={self.admin_token}\n"
+            f"  State:      {st.state_dir}\n"
+            "Another shell finds this server and its token with:\n"
+            f"  export CLIPPER_HOME={st.state_dir}\n"
+        )
+
     def _write_server_file(self) -> None:
         info = {
             "pid": os.getpid(),
@@ -398,12 +430,10 @@ class ClipperServer:
             "query_port": self.settings.query_port,
             "management_port": self.settings.management_port,
             "rpc_port": self.settings.rpc_port,
+            "tls": bool(self.settings.tls_certfile),
             "started_at": self.started_at,
         }
-        path = self.settings.state_dir / SERVER_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(path)
+        write_server_record(self.settings.state_dir, info)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -416,21 +446,17 @@ class ClipperServer:
         deadline = time.monotonic() + self.settings.drain_timeout
         while self.dispatcher.busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        await self.query_http.shutdown(timeout_s=5)
-        if self._management is not None and self._management_task is not None:
-            self._management.should_exit = True
-            await asyncio.gather(self._management_task, return_exceptions=True)
+        await asyncio.gather(
+            self.query_http.shutdown(timeout_s=5), self.management_http.shutdown(timeout_s=5)
+        )
         await self.autoscaler.stop()
         await self.manager.stop_all()
         await self.metrics.stop()
         self.dispatcher.close()
+        self.processor.states.close()
         await self.rpc.stop()
         self.store.close()
-        with contextlib.suppress(FileNotFoundError):
-            path = self.settings.state_dir / SERVER_FILE
-            info = json.loads(path.read_text())
-            if info.get("pid") == os.getpid():
-                path.unlink()
+        remove_server_record(self.settings.state_dir, os.getpid())
         log.info("Clipper stopped")
 
     async def run(self, demo: bool = False) -> None:
@@ -440,6 +466,7 @@ class ClipperServer:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             await self.start()
+            print(self.banner(), flush=True)
             if demo:
                 from .demo import MODEL as DEMO_MODEL
                 from .demo import install_demo
@@ -506,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = settings_mod.from_args(args)
+    # Everything this process (and its replicas) creates in the state folder is
+    # its owner's only: the store, logs, artifacts, secrets.
+    os.umask(0o077)
     configure_logging(settings.log_level, settings.state_dir)
     try:
         server = ClipperServer(settings)

@@ -112,16 +112,63 @@ class Settings:
     admin_token: str = field(
         default="",
         metadata={
-            "help": "Bearer token the management API requires (prefer the env "
-            "variable: flags are visible to other users). Required when the "
-            "management port binds beyond loopback."
+            "help": "Token the management API requires, always (prefer the env "
+            "variable: flags are visible to other users). Default: generated at "
+            "first start and kept in <state_dir>/admin_token (owner-only), where "
+            "the admin client and the CLI find it; `clipper token` prints it."
         },
     )
     rpc_secret: str = field(
         default="",
         metadata={
-            "help": "Shared secret containers present when they register (prefer the env variable)."
+            "help": "Shared secret containers present when they register (prefer the env "
+            "variable). Default: generated at first start, kept in <state_dir>/rpc_secret "
+            "(`clipper token` prints it with its rpc option)."
         },
+    )
+    metrics_token: str = field(
+        default="",
+        metadata={
+            "help": "If set, GET /metrics needs 'Authorization: Bearer <this>' "
+            "(default: open, for Prometheus)."
+        },
+    )
+    allowed_hosts: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated host names the HTTP ports answer to besides the "
+            "loopback names and the bound address (the Host check, against DNS "
+            "rebinding; on a non-loopback bind it is on only when this is set)."
+        },
+    )
+    allowed_origins: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated web origins (scheme://host:port) whose pages may "
+            "call the HTTP ports; other cross-origin requests get a 403."
+        },
+    )
+    max_connections: int = field(
+        default=1024,
+        metadata={
+            "help": "Connections served at once per HTTP port; more wait (accepted, "
+            "unread) until one closes."
+        },
+    )
+    max_inflight_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "help": "Request bytes all connections of a port may hold at once; past it, "
+            "clients are not read until answers free bytes."
+        },
+    )
+    request_head_timeout: float = field(
+        default=10.0,
+        metadata={"help": "Seconds a request's head may take to arrive in full (else 408, close)."},
+    )
+    request_body_timeout: float = field(
+        default=60.0,
+        metadata={"help": "Seconds a request's body may take to arrive in full (else 408, close)."},
     )
     rpc_curve: str = field(
         default="",
@@ -143,6 +190,20 @@ class Settings:
     )
     log_level: str = field(
         default="INFO", metadata={"help": "Log level: DEBUG, INFO, WARNING, ERROR."}
+    )
+    policy_cache_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "Memory budget (approximate bytes, > 0) of the per-user policy state "
+            "cache; past it, the least recently used users' states are forgotten first."
+        },
+    )
+    max_user_states: int = field(
+        default=100_000,
+        metadata={
+            "help": "Most per-user policy states the store keeps per app (0: no limit); "
+            "feedback from a new user past it removes the least recently updated user's state."
+        },
     )
 
     def __post_init__(self) -> None:

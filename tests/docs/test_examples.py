@@ -24,7 +24,7 @@ import pytest
 
 from clipper.admin import ClipperConnection, LocalContainerManager
 from tests.docs.blocks import EXECUTED, ROOT, Command, Page, commands, is_skipped, output_matches
-from tests.helpers import Clipper, free_port, wait_for
+from tests.helpers import Clipper, admin_token, free_port, wait_for
 from tests.redis_server import redis_server
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ class Target:
     env: dict[str, str]
     ports: dict[int, int]  # port in the docs -> port of the test server
     paths: dict[str, str] = field(default_factory=dict)
-    management_ports: list[int] = field(default_factory=list)
+    management_ports: list[tuple[int, Path]] = field(default_factory=list)  # (port, state)
 
     def localize(self, text: str) -> str:
         for shown, actual in self.ports.items():
@@ -54,11 +54,15 @@ class Target:
         """Wait until every replica is live, as a reader typing the next command
         would: replicas start in the background after a deploy."""
         deadline = time.monotonic() + timeout
-        for port in self.management_ports:
+        for port, home in self.management_ports:
             while time.monotonic() < deadline:
                 try:
-                    status = httpx.get(f"http://127.0.0.1:{port}/admin/status", timeout=5).json()
-                except (httpx.HTTPError, ValueError):
+                    status = httpx.get(
+                        f"http://127.0.0.1:{port}/admin/status",
+                        headers={"Authorization": f"Bearer {admin_token(home)}"},
+                        timeout=5,
+                    ).json()
+                except (httpx.HTTPError, ValueError, AssertionError):
                     break  # no server (yet, or any more): nothing to wait for
                 if all(r["live"] for r in status["replicas"]):
                     break
@@ -163,7 +167,7 @@ def target_of(server: Clipper) -> Target:
             1338: cm.clipper_management_port,
             7000: cm.clipper_rpc_port,
         },
-        management_ports=[cm.clipper_management_port],
+        management_ports=[(cm.clipper_management_port, cm.state_path)],
     )
 
 
@@ -192,7 +196,7 @@ def test_redis_page_runs_as_written(tmp_path):
                 6379: redis_port,
             },
             paths={"/tmp/clipper-b": str(home_b)},
-            management_ports=[a["management"], b["management"]],
+            management_ports=[(a["management"], home_a), (b["management"], home_b)],
         )
         try:
             run_page(path, target, tmp_path)

@@ -149,7 +149,7 @@ def test_every_query_route_and_error_is_in_the_reference():
     for action in actions:
         assert f"`POST /{{app}}/{action}`" in page
     errors = re.findall(r'_error\((\d{3}), "([^"]+)"', source)
-    h1 = (ROOT / "src" / "clipper" / "frontend" / "h1.py").read_text()
+    h1 = (ROOT / "src" / "clipper" / "http" / "server.py").read_text()
     errors += re.findall(r'(\d{3}), "([a-z][^"]+)"', h1)
     assert len(errors) >= 12
     for status, error in errors:

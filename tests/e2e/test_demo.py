@@ -11,7 +11,7 @@ import threading
 import httpx
 import pytest
 
-from tests.helpers import free_port, pid_alive, wait_for
+from tests.helpers import admin_token, free_port, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,15 @@ def test_demo_serves_digits_and_ctrl_c_stops_everything(tmp_path):
         r = httpx.post(f"http://127.0.0.1:{ports[0]}/digits/predict", content=body, timeout=30)
         assert r.status_code == 200
         assert r.json()["default"] is False and r.json()["output"] == label
-        status = httpx.get(f"http://127.0.0.1:{ports[1]}/admin/status", timeout=30).json()
+        token = admin_token(tmp_path)
+        status = httpx.get(
+            f"http://127.0.0.1:{ports[1]}/admin/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()
+        # The banner shows the dashboard's sign-in link, and where another shell looks.
+        assert any(f"/dashboard?token={token}" in line for line in lines)
+        assert any(f"CLIPPER_HOME={tmp_path}" in line for line in lines)
         replica_pids = [r["pid"] for r in status["replicas"]]
         assert replica_pids and all(replica_pids)
         assert json.loads((tmp_path / "server.json").read_text())["pid"] == status["pid"]

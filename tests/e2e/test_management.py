@@ -108,8 +108,11 @@ def test_management_errors_are_400s_naming_the_problem(clipper, route, body, fra
 
 def test_unknown_admin_route_and_bad_json(clipper):
     assert clipper.admin("make_coffee").status_code == 404
-    r = clipper.http.post(f"{clipper.admin_url}/admin/add_app", content=b"{oops")
+    url = f"{clipper.admin_url}/admin/add_app"
+    r = clipper.http.post(url, content=b"{oops", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"] == "invalid JSON"
+    r = clipper.http.post(url, content=b"{oops")  # no JSON type: refused before it is read
+    assert r.status_code == 415 and r.json()["error"] == "unsupported media type"
 
 
 def test_input_type_mismatch_is_refused(clipper):

@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from clipper.deployers.python import deploy_python_closure
+from clipper.statedir import RPC_SECRET_FILE, read_secret
 from tests.e2e import models
 from tests.helpers import wait_for
 
@@ -226,6 +227,8 @@ def test_malformed_rpc_messages_do_not_harm_the_frontend(clipper, summing):
                         "model_name": "ghost",
                         "model_version": "1",
                         "input_type": "doubles",
+                        # The right secret: the unknown model is what is refused.
+                        "secret": read_secret(clipper.cm.state_path, RPC_SECRET_FILE),
                     }
                 )
             ],

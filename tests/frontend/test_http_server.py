@@ -10,6 +10,7 @@ protocol callback, a task's exception never retrieved) fails the test.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import gc
 import hashlib
@@ -999,3 +1000,131 @@ async def test_httpx_json_keep_alive_and_large_bodies():
             response = await http.post("/digest", content=b"z" * 8_000_001)
             assert response.status_code == 413
             assert set(response.json()) == {"error", "cause"}
+
+
+# -- 9. deadlines, budgets and the guard (the security issue) --------------------------------
+
+
+@aio
+async def test_every_response_carries_a_date():
+    async with serving(App()) as server, connect(server) as client:
+        reply = await client.ask("GET", "/fixed")
+        date = reply.header(b"date")
+        assert date is not None and date.endswith(b" GMT")
+        parsed = email.utils.parsedate_to_datetime(date.decode())
+        assert abs(parsed.timestamp() - time.time()) < 60
+
+
+@aio
+async def test_a_head_sent_a_byte_at_a_time_past_its_deadline_is_408_then_close():
+    # Slowloris: each byte comes well inside any idle timeout, the whole head never does.
+    async with serving(App(), header_timeout_s=1.5, keep_alive_s=1) as server:
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+        data, took = await trickle(server, head)
+        assert data.startswith(b"HTTP/1.1 408"), data[:120]
+        assert b'"request timeout"' in data and b"head" in data
+        assert took < 6
+        async with connect(server) as other:  # others are still served
+            assert (await other.ask("GET", "/fixed")).status == 200
+
+
+@aio
+async def test_a_body_trickled_past_its_deadline_is_408_then_close():
+    async with serving(App(), body_timeout_s=1.5, keep_alive_s=1) as server:
+        head = request("POST", "/up", headers=(("Content-Length", "1000"),))
+        data, took = await trickle(server, b"x" * 200, first=head)
+        assert data.startswith(b"HTTP/1.1 408") and b"body" in data, data[:120]
+        assert took < 6
+        assert server.held_bytes == 0
+
+
+async def trickle(server: HTTPServer, data: bytes, first: bytes = b"") -> tuple[bytes, float]:
+    """Send ``first``, then ``data`` a byte every 0.1 s until the server answers and
+    closes; return what it sent and how long that took. The answer is read as it
+    comes: bytes sent after the server stopped reading may reset the connection."""
+    loop = asyncio.get_running_loop()
+    async with connect(server) as client:
+        started = loop.time()
+        answer = asyncio.create_task(client.eof())
+        with suppress(ConnectionError):
+            await client.send(first)
+            for byte in data:
+                if answer.done():
+                    break
+                await client.send(bytes([byte]))
+                await asyncio.sleep(0.1)  # pacing, not waiting: never idle for long
+        return await answer, loop.time() - started
+
+
+@aio
+async def test_connections_past_the_cap_wait_and_are_served_in_turn():
+    app = App()
+    async with serving(app, max_connections=2) as server, connect(server) as a:  # noqa: SIM117
+        async with connect(server) as b:  # b closes first, inside
+            await a.send(request("GET", "/gate"))
+            await until(app.started.is_set, "the gate to be taken")
+            assert (await b.ask("GET", "/fixed")).status == 200
+            async with connect(server) as c:  # accepted, not reset: it waits its turn
+                await c.send(request("GET", "/fixed"))
+                await until(lambda: len(server.waiting) == 1, "the third connection to wait")
+                assert server.connections == 2
+                await b.close()  # a place frees: the waiting one is served
+                reply = await c.response()
+                assert reply.status == 200 and reply.body == App.FIXED
+                app.release.set()
+                assert (await a.response()).status == 200
+    assert not server.waiting
+
+
+@aio
+async def test_a_connection_over_its_byte_budget_is_not_read_until_answered():
+    app = App()
+    async with serving(app, max_body_bytes=10_000) as server, connect(server) as client:
+        await client.send(request("GET", "/gate"))
+        await until(app.started.is_set, "the gate to be taken")
+        body = b"y" * 9_000
+        for _ in range(20):  # 180 KB of pipelined bodies behind a request not yet answered
+            client.writer.write(request("POST", "/digest", body=body))
+        await until(
+            lambda: server.held_bytes > 0 and not client.writer.transport.is_closing(),
+            "bodies to be held",
+        )
+        await settled(lambda: server.held_bytes)
+        assert server.held_bytes <= server.connection_budget + 65536
+        app.release.set()
+        assert (await client.response()).status == 200
+        for _ in range(20):
+            reply = await client.response()
+            assert reply.json() == {"length": 9_000, "sha256": sha256(body)}
+        await until(lambda: server.held_bytes == 0, "every body's bytes to be released")
+
+
+@aio
+async def test_a_chunked_body_of_tiny_chunks_is_one_buffer():
+    async with serving(App(), max_body_bytes=100_000) as server, connect(server) as client:
+        chunks = b"".join(b"1\r\nz\r\n" for _ in range(50_000)) + b"0\r\n\r\n"
+        head = request("POST", "/digest", headers=(("Transfer-Encoding", "chunked"),))
+        await client.send(head + chunks)
+        reply = await client.response()
+        assert reply.json() == {"length": 50_000, "sha256": sha256(b"z" * 50_000)}
+        assert server.held_bytes == 0
+
+
+@aio
+async def test_the_guard_refuses_before_the_handler_runs():
+    app = App()
+
+    def guard(req: Request) -> tuple[int, str] | None:
+        if req.origin is not None:
+            return 403, f"origin {req.origin.decode()} is not allowed"
+        return None
+
+    async with serving(app, guard=guard) as server, connect(server) as client:
+        reply = await client.ask(
+            "POST", "/x", headers=(("Origin", "http://evil.test"),), body=b"{}"
+        )
+        assert_error_json(reply, 403)
+        assert "evil.test" in reply.json()["cause"]
+        assert not app.seen
+        assert (await client.ask("GET", "/fixed")).status == 200
+        assert app.seen[0].host == b"test"

@@ -111,9 +111,22 @@ def test_the_dashboard_in_a_real_browser(clipper: Clipper, tmp_path: Path) -> No
             page.on("console", lambda m: m.type == "error" and problems.append(m.text))
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            # Without the token: the sign-in page; with it (typed in its form), the
+            # dashboard, under a session cookie, with the token gone from the URL.
             response = page.goto(f"{clipper.admin_url}/dashboard")
-            assert response is not None and response.status == 200
+            assert response is not None and response.status == 401
+            page.fill("input[name=token]", clipper.token())
+            with page.expect_navigation():
+                page.click("input[type=submit]")
+            assert page.url == f"{clipper.admin_url}/dashboard"
             assert page.title() == "Clipper dashboard"
+            (cookie,) = page.context.cookies()
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert cookie["path"] == "/dashboard" and clipper.token() not in cookie["value"]
+            assert problems == [
+                "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+            ]
+            problems.clear()  # the sign-in page's own 401, as intended
             for app in ("sums", "checked", "vote"):
                 page.wait_for_selector(f'#apps tr[data-app="{app}"]', timeout=15_000)
             page.wait_for_selector('#models tr[data-model="summer:1"]')

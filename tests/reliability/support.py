@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from clipper.deployers.python import deploy_python_closure
+from clipper.statedir import RPC_SECRET_FILE, read_secret
 from tests.helpers import Clipper, pid_alive, wait_for
 
 # Explanations the server gives with a default output (selection/processor.py,
@@ -114,9 +115,18 @@ def stopped(pid: int) -> Iterator[None]:
 
 
 def start_container(
-    rpc_port: int, model_path: Path, name: str, version: str, input_type: str, log: Path
+    rpc_port: int,
+    model_path: Path,
+    name: str,
+    version: str,
+    input_type: str,
+    log: Path,
+    state_dir: Path,
 ) -> subprocess.Popen[bytes]:
-    """A model container started by hand (not by the server's manager)."""
+    """A model container started by hand (not by the server's manager), with the
+    server's RPC secret in its environment, as `clipper token --rpc` gives it."""
+    secret = read_secret(state_dir, RPC_SECRET_FILE)
+    assert secret, f"no RPC secret in {state_dir}"
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -131,6 +141,7 @@ def start_container(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "CLIPPER_RPC_SECRET": secret},
         )  # fmt: skip
 
 

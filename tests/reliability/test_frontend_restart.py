@@ -33,7 +33,11 @@ def test_an_external_container_survives_a_frontend_crash_and_reregisters(tmp_pat
         conn.register_application("ext-app", "doubles", "none", 2_000_000)
         conn.link_model_to_app("ext-app", "ext")
         container = start_container(
-            first.cm.clipper_rpc_port, model_path, "ext", "1", "doubles", tmp_path / "ext.log"
+            first.cm.clipper_rpc_port,
+            model_path,
+            *("ext", "1", "doubles"),
+            tmp_path / "ext.log",
+            first.cm.state_path,
         )
         (joined,) = first.wait_live("ext")
         assert joined["pid"] == container.pid

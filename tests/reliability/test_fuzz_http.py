@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from clipper.deployers.python import deploy_python_closure
 from clipper.management.api import FIELDS
-from tests.helpers import Clipper
+from tests.helpers import AdminAuth, Clipper
 from tests.reliability import models
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,9 @@ def clipper(tmp_path_factory) -> Iterator[Clipper]:
 
 @pytest.fixture(scope="module")
 def http(clipper) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30.0) as client:
+    # With the admin token on the management port: the fuzzer probes what an
+    # authorised caller can break (the security suite attacks without it).
+    with httpx.Client(timeout=30.0, auth=AdminAuth(clipper.admin_url, clipper.token)) as client:
         yield client
 
 

@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import Clipper, wait_for
+from tests.helpers import AdminAuth, Clipper, wait_for
 from tests.reliability import models
 from tests.reliability.support import (
     Answer,
@@ -108,7 +108,8 @@ class Load:
                     self.answers.append(answer)
 
     def _watch(self) -> None:
-        with httpx.Client(timeout=10.0) as client:
+        auth = AdminAuth(self.clipper.admin_url, self.clipper.token)
+        with httpx.Client(timeout=10.0, auth=auth) as client:
             while not self._done.is_set():
                 r = client.get(f"{self.clipper.admin_url}/admin/status")
                 for m in r.json()["models"]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import signal
@@ -16,21 +15,11 @@ from typing import Any
 import httpx
 import orjson
 
-from ..server import SERVER_FILE
+from ..statedir import is_clipper_server, pid_alive, private_dir, read_server_record
 from .exceptions import ClipperException, UnconnectedException
 from .manager import LocalContainerManager
 
 log = logging.getLogger("clipper.admin")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ClipperConnection:
@@ -51,10 +40,20 @@ class ClipperConnection:
     def management_url(self) -> str:
         return f"{self.cm.scheme}://{self.cm.host}:{self.cm.clipper_management_port}"
 
+    def _auth_headers(self) -> dict[str, str]:
+        """The admin token, for the management port only (never the query port)."""
+        token = self.cm.resolve_admin_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def _http(self, method: str, url: str, timeout: float, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.cm.admin_token}"} if self.cm.admin_token else {}
+        headers = self._auth_headers() if url.startswith(self.management_url) else {}
         return httpx.request(
             method, url, timeout=timeout, headers=headers, verify=self.cm.verify(), **kw
+        )
+
+    def _unauthorized(self, what: str) -> ClipperException:
+        return ClipperException(
+            f"{what}: the management API refused the admin token (401). {self.cm.token_source()}"
         )
 
     def get_query_addr(self) -> str:
@@ -70,8 +69,9 @@ class ClipperConnection:
         ``stop_all()`` stops it and every replica it started.
         """
         state = self.cm.state_path
-        (state / "logs").mkdir(parents=True, exist_ok=True)
-        if self._ping(timeout=1.0):
+        private_dir(state)
+        private_dir(state / "logs")
+        if self._ping(timeout=1.0) is not None:
             raise ClipperException(
                 f"a Clipper server already answers on {self.management_url}; "
                 "use connect() or stop it first"
@@ -97,7 +97,7 @@ class ClipperConnection:
                 raise ClipperException(
                     f"the Clipper server exited with status {code}:\n" + "\n".join(tail)
                 )
-            if self._ping(timeout=1.0):
+            if self._ping(timeout=1.0) == 200:
                 try:
                     if self._http("GET", query_health, 1.0).status_code == 200:
                         self.connected = True
@@ -111,26 +111,40 @@ class ClipperConnection:
 
     def connect(self) -> None:
         """Attach to a running server."""
-        if not self._ping(timeout=5.0):
+        status = self._ping(timeout=5.0)
+        if status is None:
             raise ClipperException(f"no Clipper server answers on {self.management_url}")
+        if status == 401:
+            raise self._unauthorized(f"connect to {self.management_url}")
+        if status != 200:
+            raise ClipperException(f"{self.management_url}/admin/ping answered {status}")
         self.connected = True
 
-    def _ping(self, timeout: float) -> bool:
+    def _ping(self, timeout: float) -> int | None:
+        """The status ``/admin/ping`` answers, or None if nothing answers."""
         try:
-            r = self._http("GET", f"{self.management_url}/admin/ping", timeout)
-            return r.status_code == 200
+            return self._http("GET", f"{self.management_url}/admin/ping", timeout).status_code
         except httpx.HTTPError:
-            return False
+            return None
 
     def _server_pid(self) -> int | None:
+        """The pid of this connection's server, checked: a recorded pid whose
+        process is no Clipper server (the pid was reused) is never signalled."""
         if self._process is not None and self._process.poll() is None:
             return self._process.pid
-        try:
-            info = json.loads((self.cm.state_path / SERVER_FILE).read_text())
-            pid = int(info["pid"])
-        except (OSError, ValueError, KeyError):
+        info = read_server_record(self.cm.state_path)
+        pid = info.get("pid") if info else None
+        if not isinstance(pid, int) or not pid_alive(pid):
             return None
-        return pid if _pid_alive(pid) else None
+        if not is_clipper_server(pid):
+            log.warning(
+                "the server record in %s names pid %d, which is not a Clipper server "
+                "(a stale record?): not stopping it",
+                self.cm.state_path,
+                pid,
+            )
+            return None
+        return pid
 
     def _terminate(self, pid: int, timeout: float = 30.0) -> None:
         try:
@@ -142,7 +156,7 @@ class ClipperConnection:
             if self._process is not None and self._process.pid == pid:
                 if self._process.poll() is not None:
                     return
-            elif not _pid_alive(pid):
+            elif not pid_alive(pid):
                 return
             time.sleep(0.05)
         log.warning("the Clipper server (pid %d) did not stop in %.0fs; killing it", pid, timeout)
@@ -177,19 +191,15 @@ class ClipperConnection:
         if not self.connected:
             raise UnconnectedException()
         if self._client is None:
-            headers = (
-                {"Authorization": f"Bearer {self.cm.admin_token}"} if self.cm.admin_token else {}
-            )
             self._client = httpx.Client(
-                base_url=self.management_url,
-                timeout=self.timeout,
-                headers=headers,
-                verify=self.cm.verify(),
+                base_url=self.management_url, timeout=self.timeout, verify=self.cm.verify()
             )
         try:
-            r = self._client.post(f"/admin/{route}", json=body)
+            r = self._client.post(f"/admin/{route}", json=body, headers=self._auth_headers())
         except httpx.HTTPError as exc:
             raise ClipperException(f"{route}: cannot reach {self.management_url}: {exc}") from exc
+        if r.status_code == 401:
+            raise self._unauthorized(route)
         try:
             payload = r.json()
         except ValueError:
@@ -383,6 +393,8 @@ class ClipperConnection:
             raise UnconnectedException()
         try:
             r = self._http("GET", f"{self.management_url}/admin/status", self.timeout)
+            if r.status_code == 401:
+                raise self._unauthorized("status")
             r.raise_for_status()
             return dict(r.json())
         except (httpx.HTTPError, ValueError) as exc:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..settings import default_state_dir
+from ..statedir import ADMIN_TOKEN_FILE, read_secret
 
 
 @dataclass
@@ -26,7 +28,8 @@ class LocalContainerManager:
     server_flags: list[str] = field(default_factory=list)
     """More flags for ``python -m clipper.server`` (e.g. ``["--batching", "quantile"]``)."""
     admin_token: str | None = None
-    """Bearer token of the management API (passed to a started server by environment)."""
+    """Token of the management API (passed to a started server by environment). Default:
+    ``$CLIPPER_ADMIN_TOKEN``, else the one a server keeps in ``<state_dir>/admin_token``."""
     rpc_secret: str | None = None
     """Secret containers must present (passed to a started server by environment)."""
     tls_certfile: str | None = None
@@ -45,6 +48,32 @@ class LocalContainerManager:
     def scheme(self) -> str:
         return "https" if self.tls_certfile else "http"
 
+    def resolve_admin_token(self) -> str | None:
+        """The token to send: given, else ``$CLIPPER_ADMIN_TOKEN``, else the state folder's."""
+        return (
+            self.admin_token
+            or os.environ.get("CLIPPER_ADMIN_TOKEN")
+            or read_secret(self.state_path, ADMIN_TOKEN_FILE)
+        )
+
+    def token_source(self) -> str:
+        """Where the token sent came from, for a 401's message."""
+        if self.admin_token:
+            return "The token was given to LocalContainerManager(admin_token=...)."
+        if os.environ.get("CLIPPER_ADMIN_TOKEN"):
+            return "The token came from $CLIPPER_ADMIN_TOKEN."
+        path = self.state_path / ADMIN_TOKEN_FILE
+        if path.is_file():
+            return (
+                f"The token came from {path}: is the server using another state folder? "
+                "Set CLIPPER_HOME (or state_dir) to its folder, or CLIPPER_ADMIN_TOKEN."
+            )
+        return (
+            f"No token was found: none given, no $CLIPPER_ADMIN_TOKEN, no {path}. Run as the "
+            "user who started the server with its CLIPPER_HOME, or set CLIPPER_ADMIN_TOKEN "
+            "(`clipper token` on the server's machine prints it)."
+        )
+
     def server_env(self) -> dict[str, str]:
         """Secrets for a started server: in its environment, never in its argv."""
         env = {}
@@ -52,6 +81,8 @@ class LocalContainerManager:
             env["CLIPPER_ADMIN_TOKEN"] = self.admin_token
         if self.rpc_secret:
             env["CLIPPER_RPC_SECRET"] = self.rpc_secret
+        if self.redis_url:  # it may carry a password
+            env["CLIPPER_STORE"] = self.redis_url
         return env
 
     def __post_init__(self) -> None:
@@ -78,8 +109,6 @@ class LocalContainerManager:
             "--state-dir",
             str(self.state_path),
         ]
-        if self.redis_url:
-            args += ["--store", self.redis_url]
         if self.tls_certfile and self.tls_keyfile:
             args += ["--tls-certfile", self.tls_certfile, "--tls-keyfile", self.tls_keyfile]
         return [*args, *self.server_flags]

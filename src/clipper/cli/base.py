@@ -130,8 +130,11 @@ def _global_options(
     admin_token: Annotated[
         str | None,
         typer.Option(
+            "--admin-token",
+            "--token",
             envvar="CLIPPER_ADMIN_TOKEN",
-            help="Bearer token of the management API (prefer the env variable).",
+            help="Token of the management API (prefer the env variable). Default: the one "
+            "the server keeps in its state folder (`clipper token` prints it).",
         ),
     ] = None,
     tls_ca: Annotated[

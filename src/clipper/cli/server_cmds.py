@@ -1,37 +1,18 @@
-"""``clipper start``, ``stop`` and ``status``: the server's lifecycle."""
+"""``clipper start``, ``stop``, ``status`` and ``token``: the server's lifecycle."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ..server import SERVER_FILE
-from .base import app, console, err_console, print_json, target
+from ..settings import default_state_dir
+from ..statedir import ADMIN_TOKEN_FILE, RPC_SECRET_FILE, pid_alive, read_secret, read_server_record
+from .base import app, console, err_console, fail, print_json, target
 from .parsing import split_server_args
 from .render import status_summary, status_table
-
-
-def read_server_record(state_dir: Path) -> dict[str, Any] | None:
-    """The record a running server keeps in its state folder (pid, ports), if any."""
-    try:
-        info = json.loads((state_dir / SERVER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @app.command(
@@ -70,6 +51,10 @@ def start(
     typer.echo(f"Clipper is running in the background (pid {pid}).")
     typer.echo(f"  queries:    http://{where.host}:{where.query_port}/<app>/predict")
     typer.echo(f"  management: http://{where.host}:{where.management_port}/admin/")
+    token = manager.resolve_admin_token()
+    if token:
+        dashboard = f"http://{where.host}:{where.management_port}/dashboard?token={token}"
+        typer.echo(f"  dashboard:  {dashboard}")
     typer.echo(f"  RPC port:   {where.rpc_port}")
     typer.echo(f"  state:      {manager.state_path}")
     typer.echo(f"  log:        {manager.state_path / 'logs' / 'server.log'}")
@@ -119,3 +104,32 @@ def status(
         print_json({**summary, "status": info})
     else:
         console.print(status_table(summary))
+
+
+@app.command(
+    help="Print the admin token of the server whose state folder this is (the management "
+    "API and the dashboard need it), or with --rpc the secret replicas register with "
+    "(for containers started by hand: CLIPPER_RPC_SECRET). Run it as the user who "
+    "started the server, with the same CLIPPER_HOME / --state-dir."
+)
+def token(
+    ctx: typer.Context,
+    rpc: Annotated[
+        bool, typer.Option("--rpc", help="Print the RPC secret instead of the admin token.")
+    ] = False,
+) -> None:
+    where = target(ctx)
+    state = where.state_dir or default_state_dir()
+    if rpc:
+        value = os.environ.get("CLIPPER_RPC_SECRET") or read_secret(state, RPC_SECRET_FILE)
+        what = f"CLIPPER_RPC_SECRET or {state / RPC_SECRET_FILE}"
+    else:
+        value = where.admin_token or read_secret(state, ADMIN_TOKEN_FILE)
+        what = f"--admin-token, CLIPPER_ADMIN_TOKEN or {state / ADMIN_TOKEN_FILE}"
+    if not value:
+        fail(
+            f"no {'RPC secret' if rpc else 'admin token'} found (looked in {what}); a server "
+            "makes one at its first start: start it, or point --state-dir / CLIPPER_HOME "
+            "at its state folder"
+        )
+    typer.echo(value)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from ..frontend.http import Receive, Scope, Send, send_bytes, send_error
+from ..http.server import Request, Response, json_error
 from ..metrics import Metrics
 from ..store.catalog import Catalog
 from .series import SeriesRecorder
@@ -69,35 +69,29 @@ def _load_assets() -> dict[str, _Asset]:
     return assets
 
 
-def _header(scope: Scope, name: bytes) -> bytes:
-    return next((v for k, v in scope["headers"] if k == name), b"")
-
-
 class Dashboard:
-    """ASGI app for ``/dashboard`` and below; samples the metrics once a second."""
+    """Handler of ``/dashboard`` and below (the management frontend checks access
+    first); samples the metrics once a second."""
 
     def __init__(self, metrics: Metrics, catalog: Catalog | None = None) -> None:
         self.series = SeriesRecorder(metrics, catalog)
         self.assets = _load_assets()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        if scope["method"] not in ("GET", "HEAD"):
-            await send_error(send, 405, "method not allowed", "the dashboard is read-only: GET")
-            return
+    def handle(self, request: Request) -> Response:
+        path = request.path
+        if request.method not in ("GET", "HEAD"):
+            return json_error(path, 405, "method not allowed", "the dashboard is read-only: GET")
         if path in ("/dashboard", "/dashboard/"):
-            await self._asset(scope, send, "index.html")
-        elif path == "/dashboard/api/summary":
-            await self._summary(scope, send)
-        elif path.startswith("/dashboard/static/") and path[18:] in self.assets:
-            await self._asset(scope, send, path[18:])
-        else:
-            await send_error(send, 404, "not found", f"no dashboard resource {path}")
+            return self._asset(request, "index.html")
+        if path == "/dashboard/api/summary":
+            return self._summary(request)
+        if path.startswith("/dashboard/static/") and path[18:] in self.assets:
+            return self._asset(request, path[18:])
+        return json_error(path, 404, "not found", f"no dashboard resource {path}")
 
-    async def _asset(self, scope: Scope, send: Send, name: str) -> None:
+    def _asset(self, request: Request, name: str) -> Response:
         asset = self.assets[name]
         headers = [
-            (b"content-type", asset.content_type),
             (b"cache-control", asset.cache_control),
             (b"etag", asset.etag),
             (b"x-content-type-options", b"nosniff"),
@@ -105,28 +99,26 @@ class Dashboard:
         ]
         if name.endswith(".html"):
             headers.append((b"content-security-policy", _CSP))
-        if asset.etag in _header(scope, b"if-none-match"):
-            await send_bytes(send, 304, b"", headers)
-            return
+        if asset.etag in (request.header(b"if-none-match") or b""):
+            return Response(304, b"", asset.content_type, tuple(headers))
         body = asset.body
-        if asset.gzipped is not None and b"gzip" in _header(scope, b"accept-encoding"):
+        if asset.gzipped is not None and b"gzip" in (request.header(b"accept-encoding") or b""):
             body = asset.gzipped
             headers.append((b"content-encoding", b"gzip"))
-        await send_bytes(send, 200, body if scope["method"] == "GET" else b"", headers)
+        return Response(200, body, asset.content_type, tuple(headers))
 
-    async def _summary(self, scope: Scope, send: Send) -> None:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    def _summary(self, request: Request) -> Response:
+        query = parse_qs(request.query.decode("latin-1"))
         since: float | None = None
         if "since" in query:
             try:
                 since = float(query["since"][0])
             except ValueError:
-                await send_error(send, 400, "invalid request", "since must be a number")
-                return
+                return json_error(request.path, 400, "invalid request", "since must be a number")
         body = orjson.dumps(self.series.summary(since))
-        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        headers = [(b"cache-control", b"no-store")]
         # The first poll carries the whole history (up to ~100 KB per app): compress it.
-        if len(body) > 16_384 and b"gzip" in _header(scope, b"accept-encoding"):
+        if len(body) > 16_384 and b"gzip" in (request.header(b"accept-encoding") or b""):
             body = gzip.compress(body, compresslevel=1)
             headers.append((b"content-encoding", b"gzip"))
-        await send_bytes(send, 200, body if scope["method"] == "GET" else b"", headers)
+        return Response(200, body, headers=tuple(headers))

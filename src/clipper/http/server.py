@@ -1,4 +1,4 @@
-"""HTTP/1.1 for the query port: an ``asyncio.Protocol`` on httptools, no ASGI.
+"""HTTP/1.1 for both ports: an ``asyncio.Protocol`` on httptools, no ASGI.
 
 The query port answers one small JSON request after another, thousands a
 second, and the ASGI layer (a scope dict, receive/send message dicts, checks
@@ -20,9 +20,18 @@ owns what a server must:
   dropped, so the connection survives; with ``Expect`` it is never sent and
   the connection closes), a head over ``max_header_bytes`` a 431, anything
   httptools cannot parse a 400; each answer in the error page's JSON;
-- timeouts: one sweep every half second closes connections idle for
-  ``keep_alive_s`` (between requests) or ``header_timeout_s`` (inside one),
-  never sooner;
+- deadlines, not idle timeouts: a request's head must arrive within
+  ``header_timeout_s`` of its first byte and its body within
+  ``body_timeout_s`` of its head (else a 408, then close: one byte a second
+  keeps nothing open); a connection idle between requests closes after
+  ``keep_alive_s``. One sweep every half second enforces them, never sooner;
+- budgets: at most ``max_connections`` connections are served (more wait,
+  accepted but unread, until one closes: nothing is reset); a connection
+  holds at most about ``max_body_bytes`` of request bodies (pipelined ones
+  included) and all connections together ``max_inflight_bytes``; past either,
+  that client is not read until answers free the bytes;
+- a ``guard`` (the Host/Origin check) that may refuse a request before its
+  handler runs;
 - a handler's exception is a 500 naming only its type, never a traceback;
 - TLS through the event loop's transport; shutdown that answers what is in
   flight (with ``connection: close``) and closes the rest.
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import ssl
 import time
@@ -64,6 +74,8 @@ class Request:
     query: bytes
     headers: list[tuple[bytes, bytes]]  # names lower-cased, in order
     body: bytes = b""
+    host: bytes | None = None  # the Host header, as sent
+    origin: bytes | None = None  # the Origin header, as sent
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case), or None."""
@@ -95,6 +107,8 @@ class Later:
 # coroutine (any other awaitable; the server runs it as a task).
 Handler = Callable[[Request], Response | Later | Awaitable[Response]]
 ErrorPage = Callable[[str, int, str, str], Response]  # (path, status, error, cause)
+# Looks at a request before its handler: None lets it through, else (status, cause).
+Guard = Callable[[Request], tuple[int, str] | None]
 
 
 def json_response(status: int, obj: object) -> Response:
@@ -106,12 +120,24 @@ def json_error(path: str, status: int, error: str, cause: str) -> Response:
     return json_response(status, {"error": error, "cause": cause})
 
 
+_date = [0, b""]  # (second, the Date header's value), made once a second
+
+
+def http_date() -> bytes:
+    """The current time as an HTTP ``Date`` (RFC 9110), cached for the second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, email.utils.formatdate(now, usegmt=True).encode()
+    return cast(bytes, _date[1])
+
+
 def encode(response: Response, keep: int, head: bool) -> bytes:
     """The bytes of ``response``; ``head``: without its body (a HEAD request)."""
     body = response.body
     status = response.status
     line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
-    parts = [line, b"content-type: ", response.content_type, b"\r\ncontent-length: "]
+    parts = [line, b"date: ", http_date(), b"\r\ncontent-type: ", response.content_type]
+    parts.append(b"\r\ncontent-length: ")
     parts.append(str(len(body)).encode())
     parts.append(b"\r\n")
     for name, value in response.headers:
@@ -137,17 +163,36 @@ class HTTPServer:
         error_page: ErrorPage = json_error,
         max_header_bytes: int = 65536,
         keep_alive_s: float = 5.0,
-        header_timeout_s: float = 30.0,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 60.0,
         max_pipelined: int = 32,
+        max_connections: int = 1024,
+        max_inflight_bytes: int = 256 * 1024 * 1024,
+        guard: Guard | None = None,
+        name: str = "HTTP",
     ) -> None:
         self.handler = handler
         self.error_page = error_page
+        self.guard = guard
+        self.name = name  # which port, for log lines
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.keep_alive_s = keep_alive_s
         self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.max_pipelined = max_pipelined
+        self.max_connections = max(1, max_connections)
+        # Connections past the cap wait, unread, up to this many; beyond, they close.
+        self.max_waiting = 8 * self.max_connections
+        # One connection may hold a whole body and a little more (pipelined
+        # requests); all of them together at least two whole bodies.
+        self.connection_budget = max_body_bytes + 65536
+        self.max_inflight_bytes = max(max_inflight_bytes, 2 * self.connection_budget)
+        self.held_bytes = 0  # request bodies read and not yet answered, all connections
+        self.starved: set[_Connection] = set()  # not read until bytes are freed
         self.open: set[_Connection] = set()
+        self.waiting: deque[_Connection] = deque()  # accepted past the cap, not yet served
+        self._cap_logged_at = float("-inf")
         self.port = 0
         self.shutting_down = False
         self._server: asyncio.AbstractServer | None = None
@@ -156,6 +201,65 @@ class HTTPServer:
     @property
     def connections(self) -> int:
         return len(self.open)
+
+    def admit(self, conn: _Connection) -> bool:
+        """A new connection: served now (True), or left waiting past the cap."""
+        if len(self.open) < self.max_connections and not self.waiting:
+            self.open.add(conn)
+            return True
+        if len(self.waiting) >= self.max_waiting:
+            log.warning(
+                "%s port: %d connections open and %d waiting: closing a new one",
+                self.name,
+                len(self.open),
+                len(self.waiting),
+            )
+            return False
+        self.waiting.append(conn)
+        now = time.monotonic()
+        if now - self._cap_logged_at > 10:
+            self._cap_logged_at = now
+            log.warning(
+                "%s port: %d connections open (the cap, max_connections): new ones wait",
+                self.name,
+                len(self.open),
+            )
+        return True
+
+    def left(self, conn: _Connection) -> None:
+        """A connection closed: free its place and its bytes, let a waiting one in."""
+        if conn in self.open:
+            self.open.discard(conn)
+        else:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(conn)
+        self.starved.discard(conn)
+        conn.answering_bytes = 0  # counted in conn.held, released now
+        self.release(conn, conn.held)
+        while self.waiting and len(self.open) < self.max_connections:
+            nxt = self.waiting.popleft()
+            if nxt.transport is not None and not nxt.transport.is_closing():
+                self.open.add(nxt)
+                nxt.admitted()
+
+    def hold(self, conn: _Connection, size: int) -> None:
+        conn.held += size
+        self.held_bytes += size
+
+    def release(self, conn: _Connection, size: int) -> None:
+        """Bytes of ``conn``'s requests answered or dropped: read the starved again."""
+        if size <= 0:
+            return
+        conn.held -= size
+        self.held_bytes -= size
+        if self.starved and self.held_bytes < self.max_inflight_bytes:
+            for other in list(self.starved):
+                if other.held < self.connection_budget:
+                    self.starved.discard(other)
+                    other._resume_reading()
+
+    def over_budget(self, conn: _Connection) -> bool:
+        return conn.held > self.connection_budget or self.held_bytes > self.max_inflight_bytes
 
     async def start(self, host: str, port: int, ssl: ssl.SSLContext | None = None) -> None:
         """Listen on ``host:port`` (0: any free port, then in ``self.port``)."""
@@ -179,13 +283,15 @@ class HTTPServer:
         self.shutting_down = True
         if self._server is not None:
             self._server.close()
+        for conn in list(self.waiting):
+            conn.abort()
         for conn in list(self.open):
             conn.close_when_idle()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self.open and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for conn in list(self.open):
+        for conn in [*self.open, *self.waiting]:
             conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -207,6 +313,9 @@ class _Connection(asyncio.Protocol):
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport | None = None
         self.active_at = time.monotonic()  # last bytes in, or an answer out
+        self.phase_at = 0.0  # when the head (or the body) being read began
+        self.held = 0  # bytes of request bodies read and not yet answered
+        self.answering_bytes = 0  # of those, the request being answered
         self.busy = False  # a request is being answered
         self.pending: deque[tuple[Request | Response, int, bool]] = deque()
         self.read_paused = False
@@ -218,8 +327,10 @@ class _Connection(asyncio.Protocol):
         self.head_raw = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.origin: bytes | None = None
         self.head_bytes = 0
-        self.chunks: list[bytes] = []
+        self.body: bytes | bytearray = b""  # a chunked body grows in one bytearray
         self.body_bytes = 0
         self.expect_continue = False
         self.rejected = False  # answered already (413/431): drop its body
@@ -232,12 +343,20 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.server.open.add(self)
-        if self.server.shutting_down:
+        if self.server.shutting_down or not self.server.admit(self):
             self.transport.close()
+        elif self not in self.server.open:  # past the cap: wait, unread
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def admitted(self) -> None:
+        """Let in from the waiting line: read from now on."""
+        self.active_at = time.monotonic()
+        self.read_paused = True
+        self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.open.discard(self)
+        self.server.left(self)
         self.pending.clear()
         self.parser = None
 
@@ -271,6 +390,12 @@ class _Connection(asyncio.Protocol):
             self.head_raw += len(data)
             if self.head_raw > self.server.max_header_bytes:
                 self._fail(431, "request header fields too large", self._head_limit())
+                return
+        if self.held and self.server.over_budget(self):
+            # Bodies read and not yet answered fill this connection's (or every
+            # connection's) budget: read no more from this client until they are.
+            self.server.starved.add(self)
+            self._pause_reading()
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its requests and
@@ -297,11 +422,13 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.in_head = True
+        self.phase_at = time.monotonic()
         self.head_raw = 0
         self.url = b""
         self.headers = []
+        self.host = self.origin = None
         self.head_bytes = 0
-        self.chunks = []
+        self.body = b""
         self.body_bytes = 0
         self.expect_continue = False
         self.rejected = False
@@ -315,12 +442,17 @@ class _Connection(asyncio.Protocol):
         if self.head_bytes > self.server.max_header_bytes:
             raise _HeadTooLarge  # becomes an HttpParserError in data_received
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self.host = value
+        elif name == b"origin":
+            self.origin = value
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.phase_at = time.monotonic()  # the body's deadline starts now
         parser = self.parser
         if parser is None:  # after a 413 that closes: the rest is not read
             return
@@ -332,7 +464,12 @@ class _Connection(asyncio.Protocol):
         if "%" in path:
             path = urllib.parse.unquote(path)
         self.request = Request(
-            parser.get_method().decode("ascii"), path, url.query or b"", self.headers
+            parser.get_method().decode("ascii"),
+            path,
+            url.query or b"",
+            self.headers,
+            host=self.host,
+            origin=self.origin,
         )
         declared = self.request.header(b"content-length")
         limit = self.server.max_body_bytes
@@ -347,12 +484,18 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.rejected:
             return
-        self.body_bytes += len(body)
+        size = len(body)
+        self.body_bytes += size
         if self.body_bytes > self.server.max_body_bytes:
-            self.chunks = []
             self._too_large(f"request body exceeds the limit of {self.server.max_body_bytes} bytes")
             return
-        self.chunks.append(body)
+        self.server.hold(self, size)
+        if not self.body:
+            self.body = body
+        elif isinstance(self.body, bytearray):
+            self.body += body
+        else:
+            self.body = bytearray(self.body) + body
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -360,9 +503,10 @@ class _Connection(asyncio.Protocol):
         if self.rejected or request is None:
             return
         self.request = None
-        chunks = self.chunks
-        if chunks:
-            request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = self.body
+        if body:
+            request.body = body if isinstance(body, bytes) else bytes(body)
+            self.body = b""
         parser = self.parser
         assert parser is not None  # set to None only with self.rejected or no request
         if not parser.should_keep_alive():
@@ -388,6 +532,7 @@ class _Connection(asyncio.Protocol):
         if isinstance(item, Response):
             self._write(item, keep, head)
             return
+        self.answering_bytes = len(item.body)
         # The handler runs after this round of I/O callbacks, not inside it: a
         # read callback stays short, so a replica's result waiting behind it
         # in the same round is taken (and the replica given its next batch)
@@ -397,6 +542,12 @@ class _Connection(asyncio.Protocol):
     def _handle(self, item: Request, keep: int, head: bool) -> None:
         if self.transport is None or self.transport.is_closing():  # the client left
             self.busy = False
+            return
+        guard = self.server.guard
+        refused = guard(item) if guard is not None else None
+        if refused is not None:
+            status, cause = refused
+            self._write(self.server.error_page(item.path, status, "forbidden", cause), keep, head)
             return
         try:
             result = self.server.handler(item)
@@ -445,6 +596,9 @@ class _Connection(asyncio.Protocol):
     def _write(self, response: Response, keep: int, head: bool) -> None:
         transport = self.transport
         assert transport is not None
+        if self.answering_bytes:  # the request's body is answered: its bytes are free
+            self.server.release(self, self.answering_bytes)
+            self.answering_bytes = 0
         if transport.is_closing():  # the client left
             self.busy = False
             return
@@ -471,7 +625,8 @@ class _Connection(asyncio.Protocol):
         waits for our word: the connection closes after the 413.
         """
         self.rejected = True
-        self.chunks = []
+        self.server.release(self, len(self.body))
+        self.body = b""
         request = self.request
         self.request = None
         page = self.server.error_page(
@@ -487,6 +642,7 @@ class _Connection(asyncio.Protocol):
         """Answer a request that cannot be parsed, in turn, then close."""
         self.parser = None
         self.in_message = False
+        self.in_head = False
         path = self.request.path if self.request is not None else ""
         self.request = None
         self._pause_reading()
@@ -506,27 +662,56 @@ class _Connection(asyncio.Protocol):
         if (
             self.read_paused
             and not self.write_paused
+            and self not in self.server.starved
+            and self in self.server.open
             and len(self.pending) < self.server.max_pipelined
             and self.parser is not None
             and self.transport is not None
             and not self.transport.is_closing()
         ):
             self.read_paused = False
+            if self.in_message:  # the client could not send while unread: a fresh deadline
+                self.phase_at = time.monotonic()
             self.transport.resume_reading()
 
     def tick(self, now: float) -> None:
-        """The server's sweep: close the connection if idle too long."""
+        """The server's sweep: enforce the deadlines, close an idle connection."""
         server = self.server
-        idle = now - self.active_at
+        if self.transport is None:
+            return
         if self.write_paused:  # a client that stopped reading its answers
-            if idle >= server.header_timeout_s and self.transport is not None:
+            if now - self.active_at >= server.header_timeout_s:
                 self.transport.abort()
             return
-        if self.busy or self.pending:
+        if self.in_message and not self.read_paused:
+            # A request being read: its head, then its body, each have a total
+            # deadline (while we do not read, the client cannot be late).
+            if self.in_head:
+                if now - self.phase_at >= server.header_timeout_s:
+                    self._late("head", server.header_timeout_s)
+            elif now - self.phase_at >= server.body_timeout_s:
+                self._late("body", server.body_timeout_s)
             return
-        limit = server.header_timeout_s if self.in_message else server.keep_alive_s
-        if idle >= limit and self.transport is not None:
+        if self.busy or self.pending or self.in_message:
+            return
+        if now - self.active_at >= server.keep_alive_s:
             self.transport.close()
+
+    def _late(self, part: str, limit: float) -> None:
+        """A 408 for a request that did not arrive in time, then close."""
+        cause = f"the request's {part} did not arrive within {limit:g} s"
+        log.info("%s port: %s; closing the connection", self.server.name, cause)
+        self.server.release(self, len(self.body))
+        self.body = b""
+        if self.rejected:  # answered already (a 413): just stop reading its body
+            self.parser = None
+            self.in_message = False
+            self._pause_reading()
+            self.closing = True
+            if not (self.busy or self.pending) and self.transport is not None:
+                self.transport.close()
+            return
+        self._fail(408, "request timeout", cause)
 
     def close_when_idle(self) -> None:
         """Shutdown: close now if nothing is owed, else after the answers owed."""

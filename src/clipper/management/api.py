@@ -1,5 +1,8 @@
 """The management frontend: ``POST /admin/{route}`` with a JSON body, Clipper's routes.
 
+Served by the same HTTP stack as the query port (:mod:`clipper.http`), with
+the same limits, deadlines and errors.
+
 Each route reads named fields from the body (unknown fields are an error, so
 a typo never passes silently) and calls the management service. Failures are
 400 ``{"error", "cause"}``, as in Clipper.
@@ -16,11 +19,14 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
-from ..exceptions import ClipperError, NotFoundError, PayloadTooLarge, ValidationError
-from ..frontend.http import ASGIApp, Receive, Scope, Send, read_body, send_error, send_json, serve
+from ..dashboard import Dashboard
+from ..exceptions import ClipperError, NotFoundError, ValidationError
+from ..http.auth import Sessions, token_matches
+from ..http.server import Request, Response, json_error, json_response
 from .service import ManagementService
 
 log = logging.getLogger("clipper.management")
@@ -168,7 +174,7 @@ async def _get_replicas(s: ManagementService, f: Fields) -> Any:
     return {"num_replicas": s.store.get_num_replicas(name, version)}
 
 
-LOG_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
+LOG_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}\Z")  # \Z: "$" accepts a final "\n"
 
 
 def _tail(path: Path, lines: int) -> list[str]:
@@ -284,91 +290,148 @@ FIELDS: dict[str, tuple[str, ...]] = {
 # Status of the server itself, for ``get_all_containers`` and friends.
 StatusProvider = Callable[[], dict[str, Any]]
 
+_LOGIN_CSP = (
+    b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    b"frame-ancestors 'none'; base-uri 'none'"
+)
+_LOGIN_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Clipper dashboard: sign in</title>
+<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}
+input{font:inherit;padding:.4rem;width:100%;box-sizing:border-box;margin:.5rem 0}</style>
+</head><body><h1>Clipper dashboard</h1>
+<p>This page needs the server's admin token. <code>clipper token</code> prints it
+(run it as the user who started the server, with the same <code>CLIPPER_HOME</code>);
+the start banner shows a link that signs in at once.</p>
+<form method="get" action="/dashboard"><label>Admin token
+<input name="token" type="password" autocomplete="current-password" autofocus></label>
+<input type="submit" value="Sign in"></form></body></html>
+"""
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    media = (content_type or b"").partition(b";")[0].strip().lower()
+    return media == b"application/json"
+
 
 class ManagementFrontend:
-    """ASGI application of the management port."""
+    """The management port's handler: ``/admin/*``, the dashboard, ``/health``, ``/ready``.
+
+    Closed by default: every ``/admin/*`` route (``ping`` too) needs the admin
+    token (``Authorization: Bearer T``, or Basic with T as the password); a
+    POST must say ``Content-Type: application/json`` (415 otherwise: a page in
+    a browser cannot send that cross-site without a preflight, which nothing
+    here answers). The dashboard takes the token once (``?token=T``) and hands
+    out a session cookie; the Host/Origin guard runs before all of this.
+    """
 
     def __init__(
         self,
         service: ManagementService,
         status: StatusProvider,
         *,
-        max_body_bytes: int,
-        dashboard: ASGIApp | None = None,
-        admin_token: str | None = None,
+        admin_token: str,
+        dashboard: Dashboard | None = None,
+        is_ready: Callable[[], bool] = lambda: True,
+        secure: bool = False,
+        sessions: Sessions | None = None,
     ) -> None:
-        self._token = f"Bearer {admin_token}".encode() if admin_token else None
+        if not admin_token:
+            raise ValueError("the management API needs an admin token")
+        self._token = admin_token.encode()
         self.dashboard = dashboard  # the web page and its JSON, under /dashboard
         self.service = service
         self.status = status
-        self.max_body_bytes = max_body_bytes
+        self.is_ready = is_ready
+        self.secure = secure  # served over TLS: session cookies are Secure
+        self.sessions = sessions or Sessions()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve(self._route, scope, receive, send, log)
-
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"].rstrip("/")
-        method: str = scope["method"]
-        if self.dashboard is not None and (path == "/dashboard" or path.startswith("/dashboard/")):
-            await self.dashboard(scope, receive, send)
-            return
-        if path == "/admin/ping":
-            await send_json(send, 200, {"ping": "pong"})
-            return
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        path = request.path.rstrip("/") or "/"
+        method = request.method
+        if path == "/dashboard" or path.startswith("/dashboard/"):
+            return self._dashboard(request, path)
+        if path == "/health":
+            return json_response(200, {"status": "ok"})
+        if path == "/ready":
+            ready = self.is_ready()
+            return json_response(200 if ready else 503, {"ready": ready})
         if not path.startswith("/admin/"):
-            await send_error(send, 404, "not found", f"no route {method} {path}")
-            return
-        if self._token is not None and not self._authorised(scope):
-            await send_error(
-                send, 401, "unauthorized", "this API needs 'Authorization: Bearer <token>'"
-            )
-            return
-        if path == "/admin/status" and method == "GET":
-            await send_json(send, 200, self.status())
-            return
+            return json_error(path, 404, "not found", f"no route {method} {path}")
+        if not token_matches(request.header(b"authorization"), self._token):
+            return _unauthorized(path)
+        if path == "/admin/ping":
+            return json_response(200, {"ping": "pong"})
+        if path == "/admin/status" and method in ("GET", "HEAD"):
+            return json_response(200, self.status())
         name = path[len("/admin/") :]
         handler = ROUTES.get(name)
         if handler is None and name in ("get_all_containers", "get_container"):
             handler = self._containers
         if handler is None:
-            await send_error(send, 404, "unknown admin route", f"no route /admin/{name}")
-            return
+            return json_error(path, 404, "unknown admin route", f"no route /admin/{name}")
         if method != "POST":
-            await send_error(send, 405, "method not allowed", f"use POST for /admin/{name}")
-            return
+            return json_error(path, 405, "method not allowed", f"use POST for /admin/{name}")
+        if request.body.strip() and not _is_json(request.header(b"content-type")):
+            return json_error(
+                path,
+                415,
+                "unsupported media type",
+                f"/admin/{name} takes a JSON body: send 'Content-Type: application/json'",
+            )
         try:
-            raw = await read_body(scope, receive, self.max_body_bytes)
-        except PayloadTooLarge as exc:
-            await send_error(send, 413, "request body too large", str(exc))
-            return
-        try:
-            body = orjson.loads(raw) if raw.strip() else {}
+            body = orjson.loads(request.body) if request.body.strip() else {}
         except orjson.JSONDecodeError as exc:
-            await send_error(send, 400, "invalid JSON", str(exc))
-            return
+            return json_error(path, 400, "invalid JSON", str(exc))
         if not isinstance(body, dict):
-            await send_error(send, 400, "invalid request", "the body must be a JSON object")
-            return
-        fields = Fields(name, body)
+            return json_error(path, 400, "invalid request", "the body must be a JSON object")
+        return self._call(handler, Fields(name, body), path)
+
+    async def _call(self, handler: Handler, fields: Fields, path: str) -> Response:
         try:
-            fields.check_unknown(FIELDS.get(name, ()))
+            fields.check_unknown(FIELDS.get(fields.route, ()))
             result = await handler(self.service, fields)
         except (ValidationError, NotFoundError, ValueError) as exc:
-            await send_error(send, 400, "invalid request", str(exc))
-            return
+            return json_error(path, 400, "invalid request", str(exc))
         except ClipperError as exc:
-            await send_error(send, 400, type(exc).__name__, str(exc))
-            return
-        await send_json(send, 200, result)
+            return json_error(path, 400, type(exc).__name__, str(exc))
+        return json_response(200, result)
 
-    def _authorised(self, scope: Scope) -> bool:
-        assert self._token is not None
-        offered = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                offered = value
-        # Constant-time: the comparison must not leak how much of the token matched.
-        return hmac.compare_digest(offered, self._token)
+    def _dashboard(self, request: Request, path: str) -> Response:
+        if self.dashboard is None:
+            return json_error(path, 404, "not found", "this server has no dashboard")
+        offered = parse_qs(request.query.decode("latin-1")).get("token")
+        if offered is not None:
+            # Sign in: the token once, in the URL; from then on a random session
+            # id in a cookie (never the token), and the URL without the token.
+            if not hmac.compare_digest(offered[0].encode(), self._token):
+                return self._login(401)
+            cookie = self.sessions.set_cookie(self.sessions.create(), self.secure)
+            return Response(
+                303,
+                b"",
+                b"text/plain",
+                (
+                    (b"location", b"/dashboard"),
+                    (b"set-cookie", cookie),
+                    (b"cache-control", b"no-store"),
+                ),
+            )
+        if self.sessions.valid(request.header(b"cookie")) or token_matches(
+            request.header(b"authorization"), self._token
+        ):
+            return self.dashboard.handle(request)
+        if path == "/dashboard":
+            return self._login(401)
+        return _unauthorized(path)
+
+    @staticmethod
+    def _login(status: int) -> Response:
+        return Response(
+            status,
+            _LOGIN_PAGE,
+            b"text/html; charset=utf-8",
+            ((b"content-security-policy", _LOGIN_CSP), (b"cache-control", b"no-store")),
+        )
 
     async def _containers(self, s: ManagementService, f: Fields) -> Any:
         containers = self.status()["replicas"]
@@ -384,3 +447,15 @@ class ManagementFrontend:
             ]
             return containers[0] if containers else {}
         return containers
+
+
+def _unauthorized(path: str) -> Response:
+    response = json_error(
+        path,
+        401,
+        "unauthorized",
+        "this API needs the admin token: 'Authorization: Bearer <token>' (or HTTP Basic "
+        "with the token as the password); `clipper token` prints it",
+    )
+    response.headers = ((b"www-authenticate", b'Bearer realm="clipper"'),)
+    return response
