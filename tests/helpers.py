@@ -82,6 +82,17 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def manager_on_free_ports(state_dir: Path, **kw: Any) -> LocalContainerManager:
+    """A container manager for a server on free ports, in ``state_dir``."""
+    return LocalContainerManager(
+        clipper_query_port=free_port(),
+        clipper_management_port=free_port(),
+        clipper_rpc_port=free_port(),
+        state_dir=state_dir,
+        **kw,
+    )
+
+
 class Clipper:
     """A real server process on free ports, driven through the admin client."""
 
@@ -92,13 +103,7 @@ class Clipper:
         redis_url: str | None = None,
     ) -> None:
         """A server on free ports; pass ``cm`` to reuse another's ports and state."""
-        self.cm = cm or LocalContainerManager(
-            clipper_query_port=free_port(),
-            clipper_management_port=free_port(),
-            clipper_rpc_port=free_port(),
-            state_dir=state_dir,
-            redis_url=redis_url,
-        )
+        self.cm = cm or manager_on_free_ports(state_dir, redis_url=redis_url)
         self.conn = ClipperConnection(self.cm)
         self.query_url = f"http://127.0.0.1:{self.cm.clipper_query_port}"
         self.admin_url = f"http://127.0.0.1:{self.cm.clipper_management_port}"

@@ -11,7 +11,7 @@ import pytest
 from clipper.admin import ClipperConnection, ClipperException, LocalContainerManager
 from clipper.deployers.python import deploy_python_closure
 from tests.e2e import models
-from tests.helpers import Clipper, free_port
+from tests.helpers import Clipper, manager_on_free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +19,7 @@ TOKEN = "s3cret-admin-token-for-tests"
 SECRET = "container-shared-secret"
 
 
-def manager(tmp_path, **kw):
-    return LocalContainerManager(
-        clipper_query_port=free_port(),
-        clipper_management_port=free_port(),
-        clipper_rpc_port=free_port(),
-        state_dir=tmp_path,
-        **kw,
-    )
+manager = manager_on_free_ports
 
 
 @pytest.fixture(scope="module")

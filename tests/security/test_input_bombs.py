@@ -23,10 +23,9 @@ import numpy as np
 import orjson
 import pytest
 
-from clipper.admin import LocalContainerManager
 from clipper.deployers.python import deploy_python_closure
 from tests.e2e import models
-from tests.helpers import Clipper, free_port
+from tests.helpers import Clipper, manager_on_free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +47,8 @@ RETAINED_MB = 200
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clipper]:
     state = tmp_path_factory.mktemp("bombs")
-    cm = LocalContainerManager(
-        clipper_query_port=free_port(),
-        clipper_management_port=free_port(),
-        clipper_rpc_port=free_port(),
-        state_dir=state,
+    cm = manager_on_free_ports(
+        state,
         # Room for a 16 MiB batch: the limit under test is the batch length.
         server_flags=["--max-body-bytes", str(32 * MiB)],
     )

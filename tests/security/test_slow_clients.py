@@ -12,10 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from clipper.admin import LocalContainerManager
 from clipper.deployers.python import deploy_python_closure
 from tests.e2e import models
-from tests.helpers import Clipper, free_port, wait_for
+from tests.helpers import Clipper, manager_on_free_ports, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +24,8 @@ HEAD_TIMEOUT = 2.0
 @pytest.fixture(scope="module")
 def clipper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clipper]:
     state = tmp_path_factory.mktemp("slow-clients")
-    cm = LocalContainerManager(
-        clipper_query_port=free_port(),
-        clipper_management_port=free_port(),
-        clipper_rpc_port=free_port(),
-        state_dir=state,
+    cm = manager_on_free_ports(
+        state,
         server_flags=[
             *("--request-head-timeout", str(HEAD_TIMEOUT)),
             *("--request-body-timeout", str(HEAD_TIMEOUT)),

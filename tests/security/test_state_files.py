@@ -15,7 +15,7 @@ from clipper.statedir import (
     private_dir,
     write_private,
 )
-from tests.helpers import free_port, pid_alive
+from tests.helpers import free_port, pid_alive, wait_for
 
 
 def test_private_folder_and_files(tmp_path: Path) -> None:
@@ -51,7 +51,8 @@ def test_a_server_is_recognised_by_its_command_line() -> None:
         [sys.executable, "-c", "import time; time.sleep(120)", "-m", "clipper.server"]
     )
     try:
-        assert is_clipper_server(proc.pid)
+        # Until the child has exec'd, /proc shows its parent's (this test's) command line.
+        wait_for(lambda: is_clipper_server(proc.pid), 30, "the child's command line")
     finally:
         proc.kill()
         proc.wait(timeout=30)
