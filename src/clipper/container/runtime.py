@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -85,6 +86,35 @@ def run_predict(
         message = str(exc)[:MAX_ERROR_MESSAGE]
         log.warning("batch %s failed: %s: %s", batch_id, type(exc).__name__, message)
         return p.encode_result_error(batch_id, type(exc).__name__, message)
+
+
+@dataclass
+class _Session:
+    """What one ``serve_forever`` holds: sockets, the worker, and its clocks."""
+
+    ctx: zmq.Context[Any]
+    dealer: zmq.Socket[Any]
+    results_rx: zmq.Socket[Any]
+    work: queue.Queue[tuple[int, dict[str, Any], list[Any]] | None]
+    worker: threading.Thread
+    watchdog_done: threading.Event
+    poller: zmq.Poller
+    parent: int  # the pid our parent had: a new one means it exited
+    last_heard: float
+    last_register: float = 0.0
+    last_beat: float = 0.0
+    drain_started: float | None = None
+    status: int = 0  # the process exit status serve_forever returns
+
+    def __post_init__(self) -> None:
+        self.last_register = self.last_beat = self.last_heard
+
+    def send(self, frames: p.Frames) -> bool:
+        try:
+            self.dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
 
 
 class ContainerRuntime:
@@ -154,6 +184,39 @@ class ContainerRuntime:
         Returns a process exit status: 0 on a clean stop, 2 when rejected, 3 when
         the model ran out of memory (its manager restarts it).
         """
+        session = self._open()
+        log.info(
+            "container %s:%s (replica %s) connecting to %s",
+            self.model_name,
+            self.model_version,
+            self.replica_label,
+            self.address,
+        )
+        session.send(self._register_message())
+        try:
+            while not self._drained(session):
+                stopping = self._stopping()
+                timeout = 0.05 if stopping else self.heartbeat_interval
+                events = dict(session.poller.poll(int(timeout * 1000)))
+                now = time.monotonic()
+                if session.results_rx in events:
+                    session.send(session.results_rx.recv_multipart(copy=False))
+                    self._busy -= 1
+                if session.dealer in events:
+                    frames = session.dealer.recv_multipart(copy=False)
+                    session.last_heard = now
+                    if not self._on_message(session, frames, now, stopping):
+                        break
+                self._keep_in_touch(session, now)
+                if self.exit_with_parent and os.getppid() != session.parent:
+                    log.info("parent process exited; stopping")
+                    break
+        finally:
+            self._close(session)
+        return session.status
+
+    def _open(self) -> _Session:
+        """The sockets, the predict worker and the watchdog of one ``serve_forever``."""
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -183,107 +246,91 @@ class ContainerRuntime:
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(results_rx, zmq.POLLIN)
-        parent = os.getppid()
-        status = 0
-
-        def send(frames: p.Frames) -> bool:
-            try:
-                dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
-                return False
-
-        log.info(
-            "container %s:%s (replica %s) connecting to %s",
-            self.model_name,
-            self.model_version,
-            self.replica_label,
-            self.address,
+        now = time.monotonic()
+        return _Session(
+            ctx, dealer, results_rx, work, worker, watchdog_done, poller, os.getppid(), now
         )
-        send(self._register_message())
-        last_heard = last_register = last_beat = time.monotonic()
-        drain_started: float | None = None
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self.out_of_memory.is_set()
+
+    def _drained(self, session: _Session) -> bool:
+        """Stopping, and the batch in progress answered (or the drain timed out)."""
+        if not self._stopping():
+            return False
+        now = time.monotonic()
+        if session.drain_started is None:
+            session.drain_started = now
+            if self._busy:
+                log.info("stopping: finishing the batch in progress")
+        return self._busy == 0 or now - session.drain_started > self.drain_timeout
+
+    def _on_message(self, session: _Session, frames: list[Any], now: float, stopping: bool) -> bool:
+        """Handle one message from the frontend; False: stop serving."""
         try:
-            while True:
-                stopping = self._stop.is_set() or self.out_of_memory.is_set()
-                if stopping:
-                    # Drain: answer the batch in progress, take no new one.
-                    now = time.monotonic()
-                    if drain_started is None:
-                        drain_started = now
-                        if self._busy:
-                            log.info("stopping: finishing the batch in progress")
-                    if self._busy == 0 or now - drain_started > self.drain_timeout:
-                        break
-                timeout = 0.05 if stopping else self.heartbeat_interval
-                events = dict(poller.poll(int(timeout * 1000)))
-                now = time.monotonic()
-                if results_rx in events:
-                    send(results_rx.recv_multipart(copy=False))
-                    self._busy -= 1
-                if dealer in events:
-                    frames = dealer.recv_multipart(copy=False)
-                    last_heard = now
-                    try:
-                        header = p.parse_header(frames[0].buffer)
-                    except Exception as exc:
-                        log.warning("ignoring malformed message from frontend: %s", exc)
-                        continue
-                    kind = header["type"]
-                    if kind == p.BATCH:
-                        if stopping:
-                            continue  # the frontend retries it elsewhere on our goodbye
-                        batch_id = header.get("id", -1)
-                        buffers = [f.buffer for f in frames[1:]]
-                        if self._busy == 0 and self._inline():
-                            send(self._run_batch(batch_id, header, buffers))
-                            self.inline_batches += 1
-                            if self.out_of_memory.is_set():
-                                break
-                        else:
-                            self._busy += 1
-                            work.put((batch_id, header, buffers))
-                    elif kind == p.REGISTERED:
-                        limit = header.get("max_message_bytes")
-                        if type(limit) is int and limit > 0:
-                            self.max_message_bytes = limit
-                        if not self.registered.is_set():
-                            log.info("registered with the frontend")
-                        self.registered.set()
-                    elif kind == p.REREGISTER:
-                        self.registered.clear()
-                        send(self._register_message())
-                        last_register = now
-                    elif kind == p.REJECTED:
-                        log.error("frontend rejected this container: %s", header.get("reason"))
-                        status = 2
-                        break
-                if now - last_beat >= self.heartbeat_interval:
-                    send([p.make(p.HEARTBEAT)])
-                    last_beat = now
-                if (
-                    now - last_heard > self.frontend_timeout
-                    and now - last_register > self.frontend_timeout
-                ):
-                    # The frontend went quiet (restarted, or the network dropped
-                    # us): register again; ZeroMQ reconnects underneath.
-                    self.registered.clear()
-                    send(self._register_message())
-                    last_register = now
-                if self.exit_with_parent and os.getppid() != parent:
-                    log.info("parent process exited; stopping")
-                    break
-        finally:
-            send([p.make(p.GOODBYE)])
-            watchdog_done.set()
-            if self.out_of_memory.is_set():
-                status = 3
-            work.put(None)
-            worker.join(timeout=1.0)
-            results_rx.close(linger=0)
-            dealer.close(linger=0)
-            ctx.term()
-        return status
+            header = p.parse_header(frames[0].buffer)
+        except Exception as exc:
+            log.warning("ignoring malformed message from frontend: %s", exc)
+            return True
+        kind = header["type"]
+        if kind == p.BATCH:
+            if not stopping:  # else the frontend retries it elsewhere on our goodbye
+                return self._take_batch(session, header, frames)
+        elif kind == p.REGISTERED:
+            limit = header.get("max_message_bytes")
+            if type(limit) is int and limit > 0:
+                self.max_message_bytes = limit
+            if not self.registered.is_set():
+                log.info("registered with the frontend")
+            self.registered.set()
+        elif kind == p.REREGISTER:
+            self.registered.clear()
+            session.send(self._register_message())
+            session.last_register = now
+        elif kind == p.REJECTED:
+            log.error("frontend rejected this container: %s", header.get("reason"))
+            session.status = 2
+            return False
+        return True
+
+    def _take_batch(self, session: _Session, header: dict[str, Any], frames: list[Any]) -> bool:
+        """Run a batch inline (a fast model, nothing running) or hand it to the
+        worker; False: the model ran out of memory, stop."""
+        batch_id = header.get("id", -1)
+        buffers = [f.buffer for f in frames[1:]]
+        if self._busy == 0 and self._inline():
+            session.send(self._run_batch(batch_id, header, buffers))
+            self.inline_batches += 1
+            return not self.out_of_memory.is_set()
+        self._busy += 1
+        session.work.put((batch_id, header, buffers))
+        return True
+
+    def _keep_in_touch(self, session: _Session, now: float) -> None:
+        """Heartbeats, and registering again when the frontend went quiet."""
+        if now - session.last_beat >= self.heartbeat_interval:
+            session.send([p.make(p.HEARTBEAT)])
+            session.last_beat = now
+        if (
+            now - session.last_heard > self.frontend_timeout
+            and now - session.last_register > self.frontend_timeout
+        ):
+            # The frontend went quiet (restarted, or the network dropped us):
+            # register again; ZeroMQ reconnects underneath.
+            self.registered.clear()
+            session.send(self._register_message())
+            session.last_register = now
+
+    def _close(self, session: _Session) -> None:
+        session.send([p.make(p.GOODBYE)])
+        session.watchdog_done.set()
+        if self.out_of_memory.is_set():
+            session.status = 3
+        session.work.put(None)
+        session.worker.join(timeout=1.0)
+        session.results_rx.close(linger=0)
+        session.dealer.close(linger=0)
+        session.ctx.term()
 
     def _inline(self) -> bool:
         return self._latency is not None and self._latency < INLINE_BELOW_S
