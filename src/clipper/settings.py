@@ -9,11 +9,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .address import (
+    DEFAULT_HOST,
+    DEFAULT_MANAGEMENT_PORT,
+    DEFAULT_QUERY_PORT,
+    DEFAULT_RPC_PORT,
+    ServerAddress,
+    connect_host,
+    default_state_dir,
+)
 
-def default_state_dir() -> Path:
-    """$CLIPPER_HOME, else ~/.clipper (DESIGN.md's state folder)."""
-    home = os.environ.get("CLIPPER_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".clipper"
+__all__ = ["Settings", "add_arguments", "default_state_dir", "from_args"]
 
 
 @dataclass(frozen=True)
@@ -21,22 +27,24 @@ class Settings:
     """Everything the server process can be told. Env: CLIPPER_<FIELD>."""
 
     host: str = field(
-        default="127.0.0.1", metadata={"help": "Address the query and management frontends bind."}
+        default=DEFAULT_HOST, metadata={"help": "Address the query and management frontends bind."}
     )
     query_port: int = field(
-        default=1337, metadata={"help": "Port of the query frontend (/{app}/predict)."}
+        default=DEFAULT_QUERY_PORT,
+        metadata={"help": "Port of the query frontend (/{app}/predict)."},
     )
     management_port: int = field(
-        default=1338, metadata={"help": "Port of the management frontend (/admin/*)."}
+        default=DEFAULT_MANAGEMENT_PORT,
+        metadata={"help": "Port of the management frontend (/admin/*)."},
     )
     rpc_host: str = field(
-        default="127.0.0.1",
+        default=DEFAULT_HOST,
         metadata={
             "help": "Address the RPC endpoint binds (0.0.0.0 for containers on other hosts)."
         },
     )
     rpc_port: int = field(
-        default=7000,
+        default=DEFAULT_RPC_PORT,
         metadata={"help": "Port of the RPC endpoint that model containers connect to."},
     )
     state_dir: Path = field(
@@ -214,10 +222,21 @@ class Settings:
             object.__setattr__(self, "store", f"sqlite:///{self.state_dir / 'clipper.db'}")
 
     @property
+    def address(self) -> ServerAddress:
+        """Where this server is, as its clients see it."""
+        return ServerAddress(
+            self.host,
+            self.query_port,
+            self.management_port,
+            self.rpc_port,
+            self.state_dir,
+            tls=bool(self.tls_certfile),
+        )
+
+    @property
     def rpc_address(self) -> str:
         """The address containers connect to."""
-        host = "127.0.0.1" if self.rpc_host in ("0.0.0.0", "*") else self.rpc_host
-        return f"tcp://{host}:{self.rpc_port}"
+        return f"tcp://{connect_host(self.rpc_host)}:{self.rpc_port}"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -38,7 +38,7 @@ class ClipperConnection:
 
     @property
     def management_url(self) -> str:
-        return f"{self.cm.scheme}://{self.cm.host}:{self.cm.clipper_management_port}"
+        return self.cm.address.management_url
 
     def _auth_headers(self) -> dict[str, str]:
         """The admin token, for the management port only (never the query port)."""
@@ -89,7 +89,7 @@ class ClipperConnection:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        query_health = f"{self.cm.scheme}://{self.get_query_addr()}/ready"
+        query_health = f"{self.cm.address.query_url}/ready"
         while time.monotonic() < deadline:
             code = self._process.poll()
             if code is not None:

@@ -7,7 +7,14 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..settings import default_state_dir
+from ..address import (
+    DEFAULT_HOST,
+    DEFAULT_MANAGEMENT_PORT,
+    DEFAULT_QUERY_PORT,
+    DEFAULT_RPC_PORT,
+    ServerAddress,
+    default_state_dir,
+)
 from ..statedir import ADMIN_TOKEN_FILE, read_secret
 
 
@@ -19,12 +26,12 @@ class LocalContainerManager:
     instances can run side by side on other ports and state folders.
     """
 
-    clipper_query_port: int = 1337
-    clipper_management_port: int = 1338
-    clipper_rpc_port: int = 7000
+    clipper_query_port: int = DEFAULT_QUERY_PORT
+    clipper_management_port: int = DEFAULT_MANAGEMENT_PORT
+    clipper_rpc_port: int = DEFAULT_RPC_PORT
     state_dir: str | Path | None = None
     redis_url: str | None = None
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     server_flags: list[str] = field(default_factory=list)
     """More flags for ``python -m clipper.server`` (e.g. ``["--batching", "quantile"]``)."""
     admin_token: str | None = None
@@ -45,8 +52,20 @@ class LocalContainerManager:
         return self.tls_verify
 
     @property
+    def address(self) -> ServerAddress:
+        """Where the server is (read afresh: tests change the ports of a manager)."""
+        return ServerAddress(
+            self.host,
+            self.clipper_query_port,
+            self.clipper_management_port,
+            self.clipper_rpc_port,
+            self.state_path,
+            tls=bool(self.tls_certfile),
+        )
+
+    @property
     def scheme(self) -> str:
-        return "https" if self.tls_certfile else "http"
+        return self.address.scheme
 
     def resolve_admin_token(self) -> str | None:
         """The token to send: given, else ``$CLIPPER_ADMIN_TOKEN``, else the state folder's."""

@@ -13,6 +13,13 @@ import typer
 from rich.console import Console
 
 from .. import __version__
+from ..address import (
+    DEFAULT_HOST,
+    DEFAULT_MANAGEMENT_PORT,
+    DEFAULT_QUERY_PORT,
+    DEFAULT_RPC_PORT,
+    ServerAddress,
+)
 from ..admin import ClipperConnection, LocalContainerManager
 
 app = typer.Typer(
@@ -41,10 +48,10 @@ def fail(message: str) -> NoReturn:
 class Target:
     """Where the Clipper server is: the global options of the command line."""
 
-    host: str = "127.0.0.1"
-    management_port: int = 1338
-    query_port: int = 1337
-    rpc_port: int = 7000
+    host: str = DEFAULT_HOST
+    management_port: int = DEFAULT_MANAGEMENT_PORT
+    query_port: int = DEFAULT_QUERY_PORT
+    rpc_port: int = DEFAULT_RPC_PORT
     state_dir: Path | None = None
     admin_token: str | None = None
     tls_ca: Path | None = None
@@ -74,9 +81,19 @@ class Target:
         return conn
 
     @property
+    def address(self) -> ServerAddress:
+        return ServerAddress(
+            self.host,
+            self.query_port,
+            self.management_port,
+            self.rpc_port,
+            self.state_dir,
+            tls=self.tls_ca is not None,
+        )
+
+    @property
     def query_url(self) -> str:
-        scheme = "https" if self.tls_ca else "http"
-        return f"{scheme}://{self.host}:{self.query_port}"
+        return self.address.query_url
 
     def http_verify(self) -> bool | ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else True
@@ -107,18 +124,18 @@ def _global_options(
     host: Annotated[
         str,
         typer.Option(envvar="CLIPPER_HOST", help="Address of the Clipper server (start: bind it)."),
-    ] = "127.0.0.1",
+    ] = DEFAULT_HOST,
     management_port: Annotated[
         int,
         typer.Option(envvar="CLIPPER_MANAGEMENT_PORT", help="Port of the management API."),
-    ] = 1338,
+    ] = DEFAULT_MANAGEMENT_PORT,
     query_port: Annotated[
         int, typer.Option(envvar="CLIPPER_QUERY_PORT", help="Port of the query frontend.")
-    ] = 1337,
+    ] = DEFAULT_QUERY_PORT,
     rpc_port: Annotated[
         int,
         typer.Option(envvar="CLIPPER_RPC_PORT", help="RPC port for model containers (start only)."),
-    ] = 7000,
+    ] = DEFAULT_RPC_PORT,
     state_dir: Annotated[
         Path | None,
         typer.Option(

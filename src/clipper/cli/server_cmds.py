@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..settings import default_state_dir
+from ..address import default_state_dir
 from ..statedir import ADMIN_TOKEN_FILE, RPC_SECRET_FILE, pid_alive, read_secret, read_server_record
 from .base import app, console, err_console, fail, print_json, target
 from .parsing import split_server_args

@@ -16,6 +16,7 @@ import signal
 import sys
 from typing import Any
 
+from ..address import ServerAddress
 from .runtime import ContainerRuntime
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--address",
-        default=env("CLIPPER_RPC_ADDRESS", "tcp://127.0.0.1:7000"),
+        default=env("CLIPPER_RPC_ADDRESS", ServerAddress().rpc_url),
         help="the frontend's RPC address (default: $CLIPPER_RPC_ADDRESS or %(default)s)",
     )
     parser.add_argument(
