@@ -53,13 +53,13 @@ test-fast: $(STAMP) system-deps  ## unit tests only, for the edit loop
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 lint: $(STAMP)  ## ruff and mypy
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 .PHONY: bench
 bench: $(STAMP)  ## batching, then the cache (~20 min; BENCH_ARGS=--quick: ~3 min, CACHE_ARGS for the cache part) -> docs/benchmarks.md

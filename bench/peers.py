@@ -58,7 +58,9 @@ Figures (medians over ``--repeats``, ratios taken within each repeat):
 Writes bench/results/peers.json (with each peer's exact versions and
 settings), bench/results/overhead.json, the peers section of
 docs/benchmarks.md and docs/img/peers-goodput.png (``--quick``: one repeat,
-results to bench/results/peers-quick.json only, unless ``--docs``).
+results to bench/results/peers-quick.json only, unless ``--docs``). Each
+row's probes go to the raw file of the same name in bench/results/raw/ only (not
+committed; bench/store.py).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ from typing import Any, cast
 import cloudpickle
 import numpy as np
 
-from . import batching, loadgen, mlserver_runtime, models, naive_server
+from . import batching, loadgen, mlserver_runtime, models, naive_server, store
 from .batching import Bench, Measurement, Options, Probe
 from .harness import (
     RESULTS,
@@ -113,6 +115,7 @@ from .peers_report import (
     INPUT_POOL,
     LABELS,
     LOW_RATE,
+    RAW_KEYS,
     SERVERS,
     fmt,
     oneline,
@@ -783,6 +786,70 @@ def _section(log: Callable[[str], None], what: str) -> Iterator[None]:
     log(f"{what}: {time.perf_counter() - t0:.0f}s")
 
 
+def _result(
+    pb: PeerBench,
+    info: dict[str, Any],
+    naive: Path,
+    kinds: list[str],
+    ceiling: dict[str, Any],
+    peer_versions: dict[str, dict[str, str]],
+    peer_failures: dict[str, str],
+) -> dict[str, Any]:
+    """Everything a run measured (the raw parts included: see ``RAW_KEYS``)."""
+    opts = pb.opts
+
+    def measured(key: str) -> bool:
+        return any(r["server"] == key and r.get("goodput") is not None for r in pb.rows)
+
+    return {
+        "benchmark": "peers",
+        "machine": info,
+        "naive_versions": naive_versions(naive),
+        "options": opts.__dict__ | {"kinds": kinds},
+        "kinds": kinds,
+        "model_ceiling": ceiling,
+        "summary": summarise(pb.rows, ceiling, kinds),
+        "overhead": overhead(pb.rows, ceiling, kinds),
+        "disturbed_probes": pb.bench.disturbed_probes,
+        "quiet_wait_s": round(pb.bench.quiet_wait_total_s, 1),
+        "starved_probes": pb.starved,
+        "notes": [
+            "The benchmark restarts Clipper after every failed probe, so that each probe "
+            "starts from a fresh server (an overloaded probe leaves the batch-size controller "
+            "and the batch cost curve shaped by the overload). A probe that starved (every "
+            "query a default at a low rate) would be counted in starved_probes.",
+        ],
+        "peers": list(opts.peers),
+        "peer_versions": peer_versions,
+        "peer_batching": pb.batching if opts.peers else {},
+        "peer_environments": {
+            k: peer_failures.get(k, str((VENVS / k).relative_to(ROOT))) for k in opts.peers
+        },
+        "peers_measured": [PEERS[k].label for k in opts.peers if measured(k)],
+        "peers_not_measured": [PEERS[k].label for k in PEER_KEYS if not measured(k)],
+        "rows": pb.rows,
+    }
+
+
+def _save(out: Path, result: dict[str, Any], info: dict[str, Any], ceiling: dict) -> Path:
+    """The results (summary and raw file), and the overhead's own file beside them."""
+    store.save(out, result, RAW_KEYS)
+    ov_name = out.name.replace("peers", "overhead")
+    ov_out = out.with_name(ov_name if ov_name != out.name else f"{out.stem}-overhead.json")
+    ov_out.write_text(
+        json.dumps(
+            {
+                "benchmark": "overhead",
+                "machine": info,
+                "overhead": result["overhead"],
+                "model": ceiling,
+            },
+            indent=1,
+        )
+    )
+    return ov_out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.peers",
@@ -814,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render:
-        saved = json.loads(args.render.read_text())
+        saved = store.load(args.render)
         write_markdown(saved, READING)
         write_plot(saved)
         print(render_markdown(saved))
@@ -906,58 +973,9 @@ def main(argv: list[str] | None = None) -> int:
         pb.bench.runner.close()
     info["loadavg_end"] = os.getloadavg()
     info["elapsed_s"] = round(time.perf_counter() - t0, 1)
-    result = {
-        "benchmark": "peers",
-        "machine": info,
-        "naive_versions": naive_versions(naive),
-        "options": opts.__dict__ | {"kinds": kinds},
-        "kinds": kinds,
-        "model_ceiling": ceiling,
-        "summary": summarise(pb.rows, ceiling, kinds),
-        "overhead": overhead(pb.rows, ceiling, kinds),
-        "disturbed_probes": pb.bench.disturbed_probes,
-        "quiet_wait_s": round(pb.bench.quiet_wait_total_s, 1),
-        "starved_probes": pb.starved,
-        "notes": [
-            "The benchmark restarts Clipper after every failed probe, so that each probe "
-            "starts from a fresh server (an overloaded probe leaves the batch-size controller "
-            "and the batch cost curve shaped by the overload). A probe that starved (every "
-            "query a default at a low rate) would be counted in starved_probes.",
-        ],
-        "peers": list(opts.peers),
-        "peer_versions": peer_versions,
-        "peer_batching": pb.batching if opts.peers else {},
-        "peer_environments": {
-            k: peer_failures.get(k, str((VENVS / k).relative_to(ROOT))) for k in opts.peers
-        },
-        "peers_measured": [
-            PEERS[k].label
-            for k in opts.peers
-            if any(r["server"] == k and r.get("goodput") is not None for r in pb.rows)
-        ],
-        "peers_not_measured": [
-            PEERS[k].label
-            for k in PEER_KEYS
-            if not any(r["server"] == k and r.get("goodput") is not None for r in pb.rows)
-        ],
-        "rows": pb.rows,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    ov_name = out.name.replace("peers", "overhead")
-    ov_out = out.with_name(ov_name if ov_name != out.name else f"{out.stem}-overhead.json")
-    ov_out.write_text(
-        json.dumps(
-            {
-                "benchmark": "overhead",
-                "machine": info,
-                "overhead": result["overhead"],
-                "model": ceiling,
-            },
-            indent=1,
-        )
-    )
-    log(f"wrote {out} and {ov_out}")
+    result = _result(pb, info, naive, kinds, ceiling, peer_versions, peer_failures)
+    ov_out = _save(out, result, info, ceiling)
+    log(f"wrote {out} (and its raw file) and {ov_out}")
     if write_docs:
         write_markdown(result, READING)
         write_plot(result)

@@ -25,7 +25,7 @@ first 15 minutes, 0.8 MiB/h until about 30, then nothing (the soak's reading in
 
 ``--probe`` runs the servers under ``bench.soak_probe`` (RSS, glibc and
 pymalloc statistics, gc, tracemalloc, fds, asyncio tasks... every few seconds,
-to ``bench/results/soak-probe[-<tag>]-<mode>.jsonl``).
+to ``bench/results/raw/soak-probe[-<tag>]-<mode>.jsonl``, ignored by git).
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .harness import ROOT, BenchServer, CpuPlan, descendants
+from . import harness, report
+from .harness import BenchServer, CpuPlan, descendants
+from .store import RAW
 
-RESULTS_DIR = ROOT / "bench" / "results"
-IMG = ROOT / "docs" / "img" / "soak-rss.png"
+RESULTS_DIR = RAW  # the probe's traces and trial runs: raw, ignored by git
+IMG = harness.IMG / "soak-rss.png"
 CACHE_BYTES = 2 << 20
 DASHBOARD_RING_S = 300  # clipper.dashboard.series.HISTORY samples, one a second
 FLAT_MB_PER_H = 1.0  # under this fitted growth a process is flat: < 2 bytes/query at 160/s
@@ -52,6 +54,7 @@ SAMPLE_S = 5.0
 
 
 def probe_path(mode: str, tag: str = "") -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     return RESULTS_DIR / f"soak-probe{'-' + tag if tag else ''}-{mode}.jsonl"
 
 
@@ -277,13 +280,23 @@ def soak(
     }
 
 
-def doc_lines(s: dict[str, Any]) -> list[str]:
+def doc_blocks(s: dict[str, Any]) -> list[report.Block | None]:
     """The soak's part of the generated section of ``docs/benchmarks.md``."""
+    env = s.get("server_env") or {}
+    return [
+        _doc_setup(s),
+        _doc_table(s["runs"]),
+        "Server environment: " + ", ".join(f"`{k}={v}`" for k, v in env.items()) if env else None,
+        report.figure("Resident memory during the soak", IMG.name),
+    ]
+
+
+def _doc_setup(s: dict[str, Any]) -> str:
     runs = s["runs"]
     any_run = next(iter(runs.values()))
     times = sorted({r["cache_full_at_s"] for r in runs.values() if r["cache_full_at_s"]})
     full = " and ".join(f"{t:g} s" for t in times)
-    lines = [
+    return (
         f"Soak: {s['minutes']:g} min of steady load on the linear model, one fresh server per "
         f"HTTP connection mode, side by side ({s['threads']} clients x {s['rate']:g} queries/s "
         f"each, distinct inputs); a {s['cache_bytes'] >> 20} MiB prediction cache that fills "
@@ -291,35 +304,40 @@ def doc_lines(s: dict[str, Any]) -> list[str]:
         "MiB = VmRSS kB / 1024; growth is the least-squares slope over the steady window (from "
         f"{any_run['window_start_s'] / 60:g} min: the second half, after the cache and the "
         "dashboard's 5-minute ring buffer are full), and over each half of that window; flat "
-        f"means under {s['flat_mb_per_h']:g} MiB/h.",
-        "",
-        "| connections | process | queries (errors) | MiB at window start / end "
-        "| growth (MiB/h) | window halves (MiB/h) | verdict |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
+        f"means under {s['flat_mb_per_h']:g} MiB/h."
+    )
+
+
+def _doc_table(runs: dict[str, Any]) -> list[str]:
     labels = {"new": "new per request", "keepalive": "kept alive"}
-    for mode, r in runs.items():
-        for proc in ("frontend", "replicas"):
-            j = r[proc]
-            lines.append(
-                f"| {labels.get(mode, mode)} ({r['connections']} opened) | {proc} "
-                f"| {r['queries']} ({r['errors']}) | {j['mb_start']} / {j['mb_end']} "
-                f"| {j['mb_per_h']} ± {j['stderr_mb_per_h']} "
-                f"| {j['first_half_mb_per_h']}, {j['second_half_mb_per_h']} | **{j['verdict']}** |"
-            )
-    env = s.get("server_env") or {}
-    if env:
-        lines += ["", "Server environment: " + ", ".join(f"`{k}={v}`" for k, v in env.items())]
-    lines += ["", "![Resident memory during the soak](img/soak-rss.png)", ""]
-    return lines
+    head = (
+        "connections",
+        "process",
+        "queries (errors)",
+        "MiB at window start / end",
+        "growth (MiB/h)",
+        "window halves (MiB/h)",
+        "verdict",
+    )
+    rows = [
+        [
+            f"{labels.get(mode, mode)} ({r['connections']} opened)",
+            proc,
+            f"{r['queries']} ({r['errors']})",
+            f"{j['mb_start']} / {j['mb_end']}",
+            f"{j['mb_per_h']} ± {j['stderr_mb_per_h']}",
+            f"{j['first_half_mb_per_h']}, {j['second_half_mb_per_h']}",
+            f"**{j['verdict']}**",
+        ]
+        for mode, r in runs.items()
+        for proc in ("frontend", "replicas")
+        for j in [r[proc]]
+    ]
+    return report.table(head, "llrrrrl", rows)
 
 
 def write_plot(s: dict[str, Any], path: Path = IMG) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for mode, r in s["runs"].items():
         t = [x["t_s"] / 60 for x in r["samples"]]
@@ -333,7 +351,4 @@ def write_plot(s: dict[str, Any], path: Path = IMG) -> None:
         ax.set_ylabel("MiB")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
