@@ -1,17 +1,27 @@
 """Shared value types: input types, names, and the records of the config store.
 
 A leaf module: no I/O, no imports from the rest of the package, so that the
-model container side can import it beside the RPC protocol.
+model container side can import it beside the RPC protocol. It does not
+import numpy either (the admin client and the CLI import it): the numeric
+input types' table holds numpy's names, and numpy is imported only when a
+consumer asks for a dtype object.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import math
 import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class InputType(StrEnum):
@@ -27,7 +37,12 @@ class InputType(StrEnum):
     @functools.cached_property
     def is_numeric(self) -> bool:
         # Cached on the member: read once per request on the hot path.
-        return self in (InputType.INTEGERS, InputType.FLOATS, InputType.DOUBLES)
+        return self in NUMERIC_FORMATS
+
+    @functools.cached_property
+    def numeric(self) -> NumericFormat | None:
+        """How values of this type are held and checked; None unless numeric."""
+        return NUMERIC_FORMATS.get(self)
 
     @classmethod
     def parse(cls, name: str) -> InputType:
@@ -57,6 +72,57 @@ _INPUT_TYPE_ALIASES: dict[str, InputType] = {
     **{a: InputType.STRINGS for a in ("strings", "string", "str", "strs", "s")},
     **{a: InputType.JSON for a in ("json", "j")},
 }
+
+
+@dataclass(frozen=True)
+class NumericFormat:
+    """A numeric input type's values: their dtype, what JSON number becomes one,
+    and the range accepted.
+
+    The one table (:data:`NUMERIC_FORMATS`) that the query parser, the Open
+    Inference Protocol parser and the RPC protocol read; each binds what it
+    needs at import, so nothing here is looked up per query.
+    """
+
+    dtype: str
+    """numpy's little-endian name of the dtype a model receives (a batch is an
+    array of it) and the RPC frames carry (``"<i4"``)."""
+    integral: bool
+    """Whether only integer literals are valid: a JSON number with a fraction
+    (``1.5``, ``1e3``) is refused. Integer literals are valid for every type."""
+    min_value: int | float
+    """The smallest (most negative) value the dtype holds."""
+    max_value: int | float
+    """The largest value the dtype holds."""
+    overflow: float
+    """For a float dtype, the smallest magnitude of a float64 that does not fit:
+    it would round to inf. A value is accepted when it is finite and its
+    magnitude is below this (so values just above ``max_value`` round to it).
+    Integers are bounded by ``min_value`` and ``max_value`` instead (inf here)."""
+
+    @functools.cached_property
+    def np_dtype(self) -> np.dtype[Any]:
+        """``dtype`` as a numpy dtype object (numpy is imported on first use)."""
+        import numpy
+
+        return numpy.dtype(self.dtype)
+
+
+_FLT_MAX = (2 - 2.0**-23) * 2.0**127
+# The smallest float64 magnitude that rounds to inf as float32: FLT_MAX plus
+# half an ulp (2**103); the tie rounds to even, which is up, since FLT_MAX's
+# mantissa is odd. Smaller values round to FLT_MAX without an overflow.
+_F32_OVERFLOW = 2.0**128 - 2.0**103
+_DBL_MAX = sys.float_info.max
+
+NUMERIC_FORMATS: Mapping[InputType, NumericFormat] = MappingProxyType(
+    {
+        InputType.INTEGERS: NumericFormat("<i4", True, -(2**31), 2**31 - 1, math.inf),
+        InputType.FLOATS: NumericFormat("<f4", False, -_FLT_MAX, _FLT_MAX, _F32_OVERFLOW),
+        InputType.DOUBLES: NumericFormat("<f8", False, -_DBL_MAX, _DBL_MAX, math.inf),
+    }
+)
+"""The numeric input types (``integers``, ``floats``, ``doubles``) and their formats."""
 
 # Matched with fullmatch: "$" would also accept a trailing newline ("v2\n").
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")

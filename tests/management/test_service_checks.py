@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ from clipper.management.service import (
     validate_requirements,
 )
 from clipper.managers import envs
-from clipper.store.catalog import Catalog
+from clipper.managers.base import ContainerManager
+from clipper.store.catalog import Catalog, UnknownVersion
 from clipper.store.memory import MemoryStore
 from clipper.types import ModelId, ModelSpec
 
@@ -32,6 +35,9 @@ class FakeManager:
 
     def replicas(self) -> list[dict[str, Any]]:
         return []
+
+    def replica_unresponsive(self, label: str, pid: int) -> bool:
+        return False
 
     async def stop_all(self) -> None:
         pass
@@ -185,3 +191,40 @@ def test_log_names_are_matched_whole():
     assert LOG_NAME.match("m-1-0")
     for bad in ("server\n", "m-1-0\n", "../server", "a" * 202):
         assert not LOG_NAME.match(bad), bad
+
+
+# -- the one interface and the one version check -------------------------------------------
+
+
+def test_the_service_takes_the_managers_interface():
+    assert service_module.ContainerManager is ContainerManager
+    assert isinstance(FakeManager(), ContainerManager)
+    code = "import sys, clipper.management.service; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_version_pin_is_checked_by_the_catalog_once(service):
+    async def setup() -> None:
+        await service.add_app("one", "doubles", "-1", 100_000)
+        await service.add_app("two", "doubles", "-1", 100_000, selection_policy="exp3")
+        for name in ("a", "b"):
+            await service.add_model(name, "1", "doubles")
+        await service.add_links("one", ["a"])
+        await service.add_links("two", ["a", "b"])
+
+    asyncio.run(setup())
+    catalog = service.catalog
+    one, two = catalog.app("one"), catalog.app("two")
+    assert one is not None and two is not None
+    assert catalog.pinned(one, "1") == ModelId("a", "1")
+    with pytest.raises(UnknownVersion, match="model 'a' has no version '2'") as info:
+        catalog.pinned(one, "2")
+    assert info.value.model == ModelId("a", "2") and isinstance(info.value, ValidationError)
+    with pytest.raises(ValidationError, match="exactly one linked model; 'two' has 2"):
+        catalog.pinned(two, "1")
+    # The management commands name a missing version the same way.
+    with pytest.raises(UnknownVersion, match="model 'a' has no version '2'"):
+        asyncio.run(service.set_model_version("a", "2"))
+    with pytest.raises(UnknownVersion, match="model 'b' has no version '9'"):
+        asyncio.run(service.set_num_replicas("b", "9", 1))

@@ -5,7 +5,8 @@ client's input raises :class:`~clipper.exceptions.InputError` with a short
 message that names the problem and where it is (``input``, ``input_batch[3]``,
 ``input[2][5]``); the frontend returns it as a JSON 400.
 
-Numeric inputs become C-contiguous numpy arrays (``integers`` → int32,
+Numeric inputs become C-contiguous numpy arrays of their type's dtype, with
+the ranges of :data:`~clipper.types.NUMERIC_FORMATS` (``integers`` → int32,
 ``floats`` → float32, ``doubles`` → float64). The commonest body, one flat
 array (``{"input": [0.1, 0.2, ...]}``), goes from the JSON text straight into
 a numpy buffer through simdjson, with no Python object per number; other
@@ -32,7 +33,7 @@ import orjson
 import simdjson
 
 from ..exceptions import InputError
-from ..types import InputType
+from ..types import NUMERIC_FORMATS, InputType
 
 __all__ = [
     "MAX_UID_BYTES",
@@ -47,17 +48,15 @@ _KNOWN_FIELDS = frozenset({"input", "input_batch", "version", "uid"})
 # A user id is a key of per-user selection state in the config store.
 MAX_UID_BYTES = 256
 
-_DTYPES: dict[InputType, type[np.generic]] = {
-    InputType.INTEGERS: np.int32,
-    InputType.FLOATS: np.float32,
-    InputType.DOUBLES: np.float64,
-}
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
-# The smallest float64 magnitude that rounds to inf as float32: FLT_MAX plus
-# half an ulp (2**103); the tie rounds to even, which is up, since FLT_MAX's
-# mantissa is odd. Smaller values round to FLT_MAX without an overflow.
-_F32_OVERFLOW = 2.0**128 - 2.0**103
+# The input types' table, bound once here: nothing is looked up per query.
+_DTYPES: dict[InputType, np.dtype[Any]] = {t: f.np_dtype for t, f in NUMERIC_FORMATS.items()}
+_INTEGERS = NUMERIC_FORMATS[InputType.INTEGERS]
+_INT_DTYPE = _INTEGERS.np_dtype
+_INT_MIN = int(_INTEGERS.min_value)
+_INT_MAX = int(_INTEGERS.max_value)
+_FLOATS = NUMERIC_FORMATS[InputType.FLOATS]
+_FLOAT_DTYPE = _FLOATS.np_dtype
+_FLOAT_OVERFLOW = _FLOATS.overflow  # float64 magnitudes from here up overflow to inf
 # numpy's own limit on dimensions; it also bounds the slow path's recursion.
 _MAX_DIMS = 64
 _NUMBER_TYPES = frozenset({int, float})
@@ -328,10 +327,10 @@ def _deeper_than(value: Any, limit: int) -> bool:
 # One parser, reused: it keeps its buffers between documents. Only the event
 # loop's thread parses query bodies.
 _SIMD = simdjson.Parser()
+# JSON numbers are read as int64 (integral types: a fraction is a parse error)
+# or float64, then checked against the type's range and cast.
 _BUFFER_TYPE: dict[InputType, Literal["i", "d"]] = {
-    InputType.INTEGERS: "i",  # int64
-    InputType.FLOATS: "d",
-    InputType.DOUBLES: "d",
+    t: "i" if f.integral else "d" for t, f in NUMERIC_FORMATS.items()
 }
 _BOM = b"\xef\xbb\xbf"  # simdjson skips it; orjson (the authority) refuses it
 
@@ -361,14 +360,14 @@ def _flat_input(body: bytes, input_type: InputType) -> npt.NDArray[Any] | None:
         return None
     if input_type is InputType.INTEGERS:
         arr = np.frombuffer(buffer, dtype=np.int64)
-        if arr.min() < _INT32_MIN or arr.max() > _INT32_MAX:
+        if arr.min() < _INT_MIN or arr.max() > _INT_MAX:
             return None
-        return arr.astype(np.int32)
+        return arr.astype(_INT_DTYPE)
     arr = np.frombuffer(buffer, dtype=np.float64)
     if input_type is InputType.FLOATS:
-        if not np.abs(arr).max() < _F32_OVERFLOW:
+        if not np.abs(arr).max() < _FLOAT_OVERFLOW:
             return None
-        return arr.astype(np.float32)
+        return arr.astype(_FLOAT_DTYPE)
     return arr
 
 
@@ -433,9 +432,9 @@ def _to_array(value: list[Any], input_type: InputType, finite: bool) -> npt.NDAr
             arr = np.array(value)
             if arr.dtype.kind not in "iu" or arr.size == 0:
                 return None
-            if int(arr.min()) < _INT32_MIN or int(arr.max()) > _INT32_MAX:
+            if int(arr.min()) < _INT_MIN or int(arr.max()) > _INT_MAX:
                 return None
-            return arr.astype(np.int32)
+            return arr.astype(_INT_DTYPE)
         # A forced dtype skips numpy's type discovery, which is safe since the
         # leaves are known to be numbers; a flat list goes through fromiter,
         # about a third faster than np.array for 784 numbers.
@@ -449,9 +448,9 @@ def _to_array(value: list[Any], input_type: InputType, finite: bool) -> npt.NDAr
         return None
     if input_type is InputType.FLOATS:
         # Checked before the cast, which would warn and give inf. NaN fails too.
-        if not np.abs(arr).max() < _F32_OVERFLOW:
+        if not np.abs(arr).max() < _FLOAT_OVERFLOW:
             return None
-        return arr.astype(np.float32)
+        return arr.astype(_FLOAT_DTYPE)
     if not finite and not np.isfinite(arr).all():
         return None
     return arr
@@ -536,15 +535,15 @@ def _check_number(value: Any, input_type: InputType, where: str, index: list[int
     if input_type is InputType.INTEGERS:
         # orjson parses integer literals beyond 64 bits as floats; call those
         # out of range rather than "non-integer".
-        if isinstance(value, float) and not (value.is_integer() and abs(value) > _INT32_MAX):
+        if isinstance(value, float) and not (value.is_integer() and abs(value) > _INT_MAX):
             raise InputError(
                 f"{_path(where, index)}: expected an integer for input type 'integers', "
                 f"found a non-integer number {value!r}"
             )
-        if not _INT32_MIN <= value <= _INT32_MAX:
+        if not _INT_MIN <= value <= _INT_MAX:
             raise InputError(
                 f"{_path(where, index)}: {_fmt(value)} is out of range for input type "
-                f"'integers' (int32: {_INT32_MIN} to {_INT32_MAX})"
+                f"'integers' ({_INT_DTYPE.name}: {_INT_MIN} to {_INT_MAX})"
             )
         return int(value)
     try:
@@ -555,10 +554,10 @@ def _check_number(value: Any, input_type: InputType, where: str, index: list[int
         ) from None
     if not math.isfinite(number):
         raise InputError(f"{_path(where, index)}: {value!r} is not a finite number")
-    if input_type is InputType.FLOATS and abs(number) >= _F32_OVERFLOW:
+    if input_type is InputType.FLOATS and abs(number) >= _FLOAT_OVERFLOW:
         raise InputError(
-            f"{_path(where, index)}: {_fmt(value)} overflows float32 for input type 'floats' "
-            f"(largest magnitude {float(np.finfo(np.float32).max)!r})"
+            f"{_path(where, index)}: {_fmt(value)} overflows {_FLOAT_DTYPE.name} for input type "
+            f"'floats' (largest magnitude {_FLOATS.max_value!r})"
         )
     return number
 

@@ -28,8 +28,8 @@ from ..exceptions import PayloadTooLarge, ValidationError
 from ..http.auth import api_key_matches
 from ..http.server import Request, Response, json_response
 from ..selection.processor import Overloaded, QueryProcessor
-from ..store.catalog import AppRoute, Catalog
-from ..types import InputType, ModelId
+from ..store.catalog import AppRoute, Catalog, UnknownVersion
+from ..types import NUMERIC_FORMATS, ModelId
 from .oip_request import (
     DEFAULT_OUTPUT_NAME,
     app_queries,
@@ -38,15 +38,14 @@ from .oip_request import (
     encode_response,
     parse_infer_request,
 )
+from .oip_tensors import DATATYPES
 
 log = logging.getLogger("clipper.frontend.oip")
 
 EXTENSIONS = ["binary_tensor_data"]
-_INPUT_DATATYPES = {
-    InputType.INTEGERS: "INT32",
-    InputType.FLOATS: "FP32",
-    InputType.DOUBLES: "FP64",
-}
+# The datatype metadata names for a numeric app: the protocol's name of its dtype.
+_DATATYPE_OF = {dtype.str: name for name, dtype in DATATYPES.items() if dtype is not None}
+_INPUT_DATATYPES = {t: _DATATYPE_OF[f.dtype] for t, f in NUMERIC_FORMATS.items()}
 
 
 class OIPError(Exception):
@@ -133,16 +132,12 @@ class OIPFrontend:
         if route is None:
             raise OIPError(404, f"unknown model '{name}': no application of that name")
         if version is not None:
-            if len(route.models) != 1:
+            try:
+                self.catalog.pinned(route, version)  # a ValidationError is a 400
+            except UnknownVersion as exc:
                 raise OIPError(
-                    400,
-                    f"a version pin needs an app with exactly one linked model; "
-                    f"'{name}' has {len(route.models)}",
-                )
-            if self.catalog.model(ModelId(route.models[0], version)) is None:
-                raise OIPError(
-                    404, f"unknown version '{version}' of model '{name}' ({route.models[0]})"
-                )
+                    404, f"unknown version '{version}' of model '{name}' ({exc.model.name})"
+                ) from None
         return route
 
     def _versions(self, route: AppRoute) -> list[str]:

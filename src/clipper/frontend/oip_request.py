@@ -35,14 +35,6 @@ __all__ = [
 ]
 
 DEFAULT_OUTPUT_NAME = "output0"
-# The largest float64 that does not round to inf as float32 (see inputs.py).
-_F32_OVERFLOW = 2.0**128 - 2.0**103
-_INT32 = np.iinfo(np.int32)
-_APP_DTYPES: dict[InputType, np.dtype[Any]] = {
-    InputType.INTEGERS: np.dtype(np.int32),
-    InputType.FLOATS: np.dtype(np.float32),
-    InputType.DOUBLES: np.dtype(np.float64),
-}
 _WBITS = {"gzip": 31, "deflate": 15}
 
 
@@ -315,26 +307,36 @@ def _numeric_rows(tensor: Tensor, spec: AppSpec, where: str) -> npt.NDArray[Any]
 def _to_app_dtype(
     arr: npt.NDArray[Any], datatype: str, input_type: InputType, where: str
 ) -> npt.NDArray[Any]:
-    """``arr`` as the app's dtype, refusing values that would change."""
-    target = _APP_DTYPES[input_type]
+    """``arr`` as the app's dtype, refusing values that would change (the
+    type's range: :attr:`~clipper.types.InputType.numeric`)."""
+    fmt = input_type.numeric
+    assert fmt is not None  # a numeric app's
+    target = fmt.np_dtype
     kind = arr.dtype.kind
     if kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{where}: a value is not a finite number")
-    if input_type is InputType.INTEGERS:
+    if fmt.integral:
         if kind == "f" and not (arr == np.trunc(arr)).all():
-            raise InputError(f"{where}: app takes integers, but the {datatype} data has a fraction")
+            raise InputError(
+                f"{where}: app takes {input_type.value}, but the {datatype} data has a fraction"
+            )
         if kind in "iuf" and arr.dtype != target and arr.size:
             low, high = arr.min(), arr.max()
-            if low < _INT32.min or high > _INT32.max:
-                bad = low if low < _INT32.min else high
-                raise InputError(f"{where}: {bad} is out of range for an app of integers (int32)")
+            if low < fmt.min_value or high > fmt.max_value:
+                bad = low if low < fmt.min_value else high
+                raise InputError(
+                    f"{where}: {bad} is out of range for an app of {input_type.value} "
+                    f"({target.name})"
+                )
     elif (
-        input_type is InputType.FLOATS
-        and arr.dtype == np.float64
+        arr.dtype == np.float64
         and arr.size
-        and not np.abs(arr).max() < _F32_OVERFLOW
+        and target != arr.dtype
+        and not np.abs(arr).max() < fmt.overflow
     ):
-        raise InputError(f"{where}: a value overflows float32 for an app of floats")
+        raise InputError(
+            f"{where}: a value overflows {target.name} for an app of {input_type.value}"
+        )
     return np.ascontiguousarray(arr, dtype=target)
 
 

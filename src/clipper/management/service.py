@@ -14,15 +14,16 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from ..exceptions import NotFoundError, ValidationError
+from ..managers.base import ContainerManager
 from ..managers.envs import EnvironmentBuilder, check_model_loads
 from ..selection.policies import get_policy
 from ..store.base import ConfigStore
-from ..store.catalog import Catalog
+from ..store.catalog import Catalog, UnknownVersion
 from ..types import AppSpec, InputType, ModelId, ModelSpec, validate_app_name, validate_name
 from .options import validate_app_options, validate_model_options
 
@@ -31,14 +32,6 @@ log = logging.getLogger("clipper.management")
 PYTHON_CLOSURE = "python-closure"
 ARTIFACT_NAME = "model.pkl"
 ENV_FILE = "env.json"
-
-
-class ContainerManager(Protocol):
-    async def reconcile(self, desired: dict[ModelId, tuple[ModelSpec, int]]) -> None: ...
-
-    def replicas(self) -> list[dict[str, Any]]: ...
-
-    async def stop_all(self) -> None: ...
 
 
 def validate_policy(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -236,9 +229,7 @@ class ManagementService:
 
     async def set_model_options(self, name: str, version: str, options: dict[str, Any]) -> None:
         """Set a model version's batching and queueing options (merged)."""
-        model = self.store.get_model(name, version)
-        if model is None:
-            raise ValidationError(f"model '{name}' has no version '{version}'")
+        model = self._model(name, version)
         if not isinstance(options, dict):
             raise ValidationError("model options must be a JSON object")
         # Merge first, then check the result as a whole; a null removes a key.
@@ -362,10 +353,16 @@ class ManagementService:
             raise
         return path
 
+    def _model(self, name: str, version: str) -> ModelSpec:
+        model = self.store.get_model(name, version)
+        if model is None:
+            raise UnknownVersion(ModelId(name, version))
+        return model
+
     async def delete_model_version(self, model_name: str, model_version: str) -> None:
         """Remove a version: its record, its replicas and its artifact."""
         if not self.store.delete_model_version(model_name, model_version):
-            raise ValidationError(f"model '{model_name}' has no version '{model_version}'")
+            raise UnknownVersion(ModelId(model_name, model_version))
         log.info("deleted model %s:%s", model_name, model_version)
         await self._changed()
         shutil.rmtree(self.models_dir / model_name / model_version, ignore_errors=True)
@@ -384,8 +381,7 @@ class ManagementService:
         return [m.to_json(current[m.name]) for m in models]
 
     async def set_model_version(self, model_name: str, model_version: str) -> None:
-        if self.store.get_model(model_name, model_version) is None:
-            raise ValidationError(f"model '{model_name}' has no version '{model_version}'")
+        self._model(model_name, model_version)
         self.store.set_current_version(model_name, model_version)
         log.info("model %s now serves version %s", model_name, model_version)
         await self._changed()
@@ -395,8 +391,7 @@ class ManagementService:
             isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 64,
             "num_replicas must be an integer between 0 and 64",
         )
-        if self.store.get_model(model_name, model_version) is None:
-            raise ValidationError(f"model '{model_name}' has no version '{model_version}'")
+        self._model(model_name, model_version)
         self.store.set_num_replicas(model_name, model_version, n)
         log.info("model %s:%s scaled to %d replicas", model_name, model_version, n)
         await self._changed()

@@ -17,9 +17,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..types import ModelId, ModelSpec
 
-MANAGERS = ("local", "ray")
-"""The values of the server's ``--manager`` setting."""
-
 REPLICA_FIELDS = ("model_name", "model_version", "replica", "pid", "restarts")
 """Keys every dict of :meth:`ContainerManager.replicas` carries (a backend may add more)."""
 

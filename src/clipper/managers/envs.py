@@ -59,9 +59,6 @@ class EnvironmentBuilder:
         self.base_python = base_python
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def python_for(self, pkgs: list[str]) -> Path:
-        return self.root / requirements_key(pkgs) / "bin" / "python"
-
     async def ensure(self, pkgs: list[str]) -> str:
         """The interpreter of the environment for ``pkgs``, built if needed.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..types import ModelId, ModelSpec
-from .base import reconcile_counts
+from .base import reconcile_counts, replica_label
 
 log = logging.getLogger("clipper.manager")
 
@@ -39,7 +39,7 @@ class ReplicaSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.model.name}-{self.model.version}-{self.index}"
+        return replica_label(self.model, self.index)
 
 
 class _ReplicaProcess:
@@ -164,8 +164,6 @@ class _ReplicaProcess:
 
 class LocalProcessManager:
     """Keeps the requested number of replica processes per model version."""
-
-    name = "local"
 
     def __init__(
         self,

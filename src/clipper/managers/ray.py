@@ -318,8 +318,6 @@ class RayContainerManager:
     connection is made on the first :meth:`reconcile`.
     """
 
-    name = "ray"
-
     def __init__(
         self,
         *,

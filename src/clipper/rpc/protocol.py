@@ -36,6 +36,7 @@ import msgpack
 import numpy as np
 
 from ..exceptions import RPCError
+from ..types import NUMERIC_FORMATS
 
 PROTOCOL_VERSION = 1
 
@@ -51,7 +52,8 @@ MESSAGE_TYPES = frozenset(
     {REGISTER, REGISTERED, REJECTED, REREGISTER, HEARTBEAT, BATCH, RESULT, GOODBYE}
 )
 
-NUMERIC_DTYPES = {"integers": "<i4", "floats": "<f4", "doubles": "<f8"}
+# Input type name → the dtype of its array frames (little-endian), from the types' table.
+NUMERIC_DTYPES: dict[str, str] = {t.value: f.dtype for t, f in NUMERIC_FORMATS.items()}
 MAX_HEADER_BYTES = 1 << 20
 
 # -- limits on what a peer may send the frontend ----------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..exceptions import ValidationError
 from ..types import AppSpec, ModelId, ModelSpec
 from .base import ConfigStore
 
@@ -24,6 +25,17 @@ class AppRoute:
 
     spec: AppSpec
     models: tuple[str, ...]
+
+
+class UnknownVersion(ValidationError):
+    """A version pin (or a management command) names a version the model does not have.
+
+    A ``ValidationError``: a 400 on ``/{app}/predict`` and the management port;
+    the ``/v2`` frontend, where an app is a model, answers it as its own 404."""
+
+    def __init__(self, model: ModelId) -> None:
+        super().__init__(f"model '{model.name}' has no version '{model.version}'")
+        self.model = model
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,24 @@ class Catalog:
 
     def model(self, model: ModelId) -> ModelSpec | None:
         return self.snapshot.models.get(model)
+
+    def pinned(self, route: AppRoute, version: str) -> ModelId:
+        """The model version that a ``version`` pin on ``route``'s app names.
+
+        A pin is valid only for an app with exactly one linked model
+        (``ValidationError`` otherwise), and only for a version of it that
+        exists (:class:`UnknownVersion` otherwise). Every frontend's pin goes
+        through here.
+        """
+        if len(route.models) != 1:
+            raise ValidationError(
+                f"a version pin needs an app with exactly one linked model; "
+                f"'{route.spec.name}' has {len(route.models)}"
+            )
+        model = ModelId(route.models[0], version)
+        if model not in self.snapshot.models:
+            raise UnknownVersion(model)
+        return model
 
     def slo_for_model(self, model: str) -> int | None:
         """The tightest SLO among the apps linked to a model (micros)."""
