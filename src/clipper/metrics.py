@@ -2,10 +2,14 @@
 
 The query path calls ``observe_*`` once per request; they bump plain
 integers (no locks: everything runs on the event loop), a few microseconds
-at most. What the dispatcher, cache and replicas already count is read from
-``status()`` by a custom collector when ``GET /metrics`` is scraped, so it
-costs the hot path nothing. Each server has its own ``CollectorRegistry``:
-no global state, so tests and several servers in one process never clash.
+at most; a default output is counted by its ``DefaultReason``, the label
+itself. What the dispatcher, cache and replicas already count is read, as
+typed :class:`ServerStatistics` from a statistics provider, by a custom
+collector when ``GET /metrics`` is scraped, so it costs the hot path
+nothing. Each server has its own ``CollectorRegistry``: no global state, so
+tests and several servers in one process never clash. This module makes
+the exposition's bytes (:meth:`Metrics.exposition`); the frontend serves
+them (``clipper.frontend.metrics_route``).
 
 The dispatcher reports each finished batch to ``observe_batch`` (exact
 batch-size and batch-latency histograms per model). A background task
@@ -25,7 +29,7 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -37,50 +41,79 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
-from .batching.dispatcher import EXPIRED, QUEUE_FULL, REPLICA_LOST, TOO_SLOW
-from .http.server import Request, Response, json_error
-from .selection import processor as _processor
 from .selection.policies import get_policy
-from .selection.processor import LOW_CONFIDENCE, NO_MODELS, SLO_MISSED, Prediction
 from .selection.state import SHARED
 from .store.catalog import Catalog
-from .types import ModelId
+from .types import DefaultReason, ModelId
+
+if TYPE_CHECKING:  # the typed statistics this module reads, not the layers that make them
+    from .batching.dispatcher import ModelStatistics
+    from .cache.prediction_cache import CacheStatistics
+    from .selection.processor import Prediction
 
 log = logging.getLogger("clipper.metrics")
 
-REASONS = ("slo", "model_error", "no_models", "overloaded", "low_confidence", "other")
+# The ``reason`` label's values, in the order they are exported and logged.
+REASONS: tuple[str, ...] = tuple(r.value for r in DefaultReason)
 # Request latency buckets (seconds): fine around the usual 10-300 ms SLOs.
 LATENCY_BUCKETS_S = (
     *(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075),
     *(0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_LOW_CONFIDENCE = LOW_CONFIDENCE.split("{")[0]
-_MODEL_ERRORS = (" raised ", "returned a bad result", REPLICA_LOST)
-# A model scaled to zero still starting: no live replica, as with no_models.
-_COLD: str | None = getattr(_processor, "COLD", None)
-
-Status = Callable[[], dict[str, Any]]
-TickListener = Callable[[float, dict[str, Any]], None]
+# A default's reason to its counter's index; a default that names none is "other".
+_REASON_INDEX: dict[DefaultReason | None, int] = {r: i for i, r in enumerate(DefaultReason)}
+_REASON_INDEX[None] = _REASON_INDEX[DefaultReason.OTHER]
+_OVERLOADED = _REASON_INDEX[DefaultReason.OVERLOADED]
 
 
-def default_reason(explanation: str | None) -> str:
-    """Group a default output's free-text explanation into one of ``REASONS``."""
-    text = explanation or ""
-    if text.startswith(SLO_MISSED) or EXPIRED in text or TOO_SLOW in text:
-        return "slo"
-    if text.startswith(NO_MODELS) or (_COLD is not None and text.startswith(_COLD)):
-        return "no_models"
-    if QUEUE_FULL in text:
-        return "overloaded"
-    if text.startswith(_LOW_CONFIDENCE):
-        return "low_confidence"
-    if any(marker in text for marker in _MODEL_ERRORS):
-        return "model_error"
-    return "other"
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplicaStatistics:
+    """One replica, as its container manager (or, for one started by hand, the RPC
+    layer) describes it, with how it batches while live."""
+
+    model: ModelId
+    replica: str  # its label
+    live: bool
+    restarts: int
+    max_batch_size: int | None = None  # None unless live
+    latency_estimate_ms: float | None = None  # None unless live
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # as described
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``/admin/status`` and ``get_all_containers`` report it (``replicas``)."""
+        latency = self.latency_estimate_ms
+        return {
+            **self.details,
+            "live": self.live,
+            "max_batch_size": self.max_batch_size,
+            "latency_estimate_ms": None if latency is None else round(latency, 3),
+        }
 
 
-_REASON_INDEX = {r: i for i, r in enumerate(REASONS)}
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """What the abstraction layer and the container manager count, at one moment:
+    what the metrics export and the dashboard samples (counters are cumulative)."""
+
+    uptime_s: float
+    models: Sequence[ModelStatistics] = ()
+    cache: CacheStatistics | None = None
+    replicas: Sequence[ReplicaStatistics] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Its part of ``/admin/status``: ``uptime_s``, ``replicas``, ``models``, ``cache``."""
+        return {
+            "uptime_s": self.uptime_s,
+            "replicas": [r.to_json() for r in self.replicas],
+            "models": [m.to_json() for m in self.models],
+            "cache": self.cache.to_json() if self.cache is not None else None,
+        }
+
+
+# Where the metrics read the server's statistics (called at scrapes and ticks).
+StatisticsProvider = Callable[[], ServerStatistics]
+TickListener = Callable[[float, ServerStatistics], None]
 
 
 def bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> float | None:
@@ -143,10 +176,6 @@ class _StateReader(Protocol):
     def get_policy_state(self, app: str, uid: str) -> dict[str, Any] | None: ...
 
 
-class _ModelStats(Protocol):
-    def statistics(self) -> Sequence[Any]: ...
-
-
 def selection_weights(
     policy: str, models: Sequence[str], state: Mapping[str, Any] | None
 ) -> dict[str, float]:
@@ -173,11 +202,6 @@ def selection_weights(
     return out
 
 
-def _split_model(model: str) -> tuple[str, str]:
-    name, _, version = model.partition(":")  # names cannot contain ':'
-    return name, version
-
-
 _HELP = {
     "requests": "Predict requests answered (a batch request counts once)",
     "queries": "Queries (inputs) answered",
@@ -191,28 +215,38 @@ _HELP = {
 }
 _Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
 _C, _G = CounterMetricFamily, GaugeMetricFamily
-# Per model version, read from the dispatcher's ModelStatistics: (name, kind, help, keys).
-_MODEL: tuple[tuple[str, _Family, str, tuple[str, ...]], ...] = (
-    ("batches", _C, "Batches finished", ("batches",)),
-    ("batch_errors", _C, "Batches that failed (the model raised or died)", ("errors",)),
-    ("enqueued", _C, "Tasks queued", ("queue", "enqueued")),
-    ("expired", _C, "Tasks dropped unsent: their deadline passed", ("queue", "expired")),
-    ("rejected", _C, "Tasks refused: the queue was full", ("queue", "rejected")),
-    ("coalesced", _C, "Queries joined to an identical pending one", ("coalesced",)),
-    ("max_batch_size", _G, "The largest of its replicas' batch-size maximums", ("max_batch_size",)),
-    ("queue_depth", _G, "Tasks waiting in the queue", ("queue", "depth")),
-    ("queue_capacity", _G, "The queue's bound", ("queue", "capacity")),
-    ("in_flight_batches", _G, "Batches on replicas now", ("in_flight_batches",)),
-    ("replicas", _G, "Live replicas", ("replicas",)),
-    ("last_batch_latency_seconds", _G, "The latest batch's round trip", ("last_batch_latency_s",)),
+# Per model version, read from the dispatcher's ModelStatistics: (name, kind, help, value).
+_MODEL: tuple[tuple[str, _Family, str, Callable[[ModelStatistics], float]], ...] = (
+    ("batches", _C, "Batches finished", lambda m: m.batches),
+    ("batch_errors", _C, "Batches that failed (the model raised or died)", lambda m: m.errors),
+    ("enqueued", _C, "Tasks queued", lambda m: m.queue.enqueued),
+    ("expired", _C, "Tasks dropped unsent: their deadline passed", lambda m: m.queue.expired),
+    ("rejected", _C, "Tasks refused: the queue was full", lambda m: m.queue.rejected),
+    ("coalesced", _C, "Queries joined to an identical pending one", lambda m: m.coalesced),
+    (
+        "max_batch_size",
+        _G,
+        "The largest of its replicas' batch-size maximums",
+        lambda m: m.max_batch_size,
+    ),
+    ("queue_depth", _G, "Tasks waiting in the queue", lambda m: m.queue.depth),
+    ("queue_capacity", _G, "The queue's bound", lambda m: m.queue.capacity),
+    ("in_flight_batches", _G, "Batches on replicas now", lambda m: m.in_flight_batches),
+    ("replicas", _G, "Live replicas", lambda m: m.replicas),
+    (
+        "last_batch_latency_seconds",
+        _G,
+        "The latest batch's round trip",
+        lambda m: m.last_batch_latency_s,
+    ),
 )
-_CACHE: tuple[tuple[str, _Family, str], ...] = (
-    ("hits", _C, "Prediction cache hits (all models)"),
-    ("misses", _C, "Prediction cache misses (all models)"),
-    ("evictions", _C, "Entries evicted to stay under the byte bound"),
-    ("entries", _G, "Entries in the prediction cache"),
-    ("bytes", _G, "Bytes held by the prediction cache"),
-    ("max_bytes", _G, "The prediction cache's byte bound"),
+_CACHE: tuple[tuple[str, _Family, str, Callable[[CacheStatistics], float]], ...] = (
+    ("hits", _C, "Prediction cache hits (all models)", lambda c: c.hits),
+    ("misses", _C, "Prediction cache misses (all models)", lambda c: c.misses),
+    ("evictions", _C, "Entries evicted to stay under the byte bound", lambda c: c.evictions),
+    ("entries", _G, "Entries in the prediction cache", lambda c: c.entries),
+    ("bytes", _G, "Bytes held by the prediction cache", lambda c: c.bytes),
+    ("max_bytes", _G, "The prediction cache's byte bound", lambda c: c.max_bytes),
 )
 
 
@@ -221,25 +255,23 @@ class Metrics:
 
     def __init__(
         self,
-        status: Status,
+        statistics: StatisticsProvider,
         *,
         catalog: Catalog | None = None,
         store: _StateReader | None = None,
-        dispatcher: _ModelStats | None = None,
         registry: CollectorRegistry | None = None,
         sample_interval_s: float = 1.0,
         slo_log_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.status = status
+        self.statistics = statistics
         self.catalog = catalog
         self.store = store
-        self.dispatcher = dispatcher
         self.sample_interval_s = sample_interval_s
         self.slo_log_interval_s = slo_log_interval_s
         self.clock = clock
         self.apps: dict[str, _AppCounters] = {}
-        self.batch_sizes: dict[str, _BatchSizes] = {}
+        self.batch_sizes: dict[ModelId, _BatchSizes] = {}
         self.weights: dict[str, dict[str, float]] = {}
         self.listeners: list[TickListener] = []
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -269,7 +301,7 @@ class Metrics:
         c.latency_sum += latency_s
         for p in predictions:
             if p.default:
-                c.defaults[_REASON_INDEX[default_reason(p.explanation)]] += 1
+                c.defaults[_REASON_INDEX[p.reason]] += 1
 
     def observe_overload(self, app: str) -> None:
         """One predict request refused with 503 (the app sheds load)."""
@@ -281,35 +313,28 @@ class Metrics:
 
     # -- GET /metrics ------------------------------------------------------------------
 
-    def respond(self, request: Request) -> Response:
-        """Serve the registry in Prometheus' text format (or OpenMetrics, if asked)."""
-        if request.method not in ("GET", "HEAD"):
-            return json_error(request.path, 405, "method not allowed", "use GET for /metrics")
-        accept = (request.header(b"accept") or b"").decode("latin-1")
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The registry in Prometheus' text format (or OpenMetrics, if ``accept``, the
+        request's Accept header, asks for it): the body and its content type."""
         encoder, content_type = choose_encoder(accept)
-        return Response(
-            200,
-            encoder(self.registry),
-            content_type.encode(),
-            ((b"cache-control", b"no-store"),),
-        )
+        return encoder(self.registry), content_type
 
     def collect(self) -> Iterator[Metric]:
         """The prometheus_client Collector interface: every ``clipper_`` family."""
-        status = self.status()
-        models = status.get("models") or []
+        stats = self.statistics()
         yield from self._app_families()
-        yield from self._model_families(models)
-        cache: dict[str, Any] = status.get("cache") or {}
-        for name, kind, doc in _CACHE if cache else ():
-            yield kind(f"clipper_cache_{name}", doc, value=float(cache[name]))
+        yield from self._model_families(stats.models)
+        cache = stats.cache
+        if cache is not None:
+            for name, kind, doc, value in _CACHE:
+                yield kind(f"clipper_cache_{name}", doc, value=float(value(cache)))
         rv = ["model", "version", "replica"]
         up = GaugeMetricFamily("clipper_replica_up", "1 if the replica is live, else 0", labels=rv)
         restarts = CounterMetricFamily("clipper_replica_restarts", "Replica restarts", labels=rv)
-        for r in status.get("replicas") or []:
-            labels = [r["model_name"], r["model_version"], str(r["replica"])]
-            up.add_metric(labels, 1.0 if r.get("live") else 0.0)
-            restarts.add_metric(labels, float(r.get("restarts") or 0))
+        for r in stats.replicas:
+            labels = [r.model.name, r.model.version, r.replica]
+            up.add_metric(labels, 1.0 if r.live else 0.0)
+            restarts.add_metric(labels, float(r.restarts))
         weight = GaugeMetricFamily(
             "clipper_selection_weight", "The policy's trust in a model", labels=["app", "model"]
         )
@@ -317,7 +342,7 @@ class Metrics:
             for model, w in shares.items():
                 weight.add_metric([app, model], w)
         uptime = GaugeMetricFamily("clipper_uptime_seconds", "Seconds since the server started")
-        uptime.add_metric([], float(status.get("uptime_s") or 0.0))
+        uptime.add_metric([], float(stats.uptime_s))
         yield from (up, restarts, weight, uptime)
 
     def _app_families(self) -> Iterator[Metric]:
@@ -341,10 +366,10 @@ class Metrics:
             latency.add_metric([name], _cumulative(LATENCY_BUCKETS_S, c.latency), c.latency_sum)
         yield from (requests, queries, overloaded, defaults, feedback, latency)
 
-    def _model_families(self, models: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _model_families(self, models: Sequence[ModelStatistics]) -> Iterator[Metric]:
         mv = ["model", "version"]
         families = [
-            (kind(f"clipper_model_{n}", doc, labels=mv), keys) for n, kind, doc, keys in _MODEL
+            (kind(f"clipper_model_{n}", doc, labels=mv), value) for n, kind, doc, value in _MODEL
         ]
         predictions = CounterMetricFamily(
             "clipper_model_predictions", _HELP["predictions"], labels=mv
@@ -354,15 +379,12 @@ class Metrics:
             "clipper_model_batch_latency_seconds", _HELP["batch_latency"], labels=mv
         )
         for m in models:
-            labels = list(_split_model(m["model"]))
-            for family, keys in families:
-                value: Any = m
-                for key in keys:
-                    value = value[key]
-                family.add_metric(labels, float(value))
-            h = self.batch_sizes.get(m["model"]) or _BatchSizes()
+            labels = [m.model.name, m.model.version]
+            for family, value in families:
+                family.add_metric(labels, float(value(m)))
+            h = self.batch_sizes.get(m.model) or _BatchSizes()
             # Exact: the dispatcher's count of queries computed.
-            predictions.add_metric(labels, float(round(m["mean_batch_size"] * m["batches"])))
+            predictions.add_metric(labels, float(m.predictions))
             sizes.add_metric(labels, _cumulative(BATCH_SIZE_BUCKETS, h.counts), float(h.total))
             latencies.add_metric(labels, _cumulative(LATENCY_BUCKETS_S, h.latency), h.latency_sum)
         yield from (f for f, _ in families)
@@ -372,10 +394,9 @@ class Metrics:
 
     def observe_batch(self, model: ModelId, size: int, latency_s: float) -> None:
         """A batch finished (called by the dispatcher on the event loop)."""
-        key = str(model)
-        h = self.batch_sizes.get(key)
+        h = self.batch_sizes.get(model)
         if h is None:
-            h = self.batch_sizes[key] = _BatchSizes()
+            h = self.batch_sizes[model] = _BatchSizes()
         h.observe(size, latency_s)
 
     def _read_weights(
@@ -398,14 +419,14 @@ class Metrics:
 
     async def tick(self) -> None:
         """One sample: feed the listeners, maybe log SLO misses."""
-        status = self.status()
+        stats = self.statistics()
         now = self.clock()
         if self.catalog is not None:  # forget deleted apps
             for gone in self.apps.keys() - self.catalog.snapshot.apps.keys():
                 del self.apps[gone]
                 self._logged.pop(gone, None)
         for listener in self.listeners:
-            listener(now, status)
+            listener(now, stats)
         if now >= self._next_log:
             if self._next_log:
                 self.log_slo_misses()
@@ -417,7 +438,7 @@ class Metrics:
         for app, c in self.apps.items():
             before, queries, overloaded = self._logged.get(app, ([0] * len(REASONS), 0, 0))
             misses = [now - then for now, then in zip(c.defaults, before, strict=True)]
-            misses[_REASON_INDEX["overloaded"]] += c.overloaded - overloaded
+            misses[_OVERLOADED] += c.overloaded - overloaded
             self._logged[app] = (list(c.defaults), c.queries, c.overloaded)
             if sum(misses):
                 reasons = ",".join(f"{r}:{n}" for r, n in zip(REASONS, misses, strict=True) if n)
@@ -450,7 +471,7 @@ class Metrics:
                 await task
 
     def add_listener(self, listener: TickListener) -> None:
-        """Call ``listener(monotonic_now, status)`` at every tick (once a second)."""
+        """Call ``listener(monotonic_now, statistics)`` at every tick (once a second)."""
         self.listeners.append(listener)
 
     # -- inspect_instance ------------------------------------------------------------------
@@ -471,7 +492,7 @@ class Metrics:
                 "selection_weights": dict(self.weights.get(name, {})),
             }
         batch_sizes = {
-            model: {
+            str(model): {
                 "count": h.count,
                 "sum": h.total,
                 "buckets": dict(_cumulative(BATCH_SIZE_BUCKETS, h.counts)),

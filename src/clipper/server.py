@@ -30,20 +30,21 @@ from .batching.controllers import (
     FixedBatchSize,
     QuantileRegressionController,
 )
-from .batching.dispatcher import Dispatcher, ModelConfig
+from .batching.dispatcher import Dispatcher, ModelConfig, ModelStatistics
 from .cache import PredictionCache
 from .dashboard import Dashboard
 from .exceptions import StoreError, ValidationError
+from .frontend.metrics_route import metrics_route
 from .frontend.oip import OIPFrontend
 from .frontend.oip import error as oip_error
 from .frontend.query import QueryFrontend
-from .http.auth import HostOriginGuard, token_matches
-from .http.server import Handler, HTTPServer, Request, Response, json_error
+from .http.auth import HostOriginGuard
+from .http.server import Handler, HTTPServer
 from .management.api import ManagementFrontend
-from .management.autoscale import Autoscaler, Signals
+from .management.autoscale import Autoscaler
 from .management.service import ManagementService
 from .managers.local import LocalProcessManager
-from .metrics import Metrics
+from .metrics import Metrics, ReplicaStatistics, ServerStatistics
 from .rpc.protocol import curve_keypair
 from .rpc.server import Replica, RPCServer
 from .selection.processor import QueryProcessor
@@ -142,13 +143,11 @@ class ClipperServer:
             default_batch_size=settings.default_batch_size,
         )
         self.autoscaler = Autoscaler(
-            self._autoscale_signals, self._model_options, self.service.sync_replicas
+            self._autoscale_statistics, self._model_options, self.service.sync_replicas
         )
         self.service.replica_target = self.autoscaler.target
         self.service.listeners.append(self._after_change)
-        self.metrics = Metrics(
-            self.status, catalog=self.catalog, store=self.store, dispatcher=self.dispatcher
-        )
+        self.metrics = Metrics(self.statistics, catalog=self.catalog, store=self.store)
         self.dispatcher.batch_listeners.append(self.metrics.observe_batch)
         self.processor = QueryProcessor(
             self.catalog,
@@ -174,7 +173,7 @@ class ClipperServer:
             is_ready=lambda: self.ready,
             v2=self.oip.handle,
             v2_error=oip_error,
-            metrics=self._metrics_route(),
+            metrics=metrics_route(self.metrics.exposition, settings.metrics_token),
             max_batch_inputs=settings.max_batch_inputs,
         )
         self.query_http = self._http_server("query", self.query_app.handle)
@@ -213,25 +212,6 @@ class ClipperServer:
             guard=guard,
             name=name,
         )
-
-    def _metrics_route(self) -> Any:
-        """``GET /metrics``: open (for Prometheus), or behind ``metrics_token`` when set."""
-        respond = self.metrics.respond
-        if not self.settings.metrics_token:
-            return respond
-        token = self.settings.metrics_token.encode()
-
-        def guarded(request: Request) -> Response:
-            if not token_matches(request.header(b"authorization"), token):
-                return json_error(
-                    request.path,
-                    401,
-                    "unauthorized",
-                    "/metrics needs 'Authorization: Bearer <metrics_token>'",
-                )
-            return respond(request)
-
-        return guarded
 
     # -- wiring callbacks ---------------------------------------------------------
 
@@ -274,15 +254,9 @@ class ClipperServer:
                 replica.pid,
             )
 
-    def _autoscale_signals(self) -> dict[ModelId, Signals]:
-        out = {}
-        for stats in self.dispatcher.statistics():
-            name, _, version = stats.model.rpartition(":")
-            q = stats.queue
-            out[ModelId(name, version)] = Signals(
-                stats.replicas, q.depth, stats.in_flight_batches, q.enqueued, q.expired + q.rejected
-            )
-        return out
+    def _autoscale_statistics(self) -> list[ModelStatistics]:
+        """What the autoscaler reads: the dispatcher's typed statistics, per model version."""
+        return self.dispatcher.statistics()
 
     def _model_options(self) -> dict[ModelId, dict[str, Any]]:
         return {m: spec.options for m, spec in self.catalog.snapshot.models.items()}
@@ -312,46 +286,60 @@ class ClipperServer:
             return f"model {model} takes '{spec.input_type.value}', not '{itype.value}'"
         return None
 
-    def status(self) -> dict[str, Any]:
-        """What ``/admin/status`` and ``get_all_containers`` report."""
+    def statistics(self) -> ServerStatistics:
+        """What the dispatcher, the cache and the container manager count, typed: what
+        the metrics and the dashboard read, and ``status()`` renders."""
         live = {(r.model, r.label): r for r in self.dispatcher.replicas()}
         batching = self.dispatcher.replica_batching()
 
-        def batches_of(key: tuple[ModelId, str]) -> dict[str, Any]:
+        def replica(
+            key: tuple[ModelId, str], is_live: bool, details: dict[str, Any]
+        ) -> ReplicaStatistics:
             # Each live replica's own batch-size maximum and latency estimate.
             stats = batching.get(key)
-            if stats is None:
-                return {"max_batch_size": None, "latency_estimate_ms": None}
-            return {
-                "max_batch_size": stats.max_batch_size,
-                "latency_estimate_ms": round(stats.latency_estimate_ms, 3),
-            }
+            return ReplicaStatistics(
+                model=key[0],
+                replica=key[1],
+                live=is_live,
+                restarts=int(details.get("restarts") or 0),
+                max_batch_size=stats.max_batch_size if stats is not None else None,
+                latency_estimate_ms=stats.latency_estimate_ms if stats is not None else None,
+                details=details,
+            )
 
         replicas = []
         for proc in self.manager.replicas():
             key = (ModelId(proc["model_name"], proc["model_version"]), proc["replica"])
-            is_live = live.pop(key, None) is not None
-            replicas.append({**proc, "live": is_live, **batches_of(key)})
-        for key, replica in live.items():  # containers started by someone else
-            replicas.append({**replica.describe(), "restarts": 0, "live": True, **batches_of(key)})
+            replicas.append(replica(key, live.pop(key, None) is not None, proc))
+        for key, rpc_replica in live.items():  # containers started by someone else
+            replicas.append(replica(key, True, {**rpc_replica.describe(), "restarts": 0}))
+        return ServerStatistics(
+            uptime_s=round(time.time() - self.started_at, 3),
+            models=self.dispatcher.statistics(),
+            cache=self.cache.statistics() if self.cache is not None else None,
+            replicas=replicas,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What ``/admin/status`` and ``get_all_containers`` report: the typed
+        statistics rendered as JSON, with the server's own settings and figures."""
+        stats = self.statistics().to_json()
         return {
             "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 3),
+            "uptime_s": stats["uptime_s"],
             "query_port": self.settings.query_port,
             "management_port": self.settings.management_port,
             "rpc_port": self.settings.rpc_port,
             "state_dir": str(self.settings.state_dir),
             "store": _redact(self.settings.store),
             "manager": self.settings.manager,
-            "replicas": replicas,
-            "models": [dataclasses.asdict(m) for m in self.dispatcher.statistics()],
+            "replicas": stats["replicas"],
+            "models": stats["models"],
             "autoscale": {
                 "targets": {str(m): n for m, n in self.autoscaler.targets.items()},
                 "events": [dataclasses.asdict(e) for e in self.autoscaler.events[-50:]],
             },
-            "cache": (
-                dataclasses.asdict(self.cache.statistics()) if self.cache is not None else None
-            ),
+            "cache": stats["cache"],
             "metrics": self.metrics.figures(),
         }
 

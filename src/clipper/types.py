@@ -234,6 +234,51 @@ class Outcome:
         return self.error is None
 
 
+# Why a query got the app's default output. The values are the ``reason`` label
+# of ``clipper_app_default_outputs_total`` and the keys of ``default_outputs`` in
+# ``/admin/status``: dashboards and alerts depend on them, so they never change
+# (docs/observability.md). Here, with the shared types, so that every layer that
+# answers with a default (the selection layer, and the abstraction layer below
+# it) names its reason without importing a layer above it.
+class DefaultReason(StrEnum):
+    """Why a query was answered with the default output (in the metrics' order)."""
+
+    # No model answered within the SLO, the query's deadline passed in a queue, or
+    # its batch would have ended past the deadline (so it was not computed).
+    SLO = "slo"
+    # The model raised, returned a malformed result, or its replica was lost.
+    MODEL_ERROR = "model_error"
+    # No linked model with a current version and a live replica (or a model
+    # scaled to zero whose first replica was not ready in time).
+    NO_MODELS = "no_models"
+    # A model's queue was full (for an app that answers with its default, not 503).
+    OVERLOADED = "overloaded"
+    # The ensemble's agreement was below the app's ``min_confidence``.
+    LOW_CONFIDENCE = "low_confidence"
+    # Anything else (a server-side encoding failure, for example).
+    OTHER = "other"
+
+
+@dataclass(slots=True, init=False)
+class Failure(Outcome):
+    """An :class:`~clipper.types.Outcome` without output: its ``error`` explains
+    it to people, its ``reason`` classifies it for the metrics."""
+
+    reason: DefaultReason = DefaultReason.OTHER  # always set by __init__
+
+    def __init__(self, reason: DefaultReason, error: str, overloaded: bool = False) -> None:
+        # Positional and by hand: made per query when a model is overloaded or late.
+        self.output = None
+        self.error = error
+        self.overloaded = overloaded
+        self.reason = reason
+
+
+def reason_of(outcome: Outcome) -> DefaultReason:
+    """The reason a failed outcome reports (``OTHER`` when it names none)."""
+    return outcome.reason if isinstance(outcome, Failure) else DefaultReason.OTHER
+
+
 def json_default(obj: Any) -> Any:
     """orjson ``default`` for model outputs: bytes as text, else as base64."""
     if isinstance(obj, bytes):

@@ -18,7 +18,7 @@ from clipper.batching.dispatcher import (
 from clipper.cache import PredictionCache
 from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
-from clipper.types import ModelId
+from clipper.types import DefaultReason, ModelId, reason_of
 
 MODEL = ModelId("m", "1")
 
@@ -70,6 +70,10 @@ def test_idle_replica_pulls_a_batch_of_queued_tasks():
         assert outs == ["a", "b", "c", "d", "e", "f"]
         stats = d.statistics()[0]
         assert stats.batches == 2 and stats.mean_batch_size == 3.0
+        assert stats.model == MODEL and stats.predictions == 6
+        rendered = stats.to_json()  # the JSON of /admin/status: the model as "name:version"
+        assert rendered["model"] == "m:1" and "predictions" not in rendered
+        assert rendered["queue"]["enqueued"] == 6 and rendered["by_replica"][0]["replica"] == "r1"
 
     asyncio.run(main())
 
@@ -88,6 +92,7 @@ def test_batch_of_a_lost_replica_is_retried_once_on_another():
         d.replica_left(r2, "killed too")
         outcome = await fut
         assert not outcome.ok and "replica" in outcome.error and "killed too" in outcome.error
+        assert reason_of(outcome) is DefaultReason.MODEL_ERROR
 
     asyncio.run(main())
 
@@ -103,10 +108,12 @@ def test_model_errors_and_bad_results_become_error_outcomes():
         frames = p.encode_result_error(bid, "ValueError", "boom")
         d.batch_result(r, bid, p.parse_header(frames[0]), [])
         assert (await f1).error == "model m:1 raised ValueError: boom"
+        assert reason_of(f1.result()) is DefaultReason.MODEL_ERROR
         f2 = d.submit(MODEL, np.array([1.0]), deadline=1e12)
         await asyncio.sleep(0)
         answer(d, r, t.sent[-1][1], ["x", "y"])  # two outputs for one input
         assert "2 outputs for 1 inputs" in (await f2).error
+        assert reason_of(f2.result()) is DefaultReason.MODEL_ERROR
 
     asyncio.run(main())
 
@@ -150,6 +157,7 @@ def test_expired_tasks_answer_by_their_deadline_without_a_replica():
         fut = d.submit(MODEL, np.array([1.0]), deadline=soon(0.05))
         outcome = await asyncio.wait_for(fut, 10)
         assert not outcome.ok and EXPIRED in outcome.error
+        assert reason_of(outcome) is DefaultReason.SLO
         r = replica(b"r1")
         d.replica_joined(r)
         assert t.sent == []  # an expired task is never computed
@@ -172,6 +180,7 @@ def test_a_query_the_model_is_too_slow_for_says_so_and_a_later_one_is_computed()
         outcome = await asyncio.wait_for(first, 10)
         assert not outcome.ok and TOO_SLOW in outcome.error and EXPIRED not in outcome.error
         assert "about 400 ms" in outcome.error and "not computed" in outcome.error
+        assert reason_of(outcome) is DefaultReason.SLO
         assert t.sent == []
         second = d.submit(MODEL, np.array([2.0]), deadline=soon(0.1))  # 0.2 s estimate
         assert (await asyncio.wait_for(second, 10)).error.count(TOO_SLOW) == 1
@@ -231,6 +240,7 @@ def test_a_full_queue_refuses_at_once():
         futures = [d.submit(MODEL, np.array([float(i)]), deadline=1e12) for i in range(3)]
         refused = futures[2].result()
         assert refused.overloaded and refused.error == QUEUE_FULL
+        assert reason_of(refused) is DefaultReason.OVERLOADED
         assert not futures[0].done()
         assert d.statistics()[0].queue.rejected == 1
 

@@ -17,7 +17,7 @@ from clipper.http.auth import Sessions
 from clipper.http.server import Request, Response
 from clipper.management.api import ManagementFrontend
 from clipper.management.service import ManagementService
-from clipper.metrics import Metrics
+from clipper.metrics import Metrics, ServerStatistics
 from clipper.store.catalog import Catalog
 from clipper.store.memory import MemoryStore
 from tests.management.test_service_checks import FakeManager
@@ -30,7 +30,7 @@ def frontend(tmp_path: Path) -> ManagementFrontend:
     store = MemoryStore()
     catalog = Catalog(store)
     service = ManagementService(store, catalog, FakeManager(), tmp_path / "state")
-    metrics = Metrics(lambda: {"replicas": []}, catalog=catalog, registry=CollectorRegistry())
+    metrics = Metrics(lambda: ServerStatistics(0.0), catalog=catalog, registry=CollectorRegistry())
     return ManagementFrontend(
         service,
         lambda: {"replicas": [], "pid": 1},

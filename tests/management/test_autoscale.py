@@ -1,8 +1,14 @@
 """The autoscaling policy with a test clock: bursts separated by idle time."""
 
+import asyncio
+
 import pytest
 
-from clipper.management.autoscale import AutoscalePolicy, Signals
+from clipper.batching.controllers import ControllerStatistics
+from clipper.batching.dispatcher import ModelStatistics
+from clipper.batching.queue import QueueStatistics
+from clipper.management.autoscale import AutoscalePolicy, Autoscaler, Signals
+from clipper.types import ModelId
 
 
 class Clock:
@@ -61,3 +67,47 @@ def test_it_never_leaves_its_bounds_and_waits_between_steps():
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError):
         AutoscalePolicy(3, 1)
+
+
+def statistics(model, replicas, depth, enqueued, expired=0, rejected=0):
+    """The dispatcher's typed statistics of one model version."""
+    return ModelStatistics(
+        model=model,
+        replicas=replicas,
+        idle_replicas=replicas,
+        in_flight_batches=0,
+        batches=0,
+        errors=0,
+        max_batch_size=8,
+        mean_batch_size=0.0,
+        last_batch_size=0,
+        last_batch_latency_s=0.0,
+        max_delay_s=0.0,
+        coalesced=0,
+        controller=ControllerStatistics("fixed", 8, 0),
+        queue=QueueStatistics(depth, 100, enqueued, 0, expired, rejected),
+    )
+
+
+def test_signals_come_from_the_dispatchers_typed_statistics():
+    s = Signals.of(statistics(ModelId("m", "1"), 2, 5, 40, expired=3, rejected=4))
+    assert s == Signals(live_replicas=2, queue_depth=5, in_flight_batches=0,
+                        enqueued_total=40, missed_total=7)  # fmt: skip
+
+
+def test_the_autoscaler_scales_each_model_version_by_its_model_id():
+    clock = Clock()
+    bursty, steady = ModelId("bursty", "1"), ModelId("steady", "2")
+    stats = [statistics(bursty, 0, 0, 0), statistics(steady, 1, 0, 0)]
+    applied = []
+
+    async def apply():
+        applied.append(dict(scaler.targets))
+
+    options = {bursty: {"min_replicas": 0, "max_replicas": 2}, steady: {}}
+    scaler = Autoscaler(lambda: stats, lambda: options, apply, clock=clock)
+    scaler.refresh()
+    assert scaler.targets == {bursty: 0} and not scaler.is_autoscaled(steady)
+    stats = [statistics(bursty, 0, 1, 1), statistics(steady, 1, 9, 90)]  # a first query
+    assert asyncio.run(scaler.tick()) is True
+    assert applied == [{bursty: 1}] and scaler.events[-1].model == "bursty:1"

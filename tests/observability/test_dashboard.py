@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 
 import orjson
@@ -15,7 +16,7 @@ from clipper.metrics import Metrics
 from clipper.selection.processor import SLO_MISSED, Prediction
 from clipper.store.catalog import Catalog
 from clipper.store.memory import MemoryStore
-from clipper.types import AppSpec, InputType, ModelId, ModelSpec
+from clipper.types import AppSpec, DefaultReason, InputType, ModelId, ModelSpec
 from tests.observability.test_metrics import FakeServer, model_stats
 
 
@@ -36,7 +37,7 @@ def server() -> FakeServer:
 
 @pytest.fixture
 def metrics(server: FakeServer, catalog: Catalog) -> Metrics:
-    return Metrics(server.status, catalog=catalog, registry=CollectorRegistry())
+    return Metrics(server.statistics, catalog=catalog, registry=CollectorRegistry())
 
 
 def test_samples_turn_running_totals_into_per_second_figures(
@@ -45,21 +46,23 @@ def test_samples_turn_running_totals_into_per_second_figures(
     wall = iter(range(1000, 2000))
     series = SeriesRecorder(metrics, metrics.catalog, history=3, wall_clock=lambda: next(wall))
     metrics.observe_predictions("a", 0.001, [Prediction(0, 1, False)])  # before the first tick
-    server.models = [model_stats("m:1", batches=2, tasks=4, last=2)]
+    server.models = [model_stats(batches=2, tasks=4, last=2)]
     for _ in range(2):
         metrics.observe_batch(ModelId("m", "1"), 2, 0.001)
-    series.sample(0.0, server.status())
+    series.sample(0.0, server.statistics())
     assert not series.samples  # a first sample only sets the baseline
     for _ in range(30):
         metrics.observe_predictions("a", 0.004, [Prediction(0, 1, False)])
     for _ in range(10):
-        metrics.observe_predictions("a", 0.04, [Prediction(0, "-1", True, SLO_MISSED)])
-    server.models = [model_stats("m:1", batches=6, tasks=24, last=5)]
-    server.cache = {**(server.cache or {}), "hits": 40, "misses": 40}  # +30, +10
+        slo = Prediction(0, "-1", True, SLO_MISSED, reason=DefaultReason.SLO)
+        metrics.observe_predictions("a", 0.04, [slo])
+    server.models = [model_stats(batches=6, tasks=24, last=5)]
+    assert server.cache is not None
+    server.cache = dataclasses.replace(server.cache, hits=40, misses=40)  # +30, +10
     for _ in range(4):
         metrics.observe_batch(ModelId("m", "1"), 5, 0.001)
     metrics.weights = {"a": {"m": 0.7, "n": 0.3}}
-    series.sample(2.0, server.status())  # two seconds later
+    series.sample(2.0, server.statistics())  # two seconds later
     (s,) = series.samples
     assert s["t"] == 1000  # the wall clock stamps appended samples
     assert s["apps"]["a"]["qps"] == 20.0
@@ -70,7 +73,7 @@ def test_samples_turn_running_totals_into_per_second_figures(
     assert s["cache_hit_ratio"] == 0.75
     assert s["weights"] == {"a": {"m": 0.7, "n": 0.3}}
     for t in range(3, 8):  # the ring keeps the newest `history` samples
-        series.sample(float(t), server.status())
+        series.sample(float(t), server.statistics())
     assert len(series.samples) == 3
 
 
@@ -79,9 +82,20 @@ def test_summary_holds_aggregates_and_only_new_samples(
 ) -> None:
     wall = iter(range(1000, 2000))
     series = SeriesRecorder(metrics, metrics.catalog, wall_clock=lambda: next(wall))
+    before = series.summary()  # before the first tick: what the catalog knows
+    assert before["uptime_s"] is None and before["cache"] is None and before["samples"] == []
+    assert [(m["model"], m["version"], m["live"]) for m in before["models"]] == [
+        ("m", "1", 0),
+        ("n", "1", 0),
+    ]
     for t in range(5):
-        series.sample(float(t), server.status())
+        series.sample(float(t), server.statistics())
     full = series.summary()
+    assert full["uptime_s"] == 12.5
+    assert full["cache"] == {
+        "hits": 10, "misses": 30, "entries": 30, "bytes": 4096, "max_bytes": 1 << 20,
+        "evictions": 0,
+    }  # fmt: skip
     assert [s["t"] for s in full["samples"]] == [1000, 1001, 1002, 1003]
     assert [s["t"] for s in series.summary(since=1001)["samples"]] == [1002, 1003]
     assert series.summary(since=1003)["samples"] == []
@@ -145,7 +159,7 @@ def test_the_page_and_its_assets_have_types_and_caching(metrics: Metrics) -> Non
 def test_summary_endpoint(server: FakeServer, metrics: Metrics) -> None:
     app = Dashboard(metrics, metrics.catalog)
     for t in range(3):
-        app.series.sample(float(t), server.status())
+        app.series.sample(float(t), server.statistics())
     r = get(app, "/dashboard/api/summary")
     assert r.status == 200 and r.headers["cache-control"] == "no-store"
     body = orjson.loads(r.body)
@@ -161,12 +175,12 @@ def test_summary_endpoint(server: FakeServer, metrics: Metrics) -> None:
 
 
 def test_a_large_summary_is_gzipped(server: FakeServer, catalog: Catalog) -> None:
-    metrics = Metrics(server.status, catalog=catalog, registry=CollectorRegistry())
+    metrics = Metrics(server.statistics, catalog=catalog, registry=CollectorRegistry())
     app = Dashboard(metrics, catalog)
     for t in range(300):
         for a in range(20):
             metrics.observe_predictions(f"app-{a}", 0.002, [Prediction(0, 1, False)])
-        app.series.sample(float(t), server.status())
+        app.series.sample(float(t), server.statistics())
     plain = get(app, "/dashboard/api/summary")
     assert "content-encoding" not in plain.headers and len(plain.body) > 16_384
     zipped = get(app, "/dashboard/api/summary", accept_encoding="gzip")

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 
 from clipper.batching.controllers import FixedBatchSize
-from clipper.batching.dispatcher import Dispatcher, ModelConfig
+from clipper.batching.dispatcher import QUEUE_FULL, Dispatcher, ModelConfig
 from clipper.exceptions import ValidationError
 from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
-from clipper.selection.processor import NO_MODELS, SLO_MISSED, Prediction, QueryProcessor
+from clipper.selection.processor import COLD, NO_MODELS, SLO_MISSED, Prediction, QueryProcessor
 from clipper.selection.state import PolicyStates
 from clipper.store.catalog import Catalog
 from clipper.store.memory import MemoryStore
-from clipper.types import AppSpec, InputType, ModelId, ModelSpec
+from clipper.types import AppSpec, DefaultReason, InputType, ModelId, ModelSpec
 
 MODEL = ModelId("m", "1")
 
@@ -105,6 +105,7 @@ def test_the_models_answer_settles_the_future_and_is_observed():
 
     predictions = run(main)
     assert [(x.output, x.default) for x in predictions] == [(3.0, False), (7.0, False)]
+    assert all(x.reason is None and x.explanation is None for x in predictions)
     assert [app for app, _ in observer.seen] == ["a"]
 
 
@@ -118,6 +119,7 @@ def test_a_model_too_late_gets_the_default_at_the_deadline():
     predictions, took = run(main)
     assert predictions[0].default and predictions[0].output == "-1"
     assert predictions[0].explanation == SLO_MISSED
+    assert predictions[0].reason is DefaultReason.SLO
     assert took >= 0.04
 
 
@@ -129,6 +131,31 @@ def test_no_live_model_answers_the_default_at_once():
 
     (prediction,) = run(main)
     assert prediction.default and prediction.explanation == NO_MODELS
+    assert prediction.reason is DefaultReason.NO_MODELS
+    assert "reason" not in prediction.to_json()  # the JSON answer is what it always was
+
+
+def test_a_cold_model_gets_the_default_with_its_own_explanation_counted_as_no_models():
+    async def main():
+        processor, route = setup(answer=True)
+        processor.dispatcher.replica_left(processor.dispatcher.replicas()[0], "scaled to zero")
+        processor.is_autoscaled = lambda _model: True  # a replica is starting
+        return await processor.predict_soon(route, [x(1)], timeout_s=0.05)
+
+    (prediction,) = run(main)
+    assert prediction.default and prediction.explanation == COLD
+    assert prediction.reason is DefaultReason.NO_MODELS
+
+
+def test_a_full_queue_answers_the_default_with_the_queues_explanation():
+    async def main():
+        processor, route = setup(answer=True, queue_capacity=1)
+        return await processor.predict_soon(route, [x(1), x(2)])
+
+    first, refused = run(main)
+    assert not first.default and first.output == 1.0
+    assert refused.default and refused.explanation == QUEUE_FULL
+    assert refused.reason is DefaultReason.OVERLOADED
 
 
 def test_a_bad_version_pin_raises_before_anything_is_sent():

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from operator import attrgetter
 from typing import Any
 
@@ -36,7 +36,7 @@ from ..cache.prediction_cache import CacheKey, PredictionCache, input_digest
 from ..exceptions import RPCError
 from ..rpc import protocol as p
 from ..rpc.server import Replica
-from ..types import ModelId, Outcome, json_default
+from ..types import DefaultReason, Failure, ModelId, Outcome, json_default
 from .controllers import (
     BatchCostCurve,
     BatchSizeController,
@@ -76,7 +76,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ModelStatistics:
-    model: str
+    """How one model version is queued and batched, at one moment (counters cumulative)."""
+
+    model: ModelId
     replicas: int
     idle_replicas: int
     in_flight_batches: int
@@ -92,6 +94,14 @@ class ModelStatistics:
     queue: QueueStatistics
     cost_per_query_ms: dict[str, float] = field(default_factory=dict)
     by_replica: list[ReplicaBatchStatistics] = field(default_factory=list)
+    predictions: int = 0  # queries computed, in finished batches (not in the JSON)
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``/admin/status`` reports it (``models``): the model as ``"name:version"``."""
+        out = asdict(self)
+        out["model"] = str(self.model)
+        del out["predictions"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -153,7 +163,6 @@ class _InFlight:
 @dataclass(eq=False)
 class _ModelState:
     model: ModelId
-    input_type: str
     config: ModelConfig  # its controller is the prototype each replica copies
     queue: DeadlineQueue
     members: dict[bytes, _Member] = field(default_factory=dict)
@@ -181,7 +190,10 @@ def _checked(model: ModelId, output: Any) -> Outcome:
     try:
         orjson.dumps(output, default=json_default, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
-        return Outcome(error=f"model {model} returned an output JSON cannot carry: {exc}")
+        # Counted as "other", as the metrics always have (not as a model error).
+        return Failure(
+            DefaultReason.OTHER, f"model {model} returned an output JSON cannot carry: {exc}"
+        )
     return Outcome(output=output)
 
 
@@ -210,11 +222,11 @@ class Dispatcher:
         """Give the dispatcher the function that sends frames to a replica."""
         self._send = send
 
-    def _state(self, model: ModelId, input_type: str = "doubles") -> _ModelState:
+    def _state(self, model: ModelId) -> _ModelState:
         state = self._models.get(model)
         if state is None:
             config = self._configure(model)
-            state = _ModelState(model, input_type, config, DeadlineQueue(config.queue_capacity))
+            state = _ModelState(model, config, DeadlineQueue(config.queue_capacity))
             self._models[model] = state
         return state
 
@@ -279,7 +291,8 @@ class Dispatcher:
         now = self._clock()
         task = Task(input, deadline, sink, now)
         if not state.queue.push(task):
-            future.set_result(Outcome(error=QUEUE_FULL, overloaded=True))
+            refused = Failure(DefaultReason.OVERLOADED, QUEUE_FULL, True)  # True: overloaded
+            future.set_result(refused)
             return future
         if key is not None:
             self._pending[key] = (future, task)
@@ -313,7 +326,7 @@ class Dispatcher:
         state.sweep_at = float("inf")
         now = self._clock()
         for task in state.queue.expire(now):
-            task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
+            task.finish(Failure(DefaultReason.SLO, f"{state.model}: {EXPIRED}"))
         nxt = state.queue.earliest_deadline()
         if nxt is not None:
             self._schedule_sweep(state, nxt, now)
@@ -374,17 +387,16 @@ class Dispatcher:
                 member.probe_wait = PROBE_AFTER_S
             for task in expired:
                 if task.deadline <= now:
-                    task.finish(Outcome(error=f"{state.model}: {EXPIRED}"))
+                    task.finish(Failure(DefaultReason.SLO, f"{state.model}: {EXPIRED}"))
                 else:
                     left_ms = (task.deadline - now) * 1000
                     estimate_ms = fastest.latency * 1000
                     whose = "its" if len(state.members) == 1 else "its fastest replica's"
-                    task.finish(
-                        Outcome(
-                            error=f"{state.model}: {TOO_SLOW} ({whose} recent batches took "
-                            f"about {estimate_ms:.0f} ms, {left_ms:.0f} ms were left); not computed"
-                        )
+                    why = (
+                        f"{state.model}: {TOO_SLOW} ({whose} recent batches took "
+                        f"about {estimate_ms:.0f} ms, {left_ms:.0f} ms were left); not computed"
                     )
+                    task.finish(Failure(DefaultReason.SLO, why))
             if not batch:
                 busy = len(state.members) - len(state.idle) - len(passed) - 1
                 if expired and fastest.latency > 0 and busy == 0:
@@ -418,7 +430,7 @@ class Dispatcher:
         except Exception as exc:  # inputs were validated; this is a bug, not a client error
             log.exception("could not encode a batch for %s", state.model)
             for task in batch:
-                task.finish(Outcome(error=f"could not encode the batch: {exc}"))
+                task.finish(Failure(DefaultReason.OTHER, f"could not encode the batch: {exc}"))
             self._idle(state, member, now)
             return
         limit = state.config.batch_time_limit_s
@@ -438,8 +450,7 @@ class Dispatcher:
     # -- the replica side (ReplicaListener) -----------------------------------
 
     def replica_joined(self, replica: Replica) -> None:
-        state = self._state(replica.model, replica.input_type)
-        state.input_type = replica.input_type
+        state = self._state(replica.model)
         member = _Member(replica, copy.deepcopy(state.config.controller))
         state.members[replica.identity] = member
         self._idle(state, member, self._clock())
@@ -458,7 +469,8 @@ class Dispatcher:
                     task.retries += 1
                     state.queue.requeue(task)
                 else:
-                    task.finish(Outcome(error=f"{state.model}: {REPLICA_LOST} ({reason})"))
+                    why = f"{state.model}: {REPLICA_LOST} ({reason})"
+                    task.finish(Failure(DefaultReason.MODEL_ERROR, why))
         if len(state.queue):
             nxt = state.queue.earliest_deadline()
             if nxt is not None and nxt < state.sweep_at:
@@ -514,9 +526,11 @@ class Dispatcher:
             self._pump(state)
 
     def _fail(self, state: _ModelState, tasks: list[Task], message: str) -> None:
+        """The model raised or returned a bad result: its batch's queries get ``message``."""
         state.errors += 1
+        reason = DefaultReason.MODEL_ERROR
         for task in tasks:
-            task.finish(Outcome(error=message))
+            task.finish(Failure(reason, message))
 
     # -- introspection -------------------------------------------------------
 
@@ -538,7 +552,7 @@ class Dispatcher:
             )
             out.append(
                 ModelStatistics(
-                    model=str(model),
+                    model=model,
                     replicas=len(s.members),
                     idle_replicas=len(s.idle),
                     in_flight_batches=in_flight,
@@ -554,6 +568,7 @@ class Dispatcher:
                     queue=s.queue.statistics(),
                     cost_per_query_ms=busiest.curve.curve() if busiest is not None else {},
                     by_replica=by_replica,
+                    predictions=s.batched_tasks,
                 )
             )
         return out

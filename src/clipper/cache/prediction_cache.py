@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,10 @@ class CacheStatistics:
     def hit_ratio(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+    def to_json(self) -> dict[str, int]:
+        """As ``/admin/status`` and the dashboard report it (``cache``)."""
+        return asdict(self)
 
 
 def input_digest(value: Any) -> bytes:

@@ -15,8 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..metrics import LATENCY_BUCKETS_S, Metrics, bucket_quantile
+from ..metrics import LATENCY_BUCKETS_S, Metrics, ServerStatistics, bucket_quantile
 from ..store.catalog import Catalog
+from ..types import ModelId
 
 HISTORY = 300  # samples kept: five minutes at one a second
 
@@ -44,19 +45,19 @@ class SeriesRecorder:
         self.catalog = catalog
         self.wall_clock = wall_clock
         self.samples: deque[dict[str, Any]] = deque(maxlen=history)
-        self.status: dict[str, Any] = {}
+        self.stats: ServerStatistics | None = None  # the latest tick's
         # Running totals at the previous tick, to difference against.
         self._last_at: float | None = None
         self._apps: dict[str, tuple[int, int, list[int]]] = {}
-        self._models: dict[str, tuple[int, int]] = {}
+        self._models: dict[ModelId, tuple[int, int]] = {}
         self._cache = (0, 0)
         metrics.add_listener(self.sample)
 
-    def sample(self, now: float, status: dict[str, Any]) -> None:
-        """Record one sample (``now`` on the monotonic clock, ``status`` the server's)."""
+    def sample(self, now: float, stats: ServerStatistics) -> None:
+        """Record one sample (``now`` on the monotonic clock, ``stats`` the server's)."""
         elapsed = now - self._last_at if self._last_at is not None else None
         self._last_at = now
-        self.status = status
+        self.stats = stats
         apps: dict[str, dict[str, float | None]] = {}
         last_apps, self._apps = self._apps, {}
         for name, c in self.metrics.apps.items():
@@ -75,16 +76,16 @@ class SeriesRecorder:
             }
         models: dict[str, dict[str, float | None]] = {}
         last_models, self._models = self._models, {}
-        for m in status.get("models") or []:
-            key, h = m["model"], self.metrics.batch_sizes.get(m["model"])
+        for m in stats.models:
+            key, h = m.model, self.metrics.batch_sizes.get(m.model)
             totals = (h.count, h.total) if h is not None else (0, 0)
             before_m = last_models.get(key)
             self._models[key] = totals
             if before_m is not None and elapsed:
                 batches = totals[0] - before_m[0]
-                models[key] = {"batch_size": _ratio(totals[1] - before_m[1], batches)}
-        cache = status.get("cache") or {}
-        hits, misses = cache.get("hits", 0), cache.get("misses", 0)
+                models[str(key)] = {"batch_size": _ratio(totals[1] - before_m[1], batches)}
+        cache = stats.cache
+        hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
         dh, dm = hits - self._cache[0], misses - self._cache[1]
         self._cache = (hits, misses)
         if elapsed:
@@ -93,7 +94,7 @@ class SeriesRecorder:
                     "t": round(self.wall_clock(), 3),
                     "apps": apps,
                     "models": models,
-                    "cache_hit_ratio": _ratio(dh, dh + dm) if cache else None,
+                    "cache_hit_ratio": _ratio(dh, dh + dm) if cache is not None else None,
                     "weights": {a: dict(w) for a, w in self.metrics.weights.items()},
                 }
             )
@@ -106,14 +107,15 @@ class SeriesRecorder:
                 break
             samples.append(s)
         samples.reverse()
-        status = self.status
+        stats = self.stats
+        cache = stats.cache if stats is not None else None
         return {
-            "uptime_s": status.get("uptime_s"),
+            "uptime_s": stats.uptime_s if stats is not None else None,
             "interval_s": self.metrics.sample_interval_s,
             "history": self.samples.maxlen,
             "apps": self._apps_table(),
-            "models": _models_table(status, self._current_versions()),
-            "cache": status.get("cache"),
+            "models": _models_table(stats, self._current_versions()),
+            "cache": cache.to_json() if cache is not None else None,
             "samples": samples,
         }
 
@@ -136,17 +138,16 @@ class SeriesRecorder:
         return dict(self.catalog.snapshot.current) if self.catalog is not None else {}
 
 
-def _models_table(status: dict[str, Any], current: dict[str, str]) -> list[dict[str, Any]]:
+def _models_table(stats: ServerStatistics | None, current: dict[str, str]) -> list[dict[str, Any]]:
     """Per model version: replicas live and dead, restarts, and the batcher's state."""
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[ModelId, dict[str, Any]] = {}
 
-    def row(name: str, version: str) -> dict[str, Any]:
-        key = f"{name}:{version}"
+    def row(key: ModelId) -> dict[str, Any]:
         if key not in rows:
             rows[key] = {
-                "model": name,
-                "version": version,
-                "current": current.get(name) == version,
+                "model": key.name,
+                "version": key.version,
+                "current": current.get(key.name) == key.version,
                 "live": 0,
                 "dead": 0,
                 "restarts": 0,
@@ -156,14 +157,13 @@ def _models_table(status: dict[str, Any], current: dict[str, str]) -> list[dict[
         return rows[key]
 
     for name, version in current.items():
-        row(name, version)
-    for r in status.get("replicas") or []:
-        entry = row(r["model_name"], r["model_version"])
-        entry["live" if r.get("live") else "dead"] += 1
-        entry["restarts"] += int(r.get("restarts") or 0)
-    for m in status.get("models") or []:
-        name, _, version = m["model"].partition(":")
-        entry = row(name, version)
-        entry["max_batch_size"] = m["max_batch_size"]
-        entry["queue_depth"] = m["queue"]["depth"]
+        row(ModelId(name, version))
+    for r in stats.replicas if stats is not None else ():
+        entry = row(r.model)
+        entry["live" if r.live else "dead"] += 1
+        entry["restarts"] += r.restarts
+    for m in stats.models if stats is not None else ():
+        entry = row(m.model)
+        entry["max_batch_size"] = m.max_batch_size
+        entry["queue_depth"] = m.queue.depth
     return sorted(rows.values(), key=lambda r: (r["model"], r["version"]))

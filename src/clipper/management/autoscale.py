@@ -14,7 +14,9 @@ abstraction layer's statistics and decides a replica count:
 
 The decision is pure, with an injected clock; ``Autoscaler`` applies it
 every ``interval_s`` through the container manager (local or Ray), and logs
-and counts every scale event.
+and counts every scale event. It reads the dispatcher's typed statistics
+(anything shaped as :class:`ModelLoad`, one per model version, each naming
+its ``ModelId``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,40 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..types import ModelId
 
 log = logging.getLogger("clipper.autoscale")
+
+
+class QueueLoad(Protocol):
+    """What the autoscaler reads of a model's queue statistics."""
+
+    @property
+    def depth(self) -> int: ...
+    @property
+    def enqueued(self) -> int: ...
+    @property
+    def expired(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+
+
+class ModelLoad(Protocol):
+    """What the autoscaler reads of one model version's statistics (the
+    dispatcher's ``ModelStatistics`` is one)."""
+
+    @property
+    def model(self) -> ModelId: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def in_flight_batches(self) -> int: ...
+    @property
+    def queue(self) -> QueueLoad: ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +70,14 @@ class Signals:
     in_flight_batches: int
     enqueued_total: int
     missed_total: int  # expired plus rejected, cumulative
+
+    @classmethod
+    def of(cls, load: ModelLoad) -> Signals:
+        """The signals in a model version's statistics."""
+        q = load.queue
+        return cls(
+            load.replicas, q.depth, load.in_flight_batches, q.enqueued, q.expired + q.rejected
+        )
 
 
 @dataclass
@@ -124,14 +161,14 @@ class Autoscaler:
 
     def __init__(
         self,
-        signals: Callable[[], dict[ModelId, Signals]],
+        statistics: Callable[[], Iterable[ModelLoad]],
         options: Callable[[], dict[ModelId, dict[str, Any]]],
         apply: Callable[[], Awaitable[None]],
         *,
         interval_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._signals = signals
+        self._statistics = statistics
         self._options = options
         self._apply = apply
         self.interval_s = interval_s
@@ -140,6 +177,9 @@ class Autoscaler:
         self.targets: dict[ModelId, int] = {}
         self.events: list[ScaleEvent] = []
         self._task: asyncio.Task[None] | None = None
+
+    def _signals(self) -> dict[ModelId, Signals]:
+        return {load.model: Signals.of(load) for load in self._statistics()}
 
     def target(self, model: ModelId, stored: int) -> int:
         """Replicas to run for a model: its autoscaled target, else the stored count."""

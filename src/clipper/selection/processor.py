@@ -5,7 +5,8 @@ linked models to query (one, or all of them for an ensemble); the
 abstraction layer (cache, queues, batching) computes; at the deadline the
 policy combines what arrived and leaves stragglers out. Every query gets an
 answer by its deadline: the models' output, or the app's default output with
-an explanation. Feedback (``/update``) teaches the policy, per app and per
+an explanation (for people) and a :class:`~.outcome.DefaultReason` (for the
+metrics). Feedback (``/update``) teaches the policy, per app and per
 user.
 """
 
@@ -20,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..batching.dispatcher import Dispatcher
-from ..exceptions import ValidationError
 from ..store.catalog import AppRoute, Catalog
-from ..types import AppSpec, ModelId, Outcome
+from ..types import AppSpec, DefaultReason, ModelId, Outcome, reason_of
 from .policies import Policy, get_policy
 from .state import SHARED, PolicyStates, State
 
@@ -33,6 +33,9 @@ COLD = (
 )
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
 LOW_CONFIDENCE = "The models' agreement ({:.2f}) is below the app's min_confidence ({:.2f})"
+# Bound once: reading a member off an Enum class costs ~50 ns on Python 3.11, and
+# these are read per query when the models are late or scaled to zero.
+_SLO, _NO_MODELS = DefaultReason.SLO, DefaultReason.NO_MODELS
 
 
 class PredictionObserver(Protocol):
@@ -53,12 +56,17 @@ class Overloaded(Exception):
 
 @dataclass(slots=True)
 class Prediction:
-    """The answer to one query."""
+    """The answer to one query.
+
+    A default answer carries ``explanation`` (the JSON's ``default_explanation``,
+    for people) and ``reason`` (a fixed label, for the metrics).
+    """
 
     query_id: int
     output: Any
     default: bool
     explanation: str | None = None
+    reason: DefaultReason | None = None  # set when ``default`` is true
     confidence: float | None = None
     missing_models: list[str] | None = None
 
@@ -161,17 +169,6 @@ class QueryProcessor:
         version = self.catalog.current_version(name)
         return ModelId(name, version) if version is not None else None
 
-    def _pinned(self, route: AppRoute, version: str) -> ModelId:
-        if len(route.models) != 1:
-            raise ValidationError(
-                f"a version pin needs an app with exactly one linked model; "
-                f"'{route.spec.name}' has {len(route.models)}"
-            )
-        model = ModelId(route.models[0], version)
-        if self.catalog.model(model) is None:
-            raise ValidationError(f"model '{model.name}' has no version '{version}'")
-        return model
-
     def _available(self, route: AppRoute) -> dict[str, ModelId]:
         """Linked models with a current version and a live replica (or an
         autoscaled one, which starts when queried), in link order."""
@@ -225,7 +222,7 @@ class QueryProcessor:
         policy, params = self.policy_for(spec)
         use_cache = bool(spec.options.get("cache", True))
         if version is not None:
-            pinned = self._pinned(route, version)
+            pinned = self.catalog.pinned(route, version)
             available = {route.models[0]: pinned}
             if self.dispatcher.live_replicas(pinned) == 0 and not self.is_autoscaled(pinned):
                 available = {}
@@ -233,7 +230,9 @@ class QueryProcessor:
             available = self._available(route)
         result: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
         if not available:
-            defaults = [Prediction(q, spec.default_output, True, NO_MODELS) for q in ids]
+            defaults = [
+                Prediction(q, spec.default_output, True, NO_MODELS, _NO_MODELS) for q in ids
+            ]
             self._resolve(result, spec.name, start, lambda: defaults)
             return result
         names = list(available)
@@ -309,18 +308,20 @@ class QueryProcessor:
         cold: set[str],
     ) -> Prediction:
         outputs: dict[str, Any] = {}
-        errors: list[str] = []
+        failed: Outcome | None = None  # the first model's failure, if any
         for name, fut in futures.items():
             outcome = fut.result() if fut.done() else None
             if outcome is not None and outcome.ok:
                 outputs[name] = outcome.output
-            elif outcome is not None and outcome.error:
-                errors.append(outcome.error)
+            elif outcome is not None and outcome.error and failed is None:
+                failed = outcome
         if not outputs:
-            reason = errors[0] if errors else SLO_MISSED
-            if any(m in cold for m in chosen):
-                reason = COLD
-            return Prediction(qid, spec.default_output, True, reason)
+            default = spec.default_output
+            if cold and any(m in cold for m in chosen):
+                return Prediction(qid, default, True, COLD, _NO_MODELS)
+            if failed is not None:
+                return Prediction(qid, default, True, failed.error, reason_of(failed))
+            return Prediction(qid, default, True, SLO_MISSED, _SLO)
         if len(chosen) == 1 and not policy.combines:
             return Prediction(qid, outputs[chosen[0]], False)
         output, confidence = policy.combine(state, chosen, outputs, params)
@@ -329,8 +330,10 @@ class QueryProcessor:
         threshold = float(params.get("min_confidence", 0.0))
         if confidence < threshold:
             explanation = LOW_CONFIDENCE.format(confidence, threshold)
-            return Prediction(qid, spec.default_output, True, explanation, reported, missing)
-        return Prediction(qid, output, False, None, reported, missing)
+            reason = DefaultReason.LOW_CONFIDENCE
+            default = spec.default_output
+            return Prediction(qid, default, True, explanation, reason, reported, missing)
+        return Prediction(qid, output, False, None, None, reported, missing)
 
     # -- feedback --------------------------------------------------------------------
 
