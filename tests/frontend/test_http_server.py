@@ -767,12 +767,57 @@ async def test_head_has_the_length_but_no_body():
 
 
 # -- 11. timeouts ----------------------------------------------------------------------------
+# The server's clock is a FakeClock here: a test moves it and runs the sweep itself
+# (jump), so no test waits for a timeout to pass. The "real time" tests check, on the
+# real clock, that the sweeper task does run, and that it closes nothing early.
+
+
+class FakeClock:
+    """The server's ``clock``: time passes only when a test moves it (``jump``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0  # whole eighths of a second from here add up exactly
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def jump(server: HTTPServer, clock: FakeClock, seconds: float) -> None:
+    """Let ``seconds`` pass on the server's clock, then sweep, as its sweeper would."""
+    clock.now += seconds
+    server.sweep(clock.now)
+
+
+def closing(server: HTTPServer) -> bool:
+    """Whether the server has closed (or let go of) every connection it holds."""
+    return all(c.transport is None or c.transport.is_closing() for c in server.open)
+
+
+def kept(server: HTTPServer) -> bool:
+    """Whether the server holds a connection and is closing none of them."""
+    return server.connections > 0 and not any(
+        c.transport is None or c.transport.is_closing() for c in server.open
+    )
+
+
+async def read_now(server: HTTPServer, clock: FakeClock) -> None:
+    """Wait until the server has read the bytes sent since the clock last moved: its
+    connection was active at the clock's now (or is closing: it reads no more)."""
+    await until(
+        lambda: all(
+            c.active_at == clock.now or c.transport is None or c.transport.is_closing()
+            for c in server.open
+        ),
+        "the server to read what was sent",
+    )
 
 
 @aio
 async def test_an_idle_keep_alive_connection_is_closed():
-    async with serving(App(), keep_alive_s=1) as server, connect(server) as client:
+    clock = FakeClock()
+    async with serving(App(), keep_alive_s=1, clock=clock) as server, connect(server) as client:
         assert (await client.ask()).status == 200
+        jump(server, clock, 1)
         assert await client.eof() == b""
         await until(lambda: server.connections == 0, "the connection to be gone")
 
@@ -781,54 +826,113 @@ async def test_an_idle_keep_alive_connection_is_closed():
 async def test_an_idle_connection_is_kept_for_keep_alive_s_at_least():
     # Clients reuse a connection idle for less than the server's promise; one
     # closed early costs them a reconnect (or a failed request).
-    async with serving(App(), keep_alive_s=1.5) as server, connect(server) as client:
+    clock = FakeClock()
+    async with serving(App(), keep_alive_s=1.5, clock=clock) as server, connect(server) as client:
         assert (await client.ask()).status == 200
-        answered = time.monotonic()
+        jump(server, clock, 1.375)
+        assert kept(server)
+        assert (await client.ask()).status == 200  # the same connection, still served
+        jump(server, clock, 1.375)
+        assert kept(server)
+        jump(server, clock, 0.125)  # keep_alive_s since the last answer: closed
         assert await client.eof() == b""
-        assert time.monotonic() - answered >= 1.5 - 0.05  # the clock's resolution
 
 
 @aio
 async def test_a_connection_that_never_sends_is_closed():
-    async with serving(App(), keep_alive_s=1, header_timeout_s=1) as server, connect(server) as c:
-        assert await c.eof() == b""
+    clock = FakeClock()
+    options = {"keep_alive_s": 1, "header_timeout_s": 1, "clock": clock}
+    async with serving(App(), **options) as server, connect(server) as client:
+        await until(lambda: server.connections == 1, "the connection to be served")
+        jump(server, clock, 0.875)
+        assert kept(server)
+        jump(server, clock, 0.125)
+        assert await client.eof() == b""
 
 
 @aio
 async def test_headers_that_never_finish_time_out():
-    async with serving(App(), header_timeout_s=1) as server, connect(server) as client:
+    clock = FakeClock()
+    async with serving(App(), header_timeout_s=1, clock=clock) as server, connect(server) as client:
+        jump(server, clock, 0.125)
         await client.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await read_now(server, clock)
+        jump(server, clock, 0.875)
+        assert kept(server)
+        jump(server, clock, 0.125)  # header_timeout_s since its first byte
         data = await client.eof()
-        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:100]
+        assert data.startswith(b"HTTP/1.1 408") and b"head" in data, data[:120]
 
 
 @aio
 async def test_a_busy_connection_is_not_closed_for_idleness():
+    app, clock = App(), FakeClock()
     async with (
-        serving(App(), keep_alive_s=1, header_timeout_s=1) as server,
+        serving(app, keep_alive_s=1, header_timeout_s=1, clock=clock) as server,
         connect(server) as client,
     ):
-        reply = await client.ask("GET", "/sleep/2.5")
-        assert reply.status == 200 and reply.json()["path"] == "/sleep/2.5"
+        await client.send(request("GET", "/gate"))
+        await asyncio.wait_for(app.started.wait(), WAIT)
+        jump(server, clock, 10)  # the handler takes ten times keep_alive_s
+        assert kept(server)
+        app.release.set()
+        reply = await client.response()
+        assert reply.status == 200 and reply.json()["path"] == "/gate"
         assert (await client.ask("GET", "/again")).status == 200
 
 
 @aio
 async def test_a_slow_upload_is_not_closed_for_idleness():
-    async with serving(App(), keep_alive_s=1) as server, connect(server) as client:
+    clock = FakeClock()
+    async with serving(App(), keep_alive_s=1, clock=clock) as server, connect(server) as client:
+        jump(server, clock, 0.125)
         await client.send(request("POST", "/up", headers=(("Content-Length", "9"),)))
-        for piece in [b"abc", b"def", b"ghi"]:
-            await asyncio.sleep(0.5)  # pacing, not waiting: 1.5 s in all, over keep_alive_s
+        await read_now(server, clock)
+        for piece in [b"abc", b"def", b"ghi"]:  # 1.5 s in all, over keep_alive_s
+            jump(server, clock, 0.5)
+            assert kept(server)
             await client.send(piece)
+            await read_now(server, clock)
         assert (await client.response()).json()["body"] == "abcdefghi"
 
 
 @aio
 async def test_the_idle_timer_restarts_with_each_request():
-    async with serving(App(), keep_alive_s=1.5) as server, connect(server) as client:
-        for n in range(4):  # 2 s in all, each gap under keep_alive_s
+    clock = FakeClock()
+    async with serving(App(), keep_alive_s=1.5, clock=clock) as server, connect(server) as client:
+        for n in range(4):  # 4 s in all, each gap under keep_alive_s
             assert (await client.ask("GET", f"/{n}")).status == 200
-            await asyncio.sleep(0.5)  # pacing, not waiting
+            jump(server, clock, 1)
+            assert kept(server)
+        jump(server, clock, 0.5)  # keep_alive_s since the last request
+        assert await client.eof() == b""
+
+
+@aio
+async def test_real_time_the_sweeper_closes_an_idle_connection_not_sooner():
+    async with serving(App(), keep_alive_s=0.25) as server, connect(server) as client:
+        assert (await client.ask()).status == 200
+        answered = time.monotonic()
+        assert await client.eof() == b""
+        assert time.monotonic() - answered >= 0.25 - 0.05  # the clock's resolution
+        await until(lambda: server.connections == 0, "the connection to be gone")
+
+
+@aio
+async def test_real_time_the_sweeper_answers_a_late_head_408():
+    async with serving(App(), header_timeout_s=0.25) as server, connect(server) as client:
+        await client.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        data = await client.eof()
+        assert data.startswith(b"HTTP/1.1 408") and b"head" in data, data[:120]
+
+
+@aio
+async def test_real_time_the_sweeper_answers_a_late_body_408():
+    async with serving(App(), body_timeout_s=0.25) as server, connect(server) as client:
+        await client.send(request("POST", "/up", headers=(("Content-Length", "100"),)) + b"x")
+        data = await client.eof()
+        assert data.startswith(b"HTTP/1.1 408") and b"body" in data, data[:120]
+        assert server.held_bytes == 0
 
 
 # -- 12. clients that go away ----------------------------------------------------------------
@@ -1018,42 +1122,48 @@ async def test_every_response_carries_a_date():
 @aio
 async def test_a_head_sent_a_byte_at_a_time_past_its_deadline_is_408_then_close():
     # Slowloris: each byte comes well inside any idle timeout, the whole head never does.
-    async with serving(App(), header_timeout_s=1.5, keep_alive_s=1) as server:
+    clock = FakeClock()
+    async with serving(App(), header_timeout_s=1.5, keep_alive_s=1, clock=clock) as server:
         head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
-        data, took = await trickle(server, head)
+        data, took = await trickle(server, clock, head)
         assert data.startswith(b"HTTP/1.1 408"), data[:120]
         assert b'"request timeout"' in data and b"head" in data
-        assert took < 6
+        assert took == 1.5  # from its first byte: at the deadline, not a sweep later
         async with connect(server) as other:  # others are still served
             assert (await other.ask("GET", "/fixed")).status == 200
 
 
 @aio
 async def test_a_body_trickled_past_its_deadline_is_408_then_close():
-    async with serving(App(), body_timeout_s=1.5, keep_alive_s=1) as server:
+    clock = FakeClock()
+    async with serving(App(), body_timeout_s=1.5, keep_alive_s=1, clock=clock) as server:
         head = request("POST", "/up", headers=(("Content-Length", "1000"),))
-        data, took = await trickle(server, b"x" * 200, first=head)
+        data, took = await trickle(server, clock, b"x" * 200, first=head)
         assert data.startswith(b"HTTP/1.1 408") and b"body" in data, data[:120]
-        assert took < 6
+        assert took == 1.5  # from the end of its head
         assert server.held_bytes == 0
 
 
-async def trickle(server: HTTPServer, data: bytes, first: bytes = b"") -> tuple[bytes, float]:
-    """Send ``first``, then ``data`` a byte every 0.1 s until the server answers and
-    closes; return what it sent and how long that took. The answer is read as it
-    comes: bytes sent after the server stopped reading may reset the connection."""
-    loop = asyncio.get_running_loop()
+async def trickle(
+    server: HTTPServer, clock: FakeClock, data: bytes, first: bytes = b""
+) -> tuple[bytes, float]:
+    """Send ``first``, then ``data`` a byte every 1/8 s of the server's clock (a sweep
+    each time) until the server answers and closes; return what it sent and how long
+    that took on its clock from the first bytes. The answer is read as it comes."""
     async with connect(server) as client:
-        started = loop.time()
         answer = asyncio.create_task(client.eof())
-        with suppress(ConnectionError):
-            await client.send(first)
-            for byte in data:
-                if answer.done():
+        pieces = [first] if first else []
+        pieces += [bytes([byte]) for byte in data]
+        jump(server, clock, 0.125)
+        started = clock.now
+        for n, piece in enumerate(pieces):
+            if n:
+                jump(server, clock, 0.125)  # never idle for long
+                if closing(server):
                     break
-                await client.send(bytes([byte]))
-                await asyncio.sleep(0.1)  # pacing, not waiting: never idle for long
-        return await answer, loop.time() - started
+            await client.send(piece)
+            await read_now(server, clock)
+        return await answer, clock.now - started
 
 
 @aio

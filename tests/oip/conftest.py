@@ -1,15 +1,5 @@
-import cloudpickle
-import pytest
-
-from tests.helpers import Clipper
+from tests.fixtures import clipper_fixture, ship_by_value
 from tests.oip import models
 
-# The containers cannot import the tests package: ship these models by value.
-cloudpickle.register_pickle_by_value(models)
-
-
-@pytest.fixture(scope="module")
-def clipper(tmp_path_factory):
-    server = Clipper(tmp_path_factory.mktemp("clipper-oip")).start()
-    yield server
-    server.stop()
+ship_by_value(models)
+clipper = clipper_fixture("clipper-oip")

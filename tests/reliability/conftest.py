@@ -1,6 +1,4 @@
-import cloudpickle
-
+from tests.fixtures import ship_by_value
 from tests.reliability import models
 
-# The containers cannot import the tests package: ship these models by value.
-cloudpickle.register_pickle_by_value(models)
+ship_by_value(models)

@@ -24,7 +24,8 @@ owns what a server must:
   ``header_timeout_s`` of its first byte and its body within
   ``body_timeout_s`` of its head (else a 408, then close: one byte a second
   keeps nothing open); a connection idle between requests closes after
-  ``keep_alive_s``. One sweep every half second enforces them, never sooner;
+  ``keep_alive_s``. One sweep every half second enforces them, never sooner
+  (``sweep(now)``; every time is read from ``clock``, which a test may fake);
 - budgets: at most ``max_connections`` connections are served (more wait,
   accepted but unread, until one closes: nothing is reset); a connection
   holds at most about ``max_body_bytes`` of request bodies (pipelined ones
@@ -170,8 +171,12 @@ class HTTPServer:
         max_inflight_bytes: int = 256 * 1024 * 1024,
         guard: Guard | None = None,
         name: str = "HTTP",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.handler = handler
+        # Every time the server reads (activity, deadlines, the sweep): a test
+        # may pass a fake one and call sweep() itself instead of waiting.
+        self.clock = clock
         self.error_page = error_page
         self.guard = guard
         self.name = name  # which port, for log lines
@@ -216,7 +221,7 @@ class HTTPServer:
             )
             return False
         self.waiting.append(conn)
-        now = time.monotonic()
+        now = self.clock()
         if now - self._cap_logged_at > 10:
             self._cap_logged_at = now
             log.warning(
@@ -271,12 +276,16 @@ class HTTPServer:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close connections idle too long; one timer for all of them."""
+        """Every tick, the sweep: one timer for all the connections."""
         while True:
             await asyncio.sleep(_TICK_S)
-            now = time.monotonic()
-            for conn in list(self.open):
-                conn.tick(now)
+            self.sweep(self.clock())
+
+    def sweep(self, now: float) -> None:
+        """Enforce every connection's deadlines and idle timeout as of ``now`` (a
+        ``clock()`` reading): answer 408 and close the late, close the idle."""
+        for conn in list(self.open):
+            conn.tick(now)
 
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop listening, answer what is in flight, close every connection."""
@@ -312,7 +321,8 @@ class _Connection(asyncio.Protocol):
             # Answer the first request of a pipeline that ends in "close".
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport | None = None
-        self.active_at = time.monotonic()  # last bytes in, or an answer out
+        self.clock = server.clock  # bound once: read on every request
+        self.active_at = self.clock()  # last bytes in, or an answer out
         self.phase_at = 0.0  # when the head (or the body) being read began
         self.held = 0  # bytes of request bodies read and not yet answered
         self.answering_bytes = 0  # of those, the request being answered
@@ -351,7 +361,7 @@ class _Connection(asyncio.Protocol):
 
     def admitted(self) -> None:
         """Let in from the waiting line: read from now on."""
-        self.active_at = time.monotonic()
+        self.active_at = self.clock()
         self.read_paused = True
         self._resume_reading()
 
@@ -361,7 +371,7 @@ class _Connection(asyncio.Protocol):
         self.parser = None
 
     def data_received(self, data: bytes) -> None:
-        self.active_at = time.monotonic()
+        self.active_at = self.clock()
         parser = self.parser
         if parser is None:  # no more requests on this connection
             return
@@ -405,7 +415,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.active_at = time.monotonic()
+        self.active_at = self.clock()
         if not self.busy and self.pending:
             self._start(*self.pending.popleft())
         self._resume_reading()
@@ -422,7 +432,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.in_head = True
-        self.phase_at = time.monotonic()
+        self.phase_at = self.clock()
         self.head_raw = 0
         self.url = b""
         self.headers = []
@@ -452,7 +462,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self.phase_at = time.monotonic()  # the body's deadline starts now
+        self.phase_at = self.clock()  # the body's deadline starts now
         parser = self.parser
         if parser is None:  # after a 413 that closes: the rest is not read
             return
@@ -605,7 +615,7 @@ class _Connection(asyncio.Protocol):
         if self.server.shutting_down or (self.closing and not self.pending):
             keep = _CLOSE
         transport.write(encode(response, keep, head))
-        self.active_at = time.monotonic()
+        self.active_at = self.clock()
         if keep == _CLOSE:
             self.parser = None
             self.pending.clear()
@@ -671,7 +681,7 @@ class _Connection(asyncio.Protocol):
         ):
             self.read_paused = False
             if self.in_message:  # the client could not send while unread: a fresh deadline
-                self.phase_at = time.monotonic()
+                self.phase_at = self.clock()
             self.transport.resume_reading()
 
     def tick(self, now: float) -> None:
