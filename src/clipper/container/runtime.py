@@ -88,6 +88,10 @@ def run_predict(
         return p.encode_result_error(batch_id, type(exc).__name__, message)
 
 
+# How long closing waits for the last messages to leave (milliseconds).
+CLOSE_LINGER_MS = 2000
+
+
 @dataclass
 class _Session:
     """What one ``serve_forever`` holds: sockets, the worker, and its clocks."""
@@ -329,7 +333,12 @@ class ContainerRuntime:
         session.work.put(None)
         session.worker.join(timeout=1.0)
         session.results_rx.close(linger=0)
-        session.dealer.close(linger=0)
+        # Flush what was just sent (the last result, the goodbye) before the
+        # process exits: with no linger, a result sent as the model ran out of
+        # memory could be dropped, and its batch retried elsewhere instead of
+        # answered as the error it was. IMMEDIATE queues nothing while
+        # disconnected, so with no frontend this does not wait.
+        session.dealer.close(linger=CLOSE_LINGER_MS)
         session.ctx.term()
 
     def _inline(self) -> bool:
