@@ -1,24 +1,29 @@
-"""Shared value types: input types, names, and the records of the config store.
+"""Shared value types: input types, names, app and model options, and the
+records of the config store.
 
-A leaf module: no I/O, no imports from the rest of the package, so that the
-model container side can import it beside the RPC protocol. It does not
-import numpy either (the admin client and the CLI import it): the numeric
-input types' table holds numpy's names, and numpy is imported only when a
-consumer asks for a dtype object.
+A leaf module: no I/O, no imports from the rest of the package but its
+exceptions (a leaf too), so that the model container side can import it
+beside the RPC protocol. It does not import numpy either (the admin client
+and the CLI import it): the numeric input types' table holds numpy's names,
+and numpy is imported only when a consumer asks for a dtype object.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
+import hashlib
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from .exceptions import ValidationError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -164,6 +169,339 @@ class ModelId:
         return f"{self.name}:{self.version}"
 
 
+# -- app and model options ------------------------------------------------------------
+#
+# Typed, each with its default, and validated here and nowhere else. The management
+# API's JSON becomes options through ``parse`` (strict: its error messages are part
+# of the API), the config store's JSON through ``from_record`` (tolerant: a stored
+# record always loads); ``to_json`` renders what the store keeps and the management
+# API returns: the options the user set (even to their default value), never the
+# defaults of the others. Readers use the fields; nothing is parsed per query.
+
+OverloadMode = Literal["default", "503"]
+BatchingPolicy = Literal["aimd", "quantile", "fixed"]
+RayPlacement = Literal["spread", "pack"]
+OVERLOAD_MODES: tuple[str, ...] = get_args(OverloadMode)
+BATCHING_POLICIES: tuple[str, ...] = get_args(BatchingPolicy)
+RAY_PLACEMENTS: tuple[str, ...] = get_args(RayPlacement)
+
+APP_OPTION_KEYS: tuple[str, ...] = ("cache", "overload", "api_keys", "api_key_sha256")
+"""The keys ``AppOptions.parse`` accepts (``api_keys`` is stored as its digests)."""
+MODEL_OPTION_KEYS: tuple[str, ...] = (
+    "batching",
+    "max_batch_delay_ms",
+    "queue_capacity",
+    "memory_limit_mb",
+    "min_replicas",
+    "max_replicas",
+    "scale_down_after_s",
+    "ray_num_cpus",
+    "ray_num_gpus",
+    "ray_memory_mb",
+    "ray_resources",
+    "ray_placement",
+    "ray_max_restarts",
+)
+"""The keys ``ModelOptions.parse`` accepts."""
+
+_Check = Callable[[Any], Any]  # a value -> the value to keep, or ValidationError
+
+
+def _number(value: Any, name: str, low: float, high: float, integer: bool = False) -> Any:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ValidationError(f"option '{name}' must be {kind} from {low:g} to {high:g}")
+    return value
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValidationError(f"option '{name}' must be one of {', '.join(choices)}")
+    return str(value)
+
+
+def _boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"option '{name}' must be true or false")
+    return value
+
+
+def _digests(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(d, str) and len(d) == 64 for d in value
+    ):
+        raise ValidationError("option 'api_key_sha256' must be a list of SHA-256 hex digests")
+    return tuple(value)
+
+
+def _resources(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        for k, v in value.items()
+    ):
+        raise ValidationError("option 'ray_resources' must map resource names to amounts > 0")
+    return dict(value)  # a copy: shares nothing with the caller's JSON
+
+
+def _between(name: str, low: float, high: float, integer: bool = False) -> _Check:
+    return lambda value: _number(value, name, low, high, integer)
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> _Check:
+    return lambda value: _choice(value, name, choices)
+
+
+def _flag(name: str) -> _Check:
+    return lambda value: _boolean(value, name)
+
+
+def _accepts(check: _Check, value: Any) -> bool:
+    try:
+        check(value)
+    except ValidationError:
+        return False
+    return True
+
+
+# Each class's checks, in the order they run: with several bad options, the error
+# names the first bad one in this order (the management API's messages).
+_APP_CHECKS: dict[str, _Check] = {
+    "api_key_sha256": _digests,
+    "cache": _flag("cache"),
+    "overload": _one_of("overload", OVERLOAD_MODES),
+}
+_MODEL_CHECKS: dict[str, _Check] = {
+    "ray_num_cpus": _between("ray_num_cpus", 0, 1024),
+    "ray_num_gpus": _between("ray_num_gpus", 0, 1024),
+    "ray_memory_mb": _between("ray_memory_mb", 1, 1 << 24, integer=True),
+    "ray_max_restarts": _between("ray_max_restarts", -1, 1_000_000, integer=True),
+    "ray_placement": _one_of("ray_placement", RAY_PLACEMENTS),
+    "ray_resources": _resources,
+    "min_replicas": _between("min_replicas", 0, 64, integer=True),
+    "max_replicas": _between("max_replicas", 0, 64, integer=True),
+    "scale_down_after_s": _between("scale_down_after_s", 1, 86400),
+    # (the autoscaling options are checked together here: see _check_autoscaling)
+    "memory_limit_mb": _between("memory_limit_mb", 256, 1_048_576, integer=True),
+    "batching": _one_of("batching", BATCHING_POLICIES),
+    "max_batch_delay_ms": _between("max_batch_delay_ms", 0, 1000),
+    "queue_capacity": _between("queue_capacity", 1, 1_000_000, integer=True),
+}
+_AUTOSCALING_CHECKED_AFTER = "scale_down_after_s"
+
+
+def _known_keys(options: object, known: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not isinstance(options, dict):
+        raise ValidationError(f"{what} options must be a JSON object")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValidationError(
+            f"unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    return dict(options)
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """Each option field of ``cls`` and its default."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in ("explicit", "extra"):
+            factory = f.default_factory
+            out[f.name] = factory() if factory is not dataclasses.MISSING else f.default
+    return out
+
+
+def _post_init(options: AppOptions | ModelOptions, defaults: Mapping[str, Any]) -> None:
+    """Complete ``explicit`` and check each field (normalized in place: tuples, copies)."""
+    stray = options.explicit - defaults.keys()
+    if stray:
+        raise ValueError(f"explicit names no option field: {', '.join(sorted(stray))}")
+    explicit = options.explicit | {n for n, d in defaults.items() if getattr(options, n) != d}
+    object.__setattr__(options, "explicit", frozenset(explicit))
+    object.__setattr__(options, "extra", dict(options.extra))
+    checks = _APP_CHECKS if isinstance(options, AppOptions) else _MODEL_CHECKS
+    for name, check in checks.items():
+        value = getattr(options, name)
+        if value is not None or name in explicit:  # None: an optional option left unset
+            checked = check(value)
+            if checked is not value:
+                object.__setattr__(options, name, checked)
+        if name == _AUTOSCALING_CHECKED_AFTER:
+            assert isinstance(options, ModelOptions)
+            _check_autoscaling(options)
+
+
+def _check_autoscaling(options: ModelOptions) -> None:
+    if options.max_replicas is None and (
+        "min_replicas" in options.explicit or "scale_down_after_s" in options.explicit
+    ):
+        raise ValidationError("autoscaling options need 'max_replicas'")
+    if options.max_replicas is not None and options.min_replicas > options.max_replicas:
+        raise ValidationError("option 'min_replicas' must not exceed 'max_replicas'")
+
+
+def _split_record(
+    record: object, checks: Mapping[str, _Check]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stored options object: (the options this release reads, the rest as stored)."""
+    if not isinstance(record, Mapping) or not all(isinstance(k, str) for k in record):
+        raise ValidationError(f"stored options must be a JSON object, got {record!r:.80}")
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in record.items():
+        check = checks.get(name)
+        if check is not None and _accepts(check, value):
+            known[name] = value
+        else:
+            extra[name] = value
+    return known, extra
+
+
+def _render(options: AppOptions | ModelOptions) -> dict[str, Any]:
+    out: dict[str, Any] = dict(options.extra)
+    for name in options.explicit:
+        value = getattr(options, name)
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[name] = value
+    return dict(sorted(out.items()))  # as the stores give it back (sorted keys)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppOptions:
+    """An application's options (``AppSpec.options``).
+
+    Build them with :meth:`parse` (the management API's JSON) or
+    :meth:`from_record` (the config store's); a direct call checks the values
+    the same way. Equal when the same options were set to the same values.
+    """
+
+    cache: bool = True
+    """Use the prediction cache; turn it off for non-deterministic models."""
+    overload: OverloadMode = "default"
+    """When a model's queue is full: answer with the default output
+    (``"default"``), or refuse the query with 503 (``"503"``)."""
+    api_key_sha256: tuple[str, ...] = ()
+    """The SHA-256 hex digests of the app's API keys: when there are any, its
+    queries must carry one of the keys in ``X-Api-Key``. Set from ``api_keys``
+    (a list of strings of 16+ characters, never stored); an empty list removes
+    the requirement."""
+    explicit: frozenset[str] = field(default=frozenset(), repr=False)
+    """The options the user set, which :meth:`to_json` renders even at their
+    default value; a field set to another value than its default is always in it."""
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
+    """What a stored record holds that this release does not read (an unknown
+    key, or a value it would refuse), kept as stored and rendered by
+    :meth:`to_json`; always empty for options that came through :meth:`parse`."""
+
+    def __post_init__(self) -> None:
+        _post_init(self, _APP_DEFAULTS)
+
+    @classmethod
+    def parse(cls, options: object) -> AppOptions:
+        """The options of a management request's JSON object; ValidationError
+        naming the first option that is unknown or wrong."""
+        values = _known_keys(options, APP_OPTION_KEYS, "app")
+        if "api_keys" in values:
+            keys = values.pop("api_keys")
+            if not isinstance(keys, list) or not all(
+                isinstance(k, str) and len(k) >= 16 for k in keys
+            ):
+                raise ValidationError(
+                    "option 'api_keys' must be a list of strings of 16+ characters"
+                )
+            values["api_key_sha256"] = [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+        return cls(**values, explicit=frozenset(values))
+
+    @classmethod
+    def from_record(cls, options: object) -> AppOptions:
+        """The options a config store record holds (a JSON object), as written by
+        :meth:`to_json` of this or any earlier release: what this release cannot
+        read is kept aside in ``extra``, so a record always loads.
+        ValidationError only if ``options`` is not a JSON object."""
+        known, extra = _split_record(options, _APP_CHECKS)
+        return cls(**known, explicit=frozenset(known), extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the store keeps and the management API returns: the
+        options set (``api_keys`` as their digests) and ``extra``, by key."""
+        return _render(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelOptions:
+    """A model version's options (``ModelSpec.options``).
+
+    The batching and queueing options override the server's settings; unset
+    (None), the server's setting applies (it is resolved where the model's
+    batching is configured, not here). Built and rendered as
+    :class:`AppOptions` are.
+    """
+
+    batching: BatchingPolicy | None = None
+    """The batch-size controller: ``"aimd"``, ``"quantile"`` or ``"fixed"``."""
+    max_batch_delay_ms: float | None = None
+    """The delayed-batching bound, 0 to 1000 ms."""
+    queue_capacity: int | None = None
+    """How many queries may wait, 1 to 1000000."""
+    memory_limit_mb: int | None = None
+    """The replica's address-space limit (local manager), 256 to 1048576; a
+    model past it gets MemoryError and its container restarts."""
+    min_replicas: int = 1
+    """Autoscaling's minimum, 0 to 64 (needs ``max_replicas``)."""
+    max_replicas: int | None = None
+    """Autoscaling's maximum, 0 to 64; set, the model version is autoscaled."""
+    scale_down_after_s: float = 60.0
+    """Idle time before autoscaling removes a replica, 1 to 86400 s (needs
+    ``max_replicas``)."""
+    ray_num_cpus: float | None = None
+    """Ray manager: CPUs reserved per replica (0 to 1024; unset: Ray's default)."""
+    ray_num_gpus: float | None = None
+    """Ray manager: GPUs per replica (0 to 1024)."""
+    ray_memory_mb: int | None = None
+    """Ray manager: memory reserved per replica (a scheduling request), >= 1."""
+    ray_resources: Mapping[str, float] = field(default_factory=dict, hash=False)
+    """Ray manager: custom resources per replica, name -> amount > 0."""
+    ray_placement: RayPlacement = "spread"
+    """Ray manager: ``"spread"`` replicas over nodes, or ``"pack"`` (Ray decides)."""
+    ray_max_restarts: int = -1
+    """Ray manager: Ray's restarts of a crashed replica, -1 (no bound) to 1000000."""
+    explicit: frozenset[str] = field(default=frozenset(), repr=False)
+    """As :attr:`AppOptions.explicit`."""
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
+    """As :attr:`AppOptions.extra`."""
+
+    def __post_init__(self) -> None:
+        _post_init(self, _MODEL_DEFAULTS)
+
+    @property
+    def autoscaled(self) -> bool:
+        """Whether the autoscaler decides the replica count (``max_replicas`` is set)."""
+        return self.max_replicas is not None
+
+    @classmethod
+    def parse(cls, options: object) -> ModelOptions:
+        """As :meth:`AppOptions.parse`."""
+        values = _known_keys(options, MODEL_OPTION_KEYS, "model")
+        return cls(**values, explicit=frozenset(values))
+
+    @classmethod
+    def from_record(cls, options: object) -> ModelOptions:
+        """As :meth:`AppOptions.from_record`."""
+        known, extra = _split_record(options, _MODEL_CHECKS)
+        return cls(**known, explicit=frozenset(known), extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        """As :meth:`AppOptions.to_json`."""
+        return _render(self)
+
+
+_APP_DEFAULTS = _defaults(AppOptions)
+_MODEL_DEFAULTS = _defaults(ModelOptions)
+
+
 @dataclass(frozen=True)
 class AppSpec:
     """An application as the config store holds it."""
@@ -175,7 +513,7 @@ class AppSpec:
     input_shape: tuple[int, ...] | None = None
     policy: str = "single"
     policy_params: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: AppOptions = field(default_factory=AppOptions)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -186,7 +524,7 @@ class AppSpec:
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "selection_policy": self.policy,
             "policy_params": dict(self.policy_params),
-            "options": dict(self.options),
+            "options": self.options.to_json(),
         }
 
 
@@ -201,7 +539,7 @@ class ModelSpec:
     container_name: str = "python-closure"
     model_data_path: str = ""
     batch_size: int = -1  # -1: the server's default maximum batch size
-    options: dict[str, Any] = field(default_factory=dict)
+    options: ModelOptions = field(default_factory=ModelOptions)
 
     @property
     def id(self) -> ModelId:
@@ -216,7 +554,7 @@ class ModelSpec:
             "container_name": self.container_name,
             "model_data_path": self.model_data_path,
             "batch_size": self.batch_size,
-            "options": dict(self.options),
+            "options": self.options.to_json(),
             "is_current_version": current_version == self.version,
         }
 

@@ -8,7 +8,7 @@ from clipper.batching.controllers import ControllerStatistics
 from clipper.batching.dispatcher import ModelStatistics
 from clipper.batching.queue import QueueStatistics
 from clipper.management.autoscale import AutoscalePolicy, Autoscaler, Signals
-from clipper.types import ModelId
+from clipper.types import ModelId, ModelOptions
 
 
 class Clock:
@@ -104,7 +104,7 @@ def test_the_autoscaler_scales_each_model_version_by_its_model_id():
     async def apply():
         applied.append(dict(scaler.targets))
 
-    options = {bursty: {"min_replicas": 0, "max_replicas": 2}, steady: {}}
+    options = {bursty: ModelOptions(min_replicas=0, max_replicas=2), steady: ModelOptions()}
     scaler = Autoscaler(lambda: stats, lambda: options, apply, clock=clock)
     scaler.refresh()
     assert scaler.targets == {bursty: 0} and not scaler.is_autoscaled(steady)

@@ -25,7 +25,7 @@ from clipper.batching.dispatcher import Dispatcher
 from clipper.managers.base import REPLICA_FIELDS, ContainerManager
 from clipper.rpc.protocol import curve_keypair
 from clipper.rpc.server import Replica, RPCServer
-from clipper.types import InputType, ModelSpec, Outcome
+from clipper.types import InputType, ModelOptions, ModelSpec, Outcome
 from tests.helpers import free_port, pid_alive
 from tests.managers import models
 
@@ -93,7 +93,11 @@ class Harness:
         path = folder / "model.pkl"
         path.write_bytes(cloudpickle.dumps(model))
         return ModelSpec(
-            name, version, InputType.DOUBLES, model_data_path=str(path), options=options or {}
+            name,
+            version,
+            InputType.DOUBLES,
+            model_data_path=str(path),
+            options=ModelOptions.parse(options or {}),
         )
 
     def live(self, spec: ModelSpec) -> list[Replica]:

@@ -16,7 +16,9 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+from clipper.exceptions import ValidationError
 from clipper.managers.ray import RAY_OPTION_KEYS, RayContainerManager, RayReplicaOptions
+from clipper.types import ModelOptions
 from tests.helpers import pid_alive, wait_for
 
 from . import models
@@ -25,7 +27,7 @@ from .ray_cluster import RAY_ENV, RayCluster
 
 
 def test_options_default_to_spread_with_rays_own_resource_defaults() -> None:
-    opts = RayReplicaOptions.from_model_options({})
+    opts = RayReplicaOptions.from_model_options(ModelOptions())
     assert opts.placement == "spread" and opts.max_restarts == -1
     assert opts.requirements() == {"CPU": 1.0}
     assert opts.actor_options() == {"max_restarts": -1, "max_concurrency": 4}
@@ -33,15 +35,17 @@ def test_options_default_to_spread_with_rays_own_resource_defaults() -> None:
 
 def test_options_pass_resource_requests_to_ray() -> None:
     opts = RayReplicaOptions.from_model_options(
-        {
-            "ray_num_cpus": 0.5,
-            "ray_num_gpus": 1,
-            "ray_memory_mb": 256,
-            "ray_resources": {"node_b": 1},
-            "ray_placement": "pack",
-            "ray_max_restarts": 3,
-            "batching": "aimd",  # not ours: ignored
-        }
+        ModelOptions.parse(
+            {
+                "ray_num_cpus": 0.5,
+                "ray_num_gpus": 1,
+                "ray_memory_mb": 256,
+                "ray_resources": {"node_b": 1},
+                "ray_placement": "pack",
+                "ray_max_restarts": 3,
+                "batching": "aimd",  # not ours: ignored
+            }
+        )
     )
     assert opts.actor_options() == {
         "max_restarts": 3,
@@ -81,8 +85,12 @@ def test_options_pass_resource_requests_to_ray() -> None:
         {"ray_max_restarts": -2},
     ],
 )
-def test_bad_option_values_are_ignored_not_fatal(options: dict[str, object]) -> None:
-    assert RayReplicaOptions.from_model_options(options) == RayReplicaOptions()
+def test_bad_option_values_are_refused_or_ignored_never_fatal(options: dict[str, object]) -> None:
+    # The management API refuses them; in a stored record they are set aside.
+    with pytest.raises(ValidationError, match=next(iter(options))):
+        ModelOptions.parse(options)
+    stored = ModelOptions.from_record(options)
+    assert RayReplicaOptions.from_model_options(stored) == RayReplicaOptions()
 
 
 def test_containers_dial_this_nodes_address_when_rpc_binds_every_interface() -> None:

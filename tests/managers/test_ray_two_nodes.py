@@ -2,8 +2,8 @@
 
 Node A (the head) is 127.0.0.2, node B is 127.0.0.3 and carries the custom
 resource ``node_b``; both are ``ray start`` processes this module starts
-and stops by PID. The first test drives the manager in-process (model
-options the management API does not accept yet); the second runs the whole
+and stops by PID. The first test drives the manager in-process (with the
+Ray placement options); the second runs the whole
 server with ``--manager ray``, kills node B's raylet under load and checks
 that queries keep being answered by node A's replica while Ray restarts the
 lost one there.

@@ -15,7 +15,7 @@ import pytest
 
 from clipper.exceptions import NotFoundError, StoreError, ValidationError
 from clipper.store import ConfigStore
-from clipper.types import AppSpec, InputType, ModelSpec
+from clipper.types import AppOptions, AppSpec, InputType, ModelOptions, ModelSpec
 
 
 def app(name: str, **kw: Any) -> AppSpec:
@@ -105,7 +105,7 @@ class StoreContract:
             input_shape=(3, 224, 224),
             policy="exp3",
             policy_params={"eta": 0.5, "nested": {"a": [1, 2]}, "flag": True},
-            options={"owner": "vision", "limits": {"rps": 50, "burst": [1, 2.5]}, "x": None},
+            options=AppOptions.parse({"cache": False, "overload": "503", "api_keys": ["k" * 16]}),
         )
         store.add_app(spec)
         assert store.get_app("img") == spec
@@ -121,7 +121,7 @@ class StoreContract:
         assert got.input_shape is None
         assert got.input_type is InputType.JSON
         assert got.policy_params == {}
-        assert got.options == {}
+        assert got.options == AppOptions()
 
     def test_get_unknown_app_is_none(self, store: ConfigStore) -> None:
         assert store.get_app("nope") is None
@@ -190,13 +190,24 @@ class StoreContract:
         assert again.policy_params == {"weights": [1, 2]}
 
     def test_update_app_replaces_options(self, store: ConfigStore) -> None:
-        store.add_app(app("a", options={"old": 1, "kept": "no"}))
-        store.update_app(app("a", options={"new": [1, {"deep": True}]}))
+        store.add_app(app("a", options=AppOptions.parse({"cache": False, "overload": "503"})))
+        store.update_app(app("a", options=AppOptions.parse({"cache": True})))
         got = store.get_app("a")
         assert got is not None
-        assert got.options == {"new": [1, {"deep": True}]}
+        assert got.options == AppOptions.parse({"cache": True})
+        assert got.options.to_json() == {"cache": True}
         store.update_app(app("a"))
         assert store.list_apps() == [app("a")]
+
+    def test_app_options_a_release_does_not_read_round_trip(self, store: ConfigStore) -> None:
+        # A record written by a newer release (or by hand): kept, as stored.
+        stored = {"owner": "vision", "limits": {"rps": 50, "burst": [1, 2.5]}, "x": None}
+        options = AppOptions.from_record({**stored, "cache": False, "overload": "drop"})
+        store.add_app(app("a", options=options))
+        got = store.get_app("a")
+        assert got == app("a", options=options)
+        assert got.options.cache is False and got.options.overload == "default"
+        assert got.options.to_json() == {**stored, "cache": False, "overload": "drop"}
 
     @pytest.mark.parametrize(
         "options",
@@ -204,37 +215,39 @@ class StoreContract:
         ids=["object", "set", "nan"],
     )
     def test_app_options_must_be_json(self, store: ConfigStore, options: Any) -> None:
+        bad = AppOptions.from_record(options)
         with pytest.raises(ValidationError, match="options"):
-            store.add_app(app("a", options=options))
+            store.add_app(app("a", options=bad))
         assert store.get_app("a") is None
-        store.add_app(app("a", options={"ok": 1}))
+        ok = AppOptions.from_record({"ok": 1})
+        store.add_app(app("a", options=ok))
         with pytest.raises(ValidationError, match="options"):
-            store.update_app(app("a", options=options))
+            store.update_app(app("a", options=bad))
         got = store.get_app("a")
         assert got is not None
-        assert got.options == {"ok": 1}
+        assert got.options == ok
 
-    @pytest.mark.parametrize("options", [["a", 1], "text", None, {1: "int key"}])
-    def test_app_options_must_be_an_object(self, store: ConfigStore, options: Any) -> None:
-        with pytest.raises(ValidationError, match="options"):
+    @pytest.mark.parametrize(
+        "options", [["a", 1], "text", None, {1: "int key"}, {"cache": False}, ModelOptions()]
+    )
+    def test_app_options_must_be_app_options(self, store: ConfigStore, options: Any) -> None:
+        with pytest.raises(ValidationError, match="options must be AppOptions"):
             store.add_app(app("a", options=options))
         assert store.get_app("a") is None
 
     def test_app_options_are_not_shared_with_callers(self, store: ConfigStore) -> None:
-        options: dict[str, Any] = {"tags": ["x"], "limits": {"rps": 5}}
-        store.add_app(app("a", options=options))
-        options["tags"].append("y")
-        options["new"] = 1
+        stored: dict[str, Any] = {"tags": ["x"], "limits": {"rps": 5}}
+        store.add_app(app("a", options=AppOptions.from_record(copy.deepcopy(stored))))
         got = store.get_app("a")
         assert got is not None
-        got.options["tags"].append("z")
-        got.options["limits"]["rps"] = 99
-        got.options.clear()
+        got.options.extra["tags"].append("z")
+        got.options.extra["limits"]["rps"] = 99
+        got.options.to_json()["tags"].append("y")
         listed = store.list_apps()[0]
-        listed.options["listed"] = True
+        listed.options.extra["tags"].clear()
         again = store.get_app("a")
         assert again is not None
-        assert again.options == {"tags": ["x"], "limits": {"rps": 5}}
+        assert again.options.to_json() == stored
 
     # Models
 
@@ -247,7 +260,17 @@ class StoreContract:
             container_name="sklearn",
             model_data_path="/data/m",
             batch_size=16,
-            options={"gpu": True, "env": {"OMP_NUM_THREADS": "4"}, "warmup": [1, 2]},
+            options=ModelOptions.parse(
+                {
+                    "batching": "quantile",
+                    "max_batch_delay_ms": 2.5,
+                    "queue_capacity": 100,
+                    "max_replicas": 3,
+                    "min_replicas": 0,
+                    "ray_resources": {"gpu_box": 1, "a": 0.5},
+                    "ray_placement": "pack",
+                }
+            ),
         )
         store.add_model(spec)
         assert store.get_model("m", "v1") == spec
@@ -265,10 +288,21 @@ class StoreContract:
         store.add_model(model("m", "1"))
         got = store.get_model("m", "1")
         assert got is not None
-        assert got.options == {}
+        assert got.options == ModelOptions()
+
+    def test_model_options_a_release_does_not_read_round_trip(self, store: ConfigStore) -> None:
+        stored = {"gpu": True, "env": {"OMP_NUM_THREADS": "4"}, "queue_capacity": 0}
+        options = ModelOptions.from_record({**stored, "batching": "fixed"})
+        store.add_model(model("m", "1", options=options))
+        got = store.get_model("m", "1")
+        assert got == model("m", "1", options=options)
+        assert got.options.batching == "fixed" and got.options.queue_capacity is None
+        assert got.options.to_json() == {**stored, "batching": "fixed"}
 
     def test_update_model_replaces_the_record(self, store: ConfigStore) -> None:
-        store.add_model(model("m", "1", labels=("a",), options={"old": True}))
+        store.add_model(
+            model("m", "1", labels=("a",), options=ModelOptions.parse({"queue_capacity": 5}))
+        )
         new = ModelSpec(
             name="m",
             version="1",
@@ -277,7 +311,7 @@ class StoreContract:
             container_name="pytorch",
             model_data_path="/data/m/1",
             batch_size=8,
-            options={"gpu": {"count": 2}, "tags": ["x"]},
+            options=ModelOptions.parse({"memory_limit_mb": 512}),
         )
         store.update_model(new)
         assert store.get_model("m", "1") == new
@@ -298,7 +332,8 @@ class StoreContract:
         store.add_model(model("m", "3"), make_current=False)
         store.add_links("a", ["m"])
         store.set_num_replicas("m", "2", 4)
-        store.update_model(model("m", "2", batch_size=32, options={"k": "v"}))
+        options = ModelOptions.parse({"batching": "aimd"})
+        store.update_model(model("m", "2", batch_size=32, options=options))
         store.update_model(model("m", "3", labels=("l",)))
         assert store.get_current_version("m") == "2"
         assert store.get_num_replicas("m", "2") == 4
@@ -307,7 +342,7 @@ class StoreContract:
         assert store.get_links("a") == ["m"]
         got = store.get_model("m", "2")
         assert got is not None
-        assert (got.batch_size, got.options) == (32, {"k": "v"})
+        assert (got.batch_size, got.options) == (32, options)
 
     def test_update_unknown_model_version_is_not_found(self, store: ConfigStore) -> None:
         store.add_model(model("m", "1"))
@@ -325,38 +360,39 @@ class StoreContract:
         ids=["object", "bytes", "inf"],
     )
     def test_model_options_must_be_json(self, store: ConfigStore, options: Any) -> None:
+        bad = ModelOptions.from_record(options)
         with pytest.raises(ValidationError, match="options"):
-            store.add_model(model("m", "1", options=options))
+            store.add_model(model("m", "1", options=bad))
         assert store.get_model("m", "1") is None
         assert store.get_current_version("m") is None
-        store.add_model(model("m", "1", options={"ok": 1}))
+        ok = ModelOptions.from_record({"ok": 1})
+        store.add_model(model("m", "1", options=ok))
         with pytest.raises(ValidationError, match="options"):
-            store.update_model(model("m", "1", options=options))
+            store.update_model(model("m", "1", options=bad))
         got = store.get_model("m", "1")
         assert got is not None
-        assert got.options == {"ok": 1}
+        assert got.options == ok
 
-    @pytest.mark.parametrize("options", [["a"], 3, None, {("t",): 1}])
-    def test_model_options_must_be_an_object(self, store: ConfigStore, options: Any) -> None:
-        with pytest.raises(ValidationError, match="options"):
+    @pytest.mark.parametrize("options", [["a"], 3, None, {("t",): 1}, {}, AppOptions()])
+    def test_model_options_must_be_model_options(self, store: ConfigStore, options: Any) -> None:
+        with pytest.raises(ValidationError, match="options must be ModelOptions"):
             store.add_model(model("m", "1", options=options))
         assert store.get_model("m", "1") is None
 
     def test_model_options_are_not_shared_with_callers(self, store: ConfigStore) -> None:
-        options: dict[str, Any] = {"env": {"A": "1"}}
-        store.add_model(model("m", "1", options=options))
-        options["env"]["B"] = "2"
+        store.add_model(model("m", "1", options=ModelOptions.from_record({"env": {"A": "1"}})))
         got = store.get_model("m", "1")
         assert got is not None
-        got.options["env"]["C"] = "3"
-        store.list_models()[0].options["listed"] = True
-        store.list_models("m")[0].options.clear()
-        update: dict[str, Any] = {"env": {"D": "4"}}
+        got.options.extra["env"]["C"] = "3"
+        store.list_models()[0].options.extra["env"].clear()
+        resources = {"node_b": 1}
+        update = ModelOptions.parse({"ray_resources": resources})
+        resources["node_b"] = 9
         store.update_model(model("m", "1", options=update))
-        update["env"].clear()
         again = store.get_model("m", "1")
         assert again is not None
-        assert again.options == {"env": {"D": "4"}}
+        assert again.options.to_json() == {"ray_resources": {"node_b": 1}}
+        assert again.options.ray_resources == {"node_b": 1}
 
     def test_duplicate_model_version_is_rejected(self, store: ConfigStore) -> None:
         store.add_model(model("m", "1"))
@@ -890,9 +926,9 @@ class StoreContract:
             lambda: store.set_current_version("m", "2"),
             lambda: store.add_links("a", ["m"]),
             lambda: store.set_num_replicas("m", "2", 2),
-            lambda: store.update_model(model("m", "2", options={"k": 1})),
-            lambda: store.update_model(model("m", "2", options={"k": 1})),
-            lambda: store.update_app(app("a", options={"k": 1})),
+            lambda: store.update_model(model("m", "2", options=ModelOptions(queue_capacity=1))),
+            lambda: store.update_model(model("m", "2", options=ModelOptions(queue_capacity=1))),
+            lambda: store.update_app(app("a", options=AppOptions(cache=False))),
             lambda: store.remove_links("a", ["m"]),
             lambda: store.delete_model_version("m", "1"),
             lambda: store.delete_app("a"),
@@ -927,9 +963,9 @@ class StoreContract:
             lambda: store.set_num_replicas("m", "9", 1),
             lambda: store.update_model(model("m", "9")),
             lambda: store.update_model(model("ghost", "1")),
-            lambda: store.update_model(model("m", "1", options={"bad": object()})),
-            lambda: store.add_model(model("m", "2", options={"bad": object()})),
-            lambda: store.update_app(app("a", options={"bad": object()})),
+            lambda: store.update_model(model("m", "1", options={"queue_capacity": 1})),
+            lambda: store.add_model(model("m", "2", options=ModelOptions.from_record({"b": {1}}))),
+            lambda: store.update_app(app("a", options=AppOptions.from_record({"b": object()}))),
         ]
         for call in failing:
             with pytest.raises((ValidationError, NotFoundError)):

@@ -15,7 +15,7 @@ import redis
 from clipper.exceptions import NotFoundError, StoreError, ValidationError
 from clipper.store import ConfigStore, open_store
 from clipper.store.redis import RedisStore, redact_url
-from clipper.types import AppSpec, InputType
+from clipper.types import AppOptions, AppSpec, InputType, ModelOptions
 from tests.redis_server import free_port, redis_server
 
 from .contract import StoreContract, app, hammer_state, increment, model
@@ -125,11 +125,56 @@ def test_records_without_options_read_as_empty(url: str) -> None:
         assert store.list_models() == [expected]
         got = store.get_model("m", "1")
         assert got is not None
-        assert got.options == {}
-        store.update_model(model("m", "1", options={"gpu": True}))
+        assert got.options == ModelOptions()
+        options = ModelOptions(memory_limit_mb=1024)
+        store.update_model(model("m", "1", options=options))
         assert store.get_current_version("m") == "1"
         assert store.get_num_replicas("m", "1") == 3
-        assert store.list_models("m") == [model("m", "1", options={"gpu": True})]
+        assert store.list_models("m") == [model("m", "1", options=options)]
+
+
+def test_records_with_options_of_the_previous_release_load(url: str) -> None:
+    """Records whose options the release before typed options wrote: a JSON object
+    of the options set, as the management API validated them."""
+    digest = "cd" * 32
+    app_record = (
+        '{"default_output": "-1", "input_shape": null, "input_type": "doubles", "name": "a", '
+        '"options": {"api_key_sha256": ["' + digest + '"], "cache": false}, '
+        '"policy": "single", "policy_params": {}, "slo_micros": 100000}'
+    )
+    model_record = (
+        '{"batch_size": -1, "container_name": "python-closure", "input_type": "doubles", '
+        '"labels": [], "model_data_path": "", "name": "m", '
+        '"options": {"max_replicas": 2, "min_replicas": 0, "queue_capacity": 9, '
+        '"ray_num_cpus": 0.5, "unknown_to_us": [1]}, "version": "1"}'
+    )
+    client = redis.Redis.from_url(url)
+    try:
+        client.hset("clipper:apps", "a", app_record)
+        client.hset("clipper:specs:m", "1", model_record)
+        client.rpush("clipper:versions:m", "1")
+        client.sadd("clipper:models", "m")
+        client.hset("clipper:current", "m", "1")
+    finally:
+        client.close()
+    with RedisStore(url) as store:
+        got = store.get_app("a")
+        assert got is not None
+        assert got.options == AppOptions(cache=False, api_key_sha256=(digest,))
+        assert got.options.to_json() == {"api_key_sha256": [digest], "cache": False}
+        m = store.get_model("m", "1")
+        assert m is not None
+        assert (m.options.min_replicas, m.options.max_replicas) == (0, 2)
+        assert (m.options.queue_capacity, m.options.ray_num_cpus) == (9, 0.5)
+        assert m.options.extra == {"unknown_to_us": [1]}
+        store.update_app(got)
+        store.update_model(m)
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.hget("clipper:apps", "a") == app_record.encode()
+        assert client.hget("clipper:specs:m", "1") == model_record.encode()
+    finally:
+        client.close()
 
 
 def test_update_model_publishes_a_change(pair: tuple[RedisStore, RedisStore]) -> None:
@@ -137,9 +182,10 @@ def test_update_model_publishes_a_change(pair: tuple[RedisStore, RedisStore]) ->
     second.add_model(model("m", "1"))
     calls = Calls()
     first.watch(calls)
-    second.update_model(model("m", "1", options={"k": "v"}))
+    options = ModelOptions(queue_capacity=3)
+    second.update_model(model("m", "1", options=options))
     calls.wait_for(1)
-    assert first.get_model("m", "1") == model("m", "1", options={"k": "v"})
+    assert first.get_model("m", "1") == model("m", "1", options=options)
     with pytest.raises(NotFoundError):
         second.update_model(model("m", "2"))
     second.add_app(app("a"))

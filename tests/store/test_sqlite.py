@@ -13,7 +13,7 @@ import pytest
 from clipper.exceptions import StoreError
 from clipper.store import ConfigStore, SQLiteStore
 from clipper.store.sqlite import SCHEMA_VERSION
-from clipper.types import AppSpec, InputType, ModelSpec
+from clipper.types import AppOptions, AppSpec, InputType, ModelOptions, ModelSpec
 
 from .contract import StoreContract, app, hammer_state, increment, model
 
@@ -34,12 +34,13 @@ def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
         input_shape=(2, 2),
         policy="exp3",
         policy_params={"eta": 0.1},
-        options={"team": "search", "quota": [1, 2]},
+        options=AppOptions.parse({"cache": False, "api_keys": ["k" * 16]}),
     )
+    gpu = ModelOptions.parse({"ray_num_gpus": 1, "ray_resources": {"gpu_box": 2}})
     with SQLiteStore(path) as store:
         store.add_app(spec)
         store.add_app(app("b"))
-        store.add_model(model("m", "1", labels=("l1",), options={"gpu": True}))
+        store.add_model(model("m", "1", labels=("l1",), options=gpu))
         store.add_model(model("m", "2"), make_current=False)
         store.add_model(model("n", "1"))
         store.add_links("a", ["n", "m"])
@@ -53,7 +54,7 @@ def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
             ("m", "2"),
             ("n", "1"),
         ]
-        assert store.get_model("m", "1") == model("m", "1", labels=("l1",), options={"gpu": True})
+        assert store.get_model("m", "1") == model("m", "1", labels=("l1",), options=gpu)
         assert store.get_current_version("m") == "1"
         assert store.get_links("a") == ["n", "m"]
         assert store.get_num_replicas("m", "2") == 5
@@ -145,16 +146,16 @@ def test_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
             ),
             model("m", "2"),
         ]
-        assert all(a.options == {} for a in store.list_apps())
-        assert all(m.options == {} for m in store.list_models())
+        assert all(a.options == AppOptions() for a in store.list_apps())
+        assert all(m.options == ModelOptions() for m in store.list_models())
         assert store.get_current_version("m") == "2"
         assert store.get_num_replicas("m", "1") == 3
         assert store.get_links("a") == ["m"]
         # Migrating is not a change of the configuration.
         assert store.generation() == 7
         # The new column takes writes at once.
-        store.update_model(model("m", "1", labels=("l1",), options={"gpu": True}))
-        store.update_app(app("b", options={"team": "x"}))
+        store.update_model(model("m", "1", labels=("l1",), options=ModelOptions(batching="fixed")))
+        store.update_app(app("b", options=AppOptions(overload="503")))
         assert store.generation() == 9
     with closing(sqlite3.connect(path)) as conn:
         rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -166,12 +167,13 @@ def test_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     with SQLiteStore(path) as store:
         got = store.get_model("m", "1")
         assert got is not None
-        assert got.options == {"gpu": True}
+        assert got.options == ModelOptions(batching="fixed")
         assert got.labels == ("l1",)
         assert store.get_num_replicas("m", "1") == 3
         app_b = store.get_app("b")
         assert app_b is not None
-        assert app_b.options == {"team": "x"}
+        assert app_b.options.overload == "503"
+        assert app_b.options.to_json() == {"overload": "503"}
         # And so does the new table, cascade included.
         assert store.get_policy_state("a", "u") is None
         assert store.update_policy_state("a", "u", increment) == {"n": 1}
@@ -211,7 +213,9 @@ def test_version_2_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert [a.name for a in store.list_apps()] == ["a", "b"]
         app_b = store.get_app("b")
         assert app_b is not None
-        assert app_b.options == {"team": "t"}
+        # An option this release does not know is kept as stored, and not read.
+        assert app_b.options == AppOptions.from_record({"team": "t"})
+        assert app_b.options.to_json() == {"team": "t"} and app_b.options.cache is True
         assert store.get_links("a") == ["m"]
         assert store.get_num_replicas("m", "1") == 3
         assert store.generation() == 7
@@ -432,3 +436,45 @@ def test_sqlite_failure_during_an_operation_is_wrapped(tmp_path: Path) -> None:
             store.list_apps()
         with pytest.raises(StoreError, match="cannot add an application"):
             store.add_app(app("a"))
+
+
+# Options as the release before typed options wrote them: the validated dict, as
+# JSON text with sorted keys (api_keys already replaced by their digests).
+_OLD_APP_OPTIONS = '{"api_key_sha256": ["' + "ab" * 32 + '"], "cache": false, "overload": "503"}'
+_OLD_MODEL_OPTIONS = (
+    '{"batching": "fixed", "max_batch_delay_ms": 2.5, "max_replicas": 4, "memory_limit_mb": 512, '
+    '"min_replicas": 0, "queue_capacity": 7, "ray_placement": "pack", '
+    '"ray_resources": {"gpu_box": 1, "node_b": 0.5}, "scale_down_after_s": 30}'
+)
+
+
+def test_options_written_by_the_previous_release_load_and_write_back_unchanged(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    with SQLiteStore(path) as store:
+        store.add_app(app("a"))
+        store.add_app(app("b"))
+        store.add_model(model("m", "1"))
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE apps SET options = ? WHERE name = 'a'", (_OLD_APP_OPTIONS,))
+        conn.execute("UPDATE model_versions SET options = ?", (_OLD_MODEL_OPTIONS,))
+    with SQLiteStore(path) as store:
+        a = store.get_app("a")
+        m = store.get_model("m", "1")
+        b = store.get_app("b")
+        assert a is not None and m is not None and b is not None
+        assert a.options == AppOptions(cache=False, overload="503", api_key_sha256=("ab" * 32,))
+        assert m.options.batching == "fixed" and m.options.queue_capacity == 7
+        assert (m.options.min_replicas, m.options.max_replicas) == (0, 4)
+        assert m.options.ray_resources == {"gpu_box": 1, "node_b": 0.5}
+        assert b.options == AppOptions() and b.options.to_json() == {}
+        # Written back as they were read: the same JSON text, byte for byte.
+        store.update_app(a)
+        store.update_app(b)
+        store.update_model(m)
+    with closing(sqlite3.connect(path)) as conn:
+        rows = dict(conn.execute("SELECT name, options FROM apps").fetchall())
+        assert rows == {"a": _OLD_APP_OPTIONS, "b": "{}"}
+        (text,) = conn.execute("SELECT options FROM model_versions").fetchone()
+        assert text == _OLD_MODEL_OPTIONS

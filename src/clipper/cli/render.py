@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
+from ..types import ModelOptions
+
 CHECK = "✓"
 
 
@@ -79,9 +81,12 @@ def models_table(
 
 
 def _replicas_wanted(model: Mapping[str, Any], stored: int | None) -> str:
-    options = model.get("options") or {}
-    if "max_replicas" in options:
-        return f"auto {options.get('min_replicas', 1)}-{options['max_replicas']}"
+    try:
+        options = ModelOptions.from_record(model.get("options") or {})
+    except ValueError:  # not an object: show the stored count
+        return _cell(stored)
+    if options.max_replicas is not None:
+        return f"auto {options.min_replicas}-{options.max_replicas}"
     return _cell(stored)
 
 

@@ -101,8 +101,8 @@ class OIPFrontend:
         if parts[0] == "models" and len(parts) >= 2:
             name, rest = parts[1], parts[2:]
             app = self.catalog.app(name)
-            keys = app.spec.options.get("api_key_sha256") if app is not None else None
-            if keys and not api_key_matches(request.headers, keys):
+            keys = app.spec.options.api_key_sha256 if app is not None else ()
+            if keys and not api_key_matches(request.headers, list(keys)):
                 raise OIPError(401, f"model '{name}' needs its API key in 'X-Api-Key'")
             version = None
             if len(rest) >= 2 and rest[0] == "versions":

@@ -85,8 +85,8 @@ class QueryFrontend:
         route = self.catalog.app(app)
         if route is None:
             return _error(404, "unknown app", f"no application named {app!r}")
-        keys = route.spec.options.get("api_key_sha256")
-        if keys and not api_key_matches(request.headers, keys):
+        keys = route.spec.options.api_key_sha256
+        if keys and not api_key_matches(request.headers, list(keys)):
             return _error(401, "unauthorized", f"app {app!r} needs its API key in 'X-Api-Key'")
         return route
 

@@ -25,11 +25,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..types import ModelId
+from ..types import ModelId, ModelOptions
 
 log = logging.getLogger("clipper.autoscale")
 
@@ -135,15 +135,15 @@ class AutoscalePolicy:
 
 
 def policy_from_options(
-    options: dict[str, Any], clock: Callable[[], float]
+    options: ModelOptions, clock: Callable[[], float]
 ) -> AutoscalePolicy | None:
     """The policy a model's options ask for, or None when it is not autoscaled."""
-    if "max_replicas" not in options:
+    if options.max_replicas is None:
         return None
     return AutoscalePolicy(
-        int(options.get("min_replicas", 1)),
-        int(options["max_replicas"]),
-        scale_down_after_s=float(options.get("scale_down_after_s", 60.0)),
+        options.min_replicas,
+        options.max_replicas,
+        scale_down_after_s=float(options.scale_down_after_s),
         clock=clock,
     )
 
@@ -162,7 +162,7 @@ class Autoscaler:
     def __init__(
         self,
         statistics: Callable[[], Iterable[ModelLoad]],
-        options: Callable[[], dict[ModelId, dict[str, Any]]],
+        options: Callable[[], Mapping[ModelId, ModelOptions]],
         apply: Callable[[], Awaitable[None]],
         *,
         interval_s: float = 0.5,
@@ -173,7 +173,7 @@ class Autoscaler:
         self._apply = apply
         self.interval_s = interval_s
         self.clock = clock
-        self._policies: dict[ModelId, tuple[dict[str, Any], AutoscalePolicy]] = {}
+        self._policies: dict[ModelId, tuple[ModelOptions, AutoscalePolicy]] = {}
         self.targets: dict[ModelId, int] = {}
         self.events: list[ScaleEvent] = []
         self._task: asyncio.Task[None] | None = None
@@ -192,7 +192,7 @@ class Autoscaler:
 
     def refresh(self) -> None:
         """Pick up models whose autoscaling options changed (after a management change)."""
-        wanted = {m: o for m, o in self._options().items() if "max_replicas" in o}
+        wanted = {m: o for m, o in self._options().items() if o.autoscaled}
         for model in list(self._policies):
             if model not in wanted:
                 del self._policies[model]
@@ -205,7 +205,7 @@ class Autoscaler:
                 seen = self._signals().get(model)
                 if seen is not None:
                     policy.prime(seen)
-                self._policies[model] = (dict(opts), policy)
+                self._policies[model] = (opts, policy)
                 old = self.targets.get(model, policy.min_replicas)
                 self.targets[model] = max(policy.min_replicas, min(policy.max_replicas, old))
 

@@ -24,8 +24,16 @@ from ..managers.envs import EnvironmentBuilder, check_model_loads
 from ..selection.policies import get_policy
 from ..store.base import ConfigStore
 from ..store.catalog import Catalog, UnknownVersion
-from ..types import AppSpec, InputType, ModelId, ModelSpec, validate_app_name, validate_name
-from .options import validate_app_options, validate_model_options
+from ..types import (
+    AppOptions,
+    AppSpec,
+    InputType,
+    ModelId,
+    ModelOptions,
+    ModelSpec,
+    validate_app_name,
+    validate_name,
+)
 
 log = logging.getLogger("clipper.management")
 
@@ -187,7 +195,7 @@ class ManagementService:
             shape,
             selection_policy,
             params,
-            validate_app_options(options or {}),
+            AppOptions.parse(options or {}),
         )
         self.store.add_app(spec)
         log.info("added app %s (%s, slo %d us)", name, itype.value, latency_slo_micros)
@@ -222,9 +230,9 @@ class ManagementService:
         app = self._app(name)
         if not isinstance(options, dict):
             raise ValidationError("app options must be a JSON object")
-        merged = {**app.options, **options}
-        merged = validate_app_options({k: v for k, v in merged.items() if v is not None})
-        self.store.update_app(dataclasses.replace(app, options=merged))
+        merged = {**app.options.to_json(), **options}
+        typed = AppOptions.parse({k: v for k, v in merged.items() if v is not None})
+        self.store.update_app(dataclasses.replace(app, options=typed))
         await self._changed()
 
     async def set_model_options(self, name: str, version: str, options: dict[str, Any]) -> None:
@@ -233,9 +241,9 @@ class ManagementService:
         if not isinstance(options, dict):
             raise ValidationError("model options must be a JSON object")
         # Merge first, then check the result as a whole; a null removes a key.
-        merged = {**model.options, **options}
-        merged = validate_model_options({k: v for k, v in merged.items() if v is not None})
-        self.store.update_model(dataclasses.replace(model, options=merged))
+        merged = {**model.options.to_json(), **options}
+        typed = ModelOptions.parse({k: v for k, v in merged.items() if v is not None})
+        self.store.update_model(dataclasses.replace(model, options=typed))
         await self._changed()
 
     async def delete_app(self, name: str) -> None:
@@ -303,7 +311,7 @@ class ManagementService:
                 f"model '{model_name}' has input type '{other.input_type.value}', "
                 f"not '{itype.value}'",
             )
-        model_options = validate_model_options(options or {})
+        model_options = ModelOptions.parse(options or {})
         pkgs = validate_requirements(pkgs_to_install or [])
         _check(not pkgs or model_data is not None, "pkgs_to_install needs model_data")
         if model_data is None:

@@ -97,8 +97,8 @@ class _ReplicaProcess:
         if env_file.is_file():  # deployed with pkgs_to_install: its own environment
             python = json.loads(env_file.read_text())["python"]
         extra = []
-        if model.options.get("memory_limit_mb"):
-            extra = ["--memory-limit-mb", str(model.options["memory_limit_mb"])]
+        if model.options.memory_limit_mb:
+            extra = ["--memory-limit-mb", str(model.options.memory_limit_mb)]
         logfile: IO[bytes] = open(self.manager.log_dir / f"{self.spec.label}.log", "ab")  # noqa: SIM115
         try:
             return await asyncio.create_subprocess_exec(

@@ -13,7 +13,9 @@ an actor dies for good (the model does not load, restarts used up), the
 supervisor creates a new one after an exponential back-off, as the local
 manager restarts a process. Ray (the ``ray`` extra) is imported only here;
 the model options read are :data:`RAY_OPTION_KEYS` (see
-:class:`RayReplicaOptions`), tolerantly: a bad value is logged and ignored.
+:class:`RayReplicaOptions`), typed and checked by
+:class:`~clipper.types.ModelOptions`: the management API refuses a bad value,
+and one in a stored record is set aside there (the default applies), never fatal.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..container.runtime import ContainerRuntime
-from ..types import ModelId, ModelSpec
+from ..types import ModelId, ModelOptions, ModelSpec
 from .base import reconcile_counts, replica_label
 
 log = logging.getLogger("clipper.manager")
@@ -41,7 +43,6 @@ log = logging.getLogger("clipper.manager")
 RAY_OPTION_KEYS: tuple[str, ...] = ("ray_num_cpus", "ray_num_gpus", "ray_memory_mb")
 RAY_OPTION_KEYS += ("ray_resources", "ray_placement", "ray_max_restarts")  # what this reads
 
-PLACEMENTS = ("spread", "pack")
 INLINE_ARTIFACT_BYTES = 90 * 1024  # below Ray's inline limit for task arguments (100 KiB)
 WILDCARD_HOSTS = ("0.0.0.0", "*", "", "::")
 
@@ -55,17 +56,6 @@ def import_ray() -> Any:
             "the Ray container manager needs Ray: pip install 'clipper-serve[ray]'"
         ) from exc
     return ray
-
-
-def _number(options: dict[str, Any], key: str, low: float, integer: bool = False) -> Any:
-    value = options.get(key)
-    if value is None:
-        return None
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or value < low:
-        log.warning("ignoring model option %s=%r: expected a number >= %g", key, value, low)
-        return None
-    return value
 
 
 @dataclass(frozen=True)
@@ -96,28 +86,14 @@ class RayReplicaOptions:
     max_restarts: int = -1
 
     @classmethod
-    def from_model_options(cls, options: dict[str, Any]) -> RayReplicaOptions:
-        resources: dict[str, float] = {}
-        raw = options.get("ray_resources")
-        if isinstance(raw, dict) and all(
-            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-            for k, v in raw.items()
-        ):
-            resources = {k: float(v) for k, v in raw.items()}
-        elif raw is not None:
-            log.warning("ignoring model option ray_resources=%r: expected {name: number}", raw)
-        placement = options.get("ray_placement", "spread")
-        if placement not in PLACEMENTS:
-            log.warning("ignoring model option ray_placement=%r: use spread or pack", placement)
-            placement = "spread"
-        max_restarts = _number(options, "ray_max_restarts", -1, integer=True)
+    def from_model_options(cls, options: ModelOptions) -> RayReplicaOptions:
         return cls(
-            num_cpus=_number(options, "ray_num_cpus", 0),
-            num_gpus=_number(options, "ray_num_gpus", 0),
-            memory_mb=_number(options, "ray_memory_mb", 1, integer=True),
-            resources=resources,
-            placement=placement,
-            max_restarts=-1 if max_restarts is None else max_restarts,
+            num_cpus=options.ray_num_cpus,
+            num_gpus=options.ray_num_gpus,
+            memory_mb=options.ray_memory_mb,
+            resources={k: float(v) for k, v in options.ray_resources.items()},
+            placement=options.ray_placement,
+            max_restarts=options.ray_max_restarts,
         )
 
     def requirements(self) -> dict[str, float]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 from clipper.exceptions import NotFoundError, ValidationError
-from clipper.types import AppSpec, InputType, ModelSpec
+from clipper.types import AppOptions, AppSpec, InputType, ModelOptions, ModelSpec
 
 # A joint policy-state update: {uid: stored state or None} -> {uid: new state}.
 StatesUpdate = Callable[[dict[str, dict[str, Any] | None]], Mapping[str, dict[str, Any]]]
@@ -247,14 +247,12 @@ def dump_json(value: Any, what: str) -> str:
         raise ValidationError(f"{what} must be JSON-serializable: {e}") from None
 
 
-def check_options(options: object) -> dict[str, Any]:
-    """Return ``options`` as a dict if it can be a JSON object, else raise ValidationError."""
-    if not isinstance(options, Mapping):
-        raise ValidationError(f"options must be a mapping, got {type(options).__name__}")
-    for key in options:
-        if not isinstance(key, str):
-            raise ValidationError(f"options keys must be strings, got {key!r}")
-    return dict(options)
+def check_options(options: object, kind: type[AppOptions] | type[ModelOptions]) -> dict[str, Any]:
+    """Return the JSON object of ``options`` (``to_json``) if it is a ``kind``,
+    else raise ValidationError."""
+    if not isinstance(options, kind):
+        raise ValidationError(f"options must be {kind.__name__}, got {type(options).__name__}")
+    return options.to_json()
 
 
 def _json_value(value: Any, what: str) -> Any:
@@ -267,7 +265,10 @@ def _json_value(value: Any, what: str) -> Any:
 # field names whose values are plain JSON (str, int, list, dict, None); each
 # store persists it as it likes (Redis: one JSON document; SQLite: one column
 # per field, the structured ones as JSON text; memory: the dict itself).
-# These four functions are the only place that spells out the conversion.
+# These four functions are the only place that spells out the conversion. Options
+# are stored as the JSON object of their ``to_json`` (the options the user set),
+# as every earlier release stored its options dict, and read back with
+# ``from_record``, which loads any such object (see AppOptions.from_record).
 
 APP_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AppSpec))
 MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelSpec))
@@ -286,7 +287,7 @@ def app_to_record(spec: AppSpec) -> dict[str, Any]:
     record["input_type"] = InputType(spec.input_type).value
     record["input_shape"] = _json_value(list(shape) if shape is not None else None, "input_shape")
     record["policy_params"] = _json_value(spec.policy_params, "policy_params")
-    record["options"] = _json_value(check_options(spec.options), "options")
+    record["options"] = _json_value(check_options(spec.options, AppOptions), "options")
     return record
 
 
@@ -302,7 +303,7 @@ def app_from_record(record: Mapping[str, Any]) -> AppSpec:
     fields["input_type"] = InputType(record["input_type"])
     fields["input_shape"] = tuple(shape) if shape is not None else None
     fields["policy_params"] = copy.deepcopy(record.get("policy_params", {}))
-    fields["options"] = copy.deepcopy(record.get("options", {}))
+    fields["options"] = AppOptions.from_record(copy.deepcopy(record.get("options", {})))
     return AppSpec(**fields)
 
 
@@ -314,7 +315,7 @@ def model_to_record(spec: ModelSpec) -> dict[str, Any]:
     record = {name: getattr(spec, name) for name in MODEL_FIELDS}
     record["input_type"] = InputType(spec.input_type).value
     record["labels"] = _json_value(list(spec.labels), "labels")
-    record["options"] = _json_value(check_options(spec.options), "options")
+    record["options"] = _json_value(check_options(spec.options, ModelOptions), "options")
     return record
 
 
@@ -328,7 +329,7 @@ def model_from_record(record: Mapping[str, Any]) -> ModelSpec:
     fields = {name: record[name] for name in MODEL_FIELDS if name in record}
     fields["input_type"] = InputType(record["input_type"])
     fields["labels"] = tuple(record.get("labels", ()))
-    fields["options"] = copy.deepcopy(record.get("options", {}))
+    fields["options"] = ModelOptions.from_record(copy.deepcopy(record.get("options", {})))
     return ModelSpec(**fields)
 
 
