@@ -60,7 +60,7 @@ from .statedir import (
 )
 from .store import open_store
 from .store.catalog import Catalog
-from .types import InputType, ModelId
+from .types import InputType, ModelId, ModelOptions
 
 log = logging.getLogger("clipper.server")
 
@@ -112,7 +112,7 @@ class ClipperServer:
             on_unresponsive=self._replica_hung,
             unresponsive_after=self._hung_after,
         )
-        self.dispatcher.set_transport(self.rpc.send)
+        self.dispatcher.set_transport(self.rpc)  # batches go out encoded by the RPC server
         from .managers.base import ContainerManager
 
         self.manager: ContainerManager
@@ -221,20 +221,22 @@ class ClipperServer:
         spec = self.catalog.model(model)
         slo_micros = self.catalog.slo_for_model(model.name) or DEFAULT_SLO_MICROS
         target = slo_micros / 1e6 * st.batch_slo_fraction
-        options = spec.options if spec is not None else {}
-        policy = options.get("batching", st.batching)
+        # The model's options override the settings; unset (None), the setting applies.
+        options = spec.options if spec is not None else ModelOptions()
+        policy = options.batching or st.batching
         fixed = spec.batch_size if spec is not None and spec.batch_size > 0 else None
         controller: BatchSizeController
-        if policy == "fixed" or (fixed and "batching" not in options):
+        if policy == "fixed" or (fixed and options.batching is None):
             controller = FixedBatchSize(fixed or st.default_batch_size)
         elif policy == "quantile":
             controller = QuantileRegressionController(target, ceiling=fixed or MAX_BATCH_SIZE)
         else:
             controller = AIMDController(target, ceiling=fixed or MAX_BATCH_SIZE)
+        delay_ms, capacity = options.max_batch_delay_ms, options.queue_capacity
         return ModelConfig(
             controller,
-            max_delay_s=float(options.get("max_batch_delay_ms", st.max_batch_delay_ms)) / 1000,
-            queue_capacity=int(options.get("queue_capacity", st.queue_capacity)),
+            max_delay_s=float(st.max_batch_delay_ms if delay_ms is None else delay_ms) / 1000,
+            queue_capacity=int(st.queue_capacity if capacity is None else capacity),
             # Far beyond any sane batch: a replica stuck this long is restarted.
             batch_time_limit_s=max(10 * slo_micros / 1e6, 5.0),
         )
@@ -258,7 +260,7 @@ class ClipperServer:
         """What the autoscaler reads: the dispatcher's typed statistics, per model version."""
         return self.dispatcher.statistics()
 
-    def _model_options(self) -> dict[ModelId, dict[str, Any]]:
+    def _model_options(self) -> dict[ModelId, ModelOptions]:
         return {m: spec.options for m, spec in self.catalog.snapshot.models.items()}
 
     def _after_change(self) -> None:

@@ -1,7 +1,7 @@
-"""The dispatcher against a fake transport (the real one is tested end to end)."""
+"""The dispatcher against a fake transport and fake timers (the real ones are tested
+end to end): no test waits for the wall clock; time moves when a test moves it."""
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
@@ -18,21 +18,23 @@ from clipper.batching.dispatcher import (
 from clipper.cache import PredictionCache
 from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
+from clipper.timers import FakeTimers
 from clipper.types import DefaultReason, ModelId, reason_of
 
 MODEL = ModelId("m", "1")
 
 
 class FakeTransport:
+    """Records each batch sent: (replica identity, {"id", "count"}, inputs)."""
+
     def __init__(self):
         self.sent: list[tuple[bytes, dict, list]] = []
         self.fail_for: set[bytes] = set()
 
-    def __call__(self, identity, frames):
-        if identity in self.fail_for:
+    def send_batch(self, replica, batch_id, inputs, time_limit_s=None):
+        if replica.identity in self.fail_for:
             return False
-        header = p.parse_header(frames[0])
-        self.sent.append((identity, header, [bytes(f) for f in frames[1:]]))
+        self.sent.append((replica.identity, {"id": batch_id, "count": len(inputs)}, list(inputs)))
         return True
 
 
@@ -40,23 +42,23 @@ def replica(name: bytes) -> Replica:
     return Replica(name, MODEL, "doubles", None, name.decode(), 0.0, 0.0)
 
 
-def make(batch=4, cache=None, delay=0.0, capacity=100):
-    d = Dispatcher(
-        configure=lambda _m: ModelConfig(FixedBatchSize(batch), delay, capacity), cache=cache
-    )
+def make(batch=4, cache=None, delay=0.0, capacity=100, controller=None):
+    """A dispatcher on fake timers (its clock starts at 100 s) and a fake transport."""
+    timers = FakeTimers(100.0)
+    config = ModelConfig(controller or FixedBatchSize(batch), delay, capacity)
+    d = Dispatcher(configure=lambda _m: config, cache=cache, timers=timers)
     t = FakeTransport()
     d.set_transport(t)
-    return d, t
+    return d, t, timers
 
 
 def answer(d, rep, header, outputs):
-    frames = p.encode_result_ok(header["id"], outputs)
-    d.batch_result(rep, header["id"], p.parse_header(frames[0]), frames[1:])
+    d.batch_done(rep, header["id"], outputs)
 
 
 def test_idle_replica_pulls_a_batch_of_queued_tasks():
     async def main():
-        d, t = make(batch=4)
+        d, t, _ = make(batch=4)
         r = replica(b"r1")
         d.replica_joined(r)
         futures = [d.submit(MODEL, np.array([float(i)]), deadline=1e12) for i in range(6)]
@@ -80,7 +82,7 @@ def test_idle_replica_pulls_a_batch_of_queued_tasks():
 
 def test_batch_of_a_lost_replica_is_retried_once_on_another():
     async def main():
-        d, t = make()
+        d, t, _ = make()
         r1, r2 = replica(b"r1"), replica(b"r2")
         d.replica_joined(r1)
         fut = d.submit(MODEL, np.array([1.0]), deadline=1e12)
@@ -99,14 +101,12 @@ def test_batch_of_a_lost_replica_is_retried_once_on_another():
 
 def test_model_errors_and_bad_results_become_error_outcomes():
     async def main():
-        d, t = make()
+        d, t, _ = make()
         r = replica(b"r1")
         d.replica_joined(r)
         f1 = d.submit(MODEL, np.array([1.0]), deadline=1e12)
         await asyncio.sleep(0)
-        bid = t.sent[-1][1]["id"]
-        frames = p.encode_result_error(bid, "ValueError", "boom")
-        d.batch_result(r, bid, p.parse_header(frames[0]), [])
+        d.batch_done(r, t.sent[-1][1]["id"], p.ModelRaised("ValueError", "boom"))
         assert (await f1).error == "model m:1 raised ValueError: boom"
         assert reason_of(f1.result()) is DefaultReason.MODEL_ERROR
         f2 = d.submit(MODEL, np.array([1.0]), deadline=1e12)
@@ -114,48 +114,87 @@ def test_model_errors_and_bad_results_become_error_outcomes():
         answer(d, r, t.sent[-1][1], ["x", "y"])  # two outputs for one input
         assert "2 outputs for 1 inputs" in (await f2).error
         assert reason_of(f2.result()) is DefaultReason.MODEL_ERROR
+        f3 = d.submit(MODEL, np.array([1.0]), deadline=1e12)
+        await asyncio.sleep(0)
+        d.batch_done(r, t.sent[-1][1]["id"], p.BadResult("outputs frame is not a list"))
+        assert (await f3).error == "m:1 returned a bad result: outputs frame is not a list"
+        assert reason_of(f3.result()) is DefaultReason.MODEL_ERROR
+        assert d.statistics()[0].errors == 3
 
     asyncio.run(main())
 
 
-def test_a_failed_send_drops_the_replica_and_requeues():
+def test_a_batch_that_cannot_be_encoded_fails_its_queries_and_the_replica_goes_on():
+    class Refusing(FakeTransport):
+        def send_batch(self, replica, batch_id, inputs, time_limit_s=None):
+            if any(isinstance(x, str) for x in inputs):
+                raise TypeError("not a number")
+            return super().send_batch(replica, batch_id, inputs, time_limit_s)
+
     async def main():
-        d, t = make()
-        r1 = replica(b"r1")
-        t.fail_for.add(b"r1")
-        d.replica_joined(r1)
-        fut = d.submit(MODEL, np.array([1.0]), deadline=1e12)
+        d, _, _ = make()
+        t = Refusing()
+        d.set_transport(t)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        bad = d.submit(MODEL, "x", deadline=1e12)
         await asyncio.sleep(0)
-        assert d.live_replicas(MODEL) == 0 and not fut.done()
-        r2 = replica(b"r2")
-        d.replica_joined(r2)
-        answer(d, r2, t.sent[-1][1], [42])
-        assert (await fut).output == 42
+        assert (await bad).error == "could not encode the batch: not a number"
+        assert reason_of(bad.result()) is DefaultReason.OTHER
+        good = d.submit(MODEL, np.array([1.0]), deadline=1e12)
+        await asyncio.sleep(0)
+        answer(d, r, t.sent[-1][1], [1])
+        assert (await good).output == 1 and not d.busy()
+
+    asyncio.run(main())
+
+
+def test_a_frame_sending_function_and_raw_results_go_through_the_rpc_encoding():
+    """``set_transport`` also takes a function that sends frames, and
+    ``batch_result`` a raw result message: the RPC layer encodes and decodes."""
+    sent = []
+
+    async def main():
+        config = ModelConfig(FixedBatchSize(4), batch_time_limit_s=7.0)
+        d = Dispatcher(configure=lambda _m: config, timers=FakeTimers())
+        d.set_transport(lambda identity, frames: sent.append((identity, frames)) or True)
+        r = replica(b"r1")
+        d.replica_joined(r)
+        futures = [d.submit(MODEL, np.array([1.0, float(i)]), deadline=1e12) for i in range(2)]
+        await asyncio.sleep(0)
+        ((identity, frames),) = sent
+        header = p.parse_header(frames[0])
+        assert identity == b"r1" and header["type"] == p.BATCH and header["time_limit_s"] == 7.0
+        inputs = p.decode_inputs(header, [bytes(f) for f in frames[1:]])
+        assert inputs.shape == (2, 2) and inputs[1, 1] == 1.0  # one stacked array frame
+        result = p.encode_result_ok(header["id"], ["a", "b"])
+        d.batch_result(r, header["id"], p.parse_header(result[0]), result[1:])
+        assert [(await f).output for f in futures] == ["a", "b"]
 
     asyncio.run(main())
 
 
 def test_results_for_unknown_batches_are_ignored():
     async def main():
-        d, _ = make()
+        d, _, _ = make()
         r = replica(b"r1")
         d.replica_joined(r)
-        frames = p.encode_result_ok(999, [1])
-        d.batch_result(r, 999, p.parse_header(frames[0]), frames[1:])
+        d.batch_done(r, 999, [1])
         assert d.statistics()[0].batches == 0
 
     asyncio.run(main())
 
 
-def soon(seconds):
-    return time.monotonic() + seconds
-
-
 def test_expired_tasks_answer_by_their_deadline_without_a_replica():
     async def main():
-        d, t = make()
-        fut = d.submit(MODEL, np.array([1.0]), deadline=soon(0.05))
-        outcome = await asyncio.wait_for(fut, 10)
+        d, t, timers = make()
+        fut = d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.05)
+        timers.advance(0.049)
+        await asyncio.sleep(0)
+        assert not fut.done()
+        timers.advance(0.001)  # the deadline: the sweep answers it
+        assert fut.done()
+        outcome = fut.result()
         assert not outcome.ok and EXPIRED in outcome.error
         assert reason_of(outcome) is DefaultReason.SLO
         r = replica(b"r1")
@@ -172,19 +211,22 @@ def test_a_query_the_model_is_too_slow_for_says_so_and_a_later_one_is_computed()
     # and told why (not that it waited in the queue); the estimate halves each
     # time it alone holds a query back, so the model is soon tried again.
     async def main():
-        d, t = make()
+        d, t, timers = make()
         r = replica(b"r1")
         d.replica_joined(r)
-        d._models[MODEL].members[b"r1"].latency = 0.4
-        first = d.submit(MODEL, np.array([1.0]), deadline=soon(0.1))
-        outcome = await asyncio.wait_for(first, 10)
+        d._models[MODEL].members[b"r1"].estimate.latency = 0.4
+        first = d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.1)
+        await asyncio.sleep(0)
+        assert first.done()  # at once, not at its deadline
+        outcome = first.result()
         assert not outcome.ok and TOO_SLOW in outcome.error and EXPIRED not in outcome.error
         assert "about 400 ms" in outcome.error and "not computed" in outcome.error
         assert reason_of(outcome) is DefaultReason.SLO
         assert t.sent == []
-        second = d.submit(MODEL, np.array([2.0]), deadline=soon(0.1))  # 0.2 s estimate
-        assert (await asyncio.wait_for(second, 10)).error.count(TOO_SLOW) == 1
-        third = d.submit(MODEL, np.array([3.0]), deadline=soon(0.2))  # 0.1 s: it fits
+        second = d.submit(MODEL, np.array([2.0]), deadline=timers.now() + 0.1)  # 0.2 s estimate
+        await asyncio.sleep(0)
+        assert second.done() and second.result().error.count(TOO_SLOW) == 1
+        third = d.submit(MODEL, np.array([3.0]), deadline=timers.now() + 0.2)  # 0.1 s: it fits
         await asyncio.sleep(0)
         assert len(t.sent) == 1
         answer(d, r, t.sent[0][1], [3])
@@ -197,46 +239,43 @@ def test_a_replicas_first_batch_does_not_set_the_latency_estimate():
     # The first batch of a replica loads the model (0.4 s here, four times the
     # SLO): counted, it would have the next queries refused uncomputed.
     async def main():
-        now = [100.0]
-        d = Dispatcher(configure=lambda _m: ModelConfig(FixedBatchSize(1)), clock=lambda: now[0])
-        t = FakeTransport()
-        d.set_transport(t)
+        d, t, timers = make(batch=1)
         r1 = replica(b"r1")
         d.replica_joined(r1)
-        first = d.submit(MODEL, np.array([1.0]), deadline=now[0] + 0.1)
+        first = d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.1)
         await asyncio.sleep(0)
-        now[0] += 0.4
+        timers.advance(0.4)
         answer(d, r1, t.sent[-1][1], [1])
         assert (await first).output == 1
-        second = d.submit(MODEL, np.array([2.0]), deadline=now[0] + 0.1)
+        second = d.submit(MODEL, np.array([2.0]), deadline=timers.now() + 0.1)
         await asyncio.sleep(0)
         assert len(t.sent) == 2  # computed, not refused
-        now[0] += 0.01
+        timers.advance(0.01)
         answer(d, r1, t.sent[-1][1], [2])
         assert (await second).output == 2
-        assert d._models[MODEL].members[b"r1"].latency == pytest.approx(0.01)
+        members = d._models[MODEL].members
+        assert members[b"r1"].estimate.latency == pytest.approx(0.01)
         # A replica added later (scaled up, restarted) loads too: same rule.
         r2 = replica(b"r2")
         d.replica_joined(r2)
-        a = d.submit(MODEL, np.array([3.0]), deadline=now[0] + 0.1)
-        b = d.submit(MODEL, np.array([4.0]), deadline=now[0] + 0.1)
+        a = d.submit(MODEL, np.array([3.0]), deadline=timers.now() + 0.1)
+        b = d.submit(MODEL, np.array([4.0]), deadline=timers.now() + 0.1)
         await asyncio.sleep(0)
         by_replica = {ident: header for ident, header, _ in t.sent[-2:]}
-        now[0] += 0.01
+        timers.advance(0.01)
         answer(d, r1, by_replica[b"r1"], [0])
-        now[0] += 0.49
+        timers.advance(0.49)
         answer(d, r2, by_replica[b"r2"], [0])  # 0.5 s, its first
         await asyncio.gather(a, b)
-        members = d._models[MODEL].members
-        assert members[b"r1"].latency == pytest.approx(0.01)
-        assert members[b"r2"].latency == 0.0
+        assert members[b"r1"].estimate.latency == pytest.approx(0.01)
+        assert members[b"r2"].estimate.latency == 0.0
 
     asyncio.run(main())
 
 
 def test_a_full_queue_refuses_at_once():
     async def main():
-        d, _ = make(capacity=2)
+        d, _, _ = make(capacity=2)
         futures = [d.submit(MODEL, np.array([float(i)]), deadline=1e12) for i in range(3)]
         refused = futures[2].result()
         assert refused.overloaded and refused.error == QUEUE_FULL
@@ -250,12 +289,12 @@ def test_a_full_queue_refuses_at_once():
 def test_identical_concurrent_queries_share_one_computation_and_fill_the_cache():
     async def main():
         cache = PredictionCache(1 << 20)
-        d, t = make(cache=cache)
+        d, t, _ = make(cache=cache)
         r = replica(b"r1")
         d.replica_joined(r)
         a = d.submit(MODEL, np.array([7.0]), deadline=1e12)
         b = d.submit(MODEL, np.array([7.0]), deadline=1e12)
-        assert a is b
+        assert a is b and d.statistics()[0].coalesced == 1
         await asyncio.sleep(0)
         assert len(t.sent) == 1 and t.sent[0][1]["count"] == 1
         answer(d, r, t.sent[0][1], ["seven"])
@@ -269,6 +308,9 @@ def test_identical_concurrent_queries_share_one_computation_and_fill_the_cache()
         d.submit(MODEL, np.array([8.0]), deadline=1e12)
         d.submit(ModelId("m", "2"), np.array([7.0]), deadline=1e12)
         assert cache.statistics().hits == 1
+        # Without the cache (an app that turned it off), nothing is shared.
+        c = d.submit(MODEL, np.array([8.0]), deadline=1e12, use_cache=False)
+        assert c is not d.submit(MODEL, np.array([8.0]), deadline=1e12, use_cache=False)
 
     asyncio.run(main())
 
@@ -276,10 +318,11 @@ def test_identical_concurrent_queries_share_one_computation_and_fill_the_cache()
 def test_a_pending_entry_is_released_when_its_task_fails_or_expires():
     async def main():
         cache = PredictionCache(1 << 20)
-        d, t = make(cache=cache)
+        d, t, timers = make(cache=cache)
         # Expired without a replica: the next identical query starts afresh.
-        first = d.submit(MODEL, np.array([1.0]), deadline=soon(0.05))
-        assert not (await asyncio.wait_for(first, 10)).ok
+        first = d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.05)
+        timers.advance(0.05)
+        assert not first.result().ok
         await asyncio.sleep(0)
         assert d.pending_entries() == 0
         r = replica(b"r1")
@@ -287,9 +330,7 @@ def test_a_pending_entry_is_released_when_its_task_fails_or_expires():
         second = d.submit(MODEL, np.array([1.0]), deadline=1e12)
         assert second is not first
         await asyncio.sleep(0)
-        bid = t.sent[-1][1]["id"]
-        frames = p.encode_result_error(bid, "RuntimeError", "flaky")
-        d.batch_result(r, bid, p.parse_header(frames[0]), [])
+        d.batch_done(r, t.sent[-1][1]["id"], p.ModelRaised("RuntimeError", "flaky"))
         assert not (await second).ok
         await asyncio.sleep(0)
         assert d.pending_entries() == 0
@@ -302,15 +343,30 @@ def test_a_pending_entry_is_released_when_its_task_fails_or_expires():
     asyncio.run(main())
 
 
+def test_a_computation_past_its_deadline_does_not_capture_later_queries():
+    async def main():
+        d, _, timers = make(cache=PredictionCache(1 << 20))
+        r = replica(b"r1")
+        d.replica_joined(r)
+        stuck = d.submit(MODEL, np.array([5.0]), deadline=timers.now() + 0.05)
+        await asyncio.sleep(0)
+        timers.advance(0.05)  # on the replica, past its deadline
+        later = d.submit(MODEL, np.array([5.0]), deadline=timers.now() + 0.05)
+        assert later is not stuck and d.statistics()[0].coalesced == 0
+
+    asyncio.run(main())
+
+
 def test_a_late_result_still_fills_the_cache():
     async def main():
         cache = PredictionCache(1 << 20)
-        d, t = make(cache=cache)
+        d, t, timers = make(cache=cache)
         r = replica(b"r1")
         d.replica_joined(r)
-        fut = d.submit(MODEL, np.array([3.0]), deadline=soon(0.02))
+        fut = d.submit(MODEL, np.array([3.0]), deadline=timers.now() + 0.02)
         await asyncio.sleep(0)
-        await asyncio.sleep(0.05)  # the caller gave up at its deadline
+        timers.advance(0.05)  # the caller gave up at its deadline
+        assert not fut.done()  # on a replica: the caller applies the deadline
         answer(d, r, t.sent[-1][1], ["late"])
         assert fut.result().output == "late"
         await asyncio.sleep(0)
@@ -321,22 +377,26 @@ def test_a_late_result_still_fills_the_cache():
 
 def test_delayed_batching_waits_for_a_fuller_batch_up_to_the_bound():
     async def main():
-        d, t = make(batch=4, delay=0.2)
+        d, t, timers = make(batch=4, delay=0.2)
         r = replica(b"r1")
         d.replica_joined(r)
         d.submit(MODEL, np.array([1.0]), deadline=1e12)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        timers.advance(0.01)
         assert t.sent == []  # waiting for more
         for i in range(3):
             d.submit(MODEL, np.array([float(i)]), deadline=1e12)
         await asyncio.sleep(0)
         assert len(t.sent) == 1 and t.sent[0][1]["count"] == 4  # full: go at once
         answer(d, r, t.sent[0][1], [0, 1, 2, 3])
-        start = time.monotonic()
         lone = d.submit(MODEL, np.array([9.0]), deadline=1e12)
-        while len(t.sent) < 2:
-            await asyncio.sleep(0.01)
-        assert time.monotonic() - start >= 0.15  # the bound, then what there is
+        await asyncio.sleep(0)
+        timers.advance(0.15)
+        assert len(t.sent) == 1  # within the bound: still waiting
+        # The bound, then what there is. (The model's one delay timer was set
+        # for the first query, 10 ms before this one came: it ends the wait.)
+        timers.advance(0.04)
+        assert len(t.sent) == 2
         assert t.sent[1][1]["count"] == 1
         answer(d, r, t.sent[1][1], ["x"])
         assert (await lone).output == "x"
@@ -349,27 +409,22 @@ def test_one_slow_batch_does_not_starve_the_model():
     holds back must not stop the model for good (the estimate decays)."""
 
     async def main():
-        clock = [1000.0]
-        d = Dispatcher(
-            configure=lambda _m: ModelConfig(FixedBatchSize(4), 0.0, 100), clock=lambda: clock[0]
-        )
-        t = FakeTransport()
-        d.set_transport(t)
+        d, t, timers = make(batch=4)
         r = replica(b"r1")
         d.replica_joined(r)
-        d.submit(MODEL, np.array([1.0]), deadline=clock[0] + 0.1)
+        d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.1)
         await asyncio.sleep(0)
-        clock[0] += 5.0  # that batch took 5 s: the estimate is now 5 s
+        timers.advance(5.0)  # that batch took 5 s: the estimate is now 5 s
         answer(d, r, t.sent[-1][1], [1])
         served = 0
         for i in range(20):  # fresh queries with 100 ms each: dropped at first...
-            fut = d.submit(MODEL, np.array([float(i)]), deadline=clock[0] + 0.1)
+            fut = d.submit(MODEL, np.array([float(i)]), deadline=timers.now() + 0.1)
             await asyncio.sleep(0)
             if len(t.sent) > 1 + served:
                 answer(d, r, t.sent[-1][1], [i])
                 served += 1
                 assert (await fut).ok
-            clock[0] += 0.01
+            timers.advance(0.01)
         assert served > 0  # ...until the estimate decays and the model serves again
 
     asyncio.run(main())
@@ -380,23 +435,18 @@ def test_an_adaptive_controller_sends_singles_when_pairs_cost_more_per_query():
     whose pairs take 4x a single call gets singles when two tasks wait."""
 
     async def main():
-        clock = [1000.0]
-        d = Dispatcher(
-            configure=lambda _m: ModelConfig(AIMDController(1.0, initial=8), 0.0, 100),
-            clock=lambda: clock[0],
-        )
-        t = FakeTransport()
-        d.set_transport(t)
+        d, t, timers = make(controller=AIMDController(1.0, initial=8))
         r = replica(b"r1")
         d.replica_joined(r)
         cost = {1: 0.001, 2: 0.004}
 
         async def serve_round():
-            futures = [d.submit(MODEL, np.array([1.0]), deadline=clock[0] + 10) for _ in range(2)]
+            deadline = timers.now() + 10
+            futures = [d.submit(MODEL, np.array([1.0]), deadline=deadline) for _ in range(2)]
             await asyncio.sleep(0)
             while not all(f.done() for f in futures):
                 header = t.sent[-1][1]
-                clock[0] += cost[header["count"]]
+                timers.advance(cost[header["count"]])
                 answer(d, r, header, [0] * header["count"])
                 await asyncio.sleep(0)
             return [s[1]["count"] for s in t.sent]
@@ -414,7 +464,7 @@ def test_an_adaptive_controller_sends_singles_when_pairs_cost_more_per_query():
 
 def test_a_fixed_batch_size_is_taken_as_given():
     async def main():
-        d, t = make(batch=2)
+        d, t, _ = make(batch=2)
         r = replica(b"r1")
         d.replica_joined(r)
         for size in (1, 2, 1, 2, 1, 2, 1, 2):  # pairs look expensive...
@@ -439,9 +489,7 @@ def test_the_controller_hears_each_batch_with_the_tasks_left_waiting():
             self.seen.append((batch_size, waiting))
 
     async def main():
-        d = Dispatcher(configure=lambda _m: ModelConfig(Recording(4)))
-        t = FakeTransport()
-        d.set_transport(t)
+        d, t, _ = make(controller=Recording(4))
         r = replica(b"r1")
         d.replica_joined(r)
         futures = [d.submit(MODEL, np.array([float(i)]), deadline=1e12) for i in range(7)]
@@ -455,33 +503,22 @@ def test_the_controller_hears_each_batch_with_the_tasks_left_waiting():
     asyncio.run(main())
 
 
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def two_replicas(controller=None):
-    """A dispatcher on a fake clock with a fast replica r1 and a slow one r2
+    """A dispatcher on fake timers with a fast replica r1 and a slow one r2
     (batch latency estimates 5 ms and 50 ms)."""
-    clock = Clock()
-    d = Dispatcher(configure=lambda _m: ModelConfig(controller or FixedBatchSize(8)), clock=clock)
-    t = FakeTransport()
-    d.set_transport(t)
+    d, t, timers = make(controller=controller or FixedBatchSize(8))
     fast, slow = replica(b"r1"), replica(b"r2")
     d.replica_joined(fast)
     d.replica_joined(slow)
     members = d._models[MODEL].members
     for member, latency in ((members[b"r1"], 0.005), (members[b"r2"], 0.05)):
-        member.answered, member.latency = True, latency
-    return d, t, clock, fast, slow
+        member.estimate.answered, member.estimate.latency = True, latency
+    return d, t, timers, fast, slow
 
 
-async def keep_fast_busy(d, t, clock, seconds=10.0):
+async def keep_fast_busy(d, t, timers, seconds=10.0):
     """Send one task, which the fast replica (first in line) takes and keeps."""
-    busy = d.submit(MODEL, np.array([0.0]), deadline=clock.now + seconds)
+    busy = d.submit(MODEL, np.array([0.0]), deadline=timers.now() + seconds)
     await asyncio.sleep(0)
     assert [ident for ident, _, _ in t.sent] == [b"r1"]
     return busy
@@ -489,60 +526,62 @@ async def keep_fast_busy(d, t, clock, seconds=10.0):
 
 def test_a_slow_replica_leaves_to_a_fast_one_what_it_cannot_finish_in_time():
     async def main():
-        d, t, clock, fast, slow = two_replicas()
-        busy = await keep_fast_busy(d, t, clock)
+        d, t, timers, fast, slow = two_replicas()
+        busy = await keep_fast_busy(d, t, timers)
         # The fast replica is busy. 30 ms left: too little for the slow one
         # (50 ms), enough for the fast (5 ms): kept for it, neither sent nor
         # refused.
-        urgent = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.03)
+        urgent = d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.03)
         await asyncio.sleep(0)
         assert len(t.sent) == 1 and not urgent.done()
         # 200 ms left: the slow replica takes it (and only it).
-        relaxed = d.submit(MODEL, np.array([2.0]), deadline=clock.now + 0.2)
+        relaxed = d.submit(MODEL, np.array([2.0]), deadline=timers.now() + 0.2)
         await asyncio.sleep(0)
         assert len(t.sent) == 2 and t.sent[1][0] == b"r2" and t.sent[1][1]["count"] == 1
         # The fast one answers and takes the urgent task.
-        clock.now += 0.005
+        timers.advance(0.005)
         answer(d, fast, t.sent[0][1], ["busy"])
         assert len(t.sent) == 3 and t.sent[2][0] == b"r1"
-        clock.now += 0.005
+        timers.advance(0.005)
         answer(d, fast, t.sent[2][1], ["urgent"])
-        clock.now += 0.04  # 50 ms after it was sent
+        timers.advance(0.04)  # 50 ms after it was sent
         answer(d, slow, t.sent[1][1], ["relaxed"])
         assert [(await f).output for f in (busy, urgent, relaxed)] == ["busy", "urgent", "relaxed"]
         # Each replica's estimate follows its own batches.
         members = d._models[MODEL].members
-        assert members[b"r1"].latency == pytest.approx(0.005)
-        assert members[b"r2"].latency == pytest.approx(0.05)
+        assert members[b"r1"].estimate.latency == pytest.approx(0.005)
+        assert members[b"r2"].estimate.latency == pytest.approx(0.05)
 
     asyncio.run(main())
 
 
 def test_a_task_even_the_fastest_replica_cannot_finish_is_refused_not_kept():
     async def main():
-        d, t, clock, _fast, _slow = two_replicas()
-        await keep_fast_busy(d, t, clock)
-        hopeless = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.002)
-        outcome = await asyncio.wait_for(hopeless, 10)
+        d, t, timers, _fast, _slow = two_replicas()
+        await keep_fast_busy(d, t, timers)
+        hopeless = d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.002)
+        await asyncio.sleep(0)
+        assert hopeless.done()  # at once, not at its deadline
+        outcome = hopeless.result()
         assert not outcome.ok and TOO_SLOW in outcome.error
         assert "its fastest replica's recent batches took about 5 ms" in outcome.error
         assert len(t.sent) == 1
         # The fast replica is computing: its estimate is left as it is.
-        assert d._models[MODEL].members[b"r1"].latency == pytest.approx(0.005)
+        assert d._models[MODEL].members[b"r1"].estimate.latency == pytest.approx(0.005)
 
     asyncio.run(main())
 
 
 def test_a_slow_replica_idle_a_while_tries_one_task_and_its_estimate_starts_afresh():
     async def main():
-        d, t, clock, _fast, slow = two_replicas()
-        await keep_fast_busy(d, t, clock)
-        first = d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.03)
+        d, t, timers, _fast, slow = two_replicas()
+        await keep_fast_busy(d, t, timers)
+        first = d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.03)
         await asyncio.sleep(0)
         assert len(t.sent) == 1  # kept for the fast replica, which is busy
-        clock.now += PROBE_AFTER_S
+        timers.advance(PROBE_AFTER_S)
         urgent = [
-            d.submit(MODEL, np.array([2.0 + i]), deadline=clock.now + 0.03 + 0.001 * i)
+            d.submit(MODEL, np.array([2.0 + i]), deadline=timers.now() + 0.03 + 0.001 * i)
             for i in (0, 2, 1)
         ]
         await asyncio.sleep(0)
@@ -551,10 +590,10 @@ def test_a_slow_replica_idle_a_while_tries_one_task_and_its_estimate_starts_afre
         # expired meanwhile).
         assert EXPIRED in (await first).error
         assert len(t.sent) == 2 and t.sent[1][0] == b"r2" and t.sent[1][1]["count"] == 1
-        clock.now += 0.004  # it has become fast
+        timers.advance(0.004)  # it has become fast
         answer(d, slow, t.sent[1][1], ["probe"])
         assert (await urgent[1]).output == "probe"
-        assert d._models[MODEL].members[b"r2"].latency == pytest.approx(0.004)
+        assert d._models[MODEL].members[b"r2"].estimate.latency == pytest.approx(0.004)
         # Now it takes the rest as a batch, earliest due first.
         assert len(t.sent) == 3 and t.sent[2][0] == b"r2" and t.sent[2][1]["count"] == 2
         answer(d, slow, t.sent[2][1], ["b", "c"])
@@ -565,19 +604,19 @@ def test_a_slow_replica_idle_a_while_tries_one_task_and_its_estimate_starts_afre
 
 def test_a_replica_still_slow_after_a_try_waits_twice_as_long_for_the_next():
     async def main():
-        d, t, clock, _fast, slow = two_replicas()
-        await keep_fast_busy(d, t, clock, seconds=100)
+        d, t, timers, _fast, slow = two_replicas()
+        await keep_fast_busy(d, t, timers, seconds=100)
         waits = []
         for _ in range(3):
-            idle_from = clock.now
+            idle_from = timers.now()
             sent = len(t.sent)
             while len(t.sent) == sent:  # a task the slow replica should leave, every 0.25 s
-                clock.now += 0.25
-                d.submit(MODEL, np.array([1.0]), deadline=clock.now + 0.03)
+                timers.advance(0.25)
+                d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 0.03)
                 await asyncio.sleep(0)
-            waits.append(clock.now - idle_from)
+            waits.append(timers.now() - idle_from)
             assert t.sent[-1][0] == b"r2" and t.sent[-1][1]["count"] == 1
-            clock.now += 0.05  # still slow
+            timers.advance(0.05)  # still slow
             answer(d, slow, t.sent[-1][1], ["late"])
         assert waits == [
             pytest.approx(w) for w in (PROBE_AFTER_S, 2 * PROBE_AFTER_S, 4 * PROBE_AFTER_S)
@@ -588,7 +627,7 @@ def test_a_replica_still_slow_after_a_try_waits_twice_as_long_for_the_next():
 
 def test_each_replica_has_its_own_batch_size_controller():
     async def main():
-        d, t, clock, fast, slow = two_replicas(AIMDController(0.02, initial=4))
+        d, t, timers, fast, slow = two_replicas(AIMDController(0.02, initial=4))
         members = d._models[MODEL].members
         answered: set[int] = set()
 
@@ -597,21 +636,22 @@ def test_each_replica_has_its_own_batch_size_controller():
             for ident, header, _ in list(t.sent):
                 if ident == rep.identity and header["id"] not in answered:
                     answered.add(header["id"])
-                    clock.now += latency
+                    timers.advance(latency)
                     answer(d, rep, header, [0] * header["count"])
 
-        first = [d.submit(MODEL, np.array([1.0]), deadline=clock.now + 10) for _ in range(8)]
+        first = [d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 10) for _ in range(8)]
         await asyncio.sleep(0)
         assert {ident for ident, _, _ in t.sent} == {b"r1", b"r2"}
         # While the slow replica computes its batch, the fast one serves rounds
         # of 8 queries, each batch within the 20 ms target: its size grows.
         for _ in range(6):
-            futures = [d.submit(MODEL, np.array([1.0]), deadline=clock.now + 10) for _ in range(8)]
+            deadline = timers.now() + 10
+            futures = [d.submit(MODEL, np.array([1.0]), deadline=deadline) for _ in range(8)]
             await asyncio.sleep(0)
             while not all(f.done() for f in futures):
                 drain(fast, 0.005)
                 await asyncio.sleep(0)
-        clock.now += 0.5
+        timers.advance(0.5)
         drain(slow, 0.0)  # half a second: a miss, for the slow replica only
         while not all(f.done() for f in first):
             drain(fast, 0.005)
@@ -632,7 +672,7 @@ def test_each_replica_has_its_own_batch_size_controller():
 def test_reconfigure_keeps_what_each_replica_learned_or_replaces_its_controller():
     async def main():
         configs = {"now": ModelConfig(AIMDController(0.02, initial=4))}
-        d = Dispatcher(configure=lambda _m: configs["now"])
+        d = Dispatcher(configure=lambda _m: configs["now"], timers=FakeTimers())
         d.set_transport(FakeTransport())
         d.replica_joined(replica(b"r1"))
         d.replica_joined(replica(b"r2"))
@@ -653,5 +693,18 @@ def test_reconfigure_keeps_what_each_replica_learned_or_replaces_its_controller(
         assert all(isinstance(c, FixedBatchSize) for c in controllers)
         assert controllers[0] is not controllers[1]
         assert d.statistics()[0].max_batch_size == 16
+
+    asyncio.run(main())
+
+
+def test_timers_are_cancelled_on_close():
+    async def main():
+        d, _, timers = make(delay=0.2)
+        d.replica_joined(replica(b"r1"))
+        d.submit(MODEL, np.array([1.0]), deadline=timers.now() + 1.0)
+        await asyncio.sleep(0)
+        assert len(timers.pending()) == 2  # the queue's sweep and the batching delay
+        d.close()
+        assert timers.pending() == []
 
     asyncio.run(main())

@@ -110,3 +110,26 @@ def test_a_result_error_is_cut_when_encoded_and_when_received():
     received = {"error_type": {"a": 1}, "error_message": "e" * 10_000}
     p.bound_error(received)
     assert received == {"error_type": "{'a': 1}", "error_message": "e" * 1999 + "…"}
+
+
+def test_a_batch_message_is_its_header_then_the_inputs_frames_zero_copy():
+    inputs = [np.arange(3, dtype=np.float64), np.arange(3, dtype=np.float64) + 1]
+    frames = p.encode_batch(4, "doubles", inputs, time_limit_s=2.5)
+    header = p.parse_header(frames[0])
+    assert header["type"] == p.BATCH and header["id"] == 4 and header["time_limit_s"] == 2.5
+    assert isinstance(frames[1], memoryview)  # a view of the stacked array, not a copy
+    np.testing.assert_array_equal(p.decode_inputs(header, frames[1:]), np.stack(inputs))
+    assert "time_limit_s" not in p.parse_header(p.encode_batch(5, "strings", ["a"])[0])
+
+
+def test_a_result_decodes_to_its_outputs_or_why_there_are_none():
+    ok = p.encode_result_ok(1, [1, "two"])
+    assert p.decode_result(p.parse_header(ok[0]), ok[1:]) == [1, "two"]  # count unchecked
+    failed = p.encode_result_error(2, "ValueError", "boom")
+    assert p.decode_result(p.parse_header(failed[0]), []) == p.ModelRaised("ValueError", "boom")
+    bare = {"v": 1, "type": p.RESULT, "id": 3, "ok": False}
+    assert p.decode_result(bare, []) == p.ModelRaised("Error", "")
+    unreadable = p.decode_result(p.parse_header(ok[0]), [b"\xc1"])
+    assert isinstance(unreadable, p.BadResult) and "malformed msgpack" in unreadable.reason
+    two_frames = p.decode_result(p.parse_header(ok[0]), [ok[1], ok[1]])
+    assert two_frames == p.BadResult("result expects 1 outputs frame, got 2")

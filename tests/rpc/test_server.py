@@ -1,30 +1,46 @@
-"""The RPC endpoint with real ZeroMQ sockets on a free port."""
+"""The RPC endpoint with real ZeroMQ sockets on a free port, its liveness checks
+on fake timers (``server.timers``: they run when a test moves the clock)."""
 
 import asyncio
 
 import msgpack
+import numpy as np
+import pytest
 import zmq
 import zmq.asyncio
 
 from clipper.rpc import protocol as p
 from clipper.rpc.server import RPCServer
+from clipper.timers import FakeTimers
 from tests.helpers import free_port
 
 
 class Recorder:
     def __init__(self):
         self.events = []
-        self.headers = {}  # batch id -> the result's header, as the listener got it
+        self.results = {}  # batch id -> the result, as the listener got it
+        self.replicas = []
 
     def replica_joined(self, replica):
         self.events.append(("joined", replica.model.name))
+        self.replicas.append(replica)
 
     def replica_left(self, replica, reason):
         self.events.append(("left", reason))
 
+    def batch_done(self, replica, batch_id, result):
+        self.events.append(("result", batch_id))
+        self.results[batch_id] = result
+
+
+class RawRecorder(Recorder):
+    """A listener of the wire itself: results as they came (header, frames)."""
+
+    batch_done = None
+
     def batch_result(self, replica, batch_id, header, frames):
         self.events.append(("result", batch_id))
-        self.headers[batch_id] = (header, frames)
+        self.results[batch_id] = (header, frames)
 
 
 async def until(condition, timeout=20.0):
@@ -34,12 +50,14 @@ async def until(condition, timeout=20.0):
         await asyncio.sleep(0.01)
 
 
-def run(coro_fn, **settings):
+def run(coro_fn, listener=None, **settings):
     """Run ``coro_fn(server, listener, dealer)`` against an endpoint on a free
-    port (``settings`` override its keyword arguments) and a raw DEALER."""
+    port (``settings`` override its keyword arguments; its timers are fake
+    unless given) and a raw DEALER."""
 
     async def main():
-        listener = Recorder()
+        nonlocal listener
+        listener = listener or Recorder()
         address = f"tcp://127.0.0.1:{free_port()}"
         server = RPCServer(
             address,
@@ -48,6 +66,7 @@ def run(coro_fn, **settings):
                 "check_registration": lambda m, t: None if m.name != "ghost" else "unknown model",
                 "heartbeat_interval": 0.05,
                 "heartbeat_timeout": 0.5,
+                "timers": FakeTimers(),
                 **settings,
             },
         )
@@ -80,10 +99,13 @@ def test_registration_heartbeats_results_and_goodbye():
         await dealer.send_multipart(register())
         assert await recv_type(dealer) == p.REGISTERED
         assert listener.events == [("joined", "m")]
-        # The frontend heartbeats us; results for a known replica reach the listener.
+        # The frontend heartbeats us, every interval; results for a known
+        # replica reach the listener, decoded.
+        server.timers.advance(0.05)
         assert await recv_type(dealer) == p.HEARTBEAT
         await dealer.send_multipart(p.encode_result_ok(9, [1]))
         await until(lambda: ("result", 9) in listener.events)
+        assert listener.results[9] == [1]
         await dealer.send_multipart([p.make(p.GOODBYE)])
         await until(lambda: ("left", "container shut down") in listener.events)
         assert server.replicas == {}
@@ -108,11 +130,14 @@ def test_a_silent_replica_is_removed_and_sends_to_it_fail():
         assert await recv_type(dealer) == p.REGISTERED
         identity = next(iter(server.replicas))
         dealer.close(0)  # gone without a goodbye
-        await until(lambda: any(e[0] == "left" for e in listener.events))
-        assert not server.send(identity, [p.make(p.HEARTBEAT)])
+        server.timers.advance(1.0)  # heartbeats until the timeout: still counted live
+        assert server.replicas and not any(e[0] == "left" for e in listener.events)
+        server.timers.advance(0.25)  # the next check: silent past the timeout
+        assert listener.events[-1] == ("left", "no heartbeat for 1.2s") and not server.replicas
+        await until(lambda: not server.send(identity, [p.make(p.HEARTBEAT)]))
         assert not server.send(b"nobody", [p.make(p.HEARTBEAT)])
 
-    run(body)
+    run(body, heartbeat_interval=0.25, heartbeat_timeout=1.0)
 
 
 def test_garbage_is_counted_and_dropped():
@@ -126,30 +151,36 @@ def test_garbage_is_counted_and_dropped():
     run(body)
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
+class Clock:
+    """Sets the time of fake timers: ``clock.now = t`` moves them to ``t``."""
 
-    def __call__(self):
-        return self.now
+    def __init__(self, timers):
+        self.timers = timers
+
+    @property
+    def now(self):
+        return self.timers.now()
+
+    @now.setter
+    def now(self, when):
+        self.timers.advance(when - self.timers.now())
 
 
 def run_hung(coro_fn, grace=5.0):
     """A registered replica on an endpoint whose liveness the test drives
-    (``check_liveness`` on a fake clock; the background loop never ticks) and
-    which records what it reports hung."""
-    clock, hung = FakeClock(), []
+    (``check_liveness`` on the fake clock; the interval is too long for a
+    tick) and which records what it reports hung."""
+    hung = []
 
     async def body(server, listener, dealer):
         await dealer.send_multipart(register())
         assert await recv_type(dealer) == p.REGISTERED
-        await coro_fn(server, listener, dealer, clock, hung)
+        await coro_fn(server, listener, dealer, Clock(server.timers), hung)
 
     run(
         body,
         heartbeat_interval=3600.0,
         heartbeat_timeout=3.0,
-        clock=clock,
         on_unresponsive=hung.append,
         unresponsive_after=lambda model: grace if model.name == "m" else 1.0,
     )
@@ -226,3 +257,65 @@ def test_a_failing_hung_report_does_not_stop_liveness_checks():
         assert listener.events[-1][0] == "left"
 
     run_hung(body)
+
+
+def test_a_batch_goes_out_encoded_and_its_result_comes_back_decoded():
+    async def body(server, listener, dealer):
+        await dealer.send_multipart(register())
+        assert await recv_type(dealer) == p.REGISTERED
+        (replica,) = listener.replicas
+        inputs = [np.array([1.0, 2.0]), np.array([3.0, 4.0])]
+        assert server.send_batch(replica, 7, inputs, time_limit_s=3.0)
+        frames = await asyncio.wait_for(dealer.recv_multipart(), 20)
+        header = p.parse_header(frames[0])
+        assert header["type"] == p.BATCH and header["id"] == 7 and header["time_limit_s"] == 3.0
+        assert p.decode_inputs(header, frames[1:]).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+        await dealer.send_multipart(p.encode_result_ok(7, [3.0, 7.0]))
+        await dealer.send_multipart(p.encode_result_error(8, "ValueError", "boom"))
+        await dealer.send_multipart([p.make(p.RESULT, id=9, ok=True), p.pack({"not": "a list"})])
+        await until(lambda: ("result", 9) in listener.events)
+        assert listener.results[7] == [3.0, 7.0]
+        assert listener.results[8] == p.ModelRaised("ValueError", "boom")
+        assert listener.results[9] == p.BadResult("outputs frame is not a list")
+
+    run(body)
+
+
+def test_a_listener_of_the_wire_gets_results_as_they_came():
+    async def body(server, listener, dealer):
+        await dealer.send_multipart(register())
+        assert await recv_type(dealer) == p.REGISTERED
+        await dealer.send_multipart(p.encode_result_ok(3, ["x"]))
+        await until(lambda: ("result", 3) in listener.events)
+        header, frames = listener.results[3]
+        assert header["ok"] is True and p.decode_outputs(frames, 1) == ["x"]
+
+    run(body, listener=RawRecorder())
+
+
+def test_a_send_batch_to_a_vanished_replica_is_false_and_bad_inputs_raise():
+    async def body(server, listener, dealer):
+        await dealer.send_multipart(register())
+        assert await recv_type(dealer) == p.REGISTERED
+        (replica,) = listener.replicas
+        with pytest.raises((TypeError, ValueError, AttributeError)):
+            server.send_batch(replica, 1, ["not a number"])  # nothing is sent
+        dealer.close(0)
+        await until(lambda: not server.send_batch(replica, 2, [np.array([1.0])]))
+
+    run(body)
+
+
+def test_liveness_checks_run_every_interval_on_the_servers_timers():
+    async def body(server, listener, dealer):
+        await dealer.send_multipart(register())
+        assert await recv_type(dealer) == p.REGISTERED
+        server.timers.advance(0.75)  # three intervals: three heartbeats
+        assert [await recv_type(dealer) for _ in range(3)] == [p.HEARTBEAT] * 3
+        await dealer.send_multipart([p.make(p.HEARTBEAT)])  # keeps it live...
+        assert await recv_type(dealer) == p.HEARTBEAT
+        server.timers.advance(0.75)
+        assert server.replicas  # ...past the timeout counted from its registration
+        assert server.timers.pending() == [1.75]
+
+    run(body, heartbeat_interval=0.25, heartbeat_timeout=1.0)

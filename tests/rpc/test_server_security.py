@@ -16,7 +16,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from clipper.rpc import protocol as p
 from clipper.rpc import server as server_module
-from tests.rpc.test_server import FakeClock, recv_type, run, until
+from tests.rpc.test_server import recv_type, run, until
 
 SECRET = "the-right-secret"
 
@@ -136,7 +136,6 @@ def test_strangers_cannot_settle_batches_and_are_not_logged_per_message(caplog):
 def test_heartbeats_of_strangers_are_answered_within_a_rate(monkeypatch):
     monkeypatch.setattr(server_module, "REREGISTER_BURST", 5.0)
     monkeypatch.setattr(server_module, "REREGISTER_RATE", 1.0)
-    clock = FakeClock()
 
     async def replies_until_rejected(dealer, heartbeats):
         for _ in range(heartbeats):
@@ -149,10 +148,10 @@ def test_heartbeats_of_strangers_are_answered_within_a_rate(monkeypatch):
 
     async def body(server, listener, dealer):
         assert await replies_until_rejected(dealer, 20) == [p.REREGISTER] * 5
-        clock.now += 2.0  # two more per second
+        server.timers.advance(2.0)  # two more per second
         assert await replies_until_rejected(dealer, 20) == [p.REREGISTER] * 2
 
-    run(body, secret=SECRET, clock=clock, heartbeat_interval=3600.0)
+    run(body, secret=SECRET, heartbeat_interval=3600.0)
 
 
 def test_messages_over_the_frame_and_size_limits_are_dropped():
@@ -170,10 +169,10 @@ def test_messages_over_the_frame_and_size_limits_are_dropped():
         await dealer.send_multipart(p.encode_result_ok(6, ["x" * 4080]))
         await until(lambda: ("result", 6) in listener.events)
         for batch_id in (5, 6):
-            header, frames = listener.headers[batch_id]
-            assert header["ok"] is False and frames == []
-            assert header["error_type"] == p.RESULT_TOO_LARGE
-            assert "4,096 bytes" in header["error_message"]
+            result = listener.results[batch_id]  # no outputs: a model error
+            assert isinstance(result, p.ModelRaised)
+            assert result.error_type == p.RESULT_TOO_LARGE
+            assert "4,096 bytes" in result.message
         assert server.oversized_messages == 3
         # A frame over the limit costs the sender its connection, before it is read.
         await dealer.send_multipart(p.encode_result_ok(8, ["x" * 10_000]))
@@ -208,12 +207,12 @@ def test_a_replicas_error_text_is_cut_on_the_server():
             [msgpack.packb({**huge, "id": 2, "error_message": ["e" * 50] * 1000})]
         )
         await until(lambda: ("result", 2) in listener.events)
-        header, _ = listener.headers[1]
-        assert len(header["error_type"]) == p.MAX_ERROR_TYPE
-        assert len(header["error_message"]) == p.MAX_ERROR_MESSAGE
-        assert header["error_message"].startswith("eeee") and header["error_message"][-1] == "…"
-        header, _ = listener.headers[2]
-        assert len(header["error_message"]) == p.MAX_ERROR_MESSAGE
+        result = listener.results[1]
+        assert len(result.error_type) == p.MAX_ERROR_TYPE
+        assert len(result.message) == p.MAX_ERROR_MESSAGE
+        assert result.message.startswith("eeee") and result.message[-1] == "…"
+        result = listener.results[2]
+        assert len(result.message) == p.MAX_ERROR_MESSAGE
 
     run(body, heartbeat_interval=3600.0)
 

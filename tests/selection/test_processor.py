@@ -1,5 +1,6 @@
 """``QueryProcessor.predict_soon``: the query port's callback path, with a real
-dispatcher and a scripted replica (no sockets; the RPC layer is tested elsewhere).
+dispatcher and a scripted replica (no sockets; the RPC layer is tested elsewhere),
+on fake timers: a deadline passes when a test moves the clock, not by waiting.
 
 It must settle its future in every case, by the deadline: the model's answer,
 the default when the model is too late, an error for a bad version pin, and an
@@ -19,13 +20,13 @@ import pytest
 from clipper.batching.controllers import FixedBatchSize
 from clipper.batching.dispatcher import QUEUE_FULL, Dispatcher, ModelConfig
 from clipper.exceptions import ValidationError
-from clipper.rpc import protocol as p
 from clipper.rpc.server import Replica
 from clipper.selection.processor import COLD, NO_MODELS, SLO_MISSED, Prediction, QueryProcessor
 from clipper.selection.state import PolicyStates
 from clipper.store.catalog import Catalog
 from clipper.store.memory import MemoryStore
-from clipper.types import AppSpec, DefaultReason, InputType, ModelId, ModelSpec
+from clipper.timers import FakeTimers
+from clipper.types import AppOptions, AppSpec, DefaultReason, InputType, ModelId, ModelSpec
 
 MODEL = ModelId("m", "1")
 
@@ -34,7 +35,8 @@ def config_store(app_options: dict[str, Any] | None = None, policy: str = "singl
     """The embedded store with one app ``a`` (SLO 50 ms) linked to model ``m:1``."""
     store = MemoryStore()
     store.add_model(ModelSpec("m", "1", InputType.DOUBLES))
-    spec = AppSpec("a", InputType.DOUBLES, "-1", 50_000, policy=policy, options=app_options or {})
+    options = AppOptions.parse(app_options or {})
+    spec = AppSpec("a", InputType.DOUBLES, "-1", 50_000, policy=policy, options=options)
     store.add_app(spec)
     store.add_links("a", ["m"])
     return store
@@ -64,28 +66,38 @@ def setup(
     queue_capacity: int = 10_000,
     policy: str = "single",
 ) -> tuple[QueryProcessor, Any]:
-    """A processor whose dispatcher has one replica of ``m:1``; the replica
-    answers each batch with each input's sum, on the next loop turn (or never)."""
+    """A processor whose dispatcher has one replica of ``m:1``, both on the same
+    fake timers (``processor.timers``); the replica answers each batch with each
+    input's sum, on the next loop turn (or never)."""
+    timers = FakeTimers(1000.0)
     config = ModelConfig(FixedBatchSize(64), queue_capacity=queue_capacity)
-    dispatcher = Dispatcher(configure=lambda _model: config)
+    dispatcher = Dispatcher(configure=lambda _model: config, timers=timers)
     replica = Replica(b"r", MODEL, "doubles", None, "test", time.time(), time.time())
 
-    def send(identity: bytes, frames: list[bytes]) -> bool:
-        header = p.unpack(frames[0])
-        inputs = p.decode_inputs(header, frames[1:])
-        if answer:
-            result = p.encode_result_ok(header["id"], [float(x.sum()) for x in inputs])
-            loop = asyncio.get_running_loop()
-            args = (replica, header["id"], p.unpack(result[0]), result[1:])
-            loop.call_soon(dispatcher.batch_result, *args)
-        return True
+    class Transport:
+        def send_batch(
+            self, to: Replica, batch_id: int, inputs: Any, time_limit_s: Any = None
+        ) -> bool:
+            if answer:
+                outputs = [float(x.sum()) for x in inputs]
+                loop = asyncio.get_running_loop()
+                loop.call_soon(dispatcher.batch_done, to, batch_id, outputs)
+            return True
 
-    dispatcher.set_transport(send)
+    dispatcher.set_transport(Transport())
     dispatcher.replica_joined(replica)
     store = config_store(app_options, policy)
     catalog = Catalog(store)
     states = PolicyStates(store)
-    return QueryProcessor(catalog, dispatcher, states, observer=observer), catalog.app("a")
+    processor = QueryProcessor(catalog, dispatcher, states, observer=observer, timers=timers)
+    return processor, catalog.app("a")
+
+
+async def at_deadline(processor: QueryProcessor, seconds: float) -> None:
+    """Let the loop run what is ready, then move the clock ``seconds`` on."""
+    await asyncio.sleep(0)
+    assert isinstance(processor.timers, FakeTimers)
+    processor.timers.advance(seconds)
 
 
 def x(*values: float) -> np.ndarray:
@@ -112,15 +124,17 @@ def test_the_models_answer_settles_the_future_and_is_observed():
 def test_a_model_too_late_gets_the_default_at_the_deadline():
     async def main():
         processor, route = setup(answer=False)
-        started = time.monotonic()
-        predictions = await processor.predict_soon(route, [x(1)], timeout_s=0.05)
-        return predictions, time.monotonic() - started
+        future = processor.predict_soon(route, [x(1)], timeout_s=0.05)
+        await at_deadline(processor, 0.049)
+        assert not future.done()  # not before the deadline
+        await at_deadline(processor, 0.001)
+        assert future.done()  # at it
+        return await future
 
-    predictions, took = run(main)
+    predictions = run(main)
     assert predictions[0].default and predictions[0].output == "-1"
     assert predictions[0].explanation == SLO_MISSED
     assert predictions[0].reason is DefaultReason.SLO
-    assert took >= 0.04
 
 
 def test_no_live_model_answers_the_default_at_once():
@@ -140,7 +154,9 @@ def test_a_cold_model_gets_the_default_with_its_own_explanation_counted_as_no_mo
         processor, route = setup(answer=True)
         processor.dispatcher.replica_left(processor.dispatcher.replicas()[0], "scaled to zero")
         processor.is_autoscaled = lambda _model: True  # a replica is starting
-        return await processor.predict_soon(route, [x(1)], timeout_s=0.05)
+        future = processor.predict_soon(route, [x(1)], timeout_s=0.05)
+        await at_deadline(processor, 0.05)
+        return await future
 
     (prediction,) = run(main)
     assert prediction.default and prediction.explanation == COLD
@@ -184,7 +200,8 @@ def test_a_cancelled_wait_leaves_the_models_work_alone():
         await asyncio.sleep(0)
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
-        await asyncio.sleep(0.1)  # the deadline passes: nothing may raise
+        await at_deadline(processor, 0.1)  # the deadline passes: nothing may raise
+        await asyncio.sleep(0)
         return waiting.cancelled()
 
     assert run(main) is True
@@ -195,6 +212,7 @@ def test_an_observer_that_fails_on_an_overload_fails_the_future_rather_than_hang
         processor, route = setup(False, Observer(fail=True), {"overload": "503"}, queue_capacity=1)
         first = processor.predict_soon(route, [x(1)], timeout_s=0.05)
         second = processor.predict_soon(route, [x(2), x(3)], timeout_s=0.05)
+        await at_deadline(processor, 0.05)
         return await asyncio.gather(first, second, return_exceptions=True)
 
     first, second = run(main)

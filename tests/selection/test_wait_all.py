@@ -4,6 +4,7 @@ import asyncio
 import time
 
 from clipper.selection.processor import wait_all, when_all
+from clipper.timers import FakeTimers
 
 
 def test_returns_as_soon_as_every_future_is_done_even_when_one_is_listed_twice():
@@ -80,3 +81,29 @@ def test_when_all_calls_back_once_at_the_timeout_and_not_again_when_the_laggard_
 
     calls = asyncio.run(main())
     assert len(calls) == 1 and calls[0] >= 0.04
+
+
+def test_when_all_on_fake_timers_fires_at_the_timeout_and_cancels_its_timer_when_done():
+    async def main():
+        loop = asyncio.get_running_loop()
+        timers = FakeTimers()
+        late, early = loop.create_future(), loop.create_future()
+        calls = []
+        when_all([late], 0.05, lambda: calls.append(timers.now()), timers)
+        timers.advance(0.049)
+        assert calls == []
+        timers.advance(0.001)
+        assert calls == [0.05]
+        late.set_result(3)  # not cancelled: it may be shared
+        await asyncio.sleep(0)
+        assert calls == [0.05]  # once
+        when_all([early], 30.0, lambda: calls.append("done"), timers)
+        early.set_result(1)
+        await asyncio.sleep(0)
+        assert calls[-1] == "done" and timers.pending() == []  # its timer is gone
+        waiting = asyncio.ensure_future(wait_all([loop.create_future()], 1.0, timers))
+        await asyncio.sleep(0)
+        timers.advance(1.0)
+        await asyncio.wait_for(waiting, 10)
+
+    asyncio.run(main())

@@ -2,8 +2,8 @@
 
 Keys are (model name, version, digest of the input's bytes); values are
 model outputs. Coalescing of concurrent identical queries (a pending entry
-that later queries attach to) lives with the dispatcher, which owns the
-futures; this module holds only finished outputs.
+that later queries attach to) is ``coalesce.Coalescer``, in front of this
+cache; this module holds only finished outputs.
 """
 
 from __future__ import annotations

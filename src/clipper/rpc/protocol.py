@@ -30,6 +30,7 @@ frame (``"msgpack"``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -209,6 +210,17 @@ def encode_inputs(input_type: str, inputs: Sequence[Any]) -> tuple[dict[str, Any
     return {"encoding": "msgpack", "count": count}, [pack(list(inputs))]
 
 
+def encode_batch(
+    batch_id: int, input_type: str, inputs: Sequence[Any], time_limit_s: float | None = None
+) -> Frames:
+    """A ``batch`` message: its header, then the inputs' data frames (arrays
+    as zero-copy views). Raises when the inputs do not fit the input type."""
+    fields, frames = encode_inputs(input_type, inputs)
+    if time_limit_s is not None:
+        fields["time_limit_s"] = time_limit_s
+    return [make(BATCH, id=batch_id, input_type=input_type, **fields), *frames]
+
+
 def decode_inputs(header: dict[str, Any], frames: Sequence[bytes | memoryview]) -> Any:
     """Decode the inputs of a ``batch`` message (container side).
 
@@ -289,13 +301,48 @@ def bound_error(header: dict[str, Any]) -> None:
             header[key] = cut(text, limit)
 
 
-def decode_outputs(frames: Sequence[bytes | memoryview], expected: int) -> list[Any]:
-    """Decode the outputs frame of an ok ``result`` and check the count."""
+def decode_outputs(frames: Sequence[bytes | memoryview], expected: int | None = None) -> list[Any]:
+    """Decode the outputs frame of an ok ``result`` and check the count (if given)."""
     if len(frames) != 1:
         raise RPCError(f"result expects 1 outputs frame, got {len(frames)}")
     outputs = unpack(frames[0])
     if not isinstance(outputs, list):
         raise RPCError("outputs frame is not a list")
-    if len(outputs) != expected:
-        raise RPCError(f"model returned {len(outputs)} outputs for {expected} inputs")
+    if expected is not None and len(outputs) != expected:
+        raise RPCError(count_mismatch(len(outputs), expected))
     return outputs
+
+
+def count_mismatch(outputs: int, inputs: int) -> str:
+    return f"model returned {outputs} outputs for {inputs} inputs"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRaised:
+    """A failed ``result``: the model raised (its exception's type and message)."""
+
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadResult:
+    """An ok ``result`` whose outputs could not be read (``reason``: why)."""
+
+    reason: str
+
+
+# A batch's result as the frontend's listener hears it: the outputs, in order
+# (their count unchecked: the RPC layer does not know the batch), or a failure.
+BatchResult = list[Any] | ModelRaised | BadResult
+
+
+def decode_result(header: dict[str, Any], frames: Sequence[bytes | memoryview]) -> BatchResult:
+    """A ``result`` message (header parsed, data frames) as a ``BatchResult``."""
+    if header.get("ok") is not True:
+        error_type = str(header.get("error_type", "Error"))
+        return ModelRaised(error_type, str(header.get("error_message", "")))
+    try:
+        return decode_outputs(frames)
+    except RPCError as exc:
+        return BadResult(str(exc))

@@ -1,14 +1,18 @@
 """The frontend's RPC endpoint: a ZeroMQ ROUTER that containers connect to.
 
 It owns the socket, registration and liveness (heartbeats both ways, a
-timeout that removes silent replicas) and hands everything else to a
-``ReplicaListener`` (the dispatcher): a replica joined, left, or answered a
-batch. A replica removed for silence that has not registered again within
-its grace (``unresponsive_after``) is reported once to ``on_unresponsive``:
-its process is alive but hung (a ``predict`` stuck in C code that holds the
-GIL stops the container's own watchdog too, as does a frozen process), and
-only its manager can end it. Malformed frames and unknown protocol versions
-are logged and dropped; they never stop the endpoint.
+timeout that removes silent replicas) and the wire encoding of batches: the
+dispatcher hands it a replica's batch of inputs (``send_batch``, a
+``BatchTransport``) and hears, as its ``ReplicaListener``, that a replica
+joined, left, or answered a batch (the outputs decoded, or why there are
+none). Its liveness checks run on a timer source (``clipper.timers``) that
+tests can move by hand. A replica removed for silence that has not
+registered again within its grace (``unresponsive_after``) is reported once
+to ``on_unresponsive``: its process is alive but hung (a ``predict`` stuck
+in C code that holds the GIL stops the container's own watchdog too, as
+does a frozen process), and only its manager can end it. Malformed frames
+and unknown protocol versions are logged and dropped; they never stop the
+endpoint.
 
 The port is open to whoever can reach it, so a peer is a stranger until it
 registers with the server's secret, and what a stranger sends costs little:
@@ -44,17 +48,16 @@ one more drain on the next loop iteration.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import zmq
 
 from ..exceptions import RPCError
+from ..timers import TimerHandle, Timers, timers_for
 from ..types import ModelId
 from . import protocol as p
 
@@ -91,9 +94,55 @@ class ReplicaListener(Protocol):
 
     def replica_left(self, replica: Replica, reason: str) -> None: ...
 
+    def batch_done(self, replica: Replica, batch_id: int, result: p.BatchResult) -> None:
+        """A replica answered a batch: its outputs (count unchecked) or a failure."""
+        ...
+
+
+class RawReplicaListener(Protocol):
+    """A listener that hears results as they came over the wire (the header
+    parsed, the data frames as they are): for tests of the wire itself."""
+
+    def replica_joined(self, replica: Replica) -> None: ...
+
+    def replica_left(self, replica: Replica, reason: str) -> None: ...
+
     def batch_result(
         self, replica: Replica, batch_id: int, header: dict[str, Any], frames: list[bytes]
     ) -> None: ...
+
+
+@runtime_checkable
+class BatchTransport(Protocol):
+    def send_batch(
+        self,
+        replica: Replica,
+        batch_id: int,
+        inputs: Sequence[Any],
+        time_limit_s: float | None = None,
+    ) -> bool:
+        """Send a replica one batch, encoded for its input type: False when
+        the replica is gone; raises (nothing sent) when the inputs cannot be
+        encoded."""
+        ...
+
+
+class FrameSender:
+    """A ``BatchTransport`` over a function that sends one message's frames
+    to a replica identity (a replica scripted without sockets, in tests)."""
+
+    def __init__(self, send: Callable[[bytes, p.Frames], bool]) -> None:
+        self.send = send
+
+    def send_batch(
+        self,
+        replica: Replica,
+        batch_id: int,
+        inputs: Sequence[Any],
+        time_limit_s: float | None = None,
+    ) -> bool:
+        frames = p.encode_batch(batch_id, replica.input_type, inputs, time_limit_s)
+        return self.send(replica.identity, frames)
 
 
 # Decides whether a registering container is acceptable: None, or the reason not.
@@ -165,14 +214,15 @@ class RPCServer:
     def __init__(
         self,
         address: str,
-        listener: ReplicaListener,
+        listener: ReplicaListener | RawReplicaListener,
         *,
         check_registration: RegistrationCheck | None = None,
         heartbeat_interval: float = 0.5,
         heartbeat_timeout: float = 3.0,
         secret: str | None = None,
         curve_secret_key: bytes | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        timers: Timers | None = None,
         on_unresponsive: Callable[[Replica], None] | None = None,
         unresponsive_after: UnresponsiveAfter = lambda _model: 30.0,
         max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES,
@@ -184,10 +234,15 @@ class RPCServer:
         self._curve_secret_key = curve_secret_key
         self._secret = secret.encode() if secret else None
         self.listener = listener
+        # Results go to the listener's batch_done, decoded, else raw to its batch_result.
+        self._batch_done: Callable[[Replica, int, p.BatchResult], None] | None
+        self._batch_done = getattr(listener, "batch_done", None)
+        self._batch_result = getattr(listener, "batch_result", None)
         self.check_registration = check_registration
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
-        self.clock = clock
+        self.timers = timers_for(clock, timers)
+        self.clock = clock = self.timers.now
         self.on_unresponsive = on_unresponsive
         self.unresponsive_after = unresponsive_after
         self.replicas: dict[bytes, Replica] = {}
@@ -205,7 +260,7 @@ class RPCServer:
         self._reregisters = _Bucket(REREGISTER_RATE, REREGISTER_BURST, clock)
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._liveness: TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
         self._fd = -1
@@ -227,7 +282,7 @@ class RPCServer:
         self._loop = asyncio.get_running_loop()
         self._fd = cast(int, sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self._drain)
-        self._tasks = [asyncio.create_task(self._liveness_loop(), name="rpc-liveness")]
+        self._liveness = self.timers.call_later(self.heartbeat_interval, self._liveness_tick)
         self._schedule_drain()  # messages that arrived before the reader was set
         log.info("RPC endpoint listening on %s", self.address)
 
@@ -246,12 +301,9 @@ class RPCServer:
         return str(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
         if self._sock is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._fd)
@@ -275,6 +327,18 @@ class RPCServer:
             # The send may have consumed the descriptor's edge for waiting input.
             self._schedule_drain()
         return True
+
+    def send_batch(
+        self,
+        replica: Replica,
+        batch_id: int,
+        inputs: Sequence[Any],
+        time_limit_s: float | None = None,
+    ) -> bool:
+        """Send a replica one batch (``BatchTransport``): the inputs encoded
+        for its input type, arrays as zero-copy frames."""
+        frames = p.encode_batch(batch_id, replica.input_type, inputs, time_limit_s)
+        return self.send(replica.identity, frames)
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled and self._loop is not None:
@@ -347,7 +411,7 @@ class RPCServer:
             if header.get("ok") is not True:
                 p.bound_error(header)
             replica.batches += 1
-            self.listener.batch_result(replica, batch_id, header, data)
+            self._result(replica, batch_id, header, data)
         elif kind == p.HEARTBEAT:
             self.send(identity, [p.make(p.HEARTBEAT)])
         elif kind == p.REGISTER:
@@ -417,7 +481,17 @@ class RPCServer:
             "error_type": p.RESULT_TOO_LARGE,
             "error_message": f"the result was {what}, over the RPC limit of {allowed}",
         }
-        self.listener.batch_result(replica, batch_id, failed, [])
+        self._result(replica, batch_id, failed, [])
+
+    def _result(
+        self, replica: Replica, batch_id: int, header: dict[str, Any], frames: list[bytes]
+    ) -> None:
+        """Hand a replica's ``result`` to the listener: decoded (the outputs,
+        or why there are none) to ``batch_done``, else raw to ``batch_result``."""
+        if self._batch_done is not None:
+            self._batch_done(replica, batch_id, p.decode_result(header, frames))
+        elif self._batch_result is not None:
+            self._batch_result(replica, batch_id, header, frames)
 
     def _secret_ok(self, offered: Any) -> bool:
         if self._secret is None:
@@ -502,10 +576,13 @@ class RPCServer:
         log.info("replica %s of %s joined (pid %s)", replica.label, model, replica.pid)
         self.listener.replica_joined(replica)
 
-    async def _liveness_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
+    def _liveness_tick(self) -> None:
+        """Every ``heartbeat_interval``: ``check_liveness``, then the next tick."""
+        try:
             self.check_liveness()
+        except Exception:  # the checks must go on
+            log.exception("RPC liveness check failed")
+        self._liveness = self.timers.call_later(self.heartbeat_interval, self._liveness_tick)
 
     def check_liveness(self) -> None:
         """Remove replicas silent past the timeout, heartbeat the others, and

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..batching.dispatcher import Dispatcher
 from ..store.catalog import AppRoute, Catalog
+from ..timers import TimerHandle, Timers, timers_for
 from ..types import AppSpec, DefaultReason, ModelId, Outcome, reason_of
 from .policies import Policy, get_policy
 from .state import SHARED, PolicyStates, State
@@ -86,10 +86,14 @@ class Prediction:
 
 
 def when_all(
-    futures: list[asyncio.Future[Outcome]], timeout: float, then: Callable[[], None]
+    futures: list[asyncio.Future[Outcome]],
+    timeout: float,
+    then: Callable[[], None],
+    timers: Timers | None = None,
 ) -> None:
     """Call ``then`` once, from the event loop, when every future is done or
-    ``timeout`` seconds have passed, whichever is first.
+    ``timeout`` seconds have passed (on ``timers``; default: the loop's),
+    whichever is first.
 
     Callbacks only: no task and no waiter per query (a coroutine awaiting
     ``asyncio.wait`` cost about 8 % of the server's CPU per query, a task per
@@ -98,7 +102,7 @@ def when_all(
     """
     left = len(futures)
     fired = False
-    timer: asyncio.TimerHandle | None = None
+    timer: TimerHandle | None = None
 
     def fire() -> None:
         nonlocal fired
@@ -117,10 +121,15 @@ def when_all(
 
     for future in futures:
         future.add_done_callback(one_done)
-    timer = asyncio.get_running_loop().call_later(timeout, fire)
+    if timers is None:
+        timer = asyncio.get_running_loop().call_later(timeout, fire)
+    else:
+        timer = timers.call_later(timeout, fire)
 
 
-async def wait_all(futures: list[asyncio.Future[Outcome]], timeout: float) -> None:
+async def wait_all(
+    futures: list[asyncio.Future[Outcome]], timeout: float, timers: Timers | None = None
+) -> None:
     """``when_all`` for a coroutine: return when every future is done or
     ``timeout`` seconds passed. Cancelling the wait cancels none of the futures."""
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -129,7 +138,7 @@ async def wait_all(futures: list[asyncio.Future[Outcome]], timeout: float) -> No
         if not waiter.done():
             waiter.set_result(None)
 
-    when_all(futures, timeout, release)
+    when_all(futures, timeout, release, timers)
     await waiter
 
 
@@ -142,7 +151,8 @@ class QueryProcessor:
         dispatcher: Dispatcher,
         states: PolicyStates,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        timers: Timers | None = None,
         rng: random.Random | None = None,
         observer: PredictionObserver | None = None,
         is_autoscaled: Callable[[ModelId], bool] = lambda _model: False,
@@ -152,7 +162,8 @@ class QueryProcessor:
         self.observer = observer
         self.dispatcher = dispatcher
         self.states = states
-        self.clock = clock
+        self.timers = timers_for(clock, timers)  # each query's deadline timer
+        self.clock = self.timers.now
         self.rng = rng or random.Random()
         self._query_ids = itertools.count()
         self._policies: dict[str, tuple[AppSpec, Policy, dict[str, Any]]] = {}
@@ -220,7 +231,7 @@ class QueryProcessor:
         deadline = start + budget
         ids = [next(self._query_ids) for _ in inputs]
         policy, params = self.policy_for(spec)
-        use_cache = bool(spec.options.get("cache", True))
+        use_cache = spec.options.cache
         if version is not None:
             pinned = self.catalog.pinned(route, version)
             available = {route.models[0]: pinned}
@@ -249,7 +260,7 @@ class QueryProcessor:
         ]
 
         def answers() -> list[Prediction]:
-            if spec.options.get("overload") == "503" and any(
+            if spec.options.overload == "503" and any(
                 f.done() and f.result().overloaded for fs in futures for f in fs.values()
             ):
                 raise Overloaded(f"a model of '{spec.name}' has a full queue")
@@ -264,7 +275,7 @@ class QueryProcessor:
         pending = [f for fs in futures for f in fs.values() if not f.done()]
         remaining = deadline - self.clock()
         if pending and remaining > 0:
-            when_all(pending, remaining, finish)
+            when_all(pending, remaining, finish, self.timers)
         else:
             finish()
         return result
@@ -348,7 +359,7 @@ class QueryProcessor:
             self._feedback_seen(spec.name, False)
             return {"accepted": False, "cause": NO_MODELS}
         deadline = self.clock() + spec.slo_micros / 1e6
-        use_cache = bool(spec.options.get("cache", True))
+        use_cache = spec.options.cache
         futures = {
             m: self.dispatcher.submit(model, input, deadline, use_cache=use_cache)
             for m, model in available.items()
@@ -356,7 +367,7 @@ class QueryProcessor:
         pending = [f for f in futures.values() if not f.done()]
         remaining = deadline - self.clock()
         if pending and remaining > 0:
-            await wait_all(pending, remaining)
+            await wait_all(pending, remaining, self.timers)
         outputs = {m: f.result().output for m, f in futures.items() if f.done() and f.result().ok}
         if not outputs:
             self._feedback_seen(spec.name, False)

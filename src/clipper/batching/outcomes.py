@@ -1,0 +1,83 @@
+"""How a queued task ends when its model gives it no output (pure).
+
+Each failure carries a ``DefaultReason`` (a fixed label, for the metrics) and
+an explanation (for people) that names the model version; the query
+processor answers such a query with the app's default output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..rpc.protocol import BadResult, BatchResult, ModelRaised, count_mismatch
+from ..types import DefaultReason, Failure, ModelId, Outcome, json_default
+
+REPLICA_LOST = "the replica computing it was lost"
+EXPIRED = "the latency SLO passed while the query waited in the queue (every replica was busy)"
+# A query not computed because its batch would end past the SLO, by the model's
+# recent batch latency (the first batch of a replica may be slow: it loads).
+TOO_SLOW = "the latency SLO would pass before a batch could finish"
+QUEUE_FULL = "the model's queue is full (overloaded)"
+
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
+def queue_full() -> Failure:
+    return Failure(DefaultReason.OVERLOADED, QUEUE_FULL, True)  # True: overloaded
+
+
+def expired(model: ModelId) -> Failure:
+    return Failure(DefaultReason.SLO, f"{model}: {EXPIRED}")
+
+
+def refused(
+    model: ModelId, deadline: float, now: float, replicas: int, estimate_s: float
+) -> Failure:
+    """A task taken off the queue uncomputed: expired, or due before even the
+    fastest replica (``estimate_s``: its batch latency) could finish it."""
+    if deadline <= now:
+        return expired(model)
+    whose = "its" if replicas == 1 else "its fastest replica's"
+    why = (
+        f"{model}: {TOO_SLOW} ({whose} recent batches took about {estimate_s * 1000:.0f} ms, "
+        f"{(deadline - now) * 1000:.0f} ms were left); not computed"
+    )
+    return Failure(DefaultReason.SLO, why)
+
+
+def replica_lost(model: ModelId, reason: str) -> Failure:
+    return Failure(DefaultReason.MODEL_ERROR, f"{model}: {REPLICA_LOST} ({reason})")
+
+
+def not_encoded(exc: Exception) -> Failure:
+    """The batch could not be encoded (the inputs were validated: a bug, not a client error)."""
+    return Failure(DefaultReason.OTHER, f"could not encode the batch: {exc}")
+
+
+def outputs_or_error(model: ModelId, result: BatchResult, inputs: int) -> list[Any] | str:
+    """A batch's outputs, one per input, or why its queries get none (a
+    model error: the model raised, or returned something unusable)."""
+    if isinstance(result, ModelRaised):
+        return f"model {model} raised {result.error_type}: {result.message}"
+    if isinstance(result, BadResult):
+        return f"{model} returned a bad result: {result.reason}"
+    if len(result) != inputs:
+        return f"{model} returned a bad result: {count_mismatch(len(result), inputs)}"
+    return result
+
+
+def checked(model: ModelId, output: Any) -> Outcome:
+    """The output as an Outcome, or an error if JSON cannot carry it (that query
+    only: it must neither break the response nor enter the cache)."""
+    if type(output) in _PLAIN:  # the common case: no trial encoding on the hot path
+        return Outcome(output=output)
+    try:
+        orjson.dumps(output, default=json_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        # Counted as "other", as the metrics always have (not as a model error).
+        return Failure(
+            DefaultReason.OTHER, f"model {model} returned an output JSON cannot carry: {exc}"
+        )
+    return Outcome(output=output)
