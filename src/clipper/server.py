@@ -43,6 +43,7 @@ from .http.server import Handler, HTTPServer
 from .management.api import ManagementFrontend
 from .management.autoscale import Autoscaler
 from .management.service import ManagementService
+from .managers.base import ContainerManager
 from .managers.local import LocalProcessManager
 from .metrics import Metrics, ReplicaStatistics, ServerStatistics
 from .rpc.protocol import curve_keypair
@@ -68,10 +69,27 @@ DEFAULT_SLO_MICROS = 100_000  # for a model no app links to yet
 MAX_BATCH_SIZE = 1024
 
 
+def _check_settings(settings: Settings) -> None:
+    """Refuse settings that cannot work, before anything is opened or written."""
+    if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
+        raise ValidationError("TLS needs both --tls-certfile and --tls-keyfile")
+    if settings.manager not in ("local", "ray"):
+        raise ValidationError(
+            f"unknown container manager {settings.manager!r}; use 'local' or 'ray'"
+        )
+    if settings.batching not in ("aimd", "quantile", "fixed"):
+        raise ValidationError(
+            f"unknown batching policy {settings.batching!r}; use aimd, quantile or fixed"
+        )
+    if settings.rpc_curve not in ("", "off", "on"):
+        raise ValidationError("--rpc-curve takes 'on' or 'off'")
+
+
 class ClipperServer:
     """Every layer of one query frontend, wired together."""
 
     def __init__(self, settings: Settings) -> None:
+        _check_settings(settings)
         self.settings = settings
         private_dir(settings.state_dir)
         # Closed by default: a token and a secret always, generated at first
@@ -82,65 +100,71 @@ class ClipperServer:
         self.rpc_secret = settings.rpc_secret or load_or_create_secret(
             settings.state_dir, RPC_SECRET_FILE
         )
-        if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
-            raise ValidationError("TLS needs both --tls-certfile and --tls-keyfile")
-        if settings.manager not in ("local", "ray"):
-            raise ValidationError(
-                f"unknown container manager {settings.manager!r}; use 'local' or 'ray'"
-            )
+        self.ready = False
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        # From the bottom of the layer diagram up.
         self.store = open_store(settings.store)
         self.catalog = Catalog(self.store)
-        if settings.batching not in ("aimd", "quantile", "fixed"):
-            raise ValidationError(
-                f"unknown batching policy {settings.batching!r}; use aimd, quantile or fixed"
-            )
         self.cache = PredictionCache(settings.cache_bytes) if settings.cache_bytes > 0 else None
         self.dispatcher = Dispatcher(configure=self._configure_model, cache=self.cache)
+        curve_public = self._wire_rpc()
+        self.manager = self._container_manager(curve_public)
+        self._wire_management()
+        self._wire_queries()
+
+    def _wire_rpc(self) -> bytes | None:
+        """The RPC endpoint replicas register with; returns the server's CurveZMQ
+        public key (None without encryption), which replicas are given."""
+        st = self.settings
         curve_public = curve_secret = None
-        if settings.rpc_curve not in ("", "off", "on"):
-            raise ValidationError("--rpc-curve takes 'on' or 'off'")
-        if settings.rpc_curve == "on":
-            curve_public, curve_secret = curve_keypair(str(settings.state_dir / "curve"))
+        if st.rpc_curve == "on":
+            curve_public, curve_secret = curve_keypair(str(st.state_dir / "curve"))
         self.rpc = RPCServer(
-            f"tcp://{settings.rpc_host}:{settings.rpc_port}",
+            f"tcp://{st.rpc_host}:{st.rpc_port}",
             self.dispatcher,
             check_registration=self._check_registration,
-            heartbeat_interval=settings.heartbeat_interval,
-            heartbeat_timeout=settings.heartbeat_timeout,
+            heartbeat_interval=st.heartbeat_interval,
+            heartbeat_timeout=st.heartbeat_timeout,
             secret=self.rpc_secret,
             curve_secret_key=curve_secret,
             on_unresponsive=self._replica_hung,
             unresponsive_after=self._hung_after,
         )
         self.dispatcher.set_transport(self.rpc)  # batches go out encoded by the RPC server
-        from .managers.base import ContainerManager
+        return curve_public
 
-        self.manager: ContainerManager
-        if settings.manager == "ray":
+    def _container_manager(self, curve_public: bytes | None) -> ContainerManager:
+        st = self.settings
+        if st.manager == "ray":
             from .managers.ray import RayContainerManager  # Ray is an optional extra
 
-            self.manager = RayContainerManager(
+            return RayContainerManager(
                 # Unresolved: a wildcard host becomes this node's Ray address.
-                rpc_address=f"tcp://{settings.rpc_host}:{settings.rpc_port}",
-                address=settings.ray_address,
+                rpc_address=f"tcp://{st.rpc_host}:{st.rpc_port}",
+                address=st.ray_address,
                 on_exit=self.rpc.process_exited,
                 secret=self.rpc_secret,
                 server_key=curve_public,
             )
-        else:
-            self.manager = LocalProcessManager(
-                rpc_address=settings.rpc_address,
-                state_dir=settings.state_dir,
-                on_exit=self.rpc.process_exited,
-                secret=self.rpc_secret,
-                server_key=curve_public,
-            )
+        return LocalProcessManager(
+            rpc_address=st.rpc_address,
+            state_dir=st.state_dir,
+            on_exit=self.rpc.process_exited,
+            secret=self.rpc_secret,
+            server_key=curve_public,
+        )
+
+    def _wire_management(self) -> None:
+        """The management service, the autoscaler, the metrics, and their port."""
+        st = self.settings
         self.service = ManagementService(
             self.store,
             self.catalog,
             self.manager,
-            settings.state_dir,
-            default_batch_size=settings.default_batch_size,
+            st.state_dir,
+            default_batch_size=st.default_batch_size,
         )
         self.autoscaler = Autoscaler(
             self._autoscale_statistics, self._model_options, self.service.sync_replicas
@@ -149,13 +173,24 @@ class ClipperServer:
         self.service.listeners.append(self._after_change)
         self.metrics = Metrics(self.statistics, catalog=self.catalog, store=self.store)
         self.dispatcher.batch_listeners.append(self.metrics.observe_batch)
+        self.management_app = ManagementFrontend(
+            self.service,
+            self.status,
+            admin_token=self.admin_token,
+            dashboard=Dashboard(self.metrics, self.catalog),
+            is_ready=lambda: self.ready,
+            secure=bool(st.tls_certfile),
+        )
+        self.management_http = self._http_server("management", self.management_app.handle)
+
+    def _wire_queries(self) -> None:
+        """The selection layer, the query and OIP frontends, and their port."""
+        st = self.settings
         self.processor = QueryProcessor(
             self.catalog,
             self.dispatcher,
             PolicyStates(
-                self.store,
-                max_bytes=settings.policy_cache_bytes,
-                max_user_states=settings.max_user_states,
+                self.store, max_bytes=st.policy_cache_bytes, max_user_states=st.max_user_states
             ),
             observer=self.metrics,
             is_autoscaled=self.autoscaler.is_autoscaled,
@@ -163,9 +198,9 @@ class ClipperServer:
         self.oip = OIPFrontend(
             self.catalog,
             self.processor,
-            max_body_bytes=settings.max_body_bytes,
+            max_body_bytes=st.max_body_bytes,
             is_ready=lambda: self.ready,
-            max_batch_inputs=settings.max_batch_inputs,
+            max_batch_inputs=st.max_batch_inputs,
         )
         self.query_app = QueryFrontend(
             self.catalog,
@@ -173,24 +208,11 @@ class ClipperServer:
             is_ready=lambda: self.ready,
             v2=self.oip.handle,
             v2_error=oip_error,
-            metrics=metrics_route(self.metrics.exposition, settings.metrics_token),
-            max_batch_inputs=settings.max_batch_inputs,
+            metrics=metrics_route(self.metrics.exposition, st.metrics_token),
+            max_batch_inputs=st.max_batch_inputs,
         )
         self.query_http = self._http_server("query", self.query_app.handle)
         self.query_http.error_page = self.query_app.error_page
-        self.management_app = ManagementFrontend(
-            self.service,
-            self.status,
-            admin_token=self.admin_token,
-            dashboard=Dashboard(self.metrics, self.catalog),
-            is_ready=lambda: self.ready,
-            secure=bool(settings.tls_certfile),
-        )
-        self.management_http = self._http_server("management", self.management_app.handle)
-        self.ready = False
-        self.started_at = time.time()
-        self._stop = asyncio.Event()
-        self._background: set[asyncio.Task[None]] = set()
 
     def _http_server(self, name: str, handler: Handler) -> HTTPServer:
         """One of the two ports: the same HTTP stack, limits and Host/Origin guard."""
