@@ -17,7 +17,7 @@ from clipper.batching.dispatcher import (
 )
 from clipper.cache import PredictionCache
 from clipper.rpc import protocol as p
-from clipper.rpc.server import Replica
+from clipper.rpc.server import FrameSender, Replica
 from clipper.timers import FakeTimers
 from clipper.types import DefaultReason, ModelId, reason_of
 
@@ -149,15 +149,17 @@ def test_a_batch_that_cannot_be_encoded_fails_its_queries_and_the_replica_goes_o
     asyncio.run(main())
 
 
-def test_a_frame_sending_function_and_raw_results_go_through_the_rpc_encoding():
-    """``set_transport`` also takes a function that sends frames, and
-    ``batch_result`` a raw result message: the RPC layer encodes and decodes."""
+def test_a_frame_sending_replica_and_raw_results_go_through_the_rpc_encoding():
+    """A replica scripted without sockets (``FrameSender`` over a function that
+    gets the frames): the RPC layer encodes the batch and decodes the result."""
     sent = []
 
     async def main():
         config = ModelConfig(FixedBatchSize(4), batch_time_limit_s=7.0)
         d = Dispatcher(configure=lambda _m: config, timers=FakeTimers())
-        d.set_transport(lambda identity, frames: sent.append((identity, frames)) or True)
+        d.set_transport(
+            FrameSender(lambda identity, frames: sent.append((identity, frames)) or True)
+        )
         r = replica(b"r1")
         d.replica_joined(r)
         futures = [d.submit(MODEL, np.array([1.0, float(i)]), deadline=1e12) for i in range(2)]
@@ -168,7 +170,7 @@ def test_a_frame_sending_function_and_raw_results_go_through_the_rpc_encoding():
         inputs = p.decode_inputs(header, [bytes(f) for f in frames[1:]])
         assert inputs.shape == (2, 2) and inputs[1, 1] == 1.0  # one stacked array frame
         result = p.encode_result_ok(header["id"], ["a", "b"])
-        d.batch_result(r, header["id"], p.parse_header(result[0]), result[1:])
+        d.batch_done(r, header["id"], p.decode_result(p.parse_header(result[0]), result[1:]))
         assert [(await f).output for f in futures] == ["a", "b"]
 
     asyncio.run(main())

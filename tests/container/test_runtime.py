@@ -86,8 +86,13 @@ class _Results:
     def replica_left(self, replica, reason):
         pass
 
-    def batch_result(self, replica, batch_id, header, frames):
-        self.results[batch_id] = (header, frames)
+    def batch_done(self, replica, batch_id, result):
+        # As a failure's header read: what the model raised, or why its outputs were bad.
+        if isinstance(result, p.ModelRaised):
+            result = {"ok": False, "error_type": result.error_type, "error_message": result.message}
+        elif isinstance(result, p.BadResult):
+            result = {"ok": False, "error_type": "BadResult", "error_message": result.reason}
+        self.results[batch_id] = result
 
 
 def _serve_batches(model, batches, listener=None, **server_settings):
@@ -120,10 +125,7 @@ def _serve_batches(model, batches, listener=None, **server_settings):
                     assert loop.time() < deadline + 30, f"batch {batch_id} not answered"
                     await asyncio.sleep(0.001)
             answers = [listener.results[i] for i in range(1, len(batches) + 1)]
-            return [
-                p.decode_outputs(frames, len(inputs)) if header["ok"] else header
-                for (header, frames), inputs in zip(answers, batches, strict=True)
-            ]
+            return answers
         finally:
             runtime.stop()
             await asyncio.to_thread(thread.join, 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 
 import pytest
 
@@ -63,8 +64,16 @@ def request(host: str | None = None, origin: str | None = None) -> Request:
     )
 
 
-def loopback_guard(**kw: object) -> HostOriginGuard:
-    return HostOriginGuard(bind_host="127.0.0.1", loopback=True, scheme="http", **kw)  # type: ignore[arg-type]
+def loopback_guard(
+    allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()
+) -> HostOriginGuard:
+    return HostOriginGuard(
+        bind_host="127.0.0.1",
+        loopback=True,
+        scheme="http",
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+    )
 
 
 def test_on_loopback_only_loopback_names_and_the_allowed_hosts_pass() -> None:

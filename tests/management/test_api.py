@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,14 @@ def call(
     raw = [(k.encode(), v.encode()) for k, v in fields.items() if v]
     data = body if isinstance(body, bytes) else orjson.dumps(body) if body is not None else b""
     answer = frontend.handle(Request(method, path, query, raw, data))
-    if inspect.isawaitable(answer):
-        return asyncio.run(_await(answer))
-    return answer
+    if isinstance(answer, Response):
+        return answer
+    assert inspect.isawaitable(answer)
+    return asyncio.run(_await(answer))
 
 
-async def _await(answer: Any) -> Response:
-    return await answer  # type: ignore[no-any-return]
+async def _await(answer: Awaitable[Response]) -> Response:
+    return await answer
 
 
 APP = {"name": "a", "input_type": "doubles", "default_output": "-1", "latency_slo_micros": 1000}

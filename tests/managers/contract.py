@@ -23,6 +23,7 @@ import pytest
 
 from clipper.batching.dispatcher import Dispatcher
 from clipper.managers.base import REPLICA_FIELDS, ContainerManager
+from clipper.rpc import protocol as p
 from clipper.rpc.protocol import curve_keypair
 from clipper.rpc.server import Replica, RPCServer
 from clipper.types import InputType, ModelOptions, ModelSpec, Outcome
@@ -48,10 +49,8 @@ class _Listener:
         self.harness.left.append((replica, reason))
         self.harness.dispatcher.replica_left(replica, reason)
 
-    def batch_result(
-        self, replica: Replica, batch_id: int, header: dict[str, Any], frames: list[bytes]
-    ) -> None:
-        self.harness.dispatcher.batch_result(replica, batch_id, header, frames)
+    def batch_done(self, replica: Replica, batch_id: int, result: p.BatchResult) -> None:
+        self.harness.dispatcher.batch_done(replica, batch_id, result)
 
 
 class Harness:
@@ -79,7 +78,7 @@ class Harness:
             secret=self.secret,
             curve_secret_key=curve_secret,
         )
-        self.dispatcher.set_transport(self.rpc.send)
+        self.dispatcher.set_transport(self.rpc)
 
     def on_exit(self, pid: int) -> None:
         self.rpc.process_exited(pid)

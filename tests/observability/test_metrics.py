@@ -32,7 +32,7 @@ from clipper.metrics import (
     selection_weights,
 )
 from clipper.rpc import protocol as p
-from clipper.rpc.server import Replica
+from clipper.rpc.server import FrameSender, Replica
 from clipper.selection.processor import Prediction, QueryProcessor
 from clipper.selection.state import PolicyStates
 from clipper.store.catalog import Catalog
@@ -435,11 +435,11 @@ def _serving(observer: Metrics) -> tuple[QueryProcessor, Catalog]:
             result = p.encode_result_error(header["id"], "ValueError", "boom")
         else:
             result = p.encode_result_ok(header["id"], script(inputs))
-        args = (replica, header["id"], p.unpack(result[0]), result[1:])
-        asyncio.get_running_loop().call_soon(dispatcher.batch_result, *args)
+        decoded = p.decode_result(p.unpack(result[0]), result[1:])
+        asyncio.get_running_loop().call_soon(dispatcher.batch_done, replica, header["id"], decoded)
         return True
 
-    dispatcher.set_transport(send)
+    dispatcher.set_transport(FrameSender(send))
     for replica in replicas.values():
         dispatcher.replica_joined(replica)
     catalog = Catalog(store)

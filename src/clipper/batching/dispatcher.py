@@ -70,7 +70,7 @@ class Dispatcher:
         self.cache = cache
         self._timers = timers_for(clock, timers)
         self._clock = self._timers.now
-        self._transport: BatchTransport = FrameSender(lambda _identity, _frames: False)
+        self._transport: BatchTransport = FrameSender(lambda _identity, _frames: False)  # unwired
         self._models: dict[ModelId, ModelState] = {}
         self._in_flight: dict[int, _InFlight] = {}
         # Cache lookups and pending computations (bench/soak_probe reads its length).
@@ -79,11 +79,9 @@ class Dispatcher:
         # Told of every finished batch: (model version, size, latency in seconds).
         self.batch_listeners: list[Callable[[ModelId, int, float], None]] = []
 
-    def set_transport(self, transport: BatchTransport | Callable[[bytes, p.Frames], bool]) -> None:
-        """Give the dispatcher what sends replicas their batches: the RPC
-        server, or a function that sends a message's frames to an identity."""
-        if not isinstance(transport, BatchTransport):
-            transport = FrameSender(transport)
+    def set_transport(self, transport: BatchTransport) -> None:
+        """Give the dispatcher what sends replicas their batches: the RPC server
+        (or, for a replica scripted without sockets, ``rpc.server.FrameSender``)."""
         self._transport = transport
 
     def _state(self, model: ModelId) -> ModelState:
@@ -279,13 +277,6 @@ class Dispatcher:
         if member is not None:
             state.make_idle(member, now)
             self._pump(state)
-
-    def batch_result(
-        self, replica: Replica, batch_id: int, header: dict[str, Any], frames: list[bytes]
-    ) -> None:
-        """``batch_done`` from a raw ``result`` message, for a replica scripted
-        without the RPC server (it decodes the message)."""
-        self.batch_done(replica, batch_id, p.decode_result(header, frames))
 
     # -- introspection -------------------------------------------------------
 

@@ -99,19 +99,6 @@ class ReplicaListener(Protocol):
         ...
 
 
-class RawReplicaListener(Protocol):
-    """A listener that hears results as they came over the wire (the header
-    parsed, the data frames as they are): for tests of the wire itself."""
-
-    def replica_joined(self, replica: Replica) -> None: ...
-
-    def replica_left(self, replica: Replica, reason: str) -> None: ...
-
-    def batch_result(
-        self, replica: Replica, batch_id: int, header: dict[str, Any], frames: list[bytes]
-    ) -> None: ...
-
-
 @runtime_checkable
 class BatchTransport(Protocol):
     def send_batch(
@@ -214,7 +201,7 @@ class RPCServer:
     def __init__(
         self,
         address: str,
-        listener: ReplicaListener | RawReplicaListener,
+        listener: ReplicaListener,
         *,
         check_registration: RegistrationCheck | None = None,
         heartbeat_interval: float = 0.5,
@@ -234,10 +221,6 @@ class RPCServer:
         self._curve_secret_key = curve_secret_key
         self._secret = secret.encode() if secret else None
         self.listener = listener
-        # Results go to the listener's batch_done, decoded, else raw to its batch_result.
-        self._batch_done: Callable[[Replica, int, p.BatchResult], None] | None
-        self._batch_done = getattr(listener, "batch_done", None)
-        self._batch_result = getattr(listener, "batch_result", None)
         self.check_registration = check_registration
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -486,12 +469,9 @@ class RPCServer:
     def _result(
         self, replica: Replica, batch_id: int, header: dict[str, Any], frames: list[bytes]
     ) -> None:
-        """Hand a replica's ``result`` to the listener: decoded (the outputs,
-        or why there are none) to ``batch_done``, else raw to ``batch_result``."""
-        if self._batch_done is not None:
-            self._batch_done(replica, batch_id, p.decode_result(header, frames))
-        elif self._batch_result is not None:
-            self._batch_result(replica, batch_id, header, frames)
+        """Hand a replica's ``result`` to the listener, decoded: the outputs,
+        or why there are none."""
+        self.listener.batch_done(replica, batch_id, p.decode_result(header, frames))
 
     def _secret_ok(self, offered: Any) -> bool:
         if self._secret is None:
