@@ -58,11 +58,12 @@ async def install_demo(service: ManagementService, settings: Settings) -> str:
     if MODEL not in service.store.get_links(APP):
         await service.add_links(APP, [MODEL])
     body = orjson.dumps({"input": sample}).decode()
-    url = f"http://{settings.host}:{settings.query_port}/{APP}/predict"
+    query = settings.address.query_url
+    url = f"{query}/{APP}/predict"
     return (
         f"\nClipper demo ready. The app '{APP}' classifies 8x8 digit images.\n"
         f"  Query:      {url}\n"
-        f"  Metrics:    http://{settings.host}:{settings.query_port}/metrics\n"
+        f"  Metrics:    {query}/metrics\n"
         f"Try it (this image is a {label}):\n\n"
         f"  curl -X POST {url} -H 'Content-Type: application/json' -d '{body}'\n\n"
         "Press Ctrl-C to stop.\n"

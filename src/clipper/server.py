@@ -422,17 +422,16 @@ class ClipperServer:
 
     def banner(self) -> str:
         """What the server prints once up (stdout, not the log: it holds the token)."""
-        st = self.settings
-        scheme = "https" if st.tls_certfile else "http"
-        management = f"{scheme}://{st.host}:{st.management_port}"
+        address = self.settings.address
+        management = address.management_url
         return (
             f"\nClipper is up (pid {os.getpid()}).\n"
-            f"  Queries:    {scheme}://{st.host}:{st.query_port}/<app>/predict\n"
+            f"  Queries:    {address.query_url}/<app>/predict\n"
             f"  Management: {management}/admin/ (needs the admin token: `clipper token`)\n"
             f"  Dashboard:  {management}/dashboard?token={self.admin_token}\n"
-            f"  State:      {st.state_dir}\n"
+            f"  State:      {address.state_path}\n"
             "Another shell finds this server and its token with:\n"
-            f"  export CLIPPER_HOME={st.state_dir}\n"
+            f"  export CLIPPER_HOME={address.state_path}\n"
         )
 
     def _write_server_file(self) -> None:
