@@ -591,7 +591,7 @@ class DefaultReason(StrEnum):
     NO_MODELS = "no_models"
     # A model's queue was full (for an app that answers with its default, not 503).
     OVERLOADED = "overloaded"
-    # The ensemble's agreement was below the app's ``min_confidence``.
+    # The ensemble's confidence was below the app's ``min_confidence``.
     LOW_CONFIDENCE = "low_confidence"
     # Anything else (a server-side encoding failure, for example).
     OTHER = "other"

@@ -64,6 +64,40 @@ def test_exp4_weights_the_better_model_and_reports_confidence(clipper):
     assert agree_with_good >= 95
 
 
+def test_exp4_combines_complementary_models_and_its_confidence_means_something(clipper):
+    """Three models, each right 70 % of the time on different inputs: their vote errs
+    ~6 % (offline), so the ensemble must beat each model by far once it has
+    learned; its confidence is calibrated: about as high as the share it gets right,
+    and higher on the answers that are right than on the wrong ones."""
+    conn = clipper.conn
+    conn.register_application("trio", "doubles", "-1", 2_000_000, selection_policy="exp4")
+    classifiers = {f"trio-{salt}": models.make_classifier(0.7, salt) for salt in (1, 2, 3)}
+    for name, classify in classifiers.items():
+        deploy_python_closure(conn, name, "1", "doubles", classify)
+        conn.link_model_to_app("trio", name)
+        clipper.wait_live(name)
+    feed(clipper, "trio", 400)
+    state = conn.get_policy_state("trio")
+    assert set(state["accuracy"]) == set(classifiers)
+    right, confidence = [], []
+    for i in range(60_000, 60_300):
+        body = clipper.predict("trio", {"input": [float(i)]}).json()
+        assert body["default"] is False
+        right.append(body["output"] == i % 10)
+        confidence.append(body["confidence"])
+    error = 1 - sum(right) / len(right)
+    best_single = min(
+        sum(c([[i]])[0] != i % 10 for i in range(60_000, 60_300)) / 300
+        for c in classifiers.values()
+    )
+    assert error < 0.6 * best_single, (error, best_single)
+    mean = sum(confidence) / len(confidence)
+    assert abs(mean - (1 - error)) < 0.1, (mean, error)
+    on_right = [c for c, r in zip(confidence, right, strict=True) if r]
+    on_wrong = [c for c, r in zip(confidence, right, strict=True) if not r]
+    assert on_wrong and sum(on_right) / len(on_right) > sum(on_wrong) / len(on_wrong)
+
+
 def test_a_straggler_is_left_out_and_reported(clipper):
     conn = clipper.conn
     conn.register_application("strag", "doubles", "-1", 300_000, selection_policy="exp4")

@@ -21,10 +21,20 @@ MODELS = ["a", "b", "c"]
 OWN_PARAMS = {
     "single": {},
     "exp3": {"eta": (0.1, 1.5), "share": (0.001, 1.0)},
-    "exp4": {"eta": (0.1, 0.0), "share": (0.001, -0.1), "tolerance": (0.1, -1)},
-    "epsilon_greedy": {"epsilon": (0.1, 1.01)},
-    "ucb1": {"c": (1.0, -0.5)},
-    "thompson": {"prior_alpha": (1.0, 0), "prior_beta": (1.0, -2.0), "noise": (0.25, 0.0)},
+    "exp4": {
+        "eta": (0.5, 0.0),
+        "share": (0.001, -0.1),
+        "tolerance": (0.1, -1),
+        "discount": (0.995, 0.0),
+    },
+    "epsilon_greedy": {"epsilon": (0.1, 1.01), "discount": (0.995, 1.5)},
+    "ucb1": {"c": (1.0, -0.5), "discount": (0.995, 0.0)},
+    "thompson": {
+        "prior_alpha": (1.0, 0),
+        "prior_beta": (1.0, -2.0),
+        "noise": (0.25, 0.0),
+        "discount": (0.995, -1.0),
+    },
 }
 
 
@@ -148,7 +158,7 @@ def test_linked_models_may_change_between_calls(name):
         policy, params, 200, random.Random(5), models_of=lambda t: links[t // 40]
     )
     if name != "single":
-        key = "log_weights" if name.startswith("exp") else "stats"
+        key = {"exp3": "log_weights", "exp4": "accuracy"}.get(name, "stats")
         assert set(state[key]) == {"a", "b", "c", "d", "e"}
     # feedback naming a model that is no longer linked is still accepted
     state = policy.observe(state, ["a"], {"a": 1, "gone": 0}, "1", params)
@@ -212,7 +222,7 @@ def test_exp3_probabilities_mix_weights_with_uniform_exploration():
 
 
 def test_hedge_update_is_multiplicative_and_normalised():
-    policy = Exp4Policy()
+    policy = Exp3Policy()
     params = policy.validate_params({"eta": 0.5, "share": 0})
     state = policy.observe({}, MODELS, {"a": "x", "b": "y", "c": "x"}, "x", params)
     # b lost once: w_b = exp(-0.5); the leader sits at log-weight 0
@@ -232,8 +242,8 @@ def test_a_new_model_starts_level_with_the_leader():
 
 
 def test_fixed_share_keeps_every_linked_model_above_a_floor():
-    policy = Exp4Policy()
-    params = policy.validate_params({"eta": 10, "share": 0.03})
+    policy = Exp3Policy()
+    params = policy.validate_params({"eta": 1, "share": 0.03})
     state: dict = {}
     for _ in range(200):
         state = policy.observe(state, MODELS, {"a": 1, "b": 0, "c": 0}, "1", params)
@@ -259,20 +269,28 @@ def test_exp4_queries_every_model():
     assert policy.select({}, MODELS, params, random.Random(0)) == MODELS
 
 
-def test_exp4_weighted_vote_with_exact_confidence():
+def test_exp4_follows_the_experts_weights_with_the_raw_confidence_before_feedback():
+    """No calibration data yet: the confidence is the raw posterior of the answer."""
     policy = Exp4Policy()
     params = policy.validate_params({})
-    state = {"log_weights": {"a": 0.0, "b": math.log(0.5), "c": math.log(0.25)}}
-    out, conf = policy.combine(state, MODELS, {"a": "cat", "b": "dog", "c": "dog"}, params)
+    trust_a = {"log_weights": {"a": 0.0, "b": -9.0, "c": -9.0, "vote:plain": -9.0}}
+    trust_a["log_weights"]["vote:weighted"] = -9.0
+    out, conf = policy.combine(trust_a, MODELS, {"a": "cat", "b": "dog", "c": "dog"}, params)
     assert out == "cat"
-    assert conf == pytest.approx(1 / 1.75, rel=1e-12)
-    # a missed the deadline: left out, and the others agree
-    assert policy.combine(state, MODELS, {"b": "dog", "c": "dog"}, params) == ("dog", 1.0)
-    out, conf = policy.combine(state, MODELS, {"a": "cat", "c": "dog"}, params)
-    assert (out, conf) == ("cat", pytest.approx(0.8, rel=1e-12))
+    # no feedback yet: the share of the answering models that gave the answer
+    assert conf == pytest.approx(1 / 3, rel=1e-12)
+    informed = {**trust_a, "accuracy": {"a": [0, 0.5]}}
+    # with feedback behind the accuracies: the posterior, here with every log-odds
+    # weight log(p / (1 - p) * (2 - 1)) floored at 0, so even over the two answers
+    conf = policy.combine(informed, MODELS, {"a": "cat", "b": "dog", "c": "dog"}, params)[1]
+    assert conf == pytest.approx(0.5, rel=1e-12)
+    # level experts: the vote of a, b, c, vote:plain (dog) and vote:weighted (dog) is dog
+    out, _ = policy.combine({}, MODELS, {"a": "cat", "b": "dog", "c": "dog"}, params)
+    assert out == "dog"
+    # a missed the deadline: left out of every vote
+    assert policy.combine(trust_a, MODELS, {"b": "dog", "c": "dog"}, params)[0] == "dog"
     # integers are class labels: voted on, not averaged
-    out, conf = policy.combine(state, MODELS, {"a": 1, "b": 2, "c": 2}, params)
-    assert (out, conf) == (1, pytest.approx(1 / 1.75, rel=1e-12))
+    assert policy.combine(trust_a, MODELS, {"a": 1, "b": 2, "c": 2}, params)[0] == 1
 
 
 def test_exp4_ties_go_to_the_first_model_in_link_order():
@@ -285,13 +303,16 @@ def test_exp4_ties_go_to_the_first_model_in_link_order():
 def test_exp4_weighted_mean_for_real_outputs():
     policy = Exp4Policy()
     params = policy.validate_params({"tolerance": 0.5})
-    state = {"log_weights": {"a": 0.0, "b": math.log(0.5), "c": math.log(0.5)}}
-    # weights 1, 0.5, 0.5: mean = (2 + 1 + 3) / 2 = 3; within 1.5 of it: a and b
-    out, conf = policy.combine(state, MODELS, {"a": 2.0, "b": 2, "c": 6.0}, params)
-    assert out == pytest.approx(3.0, rel=1e-12)
-    assert conf == pytest.approx(0.75, rel=1e-12)
+    only_a = {"log_weights": {"a": 0.0, "b": -50.0, "c": -50.0, "vote:plain": -50.0}}
+    only_a["log_weights"]["vote:weighted"] = -50.0
+    out, conf = policy.combine(only_a, MODELS, {"a": 2.0, "b": 2, "c": 6.0}, params)
+    assert out == pytest.approx(2.0, rel=1e-9)
+    assert 0.99 < conf <= 1.0  # a holds all the weight and agrees with itself
+    # level experts: the mean of a, b, c (2, 2, 6), their mean (10/3) twice
+    out, _ = policy.combine({}, MODELS, {"a": 2.0, "b": 2, "c": 6.0}, params)
+    assert out == pytest.approx((2 + 2 + 6 + 2 * 10 / 3) / 5, rel=1e-12)
     # only c answered
-    assert policy.combine(state, MODELS, {"c": 6.0}, params) == (6.0, 1.0)
+    assert policy.combine(only_a, MODELS, {"c": 6.0}, params)[0] == 6.0
 
 
 def test_exp4_learns_from_feedback_then_trusts_the_accurate_model():

@@ -19,6 +19,7 @@ import pytest
 
 from clipper.batching.controllers import FixedBatchSize
 from clipper.batching.dispatcher import QUEUE_FULL, Dispatcher, ModelConfig
+from clipper.cache.prediction_cache import PredictionCache
 from clipper.exceptions import ValidationError
 from clipper.rpc.server import Replica
 from clipper.selection.processor import COLD, NO_MODELS, SLO_MISSED, Prediction, QueryProcessor
@@ -65,18 +66,24 @@ def setup(
     app_options: dict[str, Any] | None = None,
     queue_capacity: int = 10_000,
     policy: str = "single",
+    cache: PredictionCache | None = None,
 ) -> tuple[QueryProcessor, Any]:
     """A processor whose dispatcher has one replica of ``m:1``, both on the same
     fake timers (``processor.timers``); the replica answers each batch with each
     input's sum, on the next loop turn (or never)."""
     timers = FakeTimers(1000.0)
     config = ModelConfig(FixedBatchSize(64), queue_capacity=queue_capacity)
-    dispatcher = Dispatcher(configure=lambda _model: config, timers=timers)
+    dispatcher = Dispatcher(configure=lambda _model: config, timers=timers, cache=cache)
     replica = Replica(b"r", MODEL, "doubles", None, "test", time.time(), time.time())
 
     class Transport:
         def send_batch(
-            self, to: Replica, batch_id: int, inputs: Any, time_limit_s: Any = None
+            self,
+            to: Replica,
+            batch_id: int,
+            inputs: Any,
+            time_limit_s: Any = None,
+            deadline_s: Any = None,
         ) -> bool:
             if answer:
                 outputs = [float(x.sum()) for x in inputs]
@@ -301,3 +308,42 @@ def test_a_query_never_waits_for_a_users_state_from_the_store():
     predictions, fallbacks = run(main)
     assert [(p.output, p.default) for p in predictions] == [(3.0, False)]
     assert fallbacks == 1
+
+
+def count_batches(processor: QueryProcessor) -> list[int]:
+    """Wrap the dispatcher's transport to count the inputs sent to the model."""
+    sent: list[int] = []
+    transport = processor.dispatcher._transport  # the scripted one from setup()
+    send = transport.send_batch
+
+    def counting(to: Any, batch_id: int, inputs: Any, *args: Any, **kw: Any) -> bool:
+        sent.append(len(inputs))
+        return send(to, batch_id, inputs, *args, **kw)
+
+    transport.send_batch = counting  # type: ignore[method-assign]
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("policy", "cache", "evaluations"),
+    [("single", True, 0), ("exp4", True, 0), ("exp4", False, 1), ("ucb1", True, 0)],
+)
+def test_what_one_feedback_costs_in_model_evaluations(policy, cache, evaluations):
+    """After a prediction for the input, feedback re-runs the model only when its
+    output is not cached; ``single`` learns nothing and runs nothing. (One linked
+    model here: a policy that picks one of several pays for the others.)"""
+
+    async def main():
+        processor, route = setup(
+            answer=True, policy=policy, app_options={"cache": cache}, cache=PredictionCache()
+        )
+        sent = count_batches(processor)
+        answers = await processor.predict(route, [x(1, 2)])
+        assert answers[0].output == 3.0
+        before = sum(sent)
+        reply = await processor.feedback(route, "", x(1, 2), 3.0)
+        return reply, sum(sent) - before
+
+    reply, cost = run(main)
+    assert reply == {"accepted": True}
+    assert cost == evaluations

@@ -25,13 +25,26 @@ import random
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from .combine import LOSS_SCALE, NumberParam, check_params, combine_weighted, finite_float, loss
+from . import ensemble
+from .combine import (
+    LOSS_SCALE,
+    NumberParam,
+    as_number,
+    check_params,
+    combine_weighted,
+    finite_float,
+    loss,
+)
 
 POLICY_NAMES = ("single", "exp3", "exp4", "epsilon_greedy", "ucb1", "thompson")
 
 # Below this a log-weight's exp() is ~1e-304: the model has no say anyway,
 # and the floor keeps stored numbers bounded when `share` is 0.
 _LOG_WEIGHT_FLOOR = -700.0
+
+# How much an older observation counts after each new one (the counting
+# policies' statistics and Exp4's per-model accuracies): ~200 feedbacks of memory.
+DISCOUNT = NumberParam(0.995, 0.0, 1.0, low_open=True)
 
 State = dict[str, Any]  # JSON-serialisable policy state
 Params = dict[str, Any]  # validated policy parameters
@@ -43,6 +56,7 @@ class Policy(Protocol):
 
     name: str
     combines: bool  # queries several models and combines them: answers carry "confidence"
+    learns: bool  # feedback changes its state (so /update must score the models)
 
     def validate_params(self, params: Params) -> Params:
         """Normalised params with defaults filled in; ValueError naming a bad parameter."""
@@ -76,6 +90,7 @@ class _Base:
 
     name: str = ""
     combines: bool = False
+    learns: bool = True
     _params: Mapping[str, NumberParam] = {}
 
     def validate_params(self, params: Params) -> Params:
@@ -119,6 +134,7 @@ class SinglePolicy(_Base):
     """Clipper's default: always the first linked model; feedback is ignored."""
 
     name = "single"
+    learns = False
 
     def select(
         self, state: State, models: list[str], params: Params, rng: random.Random
@@ -173,27 +189,48 @@ class _HedgePolicy(_Base):
         self, state: State, models: list[str], outputs: Outputs, label: Any, params: Params
     ) -> State:
         """Hedge update ``w_i *= exp(-eta * loss_i)`` for every model with an output."""
-        eta = self._param(params, "eta")
-        share = self._param(params, "share")
         new_state = copy.deepcopy(state) if isinstance(state, Mapping) else {}
-        logs = self._log_weights(new_state)  # malformed entries are dropped
-        touched = list(dict.fromkeys([*models, *outputs]))
-        for model in touched:
-            logs.setdefault(model, 0.0)
-        for model, output in outputs.items():
-            logs[model] -= eta * self._loss(output, label, params)
-        if share > 0 and len(models) > 1:
-            top = max(logs[m] for m in models)
-            weights = {m: math.exp(logs[m] - top) for m in models}
-            spread = share * sum(weights.values()) / len(models)
-            for m in models:
-                logs[m] = top + math.log((1 - share) * weights[m] + spread)
-        if touched:  # shift so the linked leader sits at 0 (entries for others keep theirs)
-            top = max(logs[m] for m in (models or touched))
-            for model in touched:
-                logs[model] = max(_LOG_WEIGHT_FLOOR, logs[model] - top)
-        new_state["log_weights"] = logs
+        losses = {m: self._loss(output, label, params) for m, output in outputs.items()}
+        new_state["log_weights"] = hedge_update(
+            self._log_weights(new_state),
+            models,
+            losses,
+            self._param(params, "eta"),
+            self._param(params, "share"),
+        )
         return new_state
+
+
+def hedge_update(
+    logs: dict[str, float],
+    experts: list[str],
+    losses: Mapping[str, float],
+    eta: float,
+    share: float,
+) -> dict[str, float]:
+    """Log-weights after one round of Hedge with fixed share (mutates and returns ``logs``).
+
+    ``experts`` are the ones in play (linked), ``losses`` those that gave advice;
+    an expert new to ``logs`` starts level with the leader. Fixed share mixes
+    ``share`` of the total weight back evenly, so no expert in play falls below
+    ``share / len(experts)`` of the total and one that recovers is found again.
+    """
+    touched = list(dict.fromkeys([*experts, *losses]))
+    for expert in touched:
+        logs.setdefault(expert, 0.0)
+    for expert, value in losses.items():
+        logs[expert] -= eta * value
+    if share > 0 and len(experts) > 1:
+        top = max(logs[e] for e in experts)
+        weights = {e: math.exp(logs[e] - top) for e in experts}
+        spread = share * sum(weights.values()) / len(experts)
+        for e in experts:
+            logs[e] = top + math.log((1 - share) * weights[e] + spread)
+    if touched:  # shift so the leader in play sits at 0 (entries for others keep theirs)
+        top = max(logs[e] for e in (experts or touched))
+        for expert in touched:
+            logs[expert] = max(_LOG_WEIGHT_FLOOR, logs[expert] - top)
+    return logs
 
 
 class Exp3Policy(_HedgePolicy):
@@ -234,14 +271,26 @@ class Exp3Policy(_HedgePolicy):
 
 
 class Exp4Policy(_HedgePolicy):
-    """Exp4: query every linked model and combine them, weighted by past accuracy."""
+    """Exp4: query every linked model; Hedge over experts decides how to combine them.
+
+    The experts are the linked models and two combinations of them (see
+    :mod:`.ensemble`): their plain vote and a vote weighted by each model's
+    learned accuracy. The answer is the Hedge-weighted vote (mean, for real
+    values) of the experts' advice, so it follows whichever advice has been
+    best: one model when it dominates, a combination when that is better.
+
+    State: ``log_weights`` (per expert), ``accuracy`` (per model, discounted
+    ``[right, seen]``), ``labels`` (distinct labels seen, to count the classes)
+    and ``calibration`` (per confidence bin, discounted ``[right, seen]``).
+    """
 
     name = "exp4"
     combines = True
     _params = {
-        "eta": NumberParam(0.1, 0.0, 10.0, low_open=True),
+        "eta": NumberParam(0.5, 0.0, 10.0, low_open=True),
         "share": NumberParam(0.001, 0.0, 1.0, high_open=True),
         "tolerance": NumberParam(0.1, 0.0),
+        "discount": DISCOUNT,
     }
 
     def select(
@@ -250,30 +299,115 @@ class Exp4Policy(_HedgePolicy):
         """All linked models."""
         return list(models)
 
+    def _advice(
+        self, state: Mapping[str, Any], models: list[str], outputs: Outputs, params: Params
+    ) -> tuple[ensemble.Advice, Any, float]:
+        """The experts' advice, the answer (Hedge-weighted vote over it) and its raw score."""
+        order = [m for m in models if m in outputs] + [m for m in outputs if m not in models]
+        accuracy = state.get("accuracy") if isinstance(state, Mapping) else None
+        labels = state.get("labels") if isinstance(state, Mapping) else None
+        tolerance = self._param(params, "tolerance")
+        adv = ensemble.advice(
+            [(m, outputs[m]) for m in order],
+            accuracy if isinstance(accuracy, Mapping) else {},
+            labels,
+            tolerance,
+        )
+        stored = self._log_weights(state)
+        logs = [stored.get(e, 0.0) for e in adv.experts]
+        top = max(logs)
+        candidates = [
+            (value, math.exp(x - top)) for value, x in zip(adv.experts.values(), logs, strict=True)
+        ]
+        answer, agreement = combine_weighted(candidates, tolerance)
+        return adv, answer, adv.raw_confidence(answer, agreement)
+
     def combine(
         self, state: State, models: list[str], outputs: Outputs, params: Params
     ) -> tuple[Any, float]:
-        """Weighted vote (discrete outputs) or weighted mean (reals) of the models that answered.
+        """The Hedge-weighted vote of the experts' advice, with a calibrated confidence.
 
-        Models missing from ``outputs`` are left out; the confidence is the
-        share of the answering models' weight that agrees with the answer.
+        Models missing from ``outputs`` are left out (and so are from the votes).
         """
         if not outputs:
             raise ValueError(f"{self.name}: nothing to combine: no model answered")
-        order = [m for m in models if m in outputs] + [m for m in outputs if m not in models]
-        stored = self._log_weights(state)
-        logs = [stored.get(m, 0.0) for m in order]
-        top = max(logs)  # relative to the best answering model, so weights never all underflow
-        candidates = [(outputs[m], math.exp(x - top)) for m, x in zip(order, logs, strict=True)]
-        return combine_weighted(candidates, self._param(params, "tolerance"))
+        _, answer, raw = self._advice(state, models, outputs, params)
+        bins = state.get("calibration") if isinstance(state, Mapping) else None
+        return answer, ensemble.calibrated(bins, raw)
+
+    def _right(self, answer: Any, label: Any, params: Params) -> float:
+        """1 when an answer counts as right for calibration: a zero loss for labels,
+        within ``tolerance`` (relative; absolute at 0) of the label for real values."""
+        if params.get("loss", "zero_one") == "zero_one":
+            return 1.0 - self._loss(answer, label, params)
+        truth, guess = as_number(label), as_number(answer)
+        if truth is None or guess is None:
+            return 0.0
+        tolerance = self._param(params, "tolerance")
+        return float(abs(guess - truth) <= (tolerance * abs(truth) if truth else tolerance))
+
+    def observe(
+        self, state: State, models: list[str], outputs: Outputs, label: Any, params: Params
+    ) -> State:
+        """Score every expert's advice and the answer; update Hedge, the models'
+        accuracies, the calibration bins and the labels seen."""
+        new_state = copy.deepcopy(state) if isinstance(state, Mapping) else {}
+        if not outputs:
+            return new_state
+        adv, answer, raw = self._advice(new_state, models, outputs, params)
+        experts = [*models, *ensemble.COMBINERS]
+        losses = {e: self._loss(value, label, params) for e, value in adv.experts.items()}
+        new_state["log_weights"] = hedge_update(
+            self._log_weights(new_state),
+            experts,
+            losses,
+            self._param(params, "eta"),
+            self._param(params, "share"),
+        )
+        discount = self._param(params, "discount")
+        accuracy = new_state.get("accuracy")
+        accuracy = dict(accuracy) if isinstance(accuracy, Mapping) else {}
+        for model in outputs:
+            accuracy[model] = ensemble.discounted(accuracy.get(model), 1 - losses[model], discount)
+        new_state["accuracy"] = accuracy
+        new_state["calibration"] = ensemble.calibration_update(
+            new_state.get("calibration"), raw, self._right(answer, label, params)
+        )
+        if not adv.real:
+            new_state["labels"] = ensemble.remember_label(new_state.get("labels"), label)
+        return new_state
+
+    def weight_shares(self, state: State, models: list[str]) -> list[float]:
+        """Each linked model's influence on the answer, in link order (sums to 1):
+        its own expert's share of the weight, plus its part of each vote's share
+        (an equal part of the plain vote, its vote weight's part of the weighted one)."""
+        if not models:
+            return []
+        experts = [*models, *ensemble.COMBINERS]
+        shares = dict(zip(experts, super().weight_shares(state, experts), strict=True))
+        accuracy = state.get("accuracy") if isinstance(state, Mapping) else None
+        accuracy = accuracy if isinstance(accuracy, Mapping) else {}
+        classes = ensemble.class_count(state.get("labels") if isinstance(state, Mapping) else None)
+        votes = [
+            ensemble.log_odds_weight(ensemble.accuracy_of(accuracy.get(m)), classes) for m in models
+        ]
+        total = sum(votes)
+        votes = [v / total for v in votes] if total > 0 else [1 / len(models)] * len(models)
+        return [
+            shares[m] + shares[ensemble.VOTE] / len(models) + shares[ensemble.WEIGHTED_VOTE] * v
+            for m, v in zip(models, votes, strict=True)
+        ]
 
 
 class _CountingPolicy(_Base):
     """Per-model reward counts shared by epsilon-greedy, UCB1 and Thompson sampling.
 
-    State: ``{"stats": {model: {"count": int, "mean": float}}}`` where the
-    reward is ``1 - loss``. Means are over all time, so these policies adapt
-    slowly when a model degrades after a long good run.
+    State: ``{"stats": {model: {"count": float, "mean": float}}}`` where the
+    reward is ``1 - loss``. Both are discounted: each observation multiplies the
+    older ones' weight by ``discount`` (Garivier & Moulines' discounted UCB),
+    so a model that degrades after a long good run loses its lead within about
+    ``1 / (1 - discount)`` feedbacks, and one that recovers is found again.
+    ``discount`` 1 keeps all-time means.
     """
 
     def initial_state(self, params: Params) -> State:
@@ -281,7 +415,7 @@ class _CountingPolicy(_Base):
         return {"stats": {}}
 
     @staticmethod
-    def _stats(state: Mapping[str, Any]) -> dict[str, tuple[int, float]]:
+    def _stats(state: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
         raw = state.get("stats") if isinstance(state, Mapping) else None
         if not isinstance(raw, Mapping):
             return {}
@@ -289,12 +423,12 @@ class _CountingPolicy(_Base):
         for model, entry in raw.items():
             if isinstance(entry, Mapping):
                 count, mean = finite_float(entry.get("count")), finite_float(entry.get("mean"))
-                if count is not None and count >= 0 and count.is_integer() and mean is not None:
-                    valid[model] = (int(count), mean)
+                if count is not None and count >= 0 and mean is not None:
+                    valid[model] = (count, mean)
         return valid
 
     @staticmethod
-    def _untried(stats: Mapping[str, tuple[int, float]], models: list[str]) -> str | None:
+    def _untried(stats: Mapping[str, tuple[float, float]], models: list[str]) -> str | None:
         return next((m for m in models if stats.get(m, (0, 0.0))[0] == 0), None)
 
     @staticmethod
@@ -308,13 +442,16 @@ class _CountingPolicy(_Base):
     def observe(
         self, state: State, models: list[str], outputs: Outputs, label: Any, params: Params
     ) -> State:
-        """Add one reward observation for every model with an output."""
+        """Add one reward observation for every model with an output, the older
+        ones discounted."""
         new_state = copy.deepcopy(state) if isinstance(state, Mapping) else {}
         stats = self._stats(new_state)  # malformed entries are dropped
+        discount = self._param(params, "discount")
         for model, output in outputs.items():
-            count, mean = stats.get(model, (0, 0.0))
+            count, mean = stats.get(model, (0.0, 0.0))
             reward = 1.0 - self._loss(output, label, params)
-            stats[model] = (count + 1, mean + (reward - mean) / (count + 1))
+            count = count * discount + 1.0
+            stats[model] = (count, mean + (reward - mean) / count)
         new_state["stats"] = {m: {"count": n, "mean": mean} for m, (n, mean) in stats.items()}
         return new_state
 
@@ -323,7 +460,7 @@ class EpsilonGreedyPolicy(_CountingPolicy):
     """With probability ``epsilon`` a uniformly random model, else the best mean reward."""
 
     name = "epsilon_greedy"
-    _params = {"epsilon": NumberParam(0.1, 0.0, 1.0)}
+    _params = {"epsilon": NumberParam(0.1, 0.0, 1.0), "discount": DISCOUNT}
 
     def greedy(self, state: State, models: list[str]) -> str:
         """The exploiting choice: the first untried model, else the best mean reward."""
@@ -353,7 +490,7 @@ class UCB1Policy(_CountingPolicy):
     """
 
     name = "ucb1"
-    _params = {"c": NumberParam(1.0, 0.0)}
+    _params = {"c": NumberParam(1.0, 0.0), "discount": DISCOUNT}
 
     def select(
         self, state: State, models: list[str], params: Params, rng: random.Random
@@ -366,7 +503,7 @@ class UCB1Policy(_CountingPolicy):
         if untried is not None:
             return [untried]
         c = self._param(params, "c")
-        log_total = math.log(sum(stats[m][0] for m in models))
+        log_total = math.log(max(1.0, sum(stats[m][0] for m in models)))
         scores = [stats[m][1] + c * math.sqrt(2 * log_total / stats[m][0]) for m in models]
         return [self._argmax(models, scores)]
 
@@ -392,6 +529,7 @@ class ThompsonPolicy(_CountingPolicy):
         "prior_alpha": NumberParam(1.0, 0.0, low_open=True),
         "prior_beta": NumberParam(1.0, 0.0, low_open=True),
         "noise": NumberParam(0.25, 0.0, low_open=True),
+        "discount": DISCOUNT,
     }
 
     def select(

@@ -32,7 +32,7 @@ COLD = (
     "within the latency SLO"
 )
 SLO_MISSED = "Failed to retrieve a prediction response within the specified latency SLO"
-LOW_CONFIDENCE = "The models' agreement ({:.2f}) is below the app's min_confidence ({:.2f})"
+LOW_CONFIDENCE = "The ensemble's confidence ({:.2f}) is below the app's min_confidence ({:.2f})"
 # Bound once: reading a member off an Enum class costs ~50 ns on Python 3.11, and
 # these are read per query when the models are late or scaled to zero.
 _SLO, _NO_MODELS = DefaultReason.SLO, DefaultReason.NO_MODELS
@@ -351,13 +351,22 @@ class QueryProcessor:
     async def feedback(self, route: AppRoute, uid: str, input: Any, label: Any) -> dict[str, Any]:
         """Learn from a label: each linked model's output for ``input`` (from the
         cache where present, else computed now) is scored and the policy's state,
-        for the user and the app, updated in one atomic step in the store."""
+        for the user and the app, updated in one atomic step in the store.
+
+        What it costs in model evaluations: none for a policy that does not
+        learn (``single``); otherwise one per linked model whose output for
+        ``input`` is not in the prediction cache (Exp4 queried them all at
+        predict time: none; a policy that picks one model: the others).
+        """
         spec = route.spec
         policy, params = self.policy_for(spec)
         available = self._available(route)
         if not available:
             self._feedback_seen(spec.name, False)
             return {"accepted": False, "cause": NO_MODELS}
+        if not policy.learns:
+            self._feedback_seen(spec.name, True)
+            return {"accepted": True}
         deadline = self.clock() + spec.slo_micros / 1e6
         use_cache = spec.options.cache
         futures = {
