@@ -284,7 +284,7 @@ def test_exp4_follows_the_experts_weights_with_the_raw_confidence_before_feedbac
     # weight log(p / (1 - p) * (2 - 1)) floored at 0, so even over the two answers
     conf = policy.combine(informed, MODELS, {"a": "cat", "b": "dog", "c": "dog"}, params)[1]
     assert conf == pytest.approx(0.5, rel=1e-12)
-    # level experts: the vote of a, b, c, vote:plain (dog) and vote:weighted (dog) is dog
+    # level experts: ties go to the weighted vote (dog, two against one)
     out, _ = policy.combine({}, MODELS, {"a": "cat", "b": "dog", "c": "dog"}, params)
     assert out == "dog"
     # a missed the deadline: left out of every vote
@@ -308,9 +308,11 @@ def test_exp4_weighted_mean_for_real_outputs():
     out, conf = policy.combine(only_a, MODELS, {"a": 2.0, "b": 2, "c": 6.0}, params)
     assert out == pytest.approx(2.0, rel=1e-9)
     assert 0.99 < conf <= 1.0  # a holds all the weight and agrees with itself
-    # level experts: the mean of a, b, c (2, 2, 6), their mean (10/3) twice
-    out, _ = policy.combine({}, MODELS, {"a": 2.0, "b": 2, "c": 6.0}, params)
-    assert out == pytest.approx((2 + 2 + 6 + 2 * 10 / 3) / 5, rel=1e-12)
+    # level experts: the weighted vote leads, the mean of 2, 2, 6 (no feedback: equal
+    # weights); within 0.5 * 10/3 of it: a, b and both means (weight 4 of 5), not c
+    out, conf = policy.combine({}, MODELS, {"a": 2.0, "b": 2, "c": 6.0}, params)
+    assert out == pytest.approx(10 / 3, rel=1e-12)
+    assert conf == pytest.approx(4 / 5, rel=1e-12)
     # only c answered
     assert policy.combine(only_a, MODELS, {"c": 6.0}, params)[0] == 6.0
 

@@ -7,20 +7,21 @@ on the best model and the weighted vote becomes that model: the combination
 that should beat it never happens. So the experts here are the single models
 plus two combinations of them:
 
-- ``vote:plain``: the plain majority vote of the models that answered (the mean
-  for real-valued outputs);
+- ``vote:plain``: the plain majority vote of the models that answered, ties
+  to the more accurate model (the mean for real-valued outputs);
 - ``vote:weighted``: a vote weighted by each model's learned accuracy, with
   log-odds weights ``log(p (L - 1) / (1 - p))`` for ``L`` classes, which is the
   optimal weighted majority for independent classifiers (Nitzan & Paroush);
   inverse-loss weights for real-valued outputs.
 
-Hedge over those experts converges to whichever advice is best: one model
-when it dominates, a combination when that is better.
+Hedge's weights over those experts follow their losses, and Exp4 answers
+with the leading expert's advice: one model when it dominates, a
+combination when that is better.
 
 The confidence an answer carries is calibrated by online histogram binning:
 a raw score in [0, 1] (for labels, the posterior probability of the answer
 under the log-odds model; for real values, the share of the experts' weight
-that agrees with the answer; before any feedback, the share of the models
+whose advice is within ``tolerance`` of the answer; before any feedback, the share of the models
 that gave the answer) picks one of ``CALIBRATION_BINS`` bins, and the
 bin's discounted record of how often such answers were right, shrunk toward
 the raw score while it has few observations, is the confidence reported.
@@ -125,7 +126,11 @@ def advice(
     values = [value for _, value in outputs]
     real = is_real_valued(values)
     classes = class_count(labels)
-    experts[VOTE] = combine_weighted([(v, 1.0) for v in values], tolerance)[0]
+    # Ties go to the more accurate model (link order among equals): with five
+    # models and ten classes a 2-2-1 split is common, and the first linked model
+    # may be the weakest.
+    ranked = sorted(outputs, key=lambda pair: -accuracy_of(accuracy.get(pair[0])))
+    experts[VOTE] = combine_weighted([(v, 1.0) for _, v in ranked], tolerance)[0]
     if real:
         weights = [inverse_loss_weight(accuracy_of(accuracy.get(n))) for n, _ in outputs]
     else:
@@ -133,6 +138,29 @@ def advice(
     experts[WEIGHTED_VOTE] = combine_weighted(list(zip(values, weights, strict=True)), tolerance)[0]
     informed = any(_pair(accuracy.get(n))[1] > 0 for n, _ in outputs)
     return Advice(experts, values, weights, real, classes, informed)
+
+
+def agreement(
+    values: Sequence[Any], weights: Sequence[float], answer: Any, tolerance: float, real: bool
+) -> float:
+    """The share of ``weights`` whose value agrees with ``answer``: for real
+    values, within ``tolerance`` of it (relatively; absolutely at 0); else equal."""
+    total = sum(weights)
+    if not total > 0:
+        return 0.0
+    target = as_number(answer) if real else None
+    if target is None:
+        key = canonical_key(answer)
+        agree = sum(w for v, w in zip(values, weights, strict=True) if canonical_key(v) == key)
+    else:
+        radius = tolerance * abs(target) if target else tolerance
+        numbers = [as_number(v) for v in values]
+        agree = sum(
+            w
+            for x, w in zip(numbers, weights, strict=True)
+            if x is not None and abs(x - target) <= radius
+        )
+    return min(1.0, agree / total)
 
 
 def posterior(values: Sequence[Any], weights: Sequence[float], answer: Any, classes: int) -> float:

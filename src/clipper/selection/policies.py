@@ -31,7 +31,6 @@ from .combine import (
     NumberParam,
     as_number,
     check_params,
-    combine_weighted,
     finite_float,
     loss,
 )
@@ -275,9 +274,12 @@ class Exp4Policy(_HedgePolicy):
 
     The experts are the linked models and two combinations of them (see
     :mod:`.ensemble`): their plain vote and a vote weighted by each model's
-    learned accuracy. The answer is the Hedge-weighted vote (mean, for real
-    values) of the experts' advice, so it follows whichever advice has been
-    best: one model when it dominates, a combination when that is better.
+    learned accuracy. Feedback moves Hedge's weights over the experts, and the
+    answer is the advice of the expert with the highest weight (the lowest
+    discounted loss: follow the leader), so it follows whichever advice has
+    been best: one model when it dominates, a combination when that is better.
+    (A weighted vote over the experts erred more than its best expert when
+    several were nearly as good: bench/selection.py, docs/howto/selection-policy.md.)
 
     State: ``log_weights`` (per expert), ``accuracy`` (per model, discounted
     ``[right, seen]``), ``labels`` (distinct labels seen, to count the classes)
@@ -302,7 +304,7 @@ class Exp4Policy(_HedgePolicy):
     def _advice(
         self, state: Mapping[str, Any], models: list[str], outputs: Outputs, params: Params
     ) -> tuple[ensemble.Advice, Any, float]:
-        """The experts' advice, the answer (Hedge-weighted vote over it) and its raw score."""
+        """The experts' advice, the answer (the leading expert's advice) and its raw score."""
         order = [m for m in models if m in outputs] + [m for m in outputs if m not in models]
         accuracy = state.get("accuracy") if isinstance(state, Mapping) else None
         labels = state.get("labels") if isinstance(state, Mapping) else None
@@ -314,18 +316,23 @@ class Exp4Policy(_HedgePolicy):
             tolerance,
         )
         stored = self._log_weights(state)
+        # Ties (every expert level before feedback) go to the weighted vote, then
+        # the plain vote, then the models in link order.
+        ranked = [*ensemble.COMBINERS[::-1], *order]
+        leader = max(ranked, key=lambda e: (stored.get(e, 0.0), -ranked.index(e)))
+        answer = adv.experts[leader]
         logs = [stored.get(e, 0.0) for e in adv.experts]
         top = max(logs)
-        candidates = [
-            (value, math.exp(x - top)) for value, x in zip(adv.experts.values(), logs, strict=True)
-        ]
-        answer, agreement = combine_weighted(candidates, tolerance)
+        weights = [math.exp(x - top) for x in logs]
+        agreement = ensemble.agreement(
+            list(adv.experts.values()), weights, answer, tolerance, adv.real
+        )
         return adv, answer, adv.raw_confidence(answer, agreement)
 
     def combine(
         self, state: State, models: list[str], outputs: Outputs, params: Params
     ) -> tuple[Any, float]:
-        """The Hedge-weighted vote of the experts' advice, with a calibrated confidence.
+        """The leading expert's advice, with a calibrated confidence.
 
         Models missing from ``outputs`` are left out (and so are from the votes).
         """
@@ -378,7 +385,7 @@ class Exp4Policy(_HedgePolicy):
         return new_state
 
     def weight_shares(self, state: State, models: list[str]) -> list[float]:
-        """Each linked model's influence on the answer, in link order (sums to 1):
+        """Each linked model's share of the trust, in link order (sums to 1):
         its own expert's share of the weight, plus its part of each vote's share
         (an equal part of the plain vote, its vote weight's part of the weighted one)."""
         if not models:
