@@ -75,7 +75,7 @@ bench-scaling: $(STAMP)  ## throughput with 1, 2, 4 replicas, local and Ray mana
 	$(BIN)/python -m bench.scaling $(BENCH_ARGS)
 
 .PHONY: bench-selection
-bench-selection: $(STAMP)  ## best single model vs Exp3 vs Exp4, and stragglers (~5 min; BENCH_ARGS=--quick: ~1.5 min) -> docs/benchmarks.md
+bench-selection: $(STAMP)  ## every policy vs the best single model: complementary models, degradation, calibration, stragglers (~12 min; BENCH_ARGS=--quick: ~3 min) -> docs/benchmarks.md
 	$(BIN)/python -m bench.selection $(BENCH_ARGS)
 
 .PHONY: bench-peers

@@ -5,7 +5,6 @@ python examples/selection_policy.py
 
 import json
 import os
-import time
 
 import httpx
 
@@ -20,15 +19,14 @@ conn = ClipperConnection(
 )
 conn.connect()
 
-# Exp4 queries every linked model and combines their answers: a weighted
-# vote for labels, a weighted mean for real numbers.
+# Exp4 queries every linked model and answers with the advice it trusts most:
+# one model's, their plain vote or their vote weighted by accuracy.
 conn.register_application(
     "parity",
     "integers",
     default_output="-1",
     slo_micros=100_000,
     selection_policy="exp4",
-    policy_params={"eta": 0.5},
 )
 models = {
     "parity-right": lambda xs: [int(x.sum()) % 2 for x in xs],
@@ -36,21 +34,15 @@ models = {
     "parity-zero": lambda xs: [0 for _ in xs],
 }
 for name, func in models.items():
-    deploy_python_closure(conn, name, "1", "integers", func)
+    deploy_python_closure(conn, name, "1", "integers", func)  # returns once it is live
     conn.link_model_to_app("parity", name)
-
-deadline = time.monotonic() + 60
-while not all((conn.get_model_replica_info(m, "1") or {}).get("live") for m in models):
-    if time.monotonic() > deadline:
-        raise SystemExit("the replicas did not start; see `clipper logs`")
-    time.sleep(0.1)
 
 query = f"http://{conn.get_query_addr()}"
 # Before any feedback, the two models that answer 0 outvote the right one.
 print(httpx.post(f"{query}/parity/predict", json={"input": [1, 2]}).text)
 
 # Feedback: the true label of an input. Every linked model's answer to it
-# is scored, and the app's weights move towards the models that were right.
+# is scored, and the app's weights move towards the advice that was right.
 for i in range(20):
     x = [i, i + 1, i % 3]
     httpx.post(
@@ -58,6 +50,9 @@ for i in range(20):
         json={"uid": "alice", "input": x, "label": sum(x) % 2},
     )
 
-# The app's learned state; get_policy_state("parity", "alice") is Alice's own.
-print(json.dumps(conn.get_policy_state("parity")))
+# The experts' learned log-weights (0 for the most trusted); the whole state
+# also holds each model's accuracy and the confidence calibration.
+# get_policy_state("parity", "alice") is Alice's own.
+weights = conn.get_policy_state("parity")["log_weights"]
+print(json.dumps({expert: round(w, 2) for expert, w in weights.items()}))
 print(httpx.post(f"{query}/parity/predict", json={"input": [1, 2]}).text)
