@@ -40,13 +40,7 @@ model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 conn.register_application("onnx-linear", "floats", default_output="[]", slo_micros=100_000)
 # The model: an onnx.ModelProto, its bytes, or the path of a .onnx file.
 deploy_onnx_model(conn, "linear", "1", "floats", model)
-conn.link_model_to_app("onnx-linear", "linear")
-
-deadline = time.monotonic() + 60
-while not (conn.get_model_replica_info("linear", "1") or {}).get("live"):
-    if time.monotonic() > deadline:
-        raise SystemExit("the replica did not start; see `clipper logs`")
-    time.sleep(0.1)
+conn.link_model_to_app("onnx-linear", "linear")  # returns once the replica is live
 
 url = f"http://{conn.get_query_addr()}/onnx-linear/predict"
 # The replica creates its ONNX Runtime session on its first batch, which may

@@ -4,7 +4,6 @@ python examples/deploy_sklearn.py
 """
 
 import os
-import time
 
 import httpx
 from sklearn.datasets import load_digits
@@ -38,13 +37,7 @@ conn.register_application(
 )
 # method="predict_proba" would answer with the class probabilities instead.
 deploy_sklearn_model(conn, "digits-logreg", "1", "doubles", model, method="predict")
-conn.link_model_to_app("digits-lr", "digits-logreg")
-
-deadline = time.monotonic() + 60
-while not (conn.get_model_replica_info("digits-logreg", "1") or {}).get("live"):
-    if time.monotonic() > deadline:
-        raise SystemExit("the replica did not start; see `clipper logs`")
-    time.sleep(0.1)
+conn.link_model_to_app("digits-lr", "digits-logreg")  # returns once the replica is live
 
 print("true label:", y[-1])
 image = x[-1].tolist()

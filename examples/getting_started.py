@@ -4,7 +4,6 @@ python examples/getting_started.py
 """
 
 import os
-import time
 
 from clipper.admin import ClipperConnection, LocalContainerManager
 from clipper.deployers.python import deploy_python_closure
@@ -23,17 +22,14 @@ def count_words(texts):
     return [len(text.split()) for text in texts]
 
 
+# exist_ok=True: what already exists, defined the same way, is kept as it is,
+# so the script can run again (after a failure halfway, say).
 # An app: a REST endpoint, /words/predict, with a latency objective of 50 ms
 # and the answer to give when no model answers in time.
-conn.register_application("words", "strings", default_output="-1", slo_micros=50_000)
+conn.register_application("words", "strings", default_output="-1", slo_micros=50_000, exist_ok=True)
 # A model: the function, shipped to the server and run in a process of its own.
-deploy_python_closure(conn, "word-counter", "1", "strings", count_words)
+# The deploy returns once that process is live (wait=True, the default).
+deploy_python_closure(conn, "word-counter", "1", "strings", count_words, exist_ok=True)
 # A link: the app's queries go to the model.
-conn.link_model_to_app("words", "word-counter")
-
-deadline = time.monotonic() + 60
-while not (conn.get_model_replica_info("word-counter", "1") or {}).get("live"):
-    if time.monotonic() > deadline:
-        raise SystemExit("the replica did not start; see `clipper logs`")
-    time.sleep(0.1)
+conn.link_model_to_app("words", "word-counter", exist_ok=True)
 print("ready: POST", f"http://{conn.get_query_addr()}/words/predict")

@@ -4,7 +4,6 @@ python examples/rollback.py
 """
 
 import os
-import time
 
 import httpx
 
@@ -20,14 +19,6 @@ conn = ClipperConnection(
 conn.connect()
 
 
-def wait_until_live(model, version):
-    deadline = time.monotonic() + 60
-    while not (conn.get_model_replica_info(model, version) or {}).get("live"):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{model}:{version} did not start; see `clipper logs`")
-        time.sleep(0.1)
-
-
 url = f"http://{conn.get_query_addr()}/greet/predict"
 conn.register_application("greet", "strings", default_output="", slo_micros=100_000)
 
@@ -39,10 +30,10 @@ deploy_python_closure(
     lambda names: [f"Hello, {n}" for n in names],
 )
 conn.link_model_to_app("greet", "greeter")  # links name the model, not a version
-wait_until_live("greeter", "1")
 print(httpx.post(url, json={"input": "Ada"}).json()["output"])  # Hello, Ada
 
-# A new version becomes the current one as soon as it is deployed.
+# A new version becomes the current one as soon as it is deployed (and, as every
+# deploy, the call returns once a replica of it is live).
 deploy_python_closure(
     conn,
     "greeter",
@@ -50,7 +41,6 @@ deploy_python_closure(
     "strings",
     lambda names: [f"HELLO {n}!" for n in names],
 )
-wait_until_live("greeter", "2")
 print(
     conn.get_current_model_version("greeter"),
     httpx.post(url, json={"input": "Ada"}).json()["output"],

@@ -1,10 +1,11 @@
 """MkDocs hooks of this site (mkdocs.yml: ``hooks``); not a page.
 
-- Snippet includes (``--8<-- "examples/x.py"``) resolve against the
-  repository root, whatever directory ``mkdocs`` runs from.
 - The scripts in ``examples/`` are published with the site, at
   ``examples/<name>``, so a page's link to ``../examples/<name>`` (the same
   link that works on GitHub) resolves and is checked like any other.
+
+Pages show code inline (no snippet includes, so they read on GitHub too);
+``tests/docs/test_inlined.py`` checks each copy against its file.
 """
 
 from __future__ import annotations
@@ -19,13 +20,6 @@ PUBLISHED = ("*.py", "*.sh")
 
 def _root(config: Any) -> Path:
     return Path(config.config_file_path).resolve().parent
-
-
-def on_config(config: Any) -> Any:
-    snippets = config.mdx_configs.setdefault("pymdownx.snippets", {})
-    snippets["base_path"] = [str(_root(config))]
-    snippets["check_paths"] = True
-    return config
 
 
 def on_files(files: Files, config: Any) -> Files:

@@ -16,7 +16,9 @@ batch-size and batch-latency histograms per model). A background task
 (``start``/``stop``) ticks once a second: it refreshes the selection weights
 (the store is read in a thread), feeds tick listeners (the dashboard's time
 series) and, every ``slo_log_interval_s``, logs one
-line per app that missed its SLO: ``slo_misses app=... count=... reasons=...``.
+line per app that missed its SLO: ``slo_misses app=... count=... reasons=...``
+(model errors apart: not SLO misses), and one line per model version that
+failed queries: ``model_errors model=... count=... last="..."``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -65,6 +68,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _REASON_INDEX: dict[DefaultReason | None, int] = {r: i for i, r in enumerate(DefaultReason)}
 _REASON_INDEX[None] = _REASON_INDEX[DefaultReason.OTHER]
 _OVERLOADED = _REASON_INDEX[DefaultReason.OVERLOADED]
+_MODEL_ERROR = _REASON_INDEX[DefaultReason.MODEL_ERROR]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,7 +222,19 @@ _C, _G = CounterMetricFamily, GaugeMetricFamily
 # Per model version, read from the dispatcher's ModelStatistics: (name, kind, help, value).
 _MODEL: tuple[tuple[str, _Family, str, Callable[[ModelStatistics], float]], ...] = (
     ("batches", _C, "Batches finished", lambda m: m.batches),
-    ("batch_errors", _C, "Batches that failed (the model raised or died)", lambda m: m.errors),
+    (
+        "batch_errors",
+        _C,
+        "Batches the model failed on, in whole or in part (it raised or died)",
+        lambda m: m.errors,
+    ),
+    (
+        "errors",
+        _C,
+        "Queries the model failed (it raised on them, gave an unusable output, or its "
+        "replica was lost with them), apart from SLO misses",
+        lambda m: m.model_errors,
+    ),
     ("enqueued", _C, "Tasks queued", lambda m: m.queue.enqueued),
     ("expired", _C, "Tasks dropped unsent: their deadline passed", lambda m: m.queue.expired),
     ("rejected", _C, "Tasks refused: the queue was full", lambda m: m.queue.rejected),
@@ -280,6 +296,7 @@ class Metrics:
             ProcessCollector(namespace="clipper", registry=self.registry)
         self._task: asyncio.Task[None] | None = None
         self._logged: dict[str, tuple[list[int], int, int]] = {}
+        self._logged_errors: dict[ModelId, int] = {}
         self._next_log = 0.0
 
     # -- the hot path: called on the event loop once per request ------------------------
@@ -425,26 +442,52 @@ class Metrics:
             for gone in self.apps.keys() - self.catalog.snapshot.apps.keys():
                 del self.apps[gone]
                 self._logged.pop(gone, None)
+            # and deleted model versions: their batch series leave /metrics and the
+            # status; one deployed again counts its model errors afresh.
+            known = self.catalog.snapshot.models.keys()
+            for deleted in self.batch_sizes.keys() - known:
+                del self.batch_sizes[deleted]
+            for deleted in self._logged_errors.keys() - known:
+                del self._logged_errors[deleted]
         for listener in self.listeners:
             listener(now, stats)
         if now >= self._next_log:
             if self._next_log:
                 self.log_slo_misses()
+                self.log_model_errors(stats.models)
             self._next_log = now + self.slo_log_interval_s
         await self.refresh_weights()
 
     def log_slo_misses(self) -> None:
-        """One line per app whose queries missed (default outputs, 503s) since the last call."""
+        """One line per app whose queries missed (default outputs, 503s) since the
+        last call; model errors are not SLO misses (``log_model_errors``)."""
         for app, c in self.apps.items():
             before, queries, overloaded = self._logged.get(app, ([0] * len(REASONS), 0, 0))
             misses = [now - then for now, then in zip(c.defaults, before, strict=True)]
             misses[_OVERLOADED] += c.overloaded - overloaded
+            misses[_MODEL_ERROR] = 0
             self._logged[app] = (list(c.defaults), c.queries, c.overloaded)
             if sum(misses):
                 reasons = ",".join(f"{r}:{n}" for r, n in zip(REASONS, misses, strict=True) if n)
                 log.warning(
                     "slo_misses app=%s count=%d queries=%d reasons=%s interval_s=%g",
                     *(app, sum(misses), c.queries - queries, reasons, self.slo_log_interval_s),
+                )
+
+    def log_model_errors(self, models: Sequence[ModelStatistics]) -> None:
+        """One line per model version that failed queries since the last call,
+        with the last one's explanation (the traceback is in the replica's log)."""
+        for m in models:
+            before = self._logged_errors.get(m.model, 0)
+            self._logged_errors[m.model] = m.model_errors
+            if m.model_errors > before:
+                log.warning(
+                    "model_errors model=%s version=%s count=%d interval_s=%g last=%s",
+                    m.model.name,
+                    m.model.version,
+                    m.model_errors - before,
+                    self.slo_log_interval_s,
+                    json.dumps(m.last_model_error[:300], ensure_ascii=False),
                 )
 
     async def _run(self) -> None:

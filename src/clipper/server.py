@@ -173,6 +173,8 @@ class ClipperServer:
         self.service.listeners.append(self._after_change)
         self.metrics = Metrics(self.statistics, catalog=self.catalog, store=self.store)
         self.dispatcher.batch_listeners.append(self.metrics.observe_batch)
+        # Once a second: deleted versions' state goes once their last replica has.
+        self.metrics.add_listener(lambda _now, _stats: self._forget_deleted())
         self.management_app = ManagementFrontend(
             self.service,
             self.status,
@@ -285,8 +287,13 @@ class ClipperServer:
     def _model_options(self) -> dict[ModelId, ModelOptions]:
         return {m: spec.options for m, spec in self.catalog.snapshot.models.items()}
 
+    def _forget_deleted(self) -> None:
+        """Drop what the dispatcher keeps of deleted model versions (when drained)."""
+        self.dispatcher.forget(self.catalog.snapshot.models.keys())
+
     def _after_change(self) -> None:
         self.autoscaler.refresh()
+        self._forget_deleted()
         self.dispatcher.reconfigure()
         self.processor.states.clear()
         if self.cache is not None:
@@ -337,9 +344,11 @@ class ClipperServer:
             replicas.append(replica(key, live.pop(key, None) is not None, proc))
         for key, rpc_replica in live.items():  # containers started by someone else
             replicas.append(replica(key, True, {**rpc_replica.describe(), "restarts": 0}))
+        # A deleted version is not reported, even while its last replica stops.
+        known = self.catalog.snapshot.models
         return ServerStatistics(
             uptime_s=round(time.time() - self.started_at, 3),
-            models=self.dispatcher.statistics(),
+            models=[m for m in self.dispatcher.statistics() if m.model in known],
             cache=self.cache.statistics() if self.cache is not None else None,
             replicas=replicas,
         )

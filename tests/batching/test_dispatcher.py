@@ -31,7 +31,7 @@ class FakeTransport:
         self.sent: list[tuple[bytes, dict, list]] = []
         self.fail_for: set[bytes] = set()
 
-    def send_batch(self, replica, batch_id, inputs, time_limit_s=None):
+    def send_batch(self, replica, batch_id, inputs, time_limit_s=None, deadline_s=None):
         if replica.identity in self.fail_for:
             return False
         self.sent.append((replica.identity, {"id": batch_id, "count": len(inputs)}, list(inputs)))
@@ -126,7 +126,7 @@ def test_model_errors_and_bad_results_become_error_outcomes():
 
 def test_a_batch_that_cannot_be_encoded_fails_its_queries_and_the_replica_goes_on():
     class Refusing(FakeTransport):
-        def send_batch(self, replica, batch_id, inputs, time_limit_s=None):
+        def send_batch(self, replica, batch_id, inputs, time_limit_s=None, deadline_s=None):
             if any(isinstance(x, str) for x in inputs):
                 raise TypeError("not a number")
             return super().send_batch(replica, batch_id, inputs, time_limit_s)

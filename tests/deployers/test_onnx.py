@@ -128,5 +128,9 @@ def test_deploy_ships_the_closure_with_every_keyword_passed_through(monkeypatch)
         "batch_size": 4,
         "num_replicas": 1,
         "pkgs_to_install": ["onnxruntime"],
+        "options": None,
+        "exist_ok": False,
+        "wait": True,
+        "timeout": 300.0,
     }
     np.testing.assert_allclose(shipped(args[4])(container_batch(X)), expected(), rtol=1e-6)

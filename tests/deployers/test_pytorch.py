@@ -103,6 +103,8 @@ def test_deploy_ships_the_closure_with_every_keyword_passed_through(monkeypatch)
         labels=["t"],
         num_replicas=3,
         pkgs_to_install=["torch==2.13.0"],
+        exist_ok=True,
+        wait=False,
     )
     [(args, kwargs)] = recorder.calls
     assert args[:4] == ("conn", "net", "2", "floats")
@@ -111,6 +113,10 @@ def test_deploy_ships_the_closure_with_every_keyword_passed_through(monkeypatch)
         "batch_size": -1,
         "num_replicas": 3,
         "pkgs_to_install": ["torch==2.13.0"],
+        "options": None,
+        "exist_ok": True,
+        "wait": False,
+        "timeout": 300.0,
     }
     x = np.ones((1, 4), dtype=np.float32)
     np.testing.assert_allclose(shipped(args[4])(x), reference(net, x), atol=1e-6)

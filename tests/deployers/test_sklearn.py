@@ -110,6 +110,10 @@ def test_deploy_ships_the_closure_with_every_keyword_passed_through(monkeypatch,
         batch_size=8,
         num_replicas=2,
         pkgs_to_install=["scikit-learn"],
+        options={"queue_capacity": 10},
+        exist_ok=True,
+        wait=False,
+        timeout=5.0,
     )
     [(args, kwargs)] = recorder.calls
     assert args[:4] == ("conn", "iris", "3", "doubles")
@@ -118,7 +122,24 @@ def test_deploy_ships_the_closure_with_every_keyword_passed_through(monkeypatch,
         "batch_size": 8,
         "num_replicas": 2,
         "pkgs_to_install": ["scikit-learn"],
+        "options": {"queue_capacity": 10},
+        "exist_ok": True,
+        "wait": False,
+        "timeout": 5.0,
     }
     assert shipped(args[4])(container_batch(x[:1]))[0] == pytest.approx(
         clf.predict_proba(x[:1])[0].tolist()
     )
+
+
+class Float32Thirds:
+    """An estimator whose predictions are float32 (as many regressors' are)."""
+
+    def predict(self, x):
+        return np.full(len(x), 1 / 3, dtype=np.float32)
+
+
+def test_float32_predictions_keep_their_own_precision():
+    out = shipped(sk._make_predict(Float32Thirds()))(container_batch([[1.0], [2.0]]))
+    assert out == [0.33333334, 0.33333334]
+    assert json.dumps(out) == "[0.33333334, 0.33333334]"

@@ -7,10 +7,12 @@ The rule the docs follow (docs/index.md says it to readers too):
   Comment lines right under a command are its output, which must match
   (see ``output_matches``: JSON compares as JSON, ``query_id`` values may
   differ, ``...`` stands for anything).
-- A ```` ```python ```` block either includes an example script
-  (``--8<-- "examples/x.py"``), which a bash block of the same page must
-  use (``python examples/x.py``, or ``--python-file examples/x.py``), or is
-  run as it stands (the README's, with the test server's ports).
+- A ```` ```python ```` block either shows an example script, inlined
+  under a ``<!-- source: examples/x.py ... -->`` line (the block must be the
+  file, character for character; ``test_inlined.py`` checks it), which a
+  bash block of the same page must use (``python examples/x.py``, or
+  ``--python-file examples/x.py``), or is run as it stands (the README's,
+  with the test server's ports).
 - Other fences (``console``, ``text``, ``json``, ...) are not run: install
   steps and multi-machine set-ups. Each executed page lists how many it has
   in ``NOT_RUN`` below, so a new one is a decision, not an accident.
@@ -48,12 +50,13 @@ EXECUTED = (
 
 # Blocks on executed pages that are shown but not run, and why.
 NOT_RUN = {
-    "docs/getting-started.md": 1,  # installing, and `clipper start` in the foreground
+    "docs/getting-started.md": 2,  # installing and `clipper start`; `clipper reset`
     "docs/howto/tritonclient.md": 1,  # pip install tritonclient
     "docs/howto/redis-and-ray.md": 1,  # a Ray cluster of several machines
 }
 
-SNIPPET = re.compile(r'^\s*--8<--\s+"([^"]+)"\s*$')
+SNIPPET = re.compile(r"--8<--")  # pymdownx.snippets: none any more (pages read on GitHub)
+SOURCE = re.compile(r"^\s*<!--\s*source:\s*(\S+)[^>]*-->\s*$")
 FENCE = re.compile(r"^(\s*)(`{3,})\s*([\w+-]*)(.*)$")
 
 
@@ -62,10 +65,8 @@ class Block:
     lang: str
     code: str
     line: int  # 1-based line of the opening fence
-
-    @property
-    def snippets(self) -> list[str]:
-        return [m.group(1) for ln in self.code.splitlines() if (m := SNIPPET.match(ln))]
+    source: str | None = None  # the file it is a copy of (``<!-- source: ... -->`` above it)
+    info: str = ""  # the rest of the fence's opening line, e.g. ``title="examples/x.py"``
 
 
 @dataclass
@@ -96,6 +97,7 @@ def parse_blocks(text: str) -> list[Block]:
             i += 1
             continue
         indent, ticks, lang = m.group(1), m.group(2), m.group(3)
+        above = SOURCE.match(lines[i - 1]) if i > 0 else None
         start = i
         body: list[str] = []
         i += 1
@@ -105,7 +107,8 @@ def parse_blocks(text: str) -> list[Block]:
             line = lines[i]
             body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
             i += 1
-        blocks.append(Block(lang, "\n".join(body) + "\n", start + 1))
+        source = above.group(1) if above else None
+        blocks.append(Block(lang, "\n".join(body) + "\n", start + 1, source, m.group(4).strip()))
         i += 1
     return blocks
 

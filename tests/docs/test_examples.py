@@ -6,6 +6,9 @@ the Redis one, in the order of ``EXECUTED``; that page starts its own servers
 on a throwaway Redis. Commands see the server's ports in ``CLIPPER_*``
 variables (which the examples and the CLI read), and ``localhost:1337``-style
 addresses in the text are rewritten to the test server's ports.
+
+Nothing waits between blocks: each runs right after the one before, as a
+reader pasting them would (what the docs show must hold at once).
 """
 
 from __future__ import annotations
@@ -19,12 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from clipper.admin import ClipperConnection, LocalContainerManager
 from tests.docs.blocks import EXECUTED, ROOT, Command, Page, commands, is_skipped, output_matches
-from tests.helpers import Clipper, admin_token, free_port, wait_for
+from tests.helpers import Clipper, free_port, wait_for
 from tests.redis_server import redis_server
 
 pytestmark = pytest.mark.slow
@@ -40,7 +42,6 @@ class Target:
     env: dict[str, str]
     ports: dict[int, int]  # port in the docs -> port of the test server
     paths: dict[str, str] = field(default_factory=dict)
-    management_ports: list[tuple[int, Path]] = field(default_factory=list)  # (port, state)
 
     def localize(self, text: str) -> str:
         for shown, actual in self.ports.items():
@@ -49,24 +50,6 @@ class Target:
         for shown, actual in self.paths.items():
             text = text.replace(shown, actual)
         return text
-
-    def settle(self, timeout: float = 20.0) -> None:
-        """Wait until every replica is live, as a reader typing the next command
-        would: replicas start in the background after a deploy."""
-        deadline = time.monotonic() + timeout
-        for port, home in self.management_ports:
-            while time.monotonic() < deadline:
-                try:
-                    status = httpx.get(
-                        f"http://127.0.0.1:{port}/admin/status",
-                        headers={"Authorization": f"Bearer {admin_token(home)}"},
-                        timeout=5,
-                    ).json()
-                except (httpx.HTTPError, ValueError, AssertionError):
-                    break  # no server (yet, or any more): nothing to wait for
-                if all(r["live"] for r in status["replicas"]):
-                    break
-                time.sleep(0.05)
 
 
 def command_env(state_dir: Path, query: int, management: int, rpc: int) -> dict[str, str]:
@@ -84,7 +67,6 @@ def command_env(state_dir: Path, query: int, management: int, rpc: int) -> dict[
 
 def run_command(command: Command, target: Target, where: str) -> None:
     text = target.localize(command.text)
-    target.settle()
     started = time.monotonic()
     run = subprocess.run(
         ["bash", "-c", f"set -euo pipefail\n{text}"],
@@ -112,7 +94,6 @@ def run_python(code: str, target: Target, where: str, tmp_path: Path) -> None:
     )
     script = tmp_path / "block.py"
     script.write_text(code)
-    target.settle()
     run = subprocess.run(
         [sys.executable, str(script)],
         cwd=ROOT,
@@ -131,9 +112,9 @@ def run_page(path: str, target: Target, tmp_path: Path) -> None:
             for command in commands(block):
                 if not is_skipped(command):
                     run_command(command, target, f"{path}:{command.line}")
-        elif block.lang == "python" and not block.snippets:
+        elif block.lang == "python" and block.source is None:
             run_python(block.code, target, where, tmp_path)
-        # python blocks with snippets run through the page's bash blocks;
+        # python blocks copied from examples/ run through the page's bash blocks;
         # other fences are not run (see blocks.NOT_RUN).
 
 
@@ -167,7 +148,6 @@ def target_of(server: Clipper) -> Target:
             1338: cm.clipper_management_port,
             7000: cm.clipper_rpc_port,
         },
-        management_ports=[(cm.clipper_management_port, cm.state_path)],
     )
 
 
@@ -196,7 +176,6 @@ def test_redis_page_runs_as_written(tmp_path):
                 6379: redis_port,
             },
             paths={"/tmp/clipper-b": str(home_b)},
-            management_ports=[(a["management"], home_a), (b["management"], home_b)],
         )
         try:
             run_page(path, target, tmp_path)

@@ -44,7 +44,7 @@ def read(page: str) -> str:
 
 
 def test_the_site_builds_strictly(tmp_path):
-    """``mkdocs build --strict``: a broken link, anchor, snippet or nav entry fails."""
+    """``mkdocs build --strict``: a broken link, anchor or nav entry fails."""
     run = subprocess.run(
         [
             sys.executable,
@@ -65,7 +65,7 @@ def test_the_site_builds_strictly(tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     site = tmp_path / "site"
-    # Snippets were included, not left as markers; examples are published.
+    # The inlined examples are on the pages; examples are published too.
     sklearn = (site / "howto" / "sklearn.html").read_text()
     assert "deploy_sklearn_model" in sklearn and "--8&lt;--" not in sklearn
     assert (site / "examples" / "oip_client.py").is_file()
@@ -182,9 +182,11 @@ def test_every_block_of_an_executed_page_is_run(path):
     not_run = 0
     for block in page.blocks:
         if block.lang == "python":
-            for snippet in block.snippets:
-                assert snippet in runs, f"{path}:{block.line}: {snippet} is shown but never run"
-            if not block.snippets:
+            if block.source is not None:
+                assert block.source in runs, (
+                    f"{path}:{block.line}: {block.source} is shown but never run"
+                )
+            else:
                 assert path == "README.md", f"{path}:{block.line}: inline Python is not run"
         elif block.lang == "bash":
             assert commands(block), f"{path}:{block.line}: an empty bash block"
@@ -203,7 +205,7 @@ def test_every_example_is_shown_and_run():
     for path in EXECUTED:
         page = Page.read(path)
         run |= example_runs(page)
-        shown |= {s for b in page.blocks for s in b.snippets}
+        shown |= {b.source for b in page.blocks if b.source is not None}
     examples = {f"examples/{p.name}" for p in EXAMPLES.glob("*.py")}
     assert examples <= run, f"examples no page runs: {sorted(examples - run)}"
     # oip_client.py is documented in docs/oip.md, which links it.

@@ -78,8 +78,16 @@ def test_app_lifecycle_and_clipper_shapes(clipper):
             "colour",
         ),
         ("add_model_links", {"app_name": "ghost", "model_names": ["m"]}, "ghost"),
-        ("set_model_version", {"model_name": "ghost", "model_version": "1"}, "no version"),
-        ("delete_versioned_model", {"model_name": "ghost", "model_version": "1"}, "no version"),
+        (
+            "set_model_version",
+            {"model_name": "ghost", "model_version": "1"},
+            "no model named 'ghost'",
+        ),
+        (
+            "delete_versioned_model",
+            {"model_name": "ghost", "model_version": "1"},
+            "no model named 'ghost'",
+        ),
         (
             "add_model",
             {"model_name": "x", "model_version": "1", "input_type": "doubles", "model_data": "%%%"},

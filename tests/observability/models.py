@@ -28,3 +28,16 @@ def parity(xs: Any) -> list[int]:
 
 def constant(xs: Any) -> list[int]:
     return [7] * len(xs)
+
+
+def check_row(row: Any) -> None:
+    if row[0] < 0:
+        raise ValueError(f"negative first feature: {float(row[0])}")
+
+
+def first_feature_positive(xs: Any) -> list[float]:
+    """Raises on a row whose first feature is negative (in ``check_row``: the
+    replica's log shows that line)."""
+    for x in xs:
+        check_row(x)
+    return [float(sum(x)) for x in xs]

@@ -166,10 +166,11 @@ def test_a_bandit_app_keeps_answering_during_a_redis_outage(store, frontends):
 
 def test_feedback_during_a_redis_outage_is_refused_with_a_503(store, frontends):
     a, _ = frontends
-    url = f"{a.query_url}/kept/update"
-    assert a.http.post(url, json={"uid": 1, "input": [1.0], "label": 1.0}).status_code == 200
+    # A bandit app: its feedback writes policy state (a `single` app's changes nothing)
+    url = f"{a.query_url}/band/update"
+    assert a.http.post(url, json={"uid": 1, "input": [1.0, 2.0], "label": 3.0}).status_code == 200
     with store.down():
-        r = a.http.post(url, json={"uid": 1, "input": [1.0], "label": 1.0})
+        r = a.http.post(url, json={"uid": 1, "input": [1.0, 2.0], "label": 3.0})
         assert r.status_code == 503, r.text
         assert r.json()["error"] and "Redis" in r.json()["cause"]
 

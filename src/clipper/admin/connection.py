@@ -6,20 +6,63 @@ import base64
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
 
 from ..statedir import is_clipper_server, pid_alive, private_dir, read_server_record
-from .exceptions import ClipperException, UnconnectedException
+from .exceptions import ClipperException, NotReadyException, UnconnectedException
 from .manager import LocalContainerManager
 
 log = logging.getLogger("clipper.admin")
+
+DEPLOY_TIMEOUT = 300.0  # seconds deployers, links, versions and scaling wait by default
+READY_TIMEOUT = 120.0  # seconds wait_until_ready waits by default
+CRASH_RESTARTS = 3  # a version whose every replica restarted this often fails the wait early
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _not_live(readiness: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What a ``get_readiness`` answer is waiting for (one phrase per model version),
+    and the labels of the replicas whose logs would tell why."""
+    waiting, labels = [], []
+    for m in readiness.get("models", []):
+        if m["ready"]:
+            continue
+        replicas = m.get("replicas", [])
+        about = f"model '{m['model_name']}' version '{m['model_version']}' has " + (
+            f"{m['live_replicas']} of {m['target_replicas']} replica(s) live"
+            if m["target_replicas"]
+            else "no replica to run (0 requested; start one, or scale it up)"
+        )
+        crashed = [f"{r['replica']} restarted {r['restarts']}x" for r in replicas if r["restarts"]]
+        if crashed:
+            about += f" ({', '.join(crashed)})"
+        waiting.append(about)
+        labels += [str(r["replica"]) for r in replicas]
+    if readiness.get("problem"):
+        waiting.insert(0, str(readiness["problem"]))
+    return waiting, labels
+
+
+def _crashing(readiness: dict[str, Any]) -> bool:
+    """Whether a version that should run keeps crashing: none of its replicas is
+    live and every one has restarted ``CRASH_RESTARTS`` times (waiting longer is futile)."""
+    return any(
+        not m["ready"]
+        and m["target_replicas"] > 0
+        and m["replicas"]
+        and all(not r["live"] and r["restarts"] >= CRASH_RESTARTS for r in m["replicas"])
+        for m in readiness.get("models", [])
+    )
 
 
 class ClipperConnection:
@@ -48,8 +91,14 @@ class ClipperConnection:
     def _http(self, method: str, url: str, timeout: float, **kw: Any) -> httpx.Response:
         headers = self._auth_headers() if url.startswith(self.management_url) else {}
         return httpx.request(
-            method, url, timeout=timeout, headers=headers, verify=self.cm.verify(), **kw
+            method, url, timeout=timeout, headers=headers, verify=self._verify(url), **kw
         )
+
+    def _verify(self, url: str) -> bool | ssl.SSLContext:
+        """How the HTTP client checks ``url``'s certificate. A plain-http URL has none:
+        no CA bundle is loaded for it (httpx loads one per client, ~20 ms each, which
+        every CLI command paid several times)."""
+        return self.cm.verify() if url.startswith("https:") else False
 
     def _unauthorized(self, what: str) -> ClipperException:
         return ClipperException(
@@ -192,7 +241,9 @@ class ClipperConnection:
             raise UnconnectedException()
         if self._client is None:
             self._client = httpx.Client(
-                base_url=self.management_url, timeout=self.timeout, verify=self.cm.verify()
+                base_url=self.management_url,
+                timeout=self.timeout,
+                verify=self._verify(self.management_url),
             )
         try:
             r = self._client.post(f"/admin/{route}", json=body, headers=self._auth_headers())
@@ -223,12 +274,16 @@ class ClipperConnection:
         selection_policy: str = "single",
         policy_params: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
+        exist_ok: bool = False,
     ) -> None:
         """Register an app: its REST endpoint ``/{name}/predict`` appears at once.
 
         ``selection_policy`` is one of ``single``, ``exp3``, ``exp4``,
         ``epsilon_greedy``, ``ucb1``, ``thompson``; ``options`` may set
         ``cache`` (bool) and ``overload`` (``"default"`` or ``"503"``).
+        An app of that name is an error, unless ``exist_ok=True`` and it is
+        defined the same way (then nothing changes; a difference is an error
+        naming the fields that differ), so a script can run again.
         """
         body: dict[str, Any] = {
             "name": name,
@@ -241,6 +296,8 @@ class ClipperConnection:
         }
         if input_shape is not None:
             body["input_shape"] = list(input_shape)
+        if exist_ok:
+            body["exist_ok"] = True
         self._post("add_app", body)
 
     def set_selection_policy(
@@ -270,8 +327,27 @@ class ClipperConnection:
     def unregister_application(self, name: str) -> None:
         self._post("delete_app", {"name": name})
 
-    def link_model_to_app(self, app_name: str, model_name: str) -> None:
-        self._post("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+    def link_model_to_app(
+        self,
+        app_name: str,
+        model_name: str,
+        exist_ok: bool = False,
+        wait: bool = True,
+        timeout: float = DEPLOY_TIMEOUT,
+    ) -> None:
+        """Link a model to an app: the app's queries go to the model's current version.
+
+        A model already linked is an error unless ``exist_ok=True``. With
+        ``wait`` (the default) it returns once that version has a live replica
+        (at once if it runs none), so the app answers from the model at once;
+        NotReadyException after ``timeout`` seconds.
+        """
+        body: dict[str, Any] = {"app_name": app_name, "model_names": [model_name]}
+        if exist_ok:
+            body["exist_ok"] = True
+        self._post("add_model_links", body)
+        if wait:
+            self.wait_until_live(model_name, timeout=timeout)
 
     def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
         self._post("delete_model_links", {"app_name": app_name, "model_names": [model_name]})
@@ -287,20 +363,23 @@ class ClipperConnection:
         input_type: str,
         labels: list[str] | None = None,
         batch_size: int = -1,
+        exist_ok: bool = False,
     ) -> None:
         """Register a model version without an artifact: its containers are
-        started elsewhere and connect to the RPC port by themselves."""
-        self.add_model(
-            {
-                "model_name": name,
-                "model_version": str(version),
-                "input_type": input_type,
-                "labels": labels or [],
-                "batch_size": batch_size,
-                "container_name": "external",
-                "num_replicas": 0,
-            }
-        )
+        started elsewhere and connect to the RPC port by themselves.
+        ``exist_ok``: as for :meth:`deploy_model`."""
+        body: dict[str, Any] = {
+            "model_name": name,
+            "model_version": str(version),
+            "input_type": input_type,
+            "labels": labels or [],
+            "batch_size": batch_size,
+            "container_name": "external",
+            "num_replicas": 0,
+        }
+        if exist_ok:
+            body["exist_ok"] = True
+        self.add_model(body)
 
     def deploy_model(
         self,
@@ -313,41 +392,172 @@ class ClipperConnection:
         batch_size: int = -1,
         pkgs_to_install: list[str] | None = None,
         options: dict[str, Any] | None = None,
+        exist_ok: bool = False,
+        wait: bool = True,
+        timeout: float = DEPLOY_TIMEOUT,
     ) -> None:
         """Deploy a cloudpickled model (a callable, or an object with ``predict``)
         and start ``num_replicas`` containers for it. ``options``: batching,
-        queueing, memory and autoscaling options (see the management API docs)."""
-        self.add_model(
-            {
-                "model_name": name,
-                "model_version": str(version),
-                "input_type": input_type,
-                "labels": labels or [],
-                "batch_size": batch_size,
-                "num_replicas": num_replicas,
-                "model_data": base64.b64encode(model_data).decode(),
-                "pkgs_to_install": list(pkgs_to_install or []),
-                "options": dict(options or {}),
-            }
-        )
+        queueing, memory and autoscaling options (see the management API docs).
 
-    def set_model_version(self, name: str, version: str, num_replicas: int | None = None) -> None:
+        The version becomes the model's current one. An existing version of
+        that name is an error, unless ``exist_ok=True`` and it is identical
+        (the same artifact bytes, input type, labels, batch size, options and
+        packages): then nothing changes. With ``wait`` (the default) it returns
+        once a replica of the version is live (at once for ``num_replicas=0``
+        or an autoscaled model at zero); NotReadyException after ``timeout``
+        seconds, or sooner when every replica keeps crashing.
+        """
+        body: dict[str, Any] = {
+            "model_name": name,
+            "model_version": str(version),
+            "input_type": input_type,
+            "labels": labels or [],
+            "batch_size": batch_size,
+            "num_replicas": num_replicas,
+            "model_data": base64.b64encode(model_data).decode(),
+            "pkgs_to_install": list(pkgs_to_install or []),
+            "options": dict(options or {}),
+        }
+        if exist_ok:
+            body["exist_ok"] = True
+        self.add_model(body)
+        if wait:
+            self.wait_until_live(name, str(version), timeout=timeout)
+
+    def set_model_version(
+        self,
+        name: str,
+        version: str,
+        num_replicas: int | None = None,
+        wait: bool = True,
+        timeout: float = DEPLOY_TIMEOUT,
+    ) -> None:
+        """Make ``version`` the one that serves the model's queries (a rollback is
+        this with an older version). With ``wait`` it returns once that version has
+        a live replica (at once if it runs none); NotReadyException after ``timeout``."""
         self._post("set_model_version", {"model_name": name, "model_version": str(version)})
         if num_replicas is not None:
-            self.set_num_replicas(name, num_replicas, version)
+            self.set_num_replicas(name, num_replicas, version, wait=False)
+        if wait:
+            self.wait_until_live(name, str(version), timeout=timeout)
 
     def get_current_model_version(self, name: str) -> str:
-        for model in self.get_all_models(verbose=True):
-            if model["model_name"] == name and model["is_current_version"]:
+        versions = [m for m in self.get_all_models(verbose=True) if m["model_name"] == name]
+        if not versions:
+            raise ClipperException(f"no model named '{name}'")
+        for model in versions:
+            if model["is_current_version"]:
                 return str(model["model_version"])
         raise ClipperException(f"model '{name}' has no current version")
 
-    def set_num_replicas(self, name: str, num_replicas: int, version: str | None = None) -> None:
+    def set_num_replicas(
+        self,
+        name: str,
+        num_replicas: int,
+        version: str | None = None,
+        wait: bool = True,
+        timeout: float = DEPLOY_TIMEOUT,
+    ) -> None:
+        """Run ``num_replicas`` replicas of a version (default: the current one).
+        With ``wait`` it returns once at least one of them is live (at once for
+        0); NotReadyException after ``timeout`` seconds."""
         version = version or self.get_current_model_version(name)
         self._post(
             "set_num_replicas",
             {"model_name": name, "model_version": str(version), "num_replicas": num_replicas},
         )
+        if wait:
+            self.wait_until_live(name, str(version), timeout=timeout)
+
+    # -- waiting for replicas -----------------------------------------------------
+
+    def get_readiness(
+        self,
+        app_name: str | None = None,
+        model_name: str | None = None,
+        version: str | None = None,
+    ) -> dict[str, Any]:
+        """Whether an app (or one model version: default the current one) can answer
+        now: ``{"ready", "problem", "models": [{"model_name", "model_version",
+        "target_replicas", "live_replicas", "autoscaled", "ready", "replicas"}]}``."""
+        body: dict[str, Any] = {}
+        if app_name is not None:
+            body["app_name"] = app_name
+        if model_name is not None:
+            body["model_name"] = model_name
+        if version is not None:
+            body["model_version"] = str(version)
+        return dict(self._post("get_readiness", body))
+
+    def wait_until_live(
+        self,
+        model_name: str,
+        version: str | None = None,
+        timeout: float = DEPLOY_TIMEOUT,
+        progress: Progress | None = None,
+    ) -> None:
+        """Wait until a version of a model (default: the current one) has a live
+        replica; at once when it runs none. What deployers, links, versions and
+        scaling do with ``wait=True``. NotReadyException after ``timeout`` seconds,
+        or sooner when every replica keeps crashing. ``progress`` is called with
+        each :meth:`get_readiness` answer."""
+        what = f"model '{model_name}'" + (f" version '{version}'" if version else "")
+        self._wait(
+            lambda: self.get_readiness(model_name=model_name, version=version),
+            timeout,
+            f"a live replica of {what}",
+            progress,
+        )
+
+    def wait_until_ready(
+        self, app_name: str, timeout: float = READY_TIMEOUT, progress: Progress | None = None
+    ) -> bool:
+        """Wait until the app can answer from its models: every linked model's
+        current version has a live replica (a model that autoscales from zero
+        counts: it starts on the first query). Returns True; NotReadyException
+        naming what is not live after ``timeout`` seconds (or sooner when every
+        replica of a model keeps crashing)."""
+        self._wait(
+            lambda: self.get_readiness(app_name=app_name),
+            timeout,
+            f"application '{app_name}' to be ready",
+            progress,
+        )
+        return True
+
+    def _wait(
+        self,
+        check: Callable[[], dict[str, Any]],
+        timeout: float,
+        what: str,
+        progress: Progress | None,
+    ) -> None:
+        started = time.monotonic()
+        deadline = started + timeout
+        pause = 0.02
+        while True:
+            readiness = check()
+            if progress is not None:
+                progress(readiness)
+            if readiness["ready"]:
+                return
+            crashing = _crashing(readiness)
+            if crashing or time.monotonic() >= deadline:
+                waiting, labels = _not_live(readiness)
+                if crashing:
+                    head = f"gave up waiting for {what}: its replicas keep crashing"
+                else:
+                    head = f"timed out after {timeout:g}s waiting for {what}"
+                logs = (
+                    ("; its log tells why: " if len(labels) == 1 else "; their logs tell why: ")
+                    + ", ".join(f"`clipper logs --replica {label}`" for label in labels[:3])
+                    if labels
+                    else "; `clipper logs` shows the server's log"
+                )
+                raise NotReadyException(f"{head}: {'; '.join(waiting) or 'not ready'}{logs}")
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
 
     def get_num_replicas(self, name: str, version: str | None = None) -> int:
         version = version or self.get_current_model_version(name)
@@ -415,7 +625,7 @@ class ClipperConnection:
         """Stop the replicas of the given versions: ``{"m": ["1", "2"]}``."""
         for name, versions in model_versions_dict.items():
             for version in versions:
-                self.set_num_replicas(name, 0, str(version))
+                self.set_num_replicas(name, 0, str(version), wait=False)
 
     def stop_models(self, model_names: list[str]) -> None:
         """Stop the replicas of every version of the given models."""
@@ -449,21 +659,42 @@ class ClipperConnection:
         self.unregister_application(name)
 
     def test_predict_function(self, query: dict[str, Any], func: Any, input_type: str) -> Any:
-        """Run ``func`` here on ``query`` exactly as a container would receive it.
+        """Run ``func`` here on ``query`` as a replica would, and return what a client gets.
 
         ``query`` is a predict body (``{"input": x}`` or ``{"input_batch": [...]}``);
-        returns the list of outputs. Raises ClipperException for a bad query.
+        ``func`` a function or an object with ``predict``. The inputs go through
+        the server's parsing and the container's own code path (one batch: the
+        same call, output checks, isolation of inputs it raises on, and
+        encoding), and the result is read back as the frontend reads it.
+        Returns the list of outputs, one per input, as the REST answers'
+        ``output`` fields hold them (JSON values). Raises ClipperException for
+        a bad query, or naming each input that would get the app's default
+        output, with the server's explanation (chained to what ``func`` raised).
         """
+        from ..batching.outcomes import batch_outcomes
+        from ..container.runtime import dry_run
         from ..exceptions import InputError
         from ..frontend.inputs import parse_predict_body
-        from ..rpc import protocol
-        from ..types import InputType
+        from ..types import InputType, ModelId, json_default
 
         itype = InputType.parse(input_type)
         try:
             request = parse_predict_body(orjson.dumps(query), itype, None)
         except InputError as exc:
             raise ClipperException(str(exc)) from exc
-        fields, frames = protocol.encode_inputs(itype.value, request.inputs)
-        inputs = protocol.decode_inputs(fields, [bytes(f) for f in frames])
-        return list(func(inputs))
+        result, raised = dry_run(func, itype.value, list(request.inputs))
+        name = getattr(func, "__name__", None) or type(func).__name__
+        outcomes = batch_outcomes(ModelId(name, "test"), result, len(request.inputs))
+        failed = [f"input {i + 1}: {o.error}" for i, o in enumerate(outcomes) if not o.ok]
+        if failed:
+            same = len(failed) > 1 and len({o.error for o in outcomes}) == 1
+            raise ClipperException(
+                f"the server would answer {len(failed)} of {len(outcomes)} inputs with the "
+                "app's default output: "
+                + (f"every input: {outcomes[0].error}" if same else "; ".join(failed))
+            ) from (raised[0] if raised else None)
+        option = orjson.OPT_NON_STR_KEYS
+        return [
+            orjson.loads(orjson.dumps(o.output, default=json_default, option=option))
+            for o in outcomes
+        ]

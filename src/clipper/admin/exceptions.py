@@ -12,3 +12,8 @@ class UnconnectedException(ClipperException):
 
     def __init__(self) -> None:
         super().__init__("not connected to a Clipper server: call start_clipper() or connect()")
+
+
+class NotReadyException(ClipperException, TimeoutError):
+    """A wait for live replicas timed out (or their replicas keep crashing); the
+    message names what is not live and the replica logs to read."""

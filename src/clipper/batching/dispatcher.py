@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,9 @@ from .outcomes import checked, outputs_or_error
 from .queue import DeadlineQueue, Task
 
 log = logging.getLogger("clipper.dispatcher")
+
+# The longest ``deadline_s`` sent with a batch (a query without a real deadline).
+MAX_DEADLINE_S = 3600.0
 
 
 @dataclass(eq=False)
@@ -206,9 +209,13 @@ class Dispatcher:
         batch_id = next(self._batch_ids)
         self._in_flight[batch_id] = _InFlight(replica.identity, batch, now)
         inputs = [t.input for t in batch]
+        # Until the last of its queries is answered anyway: how long the
+        # replica may spend isolating an input the model fails on.
+        last = max(t.deadline for t in batch)
+        deadline_s = round(min(max(last - now, 0.0), MAX_DEADLINE_S), 6)
         try:
             sent = self._transport.send_batch(
-                replica, batch_id, inputs, state.config.batch_time_limit_s
+                replica, batch_id, inputs, state.config.batch_time_limit_s, deadline_s=deadline_s
             )
         except Exception as exc:  # inputs were validated; this is a bug, not a client error
             del self._in_flight[batch_id]
@@ -240,7 +247,9 @@ class Dispatcher:
                     task.retries += 1
                     state.queue.requeue(task)
                 else:
-                    task.finish(outcomes.replica_lost(state.model, reason))
+                    failure = outcomes.replica_lost(state.model, reason)
+                    state.model_failed(failure.error or "")
+                    task.finish(failure)
         if len(state.queue):
             nxt = state.queue.earliest_deadline()
             if nxt is not None and nxt < state.sweep_at:
@@ -264,13 +273,24 @@ class Dispatcher:
             member.observe(len(tasks), latency, len(state.queue))
         for listener in self.batch_listeners:
             listener(state.model, len(tasks), latency)
-        if member is not None and not isinstance(result, p.ModelRaised):
-            member.curve.observe(len(tasks), latency)  # the model ran: its cost counts
+        partial = type(result) is p.PartialOutputs
+        if member is not None and not partial and not isinstance(result, p.ModelRaised):
+            # The model ran: its cost counts (not a batch it was split and
+            # retried on to isolate a failing input: that took longer).
+            member.curve.observe(len(tasks), latency)
         outputs = outputs_or_error(state.model, result, len(tasks))
         if isinstance(outputs, str):
             state.errors += 1
+            state.model_failed(outputs, len(tasks))
             for task in tasks:
                 task.finish(Failure(DefaultReason.MODEL_ERROR, outputs))
+        elif partial:  # the model failed on some inputs only: theirs are errors
+            state.errors += 1
+            for task, output in zip(tasks, outputs, strict=True):
+                outcome = checked(state.model, output)
+                if isinstance(output, p.ModelRaised | p.BadResult):
+                    state.model_failed(outcome.error or "")
+                task.finish(outcome)
         else:
             for task, output in zip(tasks, outputs, strict=True):
                 task.finish(checked(state.model, output))
@@ -289,6 +309,23 @@ class Dispatcher:
             )
             for model, state in self._models.items()
         ]
+
+    def forget(self, keep: Collection[ModelId]) -> list[ModelId]:
+        """Drop the state of the model versions not in ``keep`` (deleted ones) once
+        nothing of theirs is left: no replica and no query waiting (a batch in
+        flight has its replica). Returns the versions dropped; one deployed again
+        starts afresh."""
+        gone = [
+            model
+            for model, state in self._models.items()
+            if model not in keep and not state.members and not len(state.queue)
+        ]
+        for model in gone:
+            state = self._models.pop(model)
+            for timer in (state.sweep_timer, state.delay_timer):
+                if timer is not None:
+                    timer.cancel()
+        return gone
 
     def replicas(self) -> list[Replica]:
         return [m.replica for s in self._models.values() for m in s.members.values()]

@@ -59,6 +59,11 @@ class ModelStatistics:
     cost_per_query_ms: dict[str, float] = field(default_factory=dict)
     by_replica: list[ReplicaBatchStatistics] = field(default_factory=list)
     predictions: int = 0  # queries computed, in finished batches (not in the JSON)
+    # Queries the model failed (it raised on them, gave an unusable output, or
+    # its replica was lost with them), apart from SLO misses; and the last one's
+    # explanation ("" before any).
+    model_errors: int = 0
+    last_model_error: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """As ``/admin/status`` reports it (``models``): the model as ``"name:version"``."""
@@ -131,7 +136,9 @@ class ModelState:
     sweep_at: float = float("inf")
     batches: int = 0
     batched_tasks: int = 0
-    errors: int = 0
+    errors: int = 0  # batches the model failed on, in whole or in part
+    model_errors: int = 0  # queries the model failed
+    last_model_error: str = ""
     last_batch_size: int = 0
     last_batch_latency: float = 0.0
 
@@ -226,6 +233,11 @@ class ModelState:
         member.estimate.idle(now)
         self.idle.append(member.replica.identity)
 
+    def model_failed(self, explanation: str, queries: int = 1) -> None:
+        """``queries`` of this model's queries got a model error."""
+        self.model_errors += queries
+        self.last_model_error = explanation
+
     def record_batch(self, size: int, latency: float) -> None:
         self.batches += 1
         self.batched_tasks += size
@@ -263,4 +275,6 @@ class ModelState:
             cost_per_query_ms=busiest.curve.curve() if busiest is not None else {},
             by_replica=by_replica,
             predictions=self.batched_tasks,
+            model_errors=self.model_errors,
+            last_model_error=self.last_model_error,
         )

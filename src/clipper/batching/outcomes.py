@@ -68,11 +68,30 @@ def outputs_or_error(model: ModelId, result: BatchResult, inputs: int) -> list[A
     return result
 
 
+def batch_outcomes(model: ModelId, result: BatchResult, inputs: int) -> list[Outcome]:
+    """Each input's outcome from its batch's result, as the dispatcher settles
+    them (``test_predict_function`` shows a user the same)."""
+    outputs = outputs_or_error(model, result, inputs)
+    if isinstance(outputs, str):
+        return [Failure(DefaultReason.MODEL_ERROR, outputs) for _ in range(inputs)]
+    return [checked(model, output) for output in outputs]
+
+
 def checked(model: ModelId, output: Any) -> Outcome:
     """The output as an Outcome, or an error if JSON cannot carry it (that query
-    only: it must neither break the response nor enter the cache)."""
+    only: it must neither break the response nor enter the cache). In a
+    ``PartialOutputs``, a failed input's place holds its model error."""
     if type(output) in _PLAIN:  # the common case: no trial encoding on the hot path
         return Outcome(output=output)
+    if isinstance(output, ModelRaised):  # isolated: the model raised on this input
+        return Failure(
+            DefaultReason.MODEL_ERROR, f"model {model} raised {output.error_type}: {output.message}"
+        )
+    if isinstance(output, BadResult):  # this input's output cannot be used
+        return Failure(
+            DefaultReason.MODEL_ERROR,
+            f"model {model} returned {output.reason}",
+        )
     try:
         orjson.dumps(output, default=json_default, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:

@@ -4,19 +4,83 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from .base import app, console, err_console, print_json, target
 from .parsing import load_function, parse_shape, read_pickle
 from .render import apps_table, models_table, replicas_table
 
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from ..admin import ClipperConnection
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print raw JSON instead of a table.")]
+ExistOk = Annotated[
+    bool,
+    typer.Option(
+        "--exist-ok",
+        help="Accept an identical existing one (nothing changes), so a script can run "
+        "again; a different one is still an error naming what differs.",
+    ),
+]
+NoWait = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="Return at once instead of waiting until a replica of the version is live.",
+    ),
+]
+WaitTimeout = Annotated[
+    float,
+    typer.Option("--timeout", min=0, help="Seconds to wait for a live replica before failing."),
+]
 
 
-def _show(found: list[Any], as_json: bool, none: str, table: Callable[[], Table]) -> None:
+def _readiness_line(readiness: dict[str, Any]) -> str:
+    """``m:1 0/1 live`` for each model version a readiness answer lists."""
+    parts = [
+        f"{m['model_name']}:{m['model_version']} {m['live_replicas']}/{m['target_replicas']} live"
+        for m in readiness.get("models", [])
+    ]
+    return ", ".join(parts) or str(readiness.get("problem") or "")
+
+
+def wait_with_progress(
+    what: str, timeout: float, wait: Callable[[Callable[[dict[str, Any]], None] | None], object]
+) -> None:
+    """Run ``wait(progress)``, showing that it waits: a spinner with the live
+    replicas on a terminal's stderr, else one line before and one after."""
+    import time
+
+    started = time.monotonic()
+    if err_console.is_terminal:
+        with err_console.status(f"Waiting for {what}…") as spinner:
+
+            def progress(readiness: dict[str, Any]) -> None:
+                took = time.monotonic() - started
+                spinner.update(f"Waiting for {what}: {_readiness_line(readiness)} ({took:.0f}s)")
+
+            wait(progress)
+    else:
+        typer.echo(f"Waiting for {what} (at most {timeout:g}s)…", err=True)
+        wait(None)
+    typer.echo(f"Ready: {what} ({time.monotonic() - started:.1f}s).", err=True)
+
+
+def wait_live(conn: ClipperConnection, model: str, version: str | None, timeout: float) -> None:
+    """Wait, showing progress, until a replica of ``model:version`` is live."""
+    what = f"a live replica of {model}" + (f":{version}" if version else "")
+    wait_with_progress(
+        what,
+        timeout,
+        lambda progress: conn.wait_until_live(model, version, timeout=timeout, progress=progress),
+    )
+
+
+def _show(found: list[Any], as_json: bool, none: str, table: Callable[[], RenderableType]) -> None:
     """A listing: raw JSON, a line saying there is nothing, or the table."""
     if as_json:
         print_json(found)
@@ -37,7 +101,7 @@ def models(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     conn = target(ctx).connect()
     found = conn.get_all_models(verbose=True)
 
-    def table() -> Table:
+    def table() -> RenderableType:
         wanted: dict[tuple[str, str], int | None] = {}
         for m in found:
             key = (str(m["model_name"]), str(m["model_version"]))
@@ -74,10 +138,13 @@ def register(
         str | None,
         typer.Option(help="Required input shape of numeric inputs, e.g. 64 or 28,28."),
     ] = None,
+    exist_ok: ExistOk = False,
 ) -> None:
     conn = target(ctx).connect()
     shape = parse_shape(input_shape) if input_shape is not None else None
-    conn.register_application(name, input_type, default_output, slo_micros, input_shape=shape)
+    conn.register_application(
+        name, input_type, default_output, slo_micros, input_shape=shape, exist_ok=exist_ok
+    )
     typer.echo(f"Registered application '{name}'.")
 
 
@@ -89,14 +156,44 @@ def unregister(
     typer.echo(f"Unregistered application '{name}'.")
 
 
-@app.command(help="Link a model to an application (the app then queries it).")
+@app.command(
+    help="Link a model to an application (the app then queries it), and wait until the "
+    "model's current version has a live replica (--no-wait: return at once)."
+)
 def link(
     ctx: typer.Context,
     app_name: Annotated[str, typer.Argument(metavar="APP", help="Application name.")],
     model: Annotated[str, typer.Argument(help="Model name.")],
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Accept a model that is already linked.")
+    ] = False,
+    no_wait: NoWait = False,
+    timeout: WaitTimeout = 300.0,
 ) -> None:
-    target(ctx).connect().link_model_to_app(app_name, model)
+    conn = target(ctx).connect()
+    conn.link_model_to_app(app_name, model, exist_ok=exist_ok, wait=False)
     typer.echo(f"Linked model '{model}' to application '{app_name}'.")
+    if not no_wait:
+        wait_live(conn, model, None, timeout)
+
+
+@app.command(
+    help="Wait until APP can answer from its models: every linked model's current version "
+    "has a live replica. Fails after --timeout seconds, naming what is not live."
+)
+def wait(
+    ctx: typer.Context,
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application name.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, help="Seconds to wait before failing.")
+    ] = 120.0,
+) -> None:
+    conn = target(ctx).connect()
+    wait_with_progress(
+        f"application '{app_name}'",
+        timeout,
+        lambda progress: conn.wait_until_ready(app_name, timeout=timeout, progress=progress),
+    )
 
 
 @app.command(help="Unlink a model from an application.")
@@ -112,7 +209,8 @@ def unlink(
 @app.command(
     help="Deploy a Python function as model NAME:VERSION and start its replicas: "
     "--python-file FILE --function NAME (the file is shipped by value), or --pickle FILE "
-    "(a cloudpickled function or object with predict)."
+    "(a cloudpickled function or object with predict). Waits until a replica is live "
+    "(--no-wait: return at once)."
 )
 def deploy(
     ctx: typer.Context,
@@ -143,6 +241,9 @@ def deploy(
         list[str] | None,
         typer.Option(help="pip requirement installed for the model (repeatable; slow)."),
     ] = None,
+    exist_ok: ExistOk = False,
+    no_wait: NoWait = False,
+    timeout: WaitTimeout = 300.0,
 ) -> None:
     if (python_file is None) == (pickle_file is None):
         raise typer.BadParameter("give either --python-file (with --function) or --pickle")
@@ -167,6 +268,8 @@ def deploy(
                 batch_size=batch_size,
                 num_replicas=replicas,
                 pkgs_to_install=pkgs,
+                exist_ok=exist_ok,
+                wait=False,
             )
         else:
             assert pickle_file is not None
@@ -179,8 +282,12 @@ def deploy(
                 num_replicas=replicas,
                 batch_size=batch_size,
                 pkgs_to_install=pkgs,
+                exist_ok=exist_ok,
+                wait=False,
             )
     typer.echo(f"Deployed model {name}:{version} ({replicas} replica(s) requested).")
+    if not no_wait:
+        wait_live(conn, name, version, timeout)
 
 
 @app.command("set-version", help="Make VERSION the version of MODEL that serves queries.")
@@ -188,9 +295,14 @@ def set_version(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Version to serve.")],
+    no_wait: NoWait = False,
+    timeout: WaitTimeout = 300.0,
 ) -> None:
-    target(ctx).connect().set_model_version(model, version)
+    conn = target(ctx).connect()
+    conn.set_model_version(model, version, wait=False)
     typer.echo(f"Model '{model}' now serves version {version}.")
+    if not no_wait:
+        wait_live(conn, model, version, timeout)
 
 
 @app.command(help="Set the number of replicas of a model version (default: the current one).")
@@ -201,8 +313,12 @@ def scale(
     version: Annotated[
         str | None, typer.Option(help="Model version (default: the current one).")
     ] = None,
+    no_wait: NoWait = False,
+    timeout: WaitTimeout = 300.0,
 ) -> None:
     conn = target(ctx).connect()
     version = version or conn.get_current_model_version(model)
-    conn.set_num_replicas(model, count, version)
+    conn.set_num_replicas(model, count, version, wait=False)
     typer.echo(f"Model {model}:{version} scaled to {count} replica(s).")
+    if not no_wait and count > 0:
+        wait_live(conn, model, version, timeout)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import cloudpickle
 
 from .base import CliError
 
@@ -48,6 +46,49 @@ def parse_input_json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(f"the input is not valid JSON: {exc}") from exc
+
+
+# What to type for each input type, when the input given is not JSON.
+_EXAMPLES = {
+    "integers": "a JSON array of integers, such as '[1, 2, 3]'",
+    "floats": "a JSON array of numbers, such as '[0.5, 1, 2.5]'",
+    "doubles": "a JSON array of numbers, such as '[0.5, 1, 2.5]'",
+    "bytes": "a base64 string in JSON quotes, such as '\"aGVsbG8=\"'",
+    "json": "any JSON value",
+}
+
+
+def parse_query_input(text: str, input_type: Callable[[], str | None], batch: bool = False) -> Any:
+    """``clipper query``'s input: a JSON value; or, when the text is not JSON and the
+    app takes strings, the text itself (``clipper query shout hello``).
+
+    ``input_type()`` names the app's input type (None if unknown); it is called
+    only when the text is not JSON, so a JSON input costs no lookup. Otherwise
+    the error says what to type for the app.
+    """
+    if not text.strip():
+        raise CliError("no input: give a JSON value as an argument or on stdin")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        error = exc
+    itype = input_type()
+    plain = text.removesuffix("\n").removesuffix("\r")  # a line piped on stdin
+    if itype == "strings" and not batch:
+        return plain
+    quoted = shlex.quote(json.dumps(plain)) if len(plain) <= 60 and "\n" not in plain else None
+    if batch:
+        hint = "--batch takes a JSON array of inputs"
+        if itype == "strings":
+            hint += ', such as \'["hello", "world"]\''
+    elif itype is None or itype == "strings":
+        hint = "give a JSON value; a string goes in quotes"
+        hint += f", such as {quoted}" if quoted else ""
+    else:
+        hint = f"the application takes {itype}: give {_EXAMPLES.get(itype, 'a JSON value')}"
+        if itype == "json" and quoted:
+            hint += f" (a string goes in quotes: {quoted})"
+    raise CliError(f"the input is not valid JSON ({error}): {hint}") from error
 
 
 def build_query_body(value: Any, batch: bool = False, version: str | None = None) -> dict[str, Any]:
@@ -105,6 +146,8 @@ def load_function(path: Path, name: str) -> Callable[..., Any]:
     """Import the Python file ``path`` under a unique module name and return its
     function ``name``; the module is registered with cloudpickle so that the
     function (and what it references in the file) is pickled by value."""
+    import hashlib
+
     path = path.resolve()
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
     stem = re.sub(r"\W", "_", path.stem)
@@ -112,6 +155,8 @@ def load_function(path: Path, name: str) -> Callable[..., Any]:
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise CliError(f"cannot load {path} as Python source")
+    import cloudpickle  # only ``deploy`` needs it: not imported to build the command line
+
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:

@@ -7,11 +7,10 @@ import time
 from typing import Annotated
 from urllib.parse import quote
 
-import httpx
 import typer
 
-from .base import app, fail, target
-from .parsing import build_query_body, error_line, new_log_lines, parse_input_json
+from .base import Target, app, fail, target
+from .parsing import build_query_body, error_line, new_log_lines, parse_query_input
 
 # How many lines ``logs --follow`` fetches per poll to find the new ones.
 FOLLOW_WINDOW = 500
@@ -27,7 +26,9 @@ def query(
     input_json: Annotated[
         str | None,
         typer.Argument(
-            metavar="[INPUT_JSON]", help="The input as JSON, e.g. '[1, 2]'; '-' or none: stdin."
+            metavar="[INPUT_JSON]",
+            help="The input as JSON, e.g. '[1, 2]' or '\"hello\"'; for an app that takes "
+            "strings, plain text too (hello); '-' or none: stdin.",
         ),
     ] = None,
     batch: Annotated[
@@ -38,17 +39,32 @@ def query(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 30.0,
 ) -> None:
+    import httpx
+
+    where = target(ctx)
     text = sys.stdin.read() if input_json in (None, "-") else input_json
     assert text is not None
-    body = build_query_body(parse_input_json(text), batch=batch, version=version)
-    url = f"{target(ctx).query_url}/{quote(app_name, safe='')}/predict"
+    value = parse_query_input(text, lambda: _input_type(where, app_name), batch=batch)
+    body = build_query_body(value, batch=batch, version=version)
+    url = f"{where.query_url}/{quote(app_name, safe='')}/predict"
     try:
-        r = httpx.post(url, json=body, timeout=timeout, verify=target(ctx).http_verify())
+        r = httpx.post(url, json=body, timeout=timeout, verify=where.http_verify())
     except httpx.HTTPError as exc:
         fail(f"cannot reach {url}: {exc}")
     if r.status_code != 200:
         fail(error_line(r.status_code, r.text))
     typer.echo(r.text.strip())
+
+
+def _input_type(where: Target, app_name: str) -> str | None:
+    """The app's input type, from the management API; None if it cannot say (no
+    token for it, no such app, no server): the query itself will tell."""
+    try:
+        info = where.connect().get_app_info(app_name)
+    except Exception:  # any failure: only a hint depends on it
+        return None
+    itype = info.get("input_type") if info else None
+    return itype if isinstance(itype, str) else None
 
 
 @app.command(help="Print the last lines of the server's log, or of one replica's.")

@@ -1,15 +1,141 @@
-"""Rich renderings of what the management API returns (pure: data in, renderable out)."""
+"""Rich renderings of what the management API returns (pure: data in, renderable out).
+
+Every table fits the width of the console that prints it (``COLUMNS``, else the
+terminal's, else 80): names stay whole (never wrapped or cut, so they can
+be copied), other columns wrap; when even that is too wide, the least useful
+columns are left out and the table's caption says which (``--json`` has every
+field).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-
-from ..types import ModelOptions
+# Rich is imported where a table is made: a command that prints none skips it.
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderResult
+    from rich.table import Table
+    from rich.text import JustifyMethod
 
 CHECK = "✓"
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column of a :class:`FitTable`."""
+
+    header: str
+    # When the table is too wide, columns are left out lowest ``keep`` first
+    # (the rightmost of equals first); 0: never left out.
+    keep: int = 0
+    # Cells wrap at spaces only, and a column is never narrower than its longest
+    # word: a name (or each name of a list) stays whole. ``fold`` marks free text
+    # (a default output, a path), which may be cut anywhere to fit.
+    fold: bool = False
+    justify: JustifyMethod = "left"
+    style: str | None = None
+
+
+# Below this a foldable column is not narrowed further (it is left out instead).
+_FOLD_MIN = 12
+
+
+def _border(columns: int) -> int:
+    """Width of a boxed table's frame and padding: ``| a | b |`` (one space each side)."""
+    return 3 * columns + 1
+
+
+def fit_columns(
+    columns: Sequence[Col], rows: Sequence[Sequence[str]], width: int, show_header: bool = True
+) -> tuple[list[int], list[int]]:
+    """Which columns to show at ``width`` and how wide (contents only): ``(indices, widths)``.
+
+    A column's minimum is its longest word (a whole name must fit on one line;
+    the header may wrap at spaces), or for free text at most ``_FOLD_MIN``; its
+    natural width is its longest line. Columns are left out, lowest ``keep``
+    first, until the minima fit; the room left goes to the columns that need
+    the least of it to show their contents unwrapped.
+    """
+
+    from rich.cells import cell_len
+
+    def words(text: str) -> list[int]:
+        return [cell_len(w) for w in text.split()] or [0]
+
+    natural, minimum = [], []
+    for i, col in enumerate(columns):
+        cells = [str(row[i]) for row in rows]
+        header_words = words(col.header) if show_header else [0]
+        longest_cell = max((cell_len(c) for c in cells), default=0)
+        natural.append(max(cell_len(col.header) if show_header else 0, longest_cell, 1))
+        longest_word = max((max(words(c)) for c in cells), default=0)
+        least = min(longest_word, _FOLD_MIN) if col.fold else longest_word
+        minimum.append(max(least, max(header_words), 1))
+    kept = list(range(len(columns)))
+    while _border(len(kept)) + sum(minimum[i] for i in kept) > width:
+        droppable = [i for i in kept if columns[i].keep > 0]
+        if not droppable:
+            break  # even the essential columns do not fit: show them whole anyway
+        kept.remove(min(reversed(droppable), key=lambda i: columns[i].keep))
+    widths = {i: minimum[i] for i in kept}
+    spare = width - _border(len(kept)) - sum(widths.values())
+    for i in sorted(kept, key=lambda i: (natural[i] - minimum[i], i)):
+        grow = min(max(spare, 0), natural[i] - minimum[i])
+        widths[i] += grow
+        spare -= grow
+    return kept, [widths[i] for i in kept]
+
+
+class FitTable:
+    """A table that lays itself out for the width it is printed at (see the module)."""
+
+    def __init__(
+        self,
+        title: str,
+        columns: Sequence[Col],
+        rows: Sequence[Sequence[str]],
+        *,
+        show_header: bool = True,
+        title_justify: JustifyMethod = "center",
+    ) -> None:
+        self.title = title
+        self.columns = list(columns)
+        self.rows = [list(r) for r in rows]
+        self.show_header = show_header
+        self.title_justify = title_justify
+
+    def table(self, width: int) -> Table:
+        """The Rich table laid out for ``width`` columns."""
+        from rich.table import Table
+
+        kept, widths = fit_columns(self.columns, self.rows, width, self.show_header)
+        left_out = [c.header for i, c in enumerate(self.columns) if i not in kept]
+        table = Table(
+            title=self.title,
+            show_header=self.show_header,
+            title_justify=self.title_justify,
+            caption=f"Left out to fit {width} columns: {', '.join(left_out)} (--json shows all)"
+            if left_out
+            else None,
+        )
+        for i, w in zip(kept, widths, strict=True):
+            col = self.columns[i]
+            table.add_column(
+                col.header,
+                justify=col.justify,
+                style=col.style,
+                width=w,
+                no_wrap=False,
+                overflow="fold" if col.fold else "ellipsis",
+            )
+        for row in self.rows:
+            table.add_row(*(row[i] for i in kept))
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
 
 
 def _cell(value: Any) -> str:
@@ -41,46 +167,63 @@ def format_slo(micros: Any) -> str:
     return f"{ms:g}"
 
 
-def apps_table(apps: list[Mapping[str, Any]]) -> Table:
-    table = Table(title="Applications")
-    for col in ("Name", "Input type", "SLO ms", "Default output", "Linked models", "Policy"):
-        table.add_column(col, justify="right" if col == "SLO ms" else "left")
-    for a in apps:
-        table.add_row(
+def apps_table(apps: list[Mapping[str, Any]]) -> FitTable:
+    columns = [
+        Col("Name"),
+        Col("Input type", keep=4),
+        Col("SLO ms", keep=3, justify="right"),
+        Col("Default output", keep=1, fold=True),
+        Col("Linked models", keep=5),
+        Col("Policy", keep=2),
+    ]
+    rows = [
+        [
             _cell(a.get("name")),
             _cell(a.get("input_type")),
             format_slo(a.get("latency_slo_micros")),
             _cell(a.get("default_output")),
             _cell(a.get("linked_models")),
             _cell(a.get("selection_policy")),
-        )
-    return table
+        ]
+        for a in apps
+    ]
+    return FitTable("Applications", columns, rows)
 
 
 def models_table(
     models: list[Mapping[str, Any]], wanted: Mapping[tuple[str, str], int | None]
-) -> Table:
+) -> FitTable:
     """``wanted`` maps (model, version) to its requested replica count; an
     autoscaled version (``max_replicas`` in its options) shows its range instead,
     since the autoscaler, not the stored count, decides how many run."""
-    table = Table(title="Models")
-    for col in ("Name", "Version", "Current", "Input type", "Batch size", "Replicas wanted"):
-        table.add_column(col, justify="center" if col == "Current" else "left")
+    columns = [
+        Col("Name"),
+        Col("Version"),
+        Col("Current", keep=5, justify="center"),
+        Col("Input type", keep=2),
+        Col("Batch size", keep=1),
+        Col("Replicas wanted", keep=3),
+    ]
+    rows = []
     for m in models:
         key = (str(m.get("model_name")), str(m.get("model_version")))
         batch = m.get("batch_size")
-        table.add_row(
-            key[0],
-            key[1],
-            CHECK if m.get("is_current_version") else "",
-            _cell(m.get("input_type")),
-            "default" if batch == -1 else _cell(batch),
-            _replicas_wanted(m, wanted.get(key)),
+        rows.append(
+            [
+                key[0],
+                key[1],
+                CHECK if m.get("is_current_version") else "",
+                _cell(m.get("input_type")),
+                "default" if batch == -1 else _cell(batch),
+                _replicas_wanted(m, wanted.get(key)),
+            ]
         )
-    return table
+    return FitTable("Models", columns, rows)
 
 
 def _replicas_wanted(model: Mapping[str, Any], stored: int | None) -> str:
+    from ..types import ModelOptions  # not needed to build the command line
+
     try:
         options = ModelOptions.from_record(model.get("options") or {})
     except ValueError:  # not an object: show the stored count
@@ -90,23 +233,37 @@ def _replicas_wanted(model: Mapping[str, Any], stored: int | None) -> str:
     return _cell(stored)
 
 
-def replicas_table(replicas: list[Mapping[str, Any]]) -> Table:
-    table = Table(title="Replicas")
-    for col in ("Model", "Version", "Replica", "PID", "Live", "Restarts", "Max batch", "Batch ms"):
-        table.add_column(col)
+def replicas_table(replicas: list[Mapping[str, Any]]) -> FitTable:
+    """The replica label is ``<model>-<version>-<n>``: at a narrow width the Model and
+    Version columns, which it repeats, are the first left out."""
+    columns = [
+        Col("Model", keep=1),
+        Col("Version", keep=1),
+        Col("Replica"),
+        Col("PID", keep=3),
+        Col("Live"),
+        Col("Restarts", keep=4),
+        Col("Max batch", keep=2),
+        Col("Batch ms", keep=2),
+    ]
+    rows = []
     for r in replicas:
         latency = r.get("latency_estimate_ms")
-        table.add_row(
-            _cell(r.get("model_name")),
-            _cell(r.get("model_version")),
-            _cell(r.get("replica")),
-            _cell(r.get("pid")),
-            CHECK if r.get("live") else "✗",
-            _cell(r.get("restarts")),
-            _cell(r.get("max_batch_size")),
-            _cell(f"{latency:.1f}" if isinstance(latency, int | float) and latency > 0 else None),
+        rows.append(
+            [
+                _cell(r.get("model_name")),
+                _cell(r.get("model_version")),
+                _cell(r.get("replica")),
+                _cell(r.get("pid")),
+                CHECK if r.get("live") else "✗",
+                _cell(r.get("restarts")),
+                _cell(r.get("max_batch_size")),
+                _cell(
+                    f"{latency:.1f}" if isinstance(latency, int | float) and latency > 0 else None
+                ),
+            ]
         )
-    return table
+    return FitTable("Replicas", columns, rows)
 
 
 def status_summary(
@@ -132,10 +289,7 @@ def status_summary(
     }
 
 
-def status_table(summary: Mapping[str, Any]) -> Table:
-    table = Table(title="Clipper is running", show_header=False, title_justify="left")
-    table.add_column("Field", style="bold")
-    table.add_column("Value")
+def status_table(summary: Mapping[str, Any]) -> FitTable:
     uptime = summary.get("uptime_s")
     rows = [
         ("Management API", summary.get("server")),
@@ -153,6 +307,10 @@ def status_table(summary: Mapping[str, Any]) -> Table:
         ("Models", f"{summary.get('models')} ({summary.get('model_versions')} versions)"),
         ("Replicas", f"{summary.get('replicas_live')} live of {summary.get('replicas')}"),
     ]
-    for name, value in rows:
-        table.add_row(name, _cell(value))
-    return table
+    return FitTable(
+        "Clipper is running",
+        [Col("Field", style="bold"), Col("Value", fold=True)],
+        [[name, _cell(value)] for name, value in rows],
+        show_header=False,
+        title_justify="left",
+    )

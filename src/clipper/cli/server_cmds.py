@@ -133,3 +133,106 @@ def token(
             "at its state folder"
         )
     typer.echo(value)
+
+
+# What `clipper reset` deletes in a state folder: the SQLite store (with its
+# journal files), the model artifacts and the uploads in progress. Kept: the
+# admin token and RPC secret (clients and containers keep working), the logs
+# and the per-model environments (a cache keyed by requirements).
+STORE_FILES = ("clipper.db", "clipper.db-wal", "clipper.db-shm", "clipper.db-journal")
+STATE_DIRS = ("models", "uploads")
+
+
+@app.command(
+    help="Delete the state of a local Clipper server: every app, model, link and "
+    "replica (the SQLite store and the model artifacts in the state folder). A running "
+    "server is stopped first (start it again with `clipper start`). The admin token, "
+    "the RPC secret and the logs are kept. Asks first; --yes skips the question."
+)
+def reset(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="State folder (overrides the global --state-dir)."),
+    ] = None,
+) -> None:
+    import shutil
+    import sys
+
+    from ..statedir import is_clipper_server
+
+    where = target(ctx)
+    if state_dir is not None:
+        where = where.replace(state_dir=state_dir)
+    state = where.state_dir or default_state_dir()
+    record = read_server_record(state) or {}
+    pid = record.get("pid")
+    running = isinstance(pid, int) and pid_alive(pid) and is_clipper_server(pid)
+    conn = None
+    if running:
+        # Ask the server where its state is: only a SQLite store in this folder
+        # is ours to delete (a Redis store is shared with other frontends).
+        host = str(record.get("host") or where.host)
+        conn = where.replace(
+            host=where.host if host in ("0.0.0.0", "::", "") else host,
+            management_port=int(record.get("management_port") or where.management_port),
+        ).connection()
+        try:
+            conn.connect()
+            store = str(conn.inspect_instance().get("store", ""))
+        except Exception as exc:  # any failure: refuse, and change nothing
+            fail(
+                f"cannot ask the running server (pid {pid}) which store it uses ({exc}); "
+                "stop it with `clipper stop`, then run `clipper reset` again"
+            )
+        if not _is_own_sqlite_store(store, state):
+            fail(
+                f"the server (pid {pid}) keeps its state in {store}, not in {state}: "
+                "`clipper reset` clears only a local SQLite store"
+            )
+    doomed = [state / name for name in STORE_FILES if (state / name).exists()]
+    doomed += [state / name for name in STATE_DIRS if (state / name).exists()]
+    if not doomed and not running:
+        typer.echo(f"Nothing to reset in {state}.")
+        return
+    models_dir = state / "models"
+    artifacts = len(list(models_dir.glob("*/*"))) if models_dir.is_dir() else 0
+    plan = (
+        f"This deletes every application, model, link and replica of the Clipper server "
+        f"in {state}: its store and {artifacts} model artifact(s)."
+    )
+    if running:
+        plan += f" The running server (pid {pid}) and its replicas are stopped first."
+    plan += " The admin token, the RPC secret and the logs are kept."
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"{plan}\nrefusing to reset without confirmation: pass --yes")
+        typer.echo(plan)
+        if not typer.confirm("Reset?", default=False):
+            typer.echo("Nothing changed.")
+            raise typer.Exit(1)
+    if running:
+        assert conn is not None and isinstance(pid, int)
+        with err_console.status(f"Stopping Clipper (pid {pid})…"):
+            conn.stop_all()
+        if pid_alive(pid):
+            fail(f"the server (pid {pid}) did not stop; nothing was deleted")
+    for path in doomed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    typer.echo(f"Reset {state}: no apps, models or links any more.")
+    if running:
+        typer.echo(f"The server (pid {pid}) was stopped; start it again with `clipper start`.")
+
+
+def _is_own_sqlite_store(store: str, state: Path) -> bool:
+    """Whether a server's store URL is the SQLite file in ``state`` (the default)."""
+    if not store.startswith("sqlite:///"):
+        return False
+    try:
+        return Path(store[len("sqlite:///") :]).resolve() == (state / "clipper.db").resolve()
+    except (OSError, ValueError):
+        return False

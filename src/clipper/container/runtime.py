@@ -33,10 +33,12 @@ import os
 import queue
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol
 
 import zmq
 
@@ -60,23 +62,227 @@ def as_predict_fn(model: Any) -> PredictFn:
     raise TypeError(f"model of type {type(model).__name__} is neither callable nor has predict()")
 
 
+# -- one batch: predict, isolate the inputs it fails on, encode -----------------------
+
+# A frontend that sends no ``deadline_s`` still bounds isolation: this share of
+# the batch's time limit (the watchdog's), or ISOLATE_DEFAULT_S without one.
+ISOLATE_SHARE_OF_LIMIT = 0.5
+ISOLATE_DEFAULT_S = 5.0
+NOT_ISOLATED = (
+    " (not isolated: the batch's deadline came before this input's group of {size} "
+    "could be split further, so the error may be another input's)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InputFailure:
+    """Why one input of a batch has no output: the model raised on it
+    (``exc``, kept for the log's traceback), or its output cannot be sent."""
+
+    error_type: str
+    message: str
+    exc: BaseException | None = None
+    raised: bool = True  # False: a bad output (``bad_outputs`` on the wire)
+
+
+class ErrorSink(Protocol):
+    """Where ``run_predict`` reports each failure (``where``: the batch and input)."""
+
+    def failed(
+        self, where: str, error_type: str, message: str, exc: BaseException | None
+    ) -> None: ...
+
+
+def _as_outputs(raw: Any, count: int) -> list[Any]:
+    """What ``predict`` returned, as a list of ``count`` outputs; raises
+    TypeError or ValueError when it breaks the contract (for the whole batch:
+    splitting it would not help)."""
+    if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
+        raise TypeError(
+            f"predict must return a list with one output per input, got {type(raw).__name__}"
+        )
+    outputs = p.plain_outputs(raw)
+    if len(outputs) != count:
+        raise ValueError(f"predict returned {len(outputs)} outputs for {count} inputs")
+    return outputs
+
+
+def _failure(exc: BaseException, note: str = "") -> InputFailure:
+    return InputFailure(type(exc).__name__, str(exc)[:MAX_ERROR_MESSAGE] + note, exc)
+
+
+def isolate_failures(
+    predict: PredictFn,
+    inputs: Any,
+    count: int,
+    first: BaseException,
+    *,
+    deadline: float | None = None,
+    per_input_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Any]:
+    """The outputs of a batch whose ``predict`` raised (``first``), found by
+    bisection: each failing half is split again until the inputs the model
+    fails on stand alone; their places hold an ``InputFailure`` with their own
+    error. With one bad input in N that is 1 + 2·log2(N) calls on about 3N
+    inputs in all. A split starts only if it should end by ``deadline``
+    (``per_input_s``: the first call's time per input); the inputs of a group
+    left unsplit get the group's error, saying so."""
+    results: list[Any] = [None] * count
+    pending: list[tuple[int, int, BaseException]] = [(0, count, first)]
+    while pending:
+        lo, hi, exc = pending.pop()
+        size = hi - lo
+        if size == 1:
+            results[lo] = _failure(exc)
+            continue
+        if deadline is not None and clock() + per_input_s * size > deadline:
+            failure = _failure(exc, NOT_ISOLATED.format(size=size))
+            results[lo:hi] = [failure] * size
+            continue
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            try:
+                raw = predict(inputs[a:b])
+            except MemoryError:
+                raise
+            except Exception as sub:
+                pending.append((a, b, sub))
+                continue
+            try:
+                results[a:b] = _as_outputs(raw, b - a)
+            except (TypeError, ValueError) as broken:  # the contract, not an input
+                results[a:b] = [_failure(broken)] * (b - a)
+    return results
+
+
+def _isolation_deadline(header: dict[str, Any], started: float) -> float:
+    budget = header.get("deadline_s")
+    limit = header.get("time_limit_s")
+    share = (
+        float(limit) * ISOLATE_SHARE_OF_LIMIT
+        if isinstance(limit, int | float) and limit > 0
+        else ISOLATE_DEFAULT_S
+    )
+    if isinstance(budget, int | float) and not isinstance(budget, bool) and budget >= 0:
+        share = min(share, float(budget))
+    return started + share
+
+
+def _encode(
+    batch_id: int, outputs: list[Any], input_errors: bool, isolated: bool
+) -> tuple[p.Frames, dict[int, InputFailure]]:
+    """The ``result`` for a batch's outputs and the per-input failures in it.
+
+    With ``input_errors`` (a frontend that takes them), an output that cannot
+    be packed, or holds NaN or infinity, fails its own input; the result then
+    says the outputs were checked (``finite``), so the frontend need not."""
+    whole: BaseException | None = None
+    if not isolated:
+        try:
+            packed = p.pack(outputs)
+        except (TypeError, ValueError, OverflowError) as exc:
+            if not input_errors:
+                raise
+            whole = exc
+        else:
+            if not input_errors:
+                return p.encode_result_ok(batch_id, packed), {}
+            if not p.may_hold_nonfinite(packed):  # the common case: one scan, no more
+                return p.encode_result_ok(batch_id, packed, finite=True), {}
+    failures: dict[int, InputFailure] = {}
+    sendable: list[Any] = []
+    for i, output in enumerate(outputs):
+        if isinstance(output, InputFailure):
+            failures[i] = output
+            sendable.append(None)
+            continue
+        try:
+            p.pack(output)
+        except (TypeError, ValueError, OverflowError) as exc:
+            reason = f"an output that cannot be sent ({type(exc).__name__}: {exc})"
+            failures[i] = InputFailure(type(exc).__name__, reason, None, raised=False)
+            sendable.append(None)
+            continue
+        what = p.nonfinite_in(output)
+        if what is not None:
+            failures[i] = InputFailure("ValueError", p.nonfinite_reason(what), None, raised=False)
+            sendable.append(None)
+        else:
+            sendable.append(output)
+    if not failures:
+        if whole is not None:  # packing failed as a whole, never one by one: unexpected
+            raise whole
+        return p.encode_result_ok(batch_id, sendable, finite=True), {}
+    cap = max(p.MIN_INPUT_ERROR_CHARS, p.INPUT_ERRORS_BUDGET // (2 * len(failures)))
+    errors = [
+        (i, p.cut(f.error_type, min(cap, p.MAX_ERROR_TYPE)), p.cut(f.message, cap))
+        for i, f in failures.items()
+        if f.raised
+    ]
+    bad = [(i, p.cut(f.message, cap)) for i, f in failures.items() if not f.raised]
+    frames = p.encode_result_ok(batch_id, sendable, errors, bad, finite=True)
+    if len(frames[0]) > p.MAX_HEADER_BYTES // 2:  # too many to name: the first for all
+        first = next(iter(failures.values()))
+        message = f"{first.message} (and {len(failures) - 1} more inputs failed)"
+        frames = p.encode_result_error(batch_id, first.error_type, message)
+    return frames, failures
+
+
 def run_predict(
-    predict: PredictFn, batch_id: int, header: dict[str, Any], frames: list[Any]
+    predict: PredictFn,
+    batch_id: int,
+    header: dict[str, Any],
+    frames: list[Any],
+    *,
+    input_errors: bool = False,
+    errors: ErrorSink | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> p.Frames:
-    """Run one batch and encode the result; any failure becomes an error result."""
+    """Run one batch and encode the result; any failure becomes an error result.
+
+    What a replica runs for every batch, and what ``test_predict_function``
+    runs on the machine of whoever deploys. With ``input_errors`` (the frontend
+    announced it), a batch on which ``predict`` raises is split until the
+    inputs it fails on stand alone (``isolate_failures``, bounded by the
+    batch's ``deadline_s``), and an output that cannot be packed fails its
+    input only: the result names them (``errors``, ``bad_outputs``) and
+    carries the others' outputs. A batch that succeeds pays for none of this.
+    Without it (an older frontend), the first failure fails the whole batch.
+    ``errors`` hears of each failure (the replica's rate-limited log).
+    """
+    count = header.get("count")
     try:
         inputs = p.decode_inputs(header, frames)
-        outputs = predict(inputs)
-        if isinstance(outputs, (str, bytes, dict)) or not hasattr(outputs, "__len__"):
-            raise TypeError(
-                f"predict must return a list with one output per input, "
-                f"got {type(outputs).__name__}"
+        assert isinstance(count, int)  # decode_inputs checked it
+        started = clock()
+        isolated = False
+        try:
+            raw = predict(inputs)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            if not input_errors or count < 2:
+                raise
+            took = clock() - started
+            outputs = isolate_failures(
+                predict,
+                inputs,
+                count,
+                exc,
+                deadline=_isolation_deadline(header, started),
+                per_input_s=took / count,
+                clock=clock,
             )
-        outputs = list(outputs)
-        count = header["count"]
-        if len(outputs) != count:
-            raise ValueError(f"predict returned {len(outputs)} outputs for {count} inputs")
-        return p.encode_result_ok(batch_id, outputs)
+            isolated = True
+        else:
+            outputs = _as_outputs(raw, count)
+        result, failures = _encode(batch_id, outputs, input_errors, isolated)
+        if errors is not None:
+            for i, f in failures.items():
+                where = f"batch {batch_id}, input {i + 1} of {count}"
+                errors.failed(where, f.error_type, f.message, f.exc)
+        return result
     except MemoryError:
         # Past the replica's memory limit: report it, then let the container
         # exit so its manager restarts it with a clean heap.
@@ -84,8 +290,130 @@ def run_predict(
         raise
     except Exception as exc:  # the model's errors travel back as data
         message = str(exc)[:MAX_ERROR_MESSAGE]
-        log.warning("batch %s failed: %s: %s", batch_id, type(exc).__name__, message)
+        if errors is not None:
+            errors.failed(f"batch {batch_id}", type(exc).__name__, message, exc)
         return p.encode_result_error(batch_id, type(exc).__name__, message)
+
+
+class _Raised:
+    """An ``ErrorSink`` that keeps the exceptions (for a dry run's traceback)."""
+
+    def __init__(self) -> None:
+        self.exceptions: list[BaseException] = []
+
+    def failed(self, where: str, error_type: str, message: str, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.exceptions.append(exc)
+
+
+def dry_run(
+    model: Any, input_type: str, inputs: list[Any]
+) -> tuple[p.BatchResult, list[BaseException]]:
+    """Run ``model`` on ``inputs`` (validated, as the frontend parsed them) as
+    one batch, exactly as a replica of the current frontend would: encoded and
+    decoded as the RPC carries them, ``predict`` called on the batch, outputs
+    checked, failing inputs isolated, the result encoded; then read back as
+    the frontend reads it. Returns the ``BatchResult`` the frontend would hear
+    and the exceptions the model raised (for their tracebacks)."""
+    predict = as_predict_fn(model)
+    fields, data = p.encode_inputs(input_type, inputs)
+    header = p.parse_header(p.make(p.BATCH, id=1, input_type=input_type, **fields))
+    raised = _Raised()
+    frames = run_predict(
+        predict, 1, header, [bytes(f) for f in data], input_errors=True, errors=raised
+    )
+    result = p.parse_header(frames[0])
+    if result.get("ok") is not True:
+        p.bound_error(result)
+    return p.decode_result(result, [bytes(f) for f in frames[1:]]), raised.exceptions
+
+
+class ErrorLog:
+    """The replica's log of model errors, rate-limited: per error type and
+    window (a minute), the first ``tracebacks`` failures are logged with the
+    traceback of the model's code (the runtime's own frames left out); the
+    rest only counted, and the count logged when the window ends
+    (``flush``, called from the serve loop). Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        tracebacks: int = 3,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.tracebacks = tracebacks
+        self.window_s = window_s
+        self.clock = clock
+        self.log = logger or log
+        self._lock = threading.Lock()
+        # error type -> [window start, logged in it, left out of it]
+        self._windows: dict[str, list[float]] = {}
+
+    def failed(self, where: str, error_type: str, message: str, exc: BaseException | None) -> None:
+        with self._lock:
+            now = self.clock()
+            window = self._windows.get(error_type)
+            if window is None or now - window[0] >= self.window_s:
+                if window is not None:
+                    self._report(error_type, window)
+                window = self._windows[error_type] = [now, 0, 0]
+            if window[1] >= self.tracebacks:
+                window[2] += 1
+                return
+            window[1] += 1
+        line = f"{where} failed: {error_type}: {message}"
+        trace = _model_traceback(exc)
+        if trace:
+            self.log.warning("%s\n%s", line, trace)
+        else:
+            self.log.warning("%s", line)
+
+    def flush(self) -> None:
+        """Log the counts of the windows that ended (and forget them)."""
+        with self._lock:
+            now = self.clock()
+            for error_type, window in list(self._windows.items()):
+                if now - window[0] >= self.window_s:
+                    self._report(error_type, window)
+                    del self._windows[error_type]
+
+    def _report(self, error_type: str, window: list[float]) -> None:
+        if window[2]:
+            self.log.warning(
+                "%d more model errors of type %s in %.0f s (logged: the first %d, with tracebacks)",
+                int(window[2]),
+                error_type,
+                self.window_s,
+                self.tracebacks,
+            )
+
+
+def _model_traceback(exc: BaseException | None) -> str:
+    """The traceback of an exception the model raised, from its first frame
+    outside this module (the model's own code), or "" for none. Code that
+    cloudpickle shipped by value has lost its file name (``<dynamic-code>``);
+    its module's ``__file__`` (which cloudpickle keeps) names it again."""
+    tb: TracebackType | None = exc.__traceback__ if exc is not None else None
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    if tb is None or exc is None:  # none, or raised by the runtime itself: no model frame
+        return ""
+    frames = []
+    for frame, lineno in traceback.walk_tb(tb):
+        code = frame.f_code
+        filename = code.co_filename
+        if filename == "<dynamic-code>":
+            known = frame.f_globals.get("__file__")
+            filename = known if isinstance(known, str) else filename
+        frames.append(traceback.FrameSummary(filename, lineno, code.co_name))
+    lines = [
+        "Traceback (most recent call last):\n",
+        *traceback.StackSummary.from_list(frames).format(),
+        *traceback.format_exception_only(type(exc), exc),
+    ]
+    return "".join(lines).rstrip()
 
 
 # How long closing waits for the last messages to leave (milliseconds).
@@ -160,6 +488,10 @@ class ContainerRuntime:
         self.registered = threading.Event()
         # The frontend's RPC size limit, from its ``registered`` (None: no limit given).
         self.max_message_bytes: int | None = None
+        # Whether the frontend takes per-input errors (``input_errors`` in its
+        # ``registered``): then a failing batch is split to isolate its bad inputs.
+        self.input_errors = False
+        self.error_log = ErrorLog()
         self.batches_served = 0
         self.inline_batches = 0
         # Batch latency (seconds, exponentially weighted); None until one ran.
@@ -284,6 +616,8 @@ class ContainerRuntime:
             limit = header.get("max_message_bytes")
             if type(limit) is int and limit > 0:
                 self.max_message_bytes = limit
+            features = header.get("features")
+            self.input_errors = isinstance(features, list) and p.INPUT_ERRORS in features
             if not self.registered.is_set():
                 log.info("registered with the frontend")
             self.registered.set()
@@ -315,6 +649,7 @@ class ContainerRuntime:
         if now - session.last_beat >= self.heartbeat_interval:
             session.send([p.make(p.HEARTBEAT)])
             session.last_beat = now
+            self.error_log.flush()
         if (
             now - session.last_heard > self.frontend_timeout
             and now - session.last_register > self.frontend_timeout
@@ -370,7 +705,14 @@ class ContainerRuntime:
             float(limit) if isinstance(limit, int | float) and limit > 0 else None,
         )
         try:
-            result = run_predict(self.predict, batch_id, header, frames)
+            result = run_predict(
+                self.predict,
+                batch_id,
+                header,
+                frames,
+                input_errors=self.input_errors,
+                errors=self.error_log,
+            )
         except MemoryError:
             result = p.encode_result_error(batch_id, "MemoryError", "out of memory")
             self.out_of_memory.set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..metrics import LATENCY_BUCKETS_S, Metrics, ServerStatistics, bucket_quantile
@@ -114,7 +114,7 @@ class SeriesRecorder:
             "interval_s": self.metrics.sample_interval_s,
             "history": self.samples.maxlen,
             "apps": self._apps_table(),
-            "models": _models_table(stats, self._current_versions()),
+            "models": _models_table(stats, self._current_versions(), self._known_versions()),
             "cache": cache.to_json() if cache is not None else None,
             "samples": samples,
         }
@@ -137,12 +137,23 @@ class SeriesRecorder:
     def _current_versions(self) -> dict[str, str]:
         return dict(self.catalog.snapshot.current) if self.catalog is not None else {}
 
+    def _known_versions(self) -> Collection[ModelId] | None:
+        return self.catalog.snapshot.models.keys() if self.catalog is not None else None
 
-def _models_table(stats: ServerStatistics | None, current: dict[str, str]) -> list[dict[str, Any]]:
-    """Per model version: replicas live and dead, restarts, and the batcher's state."""
+
+def _models_table(
+    stats: ServerStatistics | None,
+    current: dict[str, str],
+    known: Collection[ModelId] | None = None,
+) -> list[dict[str, Any]]:
+    """Per model version: replicas live and dead, restarts, and the batcher's state.
+    With ``known`` (the catalog's versions), a deleted version has no row, even
+    while its last replicas stop."""
     rows: dict[ModelId, dict[str, Any]] = {}
 
     def row(key: ModelId) -> dict[str, Any]:
+        if known is not None and key not in known:
+            return {"live": 0, "dead": 0, "restarts": 0}  # counted nowhere
         if key not in rows:
             rows[key] = {
                 "model": key.name,

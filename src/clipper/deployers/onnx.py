@@ -87,7 +87,11 @@ def _make_predict(model_bytes: bytes) -> Callable[[Any], list[Any]]:
     state: dict[str, Any] = {}
 
     def plain(value: Any) -> Any:
-        return value.tolist() if hasattr(value, "tolist") else value
+        # numpy values (and tensors) become lists and numbers, float32 at its own
+        # precision; clipper is importable wherever the closure runs
+        from clipper.rpc.protocol import plain_value
+
+        return plain_value(value)
 
     def predict(inputs: Any) -> list[Any]:
         import numpy as np
@@ -123,6 +127,10 @@ def deploy_onnx_model(
     batch_size: int = -1,
     num_replicas: int = 1,
     pkgs_to_install: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+    exist_ok: bool = False,
+    wait: bool = True,
+    timeout: float = 300.0,
 ) -> None:
     """Deploy an ONNX model as model ``name:version``.
 
@@ -148,4 +156,8 @@ def deploy_onnx_model(
         batch_size=batch_size,
         num_replicas=num_replicas,
         pkgs_to_install=pkgs_to_install,
+        options=options,
+        exist_ok=exist_ok,
+        wait=wait,
+        timeout=timeout,
     )

@@ -23,6 +23,9 @@ def deploy_python_closure(
     num_replicas: int = 1,
     pkgs_to_install: list[str] | None = None,
     options: dict[str, Any] | None = None,
+    exist_ok: bool = False,
+    wait: bool = True,
+    timeout: float = 300.0,
 ) -> None:
     """Deploy ``func`` as model ``name:version``.
 
@@ -32,6 +35,13 @@ def deploy_python_closure(
     Python environment, plus ``pkgs_to_install`` (pip requirements), which
     give the model an environment of its own. A deploy whose closure needs a
     missing module fails with a message naming it.
+
+    With ``wait`` (the default) it returns once a replica of the version is
+    live, so a query right after it is answered by the model (at once for
+    ``num_replicas=0``); ``NotReadyException`` after ``timeout`` seconds.
+    ``exist_ok=True`` accepts an identical existing version (nothing
+    changes), so a script can run again; a different one is an error naming
+    what differs.
     """
     clipper_conn.deploy_model(
         name,
@@ -43,4 +53,7 @@ def deploy_python_closure(
         batch_size=batch_size,
         pkgs_to_install=pkgs_to_install,
         options=options,
+        exist_ok=exist_ok,
+        wait=wait,
+        timeout=timeout,
     )

@@ -51,8 +51,11 @@ def _make_predict(
     ready: list[bool] = []
 
     def plain(value: Any) -> Any:
-        # tensors, numpy arrays and numpy scalars become lists and numbers
-        return value.tolist() if hasattr(value, "tolist") else value
+        # numpy values (and tensors) become lists and numbers, float32 at its own
+        # precision; clipper is importable wherever the closure runs
+        from clipper.rpc.protocol import plain_value
+
+        return plain_value(value)
 
     def predict(inputs: Any) -> list[Any]:
         import numpy as np
@@ -84,6 +87,10 @@ def deploy_pytorch_model(
     batch_size: int = -1,
     num_replicas: int = 1,
     pkgs_to_install: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+    exist_ok: bool = False,
+    wait: bool = True,
+    timeout: float = 300.0,
 ) -> None:
     """Deploy ``pytorch_model`` (a ``torch.nn.Module``) as model ``name:version``.
 
@@ -107,4 +114,8 @@ def deploy_pytorch_model(
         batch_size=batch_size,
         num_replicas=num_replicas,
         pkgs_to_install=pkgs_to_install,
+        options=options,
+        exist_ok=exist_ok,
+        wait=wait,
+        timeout=timeout,
     )

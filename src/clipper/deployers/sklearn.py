@@ -47,8 +47,11 @@ def _make_predict(model: Any, method: str = "predict") -> Callable[[Any], list[A
     """
 
     def plain(value: Any) -> Any:
-        # numpy scalars and arrays become int/float/str/bool and nested lists
-        return value.tolist() if hasattr(value, "tolist") else value
+        # numpy values (and tensors) become lists and numbers, float32 at its own
+        # precision; clipper is importable wherever the closure runs
+        from clipper.rpc.protocol import plain_value
+
+        return plain_value(value)
 
     def predict(inputs: Any) -> list[Any]:
         out = getattr(model, method)(inputs)
@@ -71,6 +74,10 @@ def deploy_sklearn_model(
     batch_size: int = -1,
     num_replicas: int = 1,
     pkgs_to_install: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+    exist_ok: bool = False,
+    wait: bool = True,
+    timeout: float = 300.0,
 ) -> None:
     """Deploy a fitted scikit-learn estimator or pipeline as model ``name:version``.
 
@@ -97,4 +104,8 @@ def deploy_sklearn_model(
         batch_size=batch_size,
         num_replicas=num_replicas,
         pkgs_to_install=pkgs_to_install,
+        options=options,
+        exist_ok=exist_ok,
+        wait=wait,
+        timeout=timeout,
     )

@@ -87,6 +87,7 @@ async def _add_app(s: ManagementService, f: Fields) -> Any:
         selection_policy=f.get("selection_policy", str, "single"),
         policy_params=f.get("policy_params", dict, {}),
         options=f.get("options", dict, {}),
+        exist_ok=f.get("exist_ok", bool, False),
     )
     return {"success": True}
 
@@ -136,6 +137,7 @@ async def _add_model(s: ManagementService, f: Fields) -> Any:
         num_replicas=f.get("num_replicas", int, 1),
         pkgs_to_install=f.get("pkgs_to_install", list, []),
         options=f.get("options", dict, {}),
+        exist_ok=f.get("exist_ok", bool, False),
     )
     return {"success": True}
 
@@ -146,7 +148,9 @@ async def _delete_version(s: ManagementService, f: Fields) -> Any:
 
 
 async def _add_links(s: ManagementService, f: Fields) -> Any:
-    await s.add_links(f.get("app_name", str), f.get("model_names", list))
+    await s.add_links(
+        f.get("app_name", str), f.get("model_names", list), exist_ok=f.get("exist_ok", bool, False)
+    )
     return {"success": True}
 
 
@@ -252,6 +256,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "selection_policy",
         "policy_params",
         "options",
+        "exist_ok",
     ),
     "set_selection_policy": ("name", "selection_policy", "policy_params"),
     "set_app_options": ("name", "options"),
@@ -270,9 +275,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "num_replicas",
         "pkgs_to_install",
         "options",
+        "exist_ok",
     ),
     "delete_versioned_model": ("model_name", "model_version"),
-    "add_model_links": ("app_name", "model_names"),
+    "add_model_links": ("app_name", "model_names", "exist_ok"),
     "delete_model_links": ("app_name", "model_names"),
     "set_model_version": ("model_name", "model_version"),
     "set_num_replicas": ("model_name", "model_version", "num_replicas"),
@@ -284,6 +290,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "get_model": ("model_name", "model_version"),
     "get_all_containers": ("verbose",),
     "get_container": ("model_name", "model_version", "replica_id"),
+    "get_readiness": ("app_name", "model_name", "model_version"),
     "get_logs": ("lines", "replica"),
 }
 
@@ -367,6 +374,8 @@ class ManagementFrontend:
         handler = ROUTES.get(name)
         if handler is None and name in ("get_all_containers", "get_container"):
             handler = self._containers
+        if handler is None and name == "get_readiness":
+            handler = self._readiness
         if handler is None:
             return json_error(path, 404, "unknown admin route", f"no route /admin/{name}")
         if method != "POST":
@@ -447,6 +456,69 @@ class ManagementFrontend:
             ]
             return containers[0] if containers else {}
         return containers
+
+    async def _readiness(self, s: ManagementService, f: Fields) -> Any:
+        """``get_readiness``: whether an app (``app_name``) or a model version
+        (``model_name``, ``model_version``: default the current one) has what it
+        needs to answer, with each version's target and live replicas."""
+        app_name = f.get("app_name", str, None)
+        model_name = f.get("model_name", str, None)
+        version = f.get("model_version", str, None)
+        if (app_name is None) == (model_name is None):
+            raise ValidationError("get_readiness: give either app_name or model_name")
+        if app_name is not None:
+            if version is not None:
+                raise ValidationError("get_readiness: model_version goes with model_name")
+            if s.store.get_app(app_name) is None:
+                raise ValidationError(f"application '{app_name}' does not exist")
+            names = s.store.get_links(app_name)
+        else:
+            assert model_name is not None
+            if not s.store.list_models(model_name):
+                raise ValidationError(f"no model named '{model_name}'")
+            names = [model_name]
+        live: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for replica in self.status()["replicas"]:
+            key = (str(replica.get("model_name")), str(replica.get("model_version")))
+            live.setdefault(key, []).append(
+                {
+                    "replica": replica.get("replica"),
+                    "live": bool(replica.get("live")),
+                    "restarts": int(replica.get("restarts") or 0),
+                }
+            )
+        models = []
+        problem = None if names else f"application '{app_name}' has no linked model"
+        for name in names:
+            current = s.store.get_current_version(name)
+            wanted = version if model_name is not None and version is not None else current
+            if wanted is None:
+                problem = problem or f"model '{name}' has no current version"
+                continue
+            spec = s.store.get_model(name, wanted)
+            if spec is None:
+                raise ValidationError(f"model '{name}' has no version '{wanted}'")
+            target = s.replica_target(spec.id, s.store.get_num_replicas(name, wanted))
+            replicas = live.get((name, wanted), [])
+            n_live = sum(r["live"] for r in replicas)
+            autoscaled = spec.options.autoscaled
+            # A model version is ready with a live replica. One that runs no
+            # replica (target 0) is ready for a deploy (nothing to wait for);
+            # for an app, only when it autoscales (it starts on the first query).
+            ready = n_live > 0 or (target == 0 and (model_name is not None or autoscaled))
+            models.append(
+                {
+                    "model_name": name,
+                    "model_version": wanted,
+                    "target_replicas": target,
+                    "live_replicas": n_live,
+                    "autoscaled": autoscaled,
+                    "ready": ready,
+                    "replicas": replicas,
+                }
+            )
+        ready = problem is None and all(m["ready"] for m in models)
+        return {"ready": ready, "problem": problem, "models": models}
 
 
 def _unauthorized(path: str) -> Response:

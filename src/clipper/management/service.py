@@ -8,6 +8,7 @@ to match the requested replicas. It knows nothing of HTTP.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -90,6 +91,22 @@ def validate_requirements(pkgs: object) -> list[str]:
     return list(pkgs)
 
 
+def describe_differences(what: str, existing: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """``exist_ok``'s error: ``what`` exists, defined otherwise; each field that differs,
+    with the existing value and the one asked for. "" if nothing differs."""
+    changed = [
+        f"{key} is {existing[key]!r}, not {wanted[key]!r}"
+        for key in wanted
+        if existing.get(key) != wanted[key]
+    ]
+    if not changed:
+        return ""
+    return (
+        f"{what} already exists with a different definition ({'; '.join(changed)}): "
+        "give it another name or version, or delete it first"
+    )
+
+
 def validate_model_data_path(path: object, state_dir: Path) -> str:
     """A ``model_data_path`` given without ``model_data``: "" (none), or a path
     that resolves (symbolic links followed) to a place inside ``state_dir``;
@@ -164,7 +181,11 @@ class ManagementService:
         selection_policy: str = "single",
         policy_params: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
+        *,
+        exist_ok: bool = False,
     ) -> AppSpec:
+        """Register an app. With ``exist_ok`` an identical existing app is kept as it
+        is (no change); one defined otherwise is an error naming the fields that differ."""
         validate_app_name(name)
         itype = InputType.parse(input_type)
         _check(isinstance(default_output, str), "default_output must be a string")
@@ -197,6 +218,19 @@ class ManagementService:
             params,
             AppOptions.parse(options or {}),
         )
+        existing = self.store.get_app(name)
+        if existing is not None:
+            if not exist_ok:
+                raise ValidationError(
+                    f"application '{name}' already exists (exist_ok=True, --exist-ok in the CLI, "
+                    "accepts an identical one)"
+                )
+            problem = describe_differences(
+                f"application '{name}'", _app_fields(existing), _app_fields(spec)
+            )
+            if problem:
+                raise ValidationError(problem)
+            return existing
         self.store.add_app(spec)
         log.info("added app %s (%s, slo %d us)", name, itype.value, latency_slo_micros)
         await self._changed()
@@ -279,6 +313,7 @@ class ManagementService:
         num_replicas: int = 1,
         pkgs_to_install: list[str] | None = None,
         options: dict[str, Any] | None = None,
+        exist_ok: bool = False,
     ) -> ModelSpec:
         """Register a model version; with ``model_data`` (a cloudpickled
         callable) the server stores it and starts replicas from it.
@@ -286,6 +321,11 @@ class ManagementService:
         ``pkgs_to_install`` gives the model its own environment. The artifact
         must unpickle in that environment, or the deploy fails naming the
         missing module and leaves nothing registered.
+
+        With ``exist_ok`` an identical existing version (the same input type,
+        labels, batch size, options, packages and artifact bytes) is kept as it
+        is: no change, not even to the current version or the replica count;
+        one defined otherwise is an error naming the fields that differ.
         """
         validate_name(model_name, "model name")
         validate_name(model_version, "model version")
@@ -303,8 +343,12 @@ class ManagementService:
             isinstance(num_replicas, int) and 0 <= num_replicas <= 64,
             "num_replicas must be an integer between 0 and 64",
         )
-        if self.store.get_model(model_name, model_version) is not None:
-            raise ValidationError(f"model '{model_name}' already has a version '{model_version}'")
+        existing = self.store.get_model(model_name, model_version)
+        if existing is not None and not exist_ok:
+            raise ValidationError(
+                f"model '{model_name}' already has a version '{model_version}' "
+                "(exist_ok=True, --exist-ok in the CLI, accepts an identical one)"
+            )
         for other in self.store.list_models(model_name):
             _check(
                 other.input_type == itype,
@@ -316,6 +360,27 @@ class ManagementService:
         _check(not pkgs or model_data is not None, "pkgs_to_install needs model_data")
         if model_data is None:
             model_data_path = validate_model_data_path(model_data_path, self.state_dir)
+        if existing is not None:
+            wanted = {
+                "input_type": itype.value,
+                "labels": list(labels),
+                "batch_size": batch_size,
+                "options": model_options.to_json(),
+                "container_name": PYTHON_CLOSURE if model_data is not None else container_name,
+                "pkgs_to_install": pkgs,
+            }
+            if model_data is not None:
+                wanted["model_data"] = _digest(model_data)
+            else:
+                wanted["model_data_path"] = model_data_path
+            problem = describe_differences(
+                f"model '{model_name}' version '{model_version}'",
+                self._model_fields(existing),
+                wanted,
+            )
+            if problem:
+                raise ValidationError(problem)
+            return existing
         artifact_dir = self.models_dir / model_name / model_version
         if model_data is not None:
             model_data_path = str(await self._store_artifact(artifact_dir, model_data, pkgs))
@@ -361,16 +426,36 @@ class ManagementService:
             raise
         return path
 
+    def _model_fields(self, model: ModelSpec) -> dict[str, Any]:
+        """A stored version's definition, as ``exist_ok`` compares it."""
+        fields = model.to_json()
+        pkgs: list[str] = []
+        env = Path(model.model_data_path).parent / ENV_FILE if model.model_data_path else None
+        if env is not None and env.is_file():
+            pkgs = list(json.loads(env.read_text()).get("pkgs_to_install", []))
+        fields["pkgs_to_install"] = pkgs
+        artifact = Path(model.model_data_path) if model.model_data_path else None
+        if model.container_name == PYTHON_CLOSURE and artifact is not None and artifact.is_file():
+            fields["model_data"] = _digest(artifact.read_bytes())
+        return fields
+
     def _model(self, name: str, version: str) -> ModelSpec:
         model = self.store.get_model(name, version)
         if model is None:
-            raise UnknownVersion(ModelId(name, version))
+            raise self._unknown(name, version)
         return model
+
+    def _unknown(self, name: str, version: str) -> ValidationError:
+        """The error for a version not found: the model has no version by that name,
+        or there is no model by that name at all (a typo in the model's name)."""
+        if not self.store.list_models(name):
+            return ValidationError(f"no model named '{name}'")
+        return UnknownVersion(ModelId(name, version))
 
     async def delete_model_version(self, model_name: str, model_version: str) -> None:
         """Remove a version: its record, its replicas and its artifact."""
         if not self.store.delete_model_version(model_name, model_version):
-            raise UnknownVersion(ModelId(model_name, model_version))
+            raise self._unknown(model_name, model_version)
         log.info("deleted model %s:%s", model_name, model_version)
         await self._changed()
         shutil.rmtree(self.models_dir / model_name / model_version, ignore_errors=True)
@@ -406,7 +491,11 @@ class ManagementService:
 
     # -- links -----------------------------------------------------------------
 
-    async def add_links(self, app_name: str, model_names: list[str]) -> None:
+    async def add_links(
+        self, app_name: str, model_names: list[str], *, exist_ok: bool = False
+    ) -> None:
+        """Link models to an app. A model already linked is an error, or with
+        ``exist_ok`` nothing to do."""
         app = self.store.get_app(app_name)
         if app is None:
             raise ValidationError(f"application '{app_name}' does not exist")
@@ -425,6 +514,14 @@ class ManagementService:
                 f"'{app_name}' takes '{app.input_type.value}'",
             )
         linked = self.store.get_links(app_name)
+        already = [m for m in model_names if m in linked]
+        if already and not exist_ok:
+            raise ValidationError(
+                f"model(s) {', '.join(repr(m) for m in already)} already linked to application "
+                f"'{app_name}' (exist_ok=True, --exist-ok in the CLI, accepts that)"
+            )
+        if len(already) == len(set(model_names)):
+            return  # exist_ok, and every one is linked already: nothing changes
         total = set(linked) | set(model_names)
         if app.policy == "single" and len(total) > 1:
             raise ValidationError(
@@ -438,8 +535,26 @@ class ManagementService:
     async def remove_links(self, app_name: str, model_names: list[str]) -> None:
         if self.store.get_app(app_name) is None:
             raise ValidationError(f"application '{app_name}' does not exist")
+        linked = self.store.get_links(app_name)
+        for name in model_names:
+            if name not in linked:  # a typo would otherwise "succeed" and change nothing
+                if not self.store.list_models(name):
+                    raise ValidationError(f"no model named '{name}'")
+                raise ValidationError(f"model '{name}' is not linked to application '{app_name}'")
         self.store.remove_links(app_name, model_names)
         await self._changed()
 
     def get_linked_models(self, app_name: str) -> list[str]:
         return self.store.get_links(app_name)
+
+
+def _digest(data: bytes) -> str:
+    """How ``exist_ok`` compares artifacts (and names them in an error)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def _app_fields(app: AppSpec) -> dict[str, Any]:
+    """An app's definition, as ``exist_ok`` compares it (its name aside)."""
+    fields = app.to_json()
+    del fields["name"]
+    return fields

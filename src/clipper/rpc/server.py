@@ -107,10 +107,11 @@ class BatchTransport(Protocol):
         batch_id: int,
         inputs: Sequence[Any],
         time_limit_s: float | None = None,
+        deadline_s: float | None = None,
     ) -> bool:
         """Send a replica one batch, encoded for its input type: False when
         the replica is gone; raises (nothing sent) when the inputs cannot be
-        encoded."""
+        encoded. ``deadline_s``: seconds until the batch's last deadline."""
         ...
 
 
@@ -127,8 +128,9 @@ class FrameSender:
         batch_id: int,
         inputs: Sequence[Any],
         time_limit_s: float | None = None,
+        deadline_s: float | None = None,
     ) -> bool:
-        frames = p.encode_batch(batch_id, replica.input_type, inputs, time_limit_s)
+        frames = p.encode_batch(batch_id, replica.input_type, inputs, time_limit_s, deadline_s)
         return self.send(replica.identity, frames)
 
 
@@ -317,10 +319,11 @@ class RPCServer:
         batch_id: int,
         inputs: Sequence[Any],
         time_limit_s: float | None = None,
+        deadline_s: float | None = None,
     ) -> bool:
         """Send a replica one batch (``BatchTransport``): the inputs encoded
         for its input type, arrays as zero-copy frames."""
-        frames = p.encode_batch(batch_id, replica.input_type, inputs, time_limit_s)
+        frames = p.encode_batch(batch_id, replica.input_type, inputs, time_limit_s, deadline_s)
         return self.send(replica.identity, frames)
 
     def _schedule_drain(self) -> None:
@@ -486,6 +489,7 @@ class RPCServer:
             p.REGISTERED,
             heartbeat_interval=self.heartbeat_interval,
             max_message_bytes=self.max_message_bytes,
+            features=list(p.FEATURES),
         )
 
     def _register(self, identity: bytes, header: dict[str, Any], now: float) -> None:
