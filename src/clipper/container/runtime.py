@@ -485,6 +485,10 @@ class ContainerRuntime:
         # (start time, time limit) of the batch in predict, set by the worker
         self._running: tuple[float, float | None] | None = None
         self.out_of_memory = threading.Event()
+        # Made now, while memory is there: reporting an out-of-memory batch and
+        # saying goodbye must not need a new packer's buffer (one each: threads).
+        self._spare_result_packer = p.spare_packer()
+        self._spare_goodbye_packer = p.spare_packer()
         self.registered = threading.Event()
         # The frontend's RPC size limit, from its ``registered`` (None: no limit given).
         self.max_message_bytes: int | None = None
@@ -661,7 +665,7 @@ class ContainerRuntime:
             session.last_register = now
 
     def _close(self, session: _Session) -> None:
-        session.send([p.make(p.GOODBYE)])
+        session.send([p.make_spare(self._spare_goodbye_packer, p.GOODBYE)])
         session.watchdog_done.set()
         if self.out_of_memory.is_set():
             session.status = 3
@@ -714,7 +718,9 @@ class ContainerRuntime:
                 errors=self.error_log,
             )
         except MemoryError:
-            result = p.encode_result_error(batch_id, "MemoryError", "out of memory")
+            result = p.encode_result_error(
+                batch_id, "MemoryError", "out of memory", self._spare_result_packer
+            )
             self.out_of_memory.set()
         finally:
             self._running = None

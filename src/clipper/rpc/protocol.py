@@ -214,6 +214,20 @@ def make(msg_type: str, **fields: Any) -> bytes:
     return pack({"v": PROTOCOL_VERSION, "type": msg_type, **fields})
 
 
+def spare_packer() -> msgpack.Packer:
+    """A packer made in advance, for the messages that must still go out once
+    memory has run out: a new packer allocates its buffer (a megabyte) on every
+    call, which fails past a replica's memory limit. Not thread-safe: give each
+    user its own."""
+    return msgpack.Packer(use_bin_type=True)
+
+
+def make_spare(packer: msgpack.Packer, msg_type: str, **fields: Any) -> bytes:
+    """``make`` with a ``spare_packer`` (plain field values only)."""
+    data: bytes = packer.pack({"v": PROTOCOL_VERSION, "type": msg_type, **fields})
+    return data
+
+
 def parse_header(frame: bytes | memoryview, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
     """Decode and check a header frame: a map with a known version and type."""
     if len(frame) > max_bytes:
@@ -406,17 +420,20 @@ def encode_result_ok(
     return [make(RESULT, id=batch_id, ok=True, **fields), data]
 
 
-def encode_result_error(batch_id: int, error_type: str, message: str) -> Frames:
-    """A ``result`` message carrying an error as data (container side)."""
-    return [
-        make(
-            RESULT,
-            id=batch_id,
-            ok=False,
-            error_type=cut(error_type, MAX_ERROR_TYPE),
-            error_message=cut(message, MAX_ERROR_MESSAGE),
-        )
-    ]
+def encode_result_error(
+    batch_id: int, error_type: str, message: str, packer: msgpack.Packer | None = None
+) -> Frames:
+    """A ``result`` message carrying an error as data (container side); with
+    ``packer`` (a ``spare_packer``), without allocating a new packer."""
+    fields = {
+        "id": batch_id,
+        "ok": False,
+        "error_type": cut(error_type, MAX_ERROR_TYPE),
+        "error_message": cut(message, MAX_ERROR_MESSAGE),
+    }
+    if packer is not None:
+        return [make_spare(packer, RESULT, **fields)]
+    return [make(RESULT, **fields)]
 
 
 def bound_error(header: dict[str, Any]) -> None:
