@@ -208,17 +208,22 @@ def unlink(
 
 @app.command(
     help="Deploy a Python function as model NAME:VERSION and start its replicas: "
-    "--python-file FILE --function NAME (the file is shipped by value), or --pickle FILE "
-    "(a cloudpickled function or object with predict). Waits until a replica is live "
-    "(--no-wait: return at once)."
+    "--python-file FILE --function NAME (the file, and the modules of your own it imports, "
+    "are shipped by value), --pickle FILE (a cloudpickled function or object with predict), "
+    "or --mlflow DIR (an MLflow model directory: its input type comes from its signature "
+    "unless --input-type is given; its requirements.txt is installed unless "
+    "--no-requirements). Waits until a replica is live (--no-wait: return at once)."
 )
 def deploy(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Model version.")],
     input_type: Annotated[
-        str, typer.Option(help="integers, floats, doubles, bytes, strings or json.")
-    ],
+        str | None,
+        typer.Option(
+            help="integers, floats, doubles, bytes, strings or json (required but with --mlflow)."
+        ),
+    ] = None,
     python_file: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="Python file defining the function."),
@@ -230,6 +235,27 @@ def deploy(
         Path | None,
         typer.Option("--pickle", exists=True, dir_okay=False, help="Cloudpickled model file."),
     ] = None,
+    mlflow_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--mlflow", exists=True, file_okay=False, help="MLflow model directory (pyfunc)."
+        ),
+    ] = None,
+    code_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True,
+            help="File or folder the model reads or imports at run time, shipped with it "
+            "and put on its sys.path (repeatable).",
+        ),
+    ] = None,
+    no_requirements: Annotated[
+        bool,
+        typer.Option(
+            "--no-requirements",
+            help="With --mlflow: do not install the model's requirements.txt.",
+        ),
+    ] = False,
     replicas: Annotated[int, typer.Option(min=0, help="Number of replicas to start.")] = 1,
     batch_size: Annotated[
         int, typer.Option(help="Maximum batch size (-1: the server's default).")
@@ -245,8 +271,16 @@ def deploy(
     no_wait: NoWait = False,
     timeout: WaitTimeout = 300.0,
 ) -> None:
-    if (python_file is None) == (pickle_file is None):
-        raise typer.BadParameter("give either --python-file (with --function) or --pickle")
+    if sum(x is not None for x in (python_file, pickle_file, mlflow_dir)) != 1:
+        raise typer.BadParameter(
+            "give one of --python-file (with --function), --pickle or --mlflow"
+        )
+    if input_type is None and mlflow_dir is None:
+        raise typer.BadParameter("--input-type is required (but with --mlflow)")
+    if no_requirements and mlflow_dir is None:
+        raise typer.BadParameter("--no-requirements goes with --mlflow")
+    if code_path and pickle_file is not None:
+        raise typer.BadParameter("--code-path goes with --python-file or --mlflow")
     if python_file is not None and not function:
         raise typer.BadParameter("--python-file needs --function NAME")
     if pickle_file is not None and function:
@@ -254,10 +288,28 @@ def deploy(
     labels, pkgs = list(label or []), list(pkg or [])
     conn = target(ctx).connect()
     with err_console.status(f"Deploying {name}:{version}…"):
-        if python_file is not None:
+        if mlflow_dir is not None:
+            from ..deployers.mlflow import deploy_mlflow_model
+
+            input_type = deploy_mlflow_model(
+                conn,
+                name,
+                version,
+                mlflow_dir,
+                input_type=input_type,
+                install_requirements=not no_requirements,
+                labels=labels,
+                batch_size=batch_size,
+                num_replicas=replicas,
+                pkgs_to_install=pkgs,
+                code_paths=code_path,
+                exist_ok=exist_ok,
+                wait=False,
+            )
+        elif python_file is not None:
             from ..deployers.python import deploy_python_closure
 
-            assert function is not None
+            assert function is not None and input_type is not None
             deploy_python_closure(
                 conn,
                 name,
@@ -268,11 +320,12 @@ def deploy(
                 batch_size=batch_size,
                 num_replicas=replicas,
                 pkgs_to_install=pkgs,
+                code_paths=code_path,
                 exist_ok=exist_ok,
                 wait=False,
             )
         else:
-            assert pickle_file is not None
+            assert pickle_file is not None and input_type is not None
             conn.deploy_model(
                 name,
                 version,
@@ -285,7 +338,10 @@ def deploy(
                 exist_ok=exist_ok,
                 wait=False,
             )
-    typer.echo(f"Deployed model {name}:{version} ({replicas} replica(s) requested).")
+    typer.echo(
+        f"Deployed model {name}:{version} (input type {input_type}; "
+        f"{replicas} replica(s) requested)."
+    )
     if not no_wait:
         wait_live(conn, name, version, timeout)
 

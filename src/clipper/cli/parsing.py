@@ -159,11 +159,16 @@ def load_function(path: Path, name: str) -> Callable[..., Any]:
 
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    # As `python FILE` would: the file's folder is on sys.path while it runs,
+    # so the modules of the user's own beside it import (and travel by value).
+    sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise CliError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(str(path.parent))
     cloudpickle.register_pickle_by_value(module)
     func = getattr(module, name, None)
     if func is None:

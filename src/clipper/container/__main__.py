@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..address import ServerAddress
@@ -25,6 +26,10 @@ def load_model(path: str | None, import_spec: str | None) -> Any:
     if path:
         import cloudpickle
 
+        from . import code
+
+        # Code shipped with the model (code_paths) unpacks beside its artifact.
+        code.CODE_ROOT = Path(path).resolve().parent / "code"
         with open(path, "rb") as f:
             return cloudpickle.load(f)
     if import_spec:

@@ -116,23 +116,29 @@ class EnvironmentBuilder:
 
 
 async def check_model_loads(python: str, artifact: Path) -> None:
-    """Unpickle the model with ``python`` as a container would; name what is missing."""
+    """Unpickle the model with ``python`` as a container would; name what is missing.
+
+    The code shipped with the model is extracted as a replica would, into the
+    model's folder (``code/`` beside the artifact). A missing installed
+    package is named with the version the deployer found (the artifact's
+    manifest, see :mod:`clipper.container.code`).
+    """
     code, out = await _run(
         python, "-c",
-        "import sys, cloudpickle\n"
+        "import sys, pathlib, cloudpickle\n"
+        "from clipper.container import code\n"
+        "code.CODE_ROOT = pathlib.Path(sys.argv[1]).parent / 'code'\n"
         "try:\n"
         "    cloudpickle.load(open(sys.argv[1], 'rb'))\n"
+        "except code.MissingPackage as e:\n"
+        "    print('missing-module:' + str(e)); sys.exit(3)\n"
         "except ModuleNotFoundError as e:\n"
-        "    print('missing-module:' + str(e.name)); sys.exit(3)\n",
+        "    print('missing-module:' + code.missing_message(str(e.name), {})); sys.exit(3)\n",
         str(artifact),
         timeout=LOAD_TIMEOUT_S,
     )  # fmt: skip
     if code == 3 and "missing-module:" in out:
-        module = out.rsplit("missing-module:", 1)[1].strip()
-        raise ValidationError(
-            f"the model needs the module '{module}', which does not import in the model's "
-            "environment; add its package to pkgs_to_install"
-        )
+        raise ValidationError(out.rsplit("missing-module:", 1)[1].strip())
     if code != 0:
         tail = "\n".join(out.strip().splitlines()[-10:])
         raise ValidationError(f"the model could not be loaded: {tail}")
