@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -11,7 +13,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +29,13 @@ log = logging.getLogger("clipper.admin")
 DEPLOY_TIMEOUT = 300.0  # seconds deployers, links, versions and scaling wait by default
 READY_TIMEOUT = 120.0  # seconds wait_until_ready waits by default
 CRASH_RESTARTS = 3  # a version whose every replica restarted this often fails the wait early
+# Artifacts above this go by the streamed upload route (/admin/upload_artifact); smaller
+# ones inline in add_model's JSON (one request, and any server version takes them).
+UPLOAD_THRESHOLD = 1024 * 1024
+UPLOAD_CHUNK = 1024 * 1024
+UPLOAD_ROUTE = "/admin/upload_artifact"
+
+Artifact = bytes | str | os.PathLike[str]
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -76,6 +86,9 @@ class ClipperConnection:
         self.connected = False
         self._client: httpx.Client | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        # The rich Console that upload progress bars draw on (default: a new one on
+        # stderr); the CLI gives its own, so a bar nests under its status line.
+        self.progress_console: Any = None
 
     # -- addresses ---------------------------------------------------------------
 
@@ -251,18 +264,7 @@ class ClipperConnection:
             raise ClipperException(f"{route}: cannot reach {self.management_url}: {exc}") from exc
         if r.status_code == 401:
             raise self._unauthorized(route)
-        try:
-            payload = r.json()
-        except ValueError:
-            payload = {"error": r.text}
-        if r.status_code != 200:
-            cause = (
-                payload.get("cause") or payload.get("error")
-                if isinstance(payload, dict)
-                else r.text
-            )
-            raise ClipperException(f"{route} failed ({r.status_code}): {cause}")
-        return payload
+        return _answer(route, r)
 
     def register_application(
         self,
@@ -386,7 +388,7 @@ class ClipperConnection:
         name: str,
         version: str,
         input_type: str,
-        model_data: bytes,
+        model_data: Artifact,
         labels: list[str] | None = None,
         num_replicas: int = 1,
         batch_size: int = -1,
@@ -395,10 +397,18 @@ class ClipperConnection:
         exist_ok: bool = False,
         wait: bool = True,
         timeout: float = DEPLOY_TIMEOUT,
+        progress: bool | None = None,
     ) -> None:
         """Deploy a cloudpickled model (a callable, or an object with ``predict``)
         and start ``num_replicas`` containers for it. ``options``: batching,
         queueing, memory and autoscaling options (see the management API docs).
+
+        ``model_data`` is the artifact's bytes or the path of a file holding them,
+        of any size: above ``UPLOAD_THRESHOLD`` (1 MiB) it is streamed to
+        ``/admin/upload_artifact`` first (see :meth:`upload_artifact`; a progress
+        bar on a terminal, or as ``progress`` says), and ``add_model`` names it by
+        its SHA-256; smaller ones travel inline. A server without the upload
+        route (an older one) gets it inline, as far as its body limit allows.
 
         The version becomes the model's current one. An existing version of
         that name is an error, unless ``exist_ok=True`` and it is identical
@@ -415,15 +425,94 @@ class ClipperConnection:
             "labels": labels or [],
             "batch_size": batch_size,
             "num_replicas": num_replicas,
-            "model_data": base64.b64encode(model_data).decode(),
             "pkgs_to_install": list(pkgs_to_install or []),
             "options": dict(options or {}),
         }
         if exist_ok:
             body["exist_ok"] = True
-        self.add_model(body)
+        size = len(model_data) if isinstance(model_data, bytes) else os.path.getsize(model_data)
+        digest = None
+        if size > UPLOAD_THRESHOLD:
+            digest = self.upload_artifact(model_data, progress=progress, old_server_ok=True)
+        if digest is not None:
+            body["artifact"] = digest
+            self.add_model(body)
+        else:
+            data = model_data if isinstance(model_data, bytes) else Path(model_data).read_bytes()
+            body["model_data"] = base64.b64encode(data).decode()
+            try:
+                self.add_model(body)
+            except ClipperException as exc:
+                if size > UPLOAD_THRESHOLD and "(413)" in str(exc):
+                    raise ClipperException(
+                        f"{exc}. This server predates streamed artifact uploads (it has no "
+                        f"{UPLOAD_ROUTE}), so an artifact must fit its request body limit "
+                        "(--max-body-bytes): upgrade the server to deploy larger ones"
+                    ) from exc
+                raise
         if wait:
             self.wait_until_live(name, str(version), timeout=timeout)
+
+    def upload_artifact(
+        self, data: Artifact, progress: bool | None = None, *, old_server_ok: bool = False
+    ) -> str | None:
+        """Stream an artifact (bytes, or a file's path: read in chunks, never whole)
+        to ``/admin/upload_artifact``; its SHA-256, which ``add_model``'s
+        ``artifact`` field names. ``progress``: show a progress bar (default: when
+        stderr is a terminal). With ``old_server_ok``, None from a server without
+        the route (else a ClipperException)."""
+        if not self.connected:
+            raise UnconnectedException()
+        size, digest, chunks = _artifact_stream(data)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        headers = {
+            **self._auth_headers(),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "X-Clipper-Artifact-SHA256": digest,
+        }
+        url = self.management_url + UPLOAD_ROUTE
+        bar = _ProgressBar(size, self.progress_console) if progress else None
+        sent = chunks if bar is None else bar.wrap(chunks)
+        try:
+            with bar or contextlib.nullcontext():
+                r = httpx.post(
+                    url,
+                    content=sent,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.timeout),
+                    verify=self._verify(url),
+                )
+        except httpx.HTTPError as exc:
+            raise ClipperException(
+                f"upload_artifact: cannot reach {self.management_url}: {exc}"
+            ) from exc
+        if r.status_code == 401:
+            raise self._unauthorized("upload_artifact")
+        if r.status_code in (404, 413) and not self._has_upload_route():
+            if old_server_ok:
+                log.warning(
+                    "the server at %s has no %s (an older Clipper): sending the artifact inline",
+                    self.management_url,
+                    UPLOAD_ROUTE,
+                )
+                return None
+            raise ClipperException(
+                f"upload_artifact: the server at {self.management_url} has no {UPLOAD_ROUTE} "
+                "(an older Clipper): upgrade it"
+            )
+        payload = _answer("upload_artifact", r)
+        return str(payload["artifact"])
+
+    def _has_upload_route(self) -> bool:
+        """Whether the server streams uploads: a GET of the route is a 405 there
+        (the route takes POST), a 404 on a server without it."""
+        try:
+            url = self.management_url + UPLOAD_ROUTE
+            return self._http("GET", url, self.timeout).status_code != 404
+        except httpx.HTTPError:
+            return True
 
     def set_model_version(
         self,
@@ -698,3 +787,77 @@ class ClipperConnection:
             orjson.loads(orjson.dumps(o.output, default=json_default, option=option))
             for o in outcomes
         ]
+
+
+def _artifact_stream(data: Artifact) -> tuple[int, str, Iterator[bytes]]:
+    """An artifact's size, SHA-256 and its bytes in chunks: from memory (no copy of
+    the whole) or from a file (read twice, a chunk at a time: digest, then send)."""
+    if isinstance(data, bytes):
+        view = memoryview(data)
+        digest = hashlib.sha256(view).hexdigest()
+        chunks = (bytes(view[i : i + UPLOAD_CHUNK]) for i in range(0, len(view), UPLOAD_CHUNK))
+        return len(data), digest, chunks
+    path = Path(data)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    size = path.stat().st_size
+
+    def read() -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            while chunk := f.read(UPLOAD_CHUNK):
+                yield chunk
+
+    return size, digest, read()
+
+
+class _ProgressBar:
+    """A transfer bar on stderr (rich, imported only when one is shown)."""
+
+    def __init__(self, total: int, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("uploading the artifact"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console if console is not None else Console(stderr=True),
+            transient=True,
+        )
+        self.task = self.progress.add_task("upload", total=total)
+
+    def wrap(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+            self.progress.advance(self.task, len(chunk))
+
+    def __enter__(self) -> _ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _answer(route: str, r: httpx.Response) -> Any:
+    """A management answer's JSON; ClipperException naming the route, the status
+    and the server's cause when it is not a 200."""
+    try:
+        payload = r.json()
+    except ValueError:
+        payload = {"error": r.text}
+    if r.status_code != 200:
+        cause = (
+            payload.get("cause") or payload.get("error") if isinstance(payload, dict) else r.text
+        )
+        raise ClipperException(f"{route} failed ({r.status_code}): {cause}")
+    return payload

@@ -111,6 +111,7 @@ class Target:
     def connect(self) -> ClipperConnection:
         """A connection to the running server; raises ClipperException if none answers."""
         conn = self.connection()
+        conn.progress_console = err_console  # upload bars nest under the CLI's status line
         conn.connect()
         return conn
 

@@ -35,7 +35,18 @@ owns what a server must:
   handler runs;
 - a handler's exception is a 500 naming only its type, never a traceback;
 - TLS through the event loop's transport; shutdown that answers what is in
-  flight (with ``connection: close``) and closes the rest.
+  flight (with ``connection: close``) and closes the rest;
+- streamed bodies, for the few routes that take more than a JSON body (a model
+  artifact): a ``stream`` hook sees each request's head first and may take its
+  body as it arrives (a :class:`Stream`: its handler reads a :class:`Body`,
+  ``async for chunk in body``). Such a body is outside ``max_body_bytes`` and the
+  byte budgets: it has its own ``max_bytes`` (a 413 from ``Content-Length``
+  before a byte is read), is never held whole (at most ``Body.HIGH_WATER`` bytes
+  wait for the handler; past that the client is not read), and has a minimum
+  rate over a window instead of a total deadline (else a 408). A refusal before
+  or during the body (the hook's own answer, a 413, a 408) is written at once,
+  then the connection half-closes and drops what still arrives for a moment (a
+  lingering close), so the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -112,6 +123,116 @@ ErrorPage = Callable[[str, int, str, str], Response]  # (path, status, error, ca
 Guard = Callable[[Request], tuple[int, str] | None]
 
 
+class BodyAborted(Exception):
+    """What a :class:`Body` raises when the body will not arrive whole: too large
+    (413), too slow (408), or the client left. The server answers it (the handler
+    need only clean up and let it pass)."""
+
+    def __init__(self, status: int, error: str, cause: str) -> None:
+        super().__init__(cause)
+        self.status, self.error, self.cause = status, error, cause
+
+
+class Body:
+    """A streamed request body, as it arrives: ``async for chunk in body``.
+
+    Chunks wait here for the handler; with ``HIGH_WATER`` bytes waiting the client
+    is not read until the handler has taken them (so a slow disk slows the client,
+    never grows memory). ``declared`` is the ``Content-Length``, if any.
+    """
+
+    HIGH_WATER = 4 * 1024 * 1024
+
+    def __init__(self, conn: _Connection | None, declared: int | None) -> None:
+        self._conn = conn
+        self.declared = declared
+        self.received = 0  # bytes that arrived (taken or waiting)
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self.done = False
+        self.error: BodyAborted | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self._queued >= self.HIGH_WATER
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        self._chunks.append(data)
+        self._queued += len(data)
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def abort(self, error: BodyAborted) -> None:
+        if self.error is None and not self.done:
+            self.error = error
+            self._chunks.clear()
+            self._queued = 0
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self._chunks:
+                break
+            if self.done:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._queued = 0
+        if self._conn is not None:
+            self._conn.stream_drained()
+        return data
+
+
+@dataclass(slots=True)
+class Stream:
+    """The ``stream`` hook's word for a request whose body its handler takes as it
+    arrives: ``handler(request, body)`` answers; the body may hold at most
+    ``max_bytes`` (413) and must arrive at ``min_rate`` bytes a second or more,
+    measured over each ``rate_window_s`` while the server reads (408)."""
+
+    handler: Callable[[Request, Body], Awaitable[Response]]
+    max_bytes: int
+    min_rate: int = 64 * 1024
+    rate_window_s: float = 10.0
+
+
+# Sees each request's head: None (an ordinary request), a Response (refused now,
+# before its body is read), or a Stream (its handler takes the body as it arrives).
+StreamHook = Callable[[Request], "Stream | Response | None"]
+
+
+@dataclass(slots=True)
+class _Streaming:
+    """A streamed request, waiting in a connection's pipeline for its turn."""
+
+    request: Request
+    body: Body
+    stream: Stream
+
+
+LINGER_S = 2.0  # after refusing a body: how long what still arrives is read and dropped
+LINGER_BYTES = 4 * 1024 * 1024  # ... and how much of it
+
+
 def json_response(status: int, obj: object) -> Response:
     return Response(status, orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
 
@@ -172,8 +293,10 @@ class HTTPServer:
         guard: Guard | None = None,
         name: str = "HTTP",
         clock: Callable[[], float] = time.monotonic,
+        stream: StreamHook | None = None,
     ) -> None:
         self.handler = handler
+        self.stream = stream  # routes whose bodies are streamed (none on the query port)
         # Every time the server reads (activity, deadlines, the sweep): a test
         # may pass a fake one and call sweep() itself instead of waiting.
         self.clock = clock
@@ -327,7 +450,7 @@ class _Connection(asyncio.Protocol):
         self.held = 0  # bytes of request bodies read and not yet answered
         self.answering_bytes = 0  # of those, the request being answered
         self.busy = False  # a request is being answered
-        self.pending: deque[tuple[Request | Response, int, bool]] = deque()
+        self.pending: deque[tuple[Request | Response | _Streaming, int, bool]] = deque()
         self.read_paused = False
         self.write_paused = False
         self.closing = False  # close once the answers owed are written
@@ -348,6 +471,13 @@ class _Connection(asyncio.Protocol):
         # The answer being computed (a task, or a Later's future), held: the
         # event loop references a task only weakly.
         self.answering: asyncio.Future[Any] | None = None
+        # A streamed body being read (see Stream), and its rate window.
+        self.stream: Body | None = None
+        self.stream_spec: Stream | None = None
+        self.stream_paused = False  # not read: the handler has HIGH_WATER bytes waiting
+        self.window_bytes = 0  # stream.received when the rate window began (at phase_at)
+        self.lingering_until = 0.0  # > 0: half-closed, dropping what arrives until then
+        self.lingered = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -366,6 +496,9 @@ class _Connection(asyncio.Protocol):
         self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.stream is not None:
+            self.stream.abort(BodyAborted(400, "bad request", "the client closed the connection"))
+            self.stream = None
         self.server.left(self)
         self.pending.clear()
         self.parser = None
@@ -374,6 +507,10 @@ class _Connection(asyncio.Protocol):
         self.active_at = self.clock()
         parser = self.parser
         if parser is None:  # no more requests on this connection
+            if self.lingering_until:
+                self.lingered += len(data)
+                if self.lingered > LINGER_BYTES and self.transport is not None:
+                    self.transport.close()
             return
         try:
             parser.feed_data(data)
@@ -422,6 +559,8 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The client is done sending: answer what it asked, then close.
+        if self.lingering_until:
+            return None  # a lingering close: the client has read the answer
         if self.busy or self.pending:
             self.closing = True
             return True  # keep the transport open for the answers
@@ -481,6 +620,8 @@ class _Connection(asyncio.Protocol):
             host=self.host,
             origin=self.origin,
         )
+        if self.server.stream is not None and self._stream_head(self.request, parser):
+            return
         declared = self.request.header(b"content-length")
         limit = self.server.max_body_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -492,6 +633,9 @@ class _Connection(asyncio.Protocol):
             self.expect_continue = False  # honoured: the body is on its way
 
     def on_body(self, body: bytes) -> None:
+        if self.stream is not None:
+            self._stream_body(body)
+            return
         if self.rejected:
             return
         size = len(body)
@@ -509,6 +653,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        if self.stream is not None:
+            self.stream.finish()
+            self.stream = self.stream_spec = None
+            return
         request = self.request
         if self.rejected or request is None:
             return
@@ -527,9 +675,120 @@ class _Connection(asyncio.Protocol):
             keep = _KEEP
         self._enqueue(request, keep, request.method == "HEAD")
 
+    # -- streamed bodies -----------------------------------------------------------------
+
+    def _stream_head(self, request: Request, parser: httptools.HttpRequestParser) -> bool:
+        """Ask the stream hook about a head: False for an ordinary request; else
+        True, the request answered now or queued with its body streamed to come."""
+        hook = self.server.stream
+        assert hook is not None
+        try:
+            decision = hook(request)
+        except Exception as exc:
+            decision = self._internal_error(request, exc)
+        if decision is None:
+            return False  # an ordinary request: the guard runs once it is read
+        guard = self.server.guard
+        refused = guard(request) if guard is not None else None
+        if refused is not None:  # the Host/Origin guard, before the body too
+            decision = self.server.error_page(request.path, refused[0], "forbidden", refused[1])
+        self.request = None
+        if isinstance(decision, Response):
+            self._refuse_body(decision)
+            return True
+        declared = request.header(b"content-length")
+        size = int(declared) if declared is not None and declared.isdigit() else None
+        if size is not None and size > decision.max_bytes:
+            self._refuse_body(
+                self.server.error_page(
+                    request.path,
+                    413,
+                    "request body too large",
+                    f"request body of {size} bytes exceeds the limit of {decision.max_bytes}",
+                )
+            )
+            return True
+        body = Body(self, size)
+        self.stream, self.stream_spec, self.window_bytes = body, decision, 0
+        keep = _KEEP if parser.should_keep_alive() else _CLOSE
+        if keep == _KEEP and parser.get_http_version() == "1.0":
+            keep = _KEEP_10
+        if self.expect_continue and not (self.busy or self.pending):
+            assert self.transport is not None
+            self.transport.write(CONTINUE)
+            self.expect_continue = False
+        self._enqueue(_Streaming(request, body, decision), keep, False)
+        return True
+
+    def _refuse_body(self, page: Response) -> None:
+        """Answer a request before its body is read; its body is dropped, then the
+        connection closes (lingering: the client reads the answer, not a reset)."""
+        self.rejected = True
+        self._enqueue(page, _CLOSE, False)
+
+    def _stream_body(self, data: bytes) -> None:
+        body, spec = self.stream, self.stream_spec
+        assert body is not None and spec is not None
+        if body.error is not None:
+            return  # refused already: dropped
+        if body.received + len(data) > spec.max_bytes:
+            body.abort(
+                BodyAborted(
+                    413,
+                    "request body too large",
+                    f"request body exceeds the limit of {spec.max_bytes} bytes",
+                )
+            )
+            return
+        body.feed(data)
+        if body.full:
+            self.stream_paused = True
+            self._pause_reading()
+
+    def stream_drained(self) -> None:
+        """The handler took what waited: read the client again."""
+        if self.stream_paused:
+            self.stream_paused = False
+            self._resume_reading()
+
+    def _stream_rate(self, now: float) -> None:
+        """The sweep, for a streamed body being read: at least ``min_rate`` bytes a
+        second over each window (the server's own pauses do not count)."""
+        body, spec = self.stream, self.stream_spec
+        assert body is not None and spec is not None
+        elapsed = now - self.phase_at
+        if elapsed < spec.rate_window_s or body.error is not None:
+            return
+        got = body.received - self.window_bytes
+        if got < spec.min_rate * elapsed:
+            cause = (
+                f"the request's body arrived at {got / elapsed:.0f} bytes/s over "
+                f"{elapsed:g} s, under the minimum of {spec.min_rate} bytes/s"
+            )
+            log.info("%s port: %s; closing the connection", self.server.name, cause)
+            body.abort(BodyAborted(408, "request timeout", cause))
+            self.closing = True
+            return
+        self.phase_at, self.window_bytes = now, body.received
+
+    def _linger(self) -> None:
+        """Close after an answer that leaves a body unread: half-close (the client
+        reads the answer and an end of file) and drop what still arrives, for
+        ``LINGER_S`` or ``LINGER_BYTES`` at most, then close."""
+        transport = self.transport
+        assert transport is not None
+        if not transport.can_write_eof():  # TLS: no half-close
+            transport.close()
+            return
+        transport.write_eof()
+        self.lingering_until = self.clock() + LINGER_S
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+
     # -- answering -----------------------------------------------------------------------
 
-    def _enqueue(self, item: Request | Response, keep: int, head: bool) -> None:
+    def _enqueue(self, item: Request | Response | _Streaming, keep: int, head: bool) -> None:
         if not (self.busy or self.pending or self.write_paused):
             self._start(item, keep, head)
             return
@@ -537,10 +796,13 @@ class _Connection(asyncio.Protocol):
         if len(self.pending) >= self.server.max_pipelined:
             self._pause_reading()
 
-    def _start(self, item: Request | Response, keep: int, head: bool) -> None:
+    def _start(self, item: Request | Response | _Streaming, keep: int, head: bool) -> None:
         self.busy = True
         if isinstance(item, Response):
             self._write(item, keep, head)
+            return
+        if isinstance(item, _Streaming):
+            self.answering = asyncio.get_running_loop().create_task(self._answer_stream(item, keep))
             return
         self.answering_bytes = len(item.body)
         # The handler runs after this round of I/O callbacks, not inside it: a
@@ -598,6 +860,32 @@ class _Connection(asyncio.Protocol):
             response = self._internal_error(request, exc)
         self._write(response, keep, head)
 
+    async def _answer_stream(self, item: _Streaming, keep: int) -> None:
+        """Run a streamed request's handler; a refused body is answered here."""
+        body = item.body
+        try:
+            if self.transport is None or self.transport.is_closing():
+                body.abort(BodyAborted(400, "bad request", "the client closed the connection"))
+                self.busy = False
+                return
+            response = await item.stream.handler(item.request, body)
+        except BodyAborted as exc:
+            response = self.server.error_page(item.request.path, exc.status, exc.error, exc.cause)
+        except Exception as exc:
+            response = self._internal_error(item.request, exc)
+        if body.error is not None:  # refused while the handler ran: that is the answer
+            error = body.error
+            response = self.server.error_page(
+                item.request.path, error.status, error.error, error.cause
+            )
+        if not body.done:  # answered before the body was read whole: drop the rest, close
+            body.abort(BodyAborted(400, "bad request", "answered before the body arrived"))
+            keep = _CLOSE
+        if self.transport is None:
+            self.busy = False
+            return
+        self._write(response, keep, False)
+
     def _internal_error(self, request: Request, exc: BaseException) -> Response:
         """A 500 naming only the exception's type; the traceback goes to the log."""
         log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
@@ -619,7 +907,13 @@ class _Connection(asyncio.Protocol):
         if keep == _CLOSE:
             self.parser = None
             self.pending.clear()
-            transport.close()
+            if self.in_message and (self.rejected or self.stream is not None):
+                # A body still arriving, refused: let the client read this answer.
+                self.in_message = False
+                self.stream = self.stream_spec = None
+                self._linger()
+            else:
+                transport.close()
             self.busy = False
             return
         self.busy = False
@@ -672,6 +966,7 @@ class _Connection(asyncio.Protocol):
         if (
             self.read_paused
             and not self.write_paused
+            and not self.stream_paused
             and self not in self.server.starved
             and self in self.server.open
             and len(self.pending) < self.server.max_pipelined
@@ -682,12 +977,18 @@ class _Connection(asyncio.Protocol):
             self.read_paused = False
             if self.in_message:  # the client could not send while unread: a fresh deadline
                 self.phase_at = self.clock()
+                if self.stream is not None:
+                    self.window_bytes = self.stream.received
             self.transport.resume_reading()
 
     def tick(self, now: float) -> None:
         """The server's sweep: enforce the deadlines, close an idle connection."""
         server = self.server
         if self.transport is None:
+            return
+        if self.lingering_until:
+            if now >= self.lingering_until:
+                self.transport.close()
             return
         if self.write_paused:  # a client that stopped reading its answers
             if now - self.active_at >= server.header_timeout_s:
@@ -699,6 +1000,8 @@ class _Connection(asyncio.Protocol):
             if self.in_head:
                 if now - self.phase_at >= server.header_timeout_s:
                     self._late("head", server.header_timeout_s)
+            elif self.stream is not None:
+                self._stream_rate(now)
             elif now - self.phase_at >= server.body_timeout_s:
                 self._late("body", server.body_timeout_s)
             return

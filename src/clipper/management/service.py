@@ -35,6 +35,7 @@ from ..types import (
     validate_app_name,
     validate_name,
 )
+from .uploads import ArtifactUploads, link_or_copy
 
 log = logging.getLogger("clipper.management")
 
@@ -138,6 +139,7 @@ class ManagementService:
         state_dir: Path,
         *,
         default_batch_size: int = 64,
+        max_artifact_bytes: int = 8 * 1024**3,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -153,6 +155,8 @@ class ManagementService:
         self.replica_target: Callable[[ModelId, int], int] = lambda _model, stored: stored
         self.envs = EnvironmentBuilder(state_dir / "envs")
         self.default_batch_size = default_batch_size
+        # Artifacts streamed to /admin/upload_artifact, until add_model names them.
+        self.uploads = ArtifactUploads(state_dir / "uploads", max_bytes=max_artifact_bytes)
 
     async def _changed(self) -> None:
         self.catalog.refresh()
@@ -314,9 +318,12 @@ class ManagementService:
         pkgs_to_install: list[str] | None = None,
         options: dict[str, Any] | None = None,
         exist_ok: bool = False,
+        artifact: str | None = None,
     ) -> ModelSpec:
         """Register a model version; with ``model_data`` (a cloudpickled
         callable) the server stores it and starts replicas from it.
+        ``artifact`` instead names one uploaded to ``/admin/upload_artifact``
+        (its SHA-256): the same, for artifacts of any size.
 
         ``pkgs_to_install`` gives the model its own environment. The artifact
         must unpickle in that environment, or the deploy fails naming the
@@ -357,8 +364,14 @@ class ManagementService:
             )
         model_options = ModelOptions.parse(options or {})
         pkgs = validate_requirements(pkgs_to_install or [])
-        _check(not pkgs or model_data is not None, "pkgs_to_install needs model_data")
-        if model_data is None:
+        _check(
+            model_data is None or artifact is None,
+            "add_model: give model_data or artifact, not both",
+        )
+        upload = self.uploads.path_of(artifact) if artifact is not None else None
+        shipped = model_data is not None or upload is not None
+        _check(not pkgs or shipped, "pkgs_to_install needs model_data (or artifact)")
+        if not shipped:
             model_data_path = validate_model_data_path(model_data_path, self.state_dir)
         if existing is not None:
             wanted = {
@@ -366,11 +379,13 @@ class ManagementService:
                 "labels": list(labels),
                 "batch_size": batch_size,
                 "options": model_options.to_json(),
-                "container_name": PYTHON_CLOSURE if model_data is not None else container_name,
+                "container_name": PYTHON_CLOSURE if shipped else container_name,
                 "pkgs_to_install": pkgs,
             }
             if model_data is not None:
                 wanted["model_data"] = _digest(model_data)
+            elif upload is not None:
+                wanted["model_data"] = "sha256:" + upload.name[:16]
             else:
                 wanted["model_data_path"] = model_data_path
             problem = describe_differences(
@@ -382,8 +397,10 @@ class ManagementService:
                 raise ValidationError(problem)
             return existing
         artifact_dir = self.models_dir / model_name / model_version
-        if model_data is not None:
-            model_data_path = str(await self._store_artifact(artifact_dir, model_data, pkgs))
+        if shipped:
+            source = upload if upload is not None else model_data
+            assert source is not None
+            model_data_path = str(await self._store_artifact(artifact_dir, source, pkgs))
             container_name = PYTHON_CLOSURE
         spec = ModelSpec(
             model_name,
@@ -400,21 +417,27 @@ class ManagementService:
             if num_replicas != 1:
                 self.store.set_num_replicas(model_name, model_version, num_replicas)
         except Exception:
-            if model_data is not None:
+            if shipped:
                 shutil.rmtree(artifact_dir, ignore_errors=True)
             raise
         log.info("added model %s:%s", model_name, model_version)
         await self._changed()
         return spec
 
-    async def _store_artifact(self, artifact_dir: Path, data: bytes, pkgs: list[str]) -> Path:
-        """Write the artifact, build its environment, check it loads; all or nothing."""
+    async def _store_artifact(
+        self, artifact_dir: Path, data: bytes | Path, pkgs: list[str]
+    ) -> Path:
+        """Write the artifact (bytes, or an uploaded file: linked, not read), build its
+        environment, check it loads; all or nothing."""
         if artifact_dir.exists():  # left over from a version deleted earlier
             shutil.rmtree(artifact_dir)
         artifact_dir.mkdir(parents=True)
         try:
             path = artifact_dir / ARTIFACT_NAME
-            path.write_bytes(data)
+            if isinstance(data, Path):
+                link_or_copy(data, path)
+            else:
+                path.write_bytes(data)
             python = await self.envs.ensure(pkgs) if pkgs else sys.executable
             if pkgs:
                 (artifact_dir / ENV_FILE).write_text(
@@ -436,7 +459,8 @@ class ManagementService:
         fields["pkgs_to_install"] = pkgs
         artifact = Path(model.model_data_path) if model.model_data_path else None
         if model.container_name == PYTHON_CLOSURE and artifact is not None and artifact.is_file():
-            fields["model_data"] = _digest(artifact.read_bytes())
+            with open(artifact, "rb") as f:  # streamed: an artifact may be gigabytes
+                fields["model_data"] = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()[:16]
         return fields
 
     def _model(self, name: str, version: str) -> ModelSpec:

@@ -128,7 +128,7 @@ class ReplicaActor:
     pool (``max_concurrency``), so ``wait`` may block while ``stop`` is called.
     """
 
-    def __init__(self, artifact: bytes, config: dict[str, Any]) -> None:
+    def __init__(self, artifact: Any, config: dict[str, Any]) -> None:
         import cloudpickle
 
         self.label = str(config["replica_label"])
@@ -140,7 +140,11 @@ class ReplicaActor:
         self._stopping = threading.Event()
         self._done = threading.Event()
         self._status = 0
-        self._runtime = ContainerRuntime(cloudpickle.loads(artifact), **config)
+        # ``artifact``: bytes (a small one), or a read-only uint8 array that Ray maps
+        # from its object store without a copy: unpickled straight from there.
+        model = cloudpickle.loads(memoryview(artifact))
+        del artifact
+        self._runtime = ContainerRuntime(model, **config)
         self._thread = threading.Thread(target=self._serve, name="clipper-replica", daemon=True)
         self._thread.start()
 
@@ -376,7 +380,10 @@ class RayContainerManager:
 
         Small artifacts travel inside each actor's creation spec; a large one is
         put in the object store once per version and held here while the version
-        has replicas (Ray logs, per actor, that restarts need it kept alive).
+        has replicas (Ray logs, per actor, that restarts need it kept alive). A
+        large one goes as a uint8 array over the file's memory map: Ray copies it
+        into the object store from the page cache (this process never holds it
+        whole on its heap), and actors read it there in place (no copy each).
         """
         path = Path(spec.model_data_path)
         stat = path.stat()
@@ -391,8 +398,14 @@ class RayContainerManager:
                 "run in the Ray workers' environment: install them on every Ray node",
                 spec.id,
             )
-        data = path.read_bytes()
-        ref = data if len(data) <= INLINE_ARTIFACT_BYTES else import_ray().put(data)
+        if stat.st_size <= INLINE_ARTIFACT_BYTES:
+            ref: Any = path.read_bytes()
+        else:
+            import numpy as np
+
+            mapped = np.memmap(path, dtype=np.uint8, mode="r")
+            ref = import_ray().put(np.asarray(mapped))  # a plain array: pickled out of band
+            del mapped
         self._artifacts[spec.id] = (key, ref)
         return ref
 
