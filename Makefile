@@ -82,6 +82,14 @@ bench-selection: $(STAMP)  ## every policy vs the best single model: complementa
 bench-peers: $(STAMP)  ## Clipper vs naive FastAPI, MLServer, LitServe, Ray Serve and a bare ASGI echo, light/heavy MLP (~40 min; BENCH_ARGS=--quick: ~12; --peers none: ~10) -> docs/benchmarks.md
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
+.PHONY: bench-grpc
+bench-grpc: $(STAMP)  ## the OIP over gRPC beside HTTP /v2 and /predict: goodput at the 20 ms SLO, no-op model (~10 min; BENCH_ARGS=--repeats 1) -> docs/benchmarks.md
+	$(BIN)/python -m bench.grpc_oip $(BENCH_ARGS)
+
+.PHONY: proto
+proto: $(STAMP)  ## regenerate the committed gRPC stubs (src/clipper/frontend/proto) from their .proto
+	$(BIN)/python -m clipper.frontend.proto.generate
+
 .PHONY: bench-wrk
 bench-wrk: $(STAMP)  ## the frontend's ceiling with wrk: Clipper (no-op model) vs a bare ASGI echo (~2 min) -> docs/benchmarks.md
 	@command -v wrk >/dev/null 2>&1 || { SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; $$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }

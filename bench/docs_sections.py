@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import batching, cache, ops, peers, peers_report, selection, wrk
+from . import batching, cache, grpc_oip, ops, peers, peers_report, selection, wrk
 from .harness import BENCHMARKS_DOC, RESULTS, ROOT, write_doc_section
 
 
@@ -36,6 +36,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "cache": ("cache.json", cache.render_markdown),
     "peers": ("peers.json", _peers),
     "wrk": ("wrk.json", wrk.render),
+    "grpc": ("grpc.json", grpc_oip.render),
     "selection": ("selection.json", selection.render_markdown),
 }
 

@@ -14,7 +14,8 @@ Routes (errors are ``{"error": msg}``):
 - ``POST /v2/models/{app}[/versions/{v}]/infer``
 
 The version segment pins the linked model's version; it needs an app with
-exactly one linked model (a 400 otherwise).
+exactly one linked model (a 400 otherwise). The gRPC endpoint (:mod:`.oip_grpc`)
+serves the same models through :class:`OIPFrontend`'s shared methods.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from .. import __version__
 from ..exceptions import PayloadTooLarge, ValidationError
 from ..http.auth import api_key_matches
 from ..http.server import Request, Response, json_response
-from ..selection.processor import Overloaded, QueryProcessor
+from ..selection.processor import Overloaded, Prediction, QueryProcessor
 from ..store.catalog import AppRoute, Catalog, UnknownVersion
 from ..types import NUMERIC_FORMATS, ModelId
 from .oip_request import (
     DEFAULT_OUTPUT_NAME,
+    InferRequest,
     app_queries,
     decompress,
     default_value,
@@ -100,19 +102,16 @@ class OIPFrontend:
             return json_response(200 if ok else 503, {parts[1]: ok})
         if parts[0] == "models" and len(parts) >= 2:
             name, rest = parts[1], parts[2:]
-            app = self.catalog.app(name)
-            keys = app.spec.options.api_key_sha256 if app is not None else ()
-            if keys and not api_key_matches(request.headers, list(keys)):
-                raise OIPError(401, f"model '{name}' needs its API key in 'X-Api-Key'")
+            self.check_api_key(name, request.headers)
             version = None
             if len(rest) >= 2 and rest[0] == "versions":
                 version, rest = rest[1], rest[2:]
             if not rest:
                 self._method(method, "GET")
-                return json_response(200, self._metadata(name, version))
+                return json_response(200, self.metadata(name, version))
             if rest == ["ready"]:
                 self._method(method, "GET")
-                ready = self._ready(name, version)
+                ready = self.ready(name, version)
                 return json_response(200 if ready else 503, {"name": name, "ready": ready})
             if rest == ["infer"]:
                 self._method(method, "POST")
@@ -124,9 +123,19 @@ class OIPFrontend:
         if method != allowed:
             raise OIPError(405, f"method {method} not allowed here; use {allowed}")
 
-    # -- models ------------------------------------------------------------------------
+    # -- models (shared with the gRPC endpoint, .oip_grpc) --------------------------------
 
-    def _resolve(self, name: str, version: str | None) -> AppRoute:
+    def check_api_key(
+        self, name: str, headers: list[tuple[bytes, bytes]], where: str = "'X-Api-Key'"
+    ) -> None:
+        """Refuse (401) a request for an app with API keys that lacks a matching
+        ``X-Api-Key`` (over gRPC: the ``x-api-key`` metadata, ``where`` says)."""
+        app = self.catalog.app(name)
+        keys = app.spec.options.api_key_sha256 if app is not None else ()
+        if keys and not api_key_matches(headers, list(keys)):
+            raise OIPError(401, f"model '{name}' needs its API key in {where}")
+
+    def resolve(self, name: str, version: str | None) -> AppRoute:
         """The app named ``name``, checking a version pin against its linked model."""
         route = self.catalog.app(name)
         if route is None:
@@ -146,7 +155,7 @@ class OIPFrontend:
         linked = route.models[0]
         return sorted(m.version for m in self.catalog.snapshot.models if m.name == linked)
 
-    def _model_version(self, route: AppRoute, version: str | None) -> str:
+    def model_version(self, route: AppRoute, version: str | None) -> str:
         """The version an answer reports: the pin, the linked model's current
         version, or the selection policy's name for several models."""
         if version is not None:
@@ -155,8 +164,8 @@ class OIPFrontend:
             return self.catalog.current_version(route.models[0]) or ""
         return route.spec.policy if route.models else ""
 
-    def _metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        route = self._resolve(name, version)
+    def metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        route = self.resolve(name, version)
         spec = route.spec
         datatype = _INPUT_DATATYPES.get(spec.input_type, "BYTES")
         if spec.input_shape is not None and spec.input_type.is_numeric:
@@ -183,8 +192,8 @@ class OIPFrontend:
             },
         }
 
-    def _ready(self, name: str, version: str | None) -> bool:
-        route = self._resolve(name, version)
+    def ready(self, name: str, version: str | None) -> bool:
+        route = self.resolve(name, version)
         live = self.processor.dispatcher.live_replicas
         if version is not None:
             return live(ModelId(route.models[0], version)) > 0
@@ -197,7 +206,7 @@ class OIPFrontend:
     # -- inference ---------------------------------------------------------------------
 
     async def _infer(self, name: str, version: str | None, http: Request) -> Response:
-        route = self._resolve(name, version)
+        route = self.resolve(name, version)
         body = http.body
         header_length = encoding = None
         for key, value in http.headers:
@@ -208,13 +217,10 @@ class OIPFrontend:
         if encoding is not None:
             body = decompress(body, encoding, self.max_body_bytes)
         request = parse_infer_request(body, header_length, route.spec, self.max_batch_inputs)
-        inputs = app_queries(request.tensor, route.spec)
-        predictions = await self.processor.predict(
-            route, inputs, version, request.uid, timeout_s=request.timeout_s
-        )
+        model_version, predictions = await self.predict(route, version, request)
         payload, json_length = encode_response(
             name,
-            self._model_version(route, version),
+            model_version,
             request,
             [p.output for p in predictions],
             [p.default for p in predictions],
@@ -229,6 +235,17 @@ class OIPFrontend:
             b"application/octet-stream",
             ((b"inference-header-content-length", json_length.encode()),),
         )
+
+    async def predict(
+        self, route: AppRoute, version: str | None, request: InferRequest
+    ) -> tuple[str, list[Prediction]]:
+        """The predictions for a parsed request's rows, and the version the answer
+        reports; either transport encodes them."""
+        inputs = app_queries(request.tensor, route.spec)
+        predictions = await self.processor.predict(
+            route, inputs, version, request.uid, timeout_s=request.timeout_s
+        )
+        return self.model_version(route, version), predictions
 
 
 def error(status: int, message: str) -> Response:

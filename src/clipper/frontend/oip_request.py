@@ -1,7 +1,8 @@
 """Open Inference Protocol v2 inference requests and responses, for Clipper's apps.
 
 Pure functions, no I/O: parse an ``/infer`` body (JSON header plus optional
-binary tensor data), turn its input tensor into one query per row of the
+binary tensor data; :mod:`.oip_grpc` parses a gRPC ``ModelInferRequest`` with
+the same checks), turn its input tensor into one query per row of the
 app's input type, and encode the predictions as the answer. Problems raise
 :class:`~clipper.exceptions.InputError` (a 400) or
 :class:`~clipper.exceptions.PayloadTooLarge` (a 413).
@@ -22,16 +23,29 @@ import orjson
 from ..exceptions import InputError, PayloadTooLarge
 from ..types import AppSpec, InputType
 from .inputs import check_uid
-from .oip_tensors import Tensor, check_header, decode_binary, decode_json, encode_output
+from .oip_tensors import (
+    OutputTensor,
+    Tensor,
+    check_header,
+    decode_binary,
+    decode_json,
+    encode_output,
+)
 
 __all__ = [
     "InferRequest",
+    "answer_parameters",
+    "answer_tensor",
     "app_queries",
+    "check_input_count",
+    "check_input_header",
     "decompress",
     "default_value",
     "encode_response",
     "parse_infer_request",
     "query_count",
+    "request_options",
+    "requested_output",
 ]
 
 DEFAULT_OUTPUT_NAME = "output0"
@@ -104,6 +118,19 @@ def parse_infer_request(
     if request_id is not None and not isinstance(request_id, str):
         raise InputError("'id' must be a string")
     params = _object(doc.get("parameters"), "'parameters'")
+    timeout_s, uid, binary_default = request_options(params, False)
+    inputs = check_input_count(doc.get("inputs"))
+    tensor = _input_tensor(inputs[0], binary, len(header), spec, max_queries)
+    output_name, binary_output = requested_output(doc.get("outputs"), binary_default)
+    return InferRequest(request_id, tensor, output_name, binary_output, timeout_s, uid)
+
+
+def request_options(
+    params: dict[str, Any], binary_default: bool
+) -> tuple[float | None, str | None, bool]:
+    """A request's ``parameters`` (plain values, as either transport carries
+    them): its timeout in seconds, its user id and whether answers are binary
+    by default (``binary_data_output``; ``binary_default`` when unset)."""
     timeout_s = _timeout(params.get("timeout"))
     seq = params.get("sequence_id", 0)
     if seq not in (0, ""):
@@ -111,11 +138,14 @@ def parse_infer_request(
     uid = params.get("clipper_uid")
     if uid is not None:
         uid = check_uid(uid, "parameters.clipper_uid")
-    binary_default = params.get("binary_data_output", False)
-    if not isinstance(binary_default, bool):
+    binary = params.get("binary_data_output", binary_default)
+    if not isinstance(binary, bool):
         raise InputError("parameters.binary_data_output must be true or false")
+    return timeout_s, uid, binary
 
-    inputs = doc.get("inputs")
+
+def check_input_count(inputs: Any) -> list[Any]:
+    """A request's inputs, which must be one tensor: the app's queries are its rows."""
     if not isinstance(inputs, list) or not inputs:
         raise InputError("'inputs' must be a non-empty array of tensors")
     if len(inputs) != 1:
@@ -123,9 +153,24 @@ def parse_infer_request(
             f"a Clipper app takes exactly one input tensor (its rows are the queries), "
             f"found {len(inputs)}"
         )
-    tensor = _input_tensor(inputs[0], binary, len(header), spec, max_queries)
-    output_name, binary_output = _requested_output(doc.get("outputs"), binary_default)
-    return InferRequest(request_id, tensor, output_name, binary_output, timeout_s, uid)
+    return inputs
+
+
+def check_input_header(
+    tensor: dict[str, Any], spec: AppSpec | None, max_queries: int | None
+) -> tuple[str, str, tuple[int, ...], dict[str, Any]]:
+    """An input tensor's name, datatype, shape and parameters, validated, with
+    its number of queries checked against ``max_queries`` before any data is read."""
+    name, datatype, shape = check_header(tensor, "inputs[0]")
+    where = f"input {name!r}"
+    if max_queries is not None and (rows := query_count(shape, spec)) > max_queries:
+        raise InputError(
+            f"{where} has {rows} queries (rows of shape {list(shape)}); the limit is {max_queries}"
+        )
+    params = _object(tensor.get("parameters"), f"{where}: 'parameters'")
+    if "shared_memory_region" in params:
+        raise InputError(f"{where}: shared memory is not supported")
+    return name, datatype, shape, params
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -162,15 +207,8 @@ def _input_tensor(
     spec: AppSpec | None,
     max_queries: int | None,
 ) -> Tensor:
-    name, datatype, shape = check_header(tensor, "inputs[0]")
+    name, datatype, shape, params = check_input_header(tensor, spec, max_queries)
     where = f"input {name!r}"
-    if max_queries is not None and (rows := query_count(shape, spec)) > max_queries:
-        raise InputError(
-            f"{where} has {rows} queries (rows of shape {list(shape)}); the limit is {max_queries}"
-        )
-    params = _object(tensor.get("parameters"), f"{where}: 'parameters'")
-    if "shared_memory_region" in params:
-        raise InputError(f"{where}: shared memory is not supported")
     size = params.get("binary_data_size")
     if size is None:
         if len(binary):
@@ -199,7 +237,8 @@ def _input_tensor(
     return decode_binary(name, datatype, shape, binary)
 
 
-def _requested_output(outputs: Any, binary_default: bool) -> tuple[str, bool]:
+def requested_output(outputs: Any, binary_default: bool) -> tuple[str, bool]:
+    """The answer's tensor name and whether it is binary (raw), from ``outputs``."""
     if outputs is None:
         return DEFAULT_OUTPUT_NAME, binary_default
     if not isinstance(outputs, list) or len(outputs) > 1:
@@ -358,11 +397,7 @@ def encode_response(
     ``parameters``; a default that reads as a JSON number or array (``"-1"``)
     joins a numeric tensor as that value.
     """
-    if any(defaults):
-        values = [default_value(v) if d else v for v, d in zip(outputs, defaults, strict=True)]
-    else:
-        values = list(outputs)
-    tensor = encode_output(values)
+    tensor = answer_tensor(outputs, defaults)
     spec: dict[str, Any] = {
         "name": request.output_name,
         "datatype": tensor.datatype,
@@ -377,12 +412,7 @@ def encode_response(
     answer: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         answer["id"] = request.id
-    params: dict[str, Any] = {}
-    if any(defaults):
-        params["clipper_default"] = list(defaults)
-        params["clipper_default_explanation"] = list(explanations)
-    if confidences is not None and any(c is not None for c in confidences):
-        params["clipper_confidence"] = [None if c is None else round(c, 6) for c in confidences]
+    params = answer_parameters(defaults, explanations, confidences)
     if params:
         answer["parameters"] = params
     answer["outputs"] = [spec]
@@ -390,6 +420,31 @@ def encode_response(
     if not request.binary_output:
         return header, None
     return header + raw, str(len(header))
+
+
+def answer_tensor(outputs: Sequence[Any], defaults: Sequence[bool]) -> OutputTensor:
+    """The answer tensor: one row per prediction, defaults as :func:`default_value`."""
+    if any(defaults):
+        values = [default_value(v) if d else v for v, d in zip(outputs, defaults, strict=True)]
+    else:
+        values = list(outputs)
+    return encode_output(values)
+
+
+def answer_parameters(
+    defaults: Sequence[bool],
+    explanations: Sequence[str | None],
+    confidences: Sequence[float | None] | None = None,
+) -> dict[str, list[Any]]:
+    """The answer's ``parameters``: which rows got the default output and why,
+    and the ensemble's confidence per row (empty when there is nothing to say)."""
+    params: dict[str, list[Any]] = {}
+    if any(defaults):
+        params["clipper_default"] = list(defaults)
+        params["clipper_default_explanation"] = list(explanations)
+    if confidences is not None and any(c is not None for c in confidences):
+        params["clipper_confidence"] = [None if c is None else round(c, 6) for c in confidences]
+    return params
 
 
 def default_value(value: Any) -> Any:

@@ -7,6 +7,10 @@ little-endian length followed by the element's bytes. Every problem raises
 :class:`~clipper.exceptions.InputError` naming the tensor and the problem,
 which the frontend answers with a 400.
 
+Over gRPC, a tensor's data is raw (the same bytes as the binary extension's)
+or typed: one repeated field of ``InferTensorContents`` per datatype
+(:data:`CONTENTS_FIELDS`), decoded by :func:`decode_typed`.
+
 Numeric data never goes through a per-element Python loop: JSON lists go to
 numpy in one call and binary data is read with ``np.frombuffer``.
 """
@@ -27,11 +31,13 @@ import orjson
 from ..exceptions import InputError
 
 __all__ = [
+    "CONTENTS_FIELDS",
     "DATATYPES",
     "OutputTensor",
     "Tensor",
     "decode_binary",
     "decode_json",
+    "decode_typed",
     "deserialize_bytes",
     "encode_output",
     "serialize_bytes",
@@ -52,6 +58,22 @@ DATATYPES: dict[str, np.dtype[Any] | None] = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
     "BYTES": None,
+}
+# Datatype name → the field of gRPC's InferTensorContents that carries it typed
+# (FP16 has none: it travels raw only).
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _MAX_DIMS = 32
 _LENGTH = struct.Struct("<I")
@@ -214,6 +236,33 @@ def decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
         arr = parsed.astype(dtype)
     if dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{where}: a value is out of range for {datatype}")
+    return Tensor(name, datatype, shape, arr.reshape(shape))
+
+
+def decode_typed(name: str, datatype: str, shape: tuple[int, ...], values: Any) -> Tensor:
+    """Decode a tensor's typed contents (gRPC's ``InferTensorContents``): the
+    flat, row-major sequence of its datatype's field (:data:`CONTENTS_FIELDS`)."""
+    where = f"input {name!r}"
+    count = _count(shape, where)
+    if len(values) != count:
+        raise InputError(
+            f"{where}: shape {list(shape)} needs {count} elements, "
+            f"contents.{CONTENTS_FIELDS[datatype]} holds {len(values)}"
+        )
+    dtype = DATATYPES[datatype]
+    if dtype is None:
+        data = np.empty(count, dtype=object)
+        data[:] = list(values)
+        return Tensor(name, datatype, shape, data.reshape(shape))
+    if dtype.kind in "iu" and dtype.itemsize < 4:  # carried as 32-bit integers
+        wide = np.array(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            bad = wide.min() if wide.min() < info.min else wide.max()
+            raise InputError(f"{where}: {bad} is out of range for {datatype}")
+        arr = wide.astype(dtype)
+    else:
+        arr = np.array(values, dtype=dtype)
     return Tensor(name, datatype, shape, arr.reshape(shape))
 
 
