@@ -19,11 +19,13 @@ import orjson
 
 from ..exceptions import InputError, StoreError, ValidationError
 from ..http.auth import api_key_matches
+from ..http.openapi import OPENAPI_PATH, serve
 from ..http.server import Handler, Later, Request, Response, json_error, json_response
 from ..selection.processor import Overloaded, Prediction, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
 from ..types import json_default
 from .inputs import parse_predict_body, parse_update_body
+from .openapi import query_openapi
 
 log = logging.getLogger("clipper.frontend")
 
@@ -51,6 +53,7 @@ class QueryFrontend:
         self.catalog = catalog
         self.processor = processor
         self.is_ready = is_ready
+        self.openapi = serve(query_openapi())  # GET /openapi.json
 
     def error_page(self, path: str, status: int, error: str, cause: str) -> Response:
         """Errors the HTTP layer answers (400, 413, 431, 500), in the route's shape."""
@@ -78,6 +81,8 @@ class QueryFrontend:
             return json_response(200 if ready else 503, {"ready": ready})
         if path == "/metrics" and self.metrics is not None:
             return self.metrics(request)
+        if path == OPENAPI_PATH:
+            return self.openapi(request)
         return _error(404, "not found", f"no route {request.method} {path}")
 
     def _route(self, app: str, request: Request) -> AppRoute | Response:
