@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import settings as settings_mod
+from .address import connect_host
 from .batching.controllers import (
     AIMDController,
     BatchSizeController,
@@ -165,7 +166,9 @@ class ClipperServer:
             self.manager,
             st.state_dir,
             default_batch_size=st.default_batch_size,
+            max_artifact_bytes=st.max_artifact_bytes,
         )
+        self.service.uploads.prepare()  # what earlier runs left unused goes
         self.autoscaler = Autoscaler(
             self._autoscale_statistics, self._model_options, self.service.sync_replicas
         )
@@ -175,6 +178,7 @@ class ClipperServer:
         self.dispatcher.batch_listeners.append(self.metrics.observe_batch)
         # Once a second: deleted versions' state goes once their last replica has.
         self.metrics.add_listener(lambda _now, _stats: self._forget_deleted())
+        self.metrics.add_listener(lambda _now, _stats: self.service.uploads.sweep_if_due())
         self.management_app = ManagementFrontend(
             self.service,
             self.status,
@@ -184,6 +188,7 @@ class ClipperServer:
             secure=bool(st.tls_certfile),
         )
         self.management_http = self._http_server("management", self.management_app.handle)
+        self.management_http.stream = self.management_app.stream  # artifact uploads
 
     def _wire_queries(self) -> None:
         """The selection layer, the query and OIP frontends, and their port."""
@@ -215,6 +220,7 @@ class ClipperServer:
         )
         self.query_http = self._http_server("query", self.query_app.handle)
         self.query_http.error_page = self.query_app.error_page
+        self.grpc: Any = None  # the OIP's gRPC server (grpc.aio), made on the loop in start()
 
     def _http_server(self, name: str, handler: Handler) -> HTTPServer:
         """One of the two ports: the same HTTP stack, limits and Host/Origin guard."""
@@ -363,6 +369,7 @@ class ClipperServer:
             "query_port": self.settings.query_port,
             "management_port": self.settings.management_port,
             "rpc_port": self.settings.rpc_port,
+            "grpc_port": self.settings.grpc_port,
             "state_dir": str(self.settings.state_dir),
             "store": _redact(self.settings.store),
             "manager": self.settings.manager,
@@ -409,6 +416,8 @@ class ClipperServer:
                 raise SystemExit(
                     f"could not bind the {what} port {port} on {self.settings.host}: {exc}"
                 ) from None
+        if self.settings.grpc_port:
+            await self._start_grpc(tls is not None)
         self.autoscaler.refresh()
         await self.service.sync_replicas()
         self.autoscaler.start()
@@ -429,13 +438,38 @@ class ClipperServer:
             self.rpc.bound_address,
         )
 
+    async def _start_grpc(self, secure: bool) -> None:
+        """The Open Inference Protocol over gRPC, on the event loop (grpc.aio)."""
+        from .frontend.oip_grpc import bind, grpc_server  # grpcio loads only when asked for
+
+        st = self.settings
+        self.grpc = grpc_server(
+            self.oip, is_ready=lambda: self.ready, max_message_bytes=st.max_body_bytes
+        )
+        try:
+            bind(
+                self.grpc,
+                st.host,
+                st.grpc_port,
+                (st.tls_certfile, st.tls_keyfile) if secure else None,
+            )
+        except OSError as exc:
+            raise SystemExit(
+                f"could not bind the gRPC port {st.grpc_port} on {st.host}: {exc}"
+            ) from None
+        await self.grpc.start()
+
     def banner(self) -> str:
         """What the server prints once up (stdout, not the log: it holds the token)."""
         address = self.settings.address
         management = address.management_url
+        grpc = ""
+        if self.settings.grpc_port:
+            grpc = f"  gRPC (OIP): {connect_host(address.host)}:{self.settings.grpc_port}\n"
         return (
             f"\nClipper is up (pid {os.getpid()}).\n"
             f"  Queries:    {address.query_url}/<app>/predict\n"
+            f"{grpc}"
             f"  Management: {management}/admin/ (needs the admin token: `clipper token`)\n"
             f"  Dashboard:  {management}/dashboard?token={self.admin_token}\n"
             f"  State:      {address.state_path}\n"
@@ -450,6 +484,7 @@ class ClipperServer:
             "query_port": self.settings.query_port,
             "management_port": self.settings.management_port,
             "rpc_port": self.settings.rpc_port,
+            "grpc_port": self.settings.grpc_port,
             "tls": bool(self.settings.tls_certfile),
             "started_at": self.started_at,
         }
@@ -467,7 +502,9 @@ class ClipperServer:
         while self.dispatcher.busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await asyncio.gather(
-            self.query_http.shutdown(timeout_s=5), self.management_http.shutdown(timeout_s=5)
+            self.query_http.shutdown(timeout_s=5),
+            self.management_http.shutdown(timeout_s=5),
+            *([self.grpc.stop(grace=5)] if self.grpc is not None else []),
         )
         await self.autoscaler.stop()
         await self.manager.stop_all()

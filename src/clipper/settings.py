@@ -37,6 +37,15 @@ class Settings:
         default=DEFAULT_MANAGEMENT_PORT,
         metadata={"help": "Port of the management frontend (/admin/*)."},
     )
+    grpc_port: int = field(
+        default=0,
+        metadata={
+            "help": "Port of the Open Inference Protocol's gRPC endpoint "
+            "(inference.GRPCInferenceService: the models of /v2, for tritonclient.grpc "
+            "and KServe clients), on --host with the query port's TLS, limits and API "
+            "keys; 0: off."
+        },
+    )
     rpc_host: str = field(
         default=DEFAULT_HOST,
         metadata={
@@ -72,6 +81,13 @@ class Settings:
     max_body_bytes: int = field(
         default=16 * 1024 * 1024,
         metadata={"help": "Largest accepted request body; larger ones get a 413."},
+    )
+    max_artifact_bytes: int = field(
+        default=8 * 1024**3,
+        metadata={
+            "help": "Largest model artifact the management port's streamed upload "
+            "(/admin/upload_artifact) accepts; larger ones get a 413."
+        },
     )
     default_batch_size: int = field(
         default=64,
@@ -187,7 +203,8 @@ class Settings:
         },
     )
     tls_certfile: str = field(
-        default="", metadata={"help": "PEM certificate: serve both HTTP ports over TLS."}
+        default="",
+        metadata={"help": "PEM certificate: serve both HTTP ports and the gRPC port over TLS."},
     )
     tls_keyfile: str = field(default="", metadata={"help": "PEM private key for TLS."})
     heartbeat_interval: float = field(

@@ -37,13 +37,16 @@ EXECUTED = (
     "README.md",
     "docs/getting-started.md",
     "docs/howto/python-closure.md",
+    "docs/howto/own-modules.md",
     "docs/howto/sklearn.md",
     "docs/howto/pytorch.md",
     "docs/howto/onnx.md",
+    "docs/howto/mlflow.md",
     "docs/howto/rollback.md",
     "docs/howto/scale.md",
     "docs/howto/selection-policy.md",
     "docs/howto/tritonclient.md",
+    "docs/howto/grpc.md",
     "docs/reference/rest-api.md",
     "docs/howto/redis-and-ray.md",
 )
@@ -52,6 +55,7 @@ EXECUTED = (
 NOT_RUN = {
     "docs/getting-started.md": 2,  # installing and `clipper start`; `clipper reset`
     "docs/howto/tritonclient.md": 1,  # pip install tritonclient
+    "docs/howto/grpc.md": 2,  # clipper start --grpc-port; pip install tritonclient
     "docs/howto/redis-and-ray.md": 1,  # a Ray cluster of several machines
 }
 
@@ -221,10 +225,20 @@ def matches(expected: Any, actual: Any) -> bool:
 
 
 def example_runs(page: Page) -> set[str]:
-    """Example scripts that the page's bash blocks use (``python examples/x.py``)."""
+    """Example scripts that the page's bash blocks use (``python examples/x.py``).
+
+    A script in a folder of its own (``python examples/own_module/deploy.py``)
+    runs the modules beside it too: it imports them.
+    """
     runs = set()
     for block in page.blocks:
         if block.lang == "bash":
             for command in commands(block):
-                runs.update(re.findall(r"(?<![\w/.-])(examples/[\w.-]+\.py)", command.text))
+                runs.update(
+                    re.findall(r"(?<![\w/.-])(examples/(?:[\w.-]+/)*[\w.-]+\.py)", command.text)
+                )
+    for script in list(runs):
+        folder = (ROOT / script).parent
+        if folder != EXAMPLES and folder.is_dir():
+            runs.update(str(p.relative_to(ROOT)) for p in folder.glob("*.py"))
     return runs

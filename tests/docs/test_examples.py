@@ -126,7 +126,8 @@ def server(tmp_path_factory) -> Iterator[Clipper]:
         clipper_management_port=free_port(),
         clipper_rpc_port=free_port(),
         state_dir=state,
-        server_flags=["--demo"],  # as `make run`
+        # As `make run`, with the gRPC port on (docs/howto/grpc.md's 8001).
+        server_flags=["--demo", "--grpc-port", str(free_port())],
     )
     clipper = Clipper(state, cm=cm).start()
     clipper.wait_live("digits-svc")
@@ -136,17 +137,20 @@ def server(tmp_path_factory) -> Iterator[Clipper]:
 
 def target_of(server: Clipper) -> Target:
     cm = server.cm
+    grpc_port = int(cm.server_flags[cm.server_flags.index("--grpc-port") + 1])
+    env = command_env(
+        cm.state_path,
+        cm.clipper_query_port,
+        cm.clipper_management_port,
+        cm.clipper_rpc_port,
+    )
     return Target(
-        env=command_env(
-            cm.state_path,
-            cm.clipper_query_port,
-            cm.clipper_management_port,
-            cm.clipper_rpc_port,
-        ),
+        env={**env, "CLIPPER_GRPC_PORT": str(grpc_port)},
         ports={
             1337: cm.clipper_query_port,
             1338: cm.clipper_management_port,
             7000: cm.clipper_rpc_port,
+            8001: grpc_port,
         },
     )
 

@@ -26,8 +26,10 @@ import orjson
 from ..dashboard import Dashboard
 from ..exceptions import ClipperError, NotFoundError, ValidationError
 from ..http.auth import Sessions, token_matches
-from ..http.server import Request, Response, json_error, json_response
+from ..http.openapi import OPENAPI_PATH, serve
+from ..http.server import Body, Request, Response, Stream, json_error, json_response
 from .service import ManagementService
+from .uploads import MIN_RATE, RATE_WINDOW_S, UploadError, parse_digest
 
 log = logging.getLogger("clipper.management")
 
@@ -138,6 +140,7 @@ async def _add_model(s: ManagementService, f: Fields) -> Any:
         pkgs_to_install=f.get("pkgs_to_install", list, []),
         options=f.get("options", dict, {}),
         exist_ok=f.get("exist_ok", bool, False),
+        artifact=f.get("artifact", str, None),
     )
     return {"success": True}
 
@@ -276,6 +279,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "pkgs_to_install",
         "options",
         "exist_ok",
+        "artifact",
     ),
     "delete_versioned_model": ("model_name", "model_version"),
     "add_model_links": ("app_name", "model_names", "exist_ok"),
@@ -293,6 +297,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "get_readiness": ("app_name", "model_name", "model_version"),
     "get_logs": ("lines", "replica"),
 }
+
+# Routes whose body is streamed (ManagementFrontend.stream), not a JSON object.
+UPLOAD_ROUTE = "/admin/upload_artifact"
+STREAM_ROUTES: tuple[str, ...] = ("upload_artifact",)
 
 # Status of the server itself, for ``get_all_containers`` and friends.
 StatusProvider = Callable[[], dict[str, Any]]
@@ -351,6 +359,9 @@ class ManagementFrontend:
         self.is_ready = is_ready
         self.secure = secure  # served over TLS: session cookies are Secure
         self.sessions = sessions or Sessions()
+        from .openapi import management_openapi  # it reads this module's FIELDS
+
+        self.openapi = serve(management_openapi())  # GET /openapi.json
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path.rstrip("/") or "/"
@@ -362,6 +373,8 @@ class ManagementFrontend:
         if path == "/ready":
             ready = self.is_ready()
             return json_response(200 if ready else 503, {"ready": ready})
+        if path == OPENAPI_PATH:
+            return self.openapi(request)
         if not path.startswith("/admin/"):
             return json_error(path, 404, "not found", f"no route {method} {path}")
         if not token_matches(request.header(b"authorization"), self._token):
@@ -376,6 +389,10 @@ class ManagementFrontend:
             handler = self._containers
         if handler is None and name == "get_readiness":
             handler = self._readiness
+        if handler is None and name in STREAM_ROUTES:  # a server without the stream hook
+            return json_error(
+                path, 501, "not implemented", f"/admin/{name} needs the HTTP server's streaming"
+            )
         if handler is None:
             return json_error(path, 404, "unknown admin route", f"no route /admin/{name}")
         if method != "POST":
@@ -394,6 +411,49 @@ class ManagementFrontend:
         if not isinstance(body, dict):
             return json_error(path, 400, "invalid request", "the body must be a JSON object")
         return self._call(handler, Fields(name, body), path)
+
+    def stream(self, request: Request) -> Stream | Response | None:
+        """The HTTP server's stream hook: ``POST /admin/upload_artifact`` takes its
+        body as it arrives; everything is checked from the head, before a byte of
+        the body is read (the token: 401; the digest header: 400; the type: 415;
+        the disk: 507; the size, by the HTTP server: 413)."""
+        path = request.path.rstrip("/")
+        if path != UPLOAD_ROUTE:
+            return None
+        if not token_matches(request.header(b"authorization"), self._token):
+            return _unauthorized(path)
+        if request.method != "POST":
+            return json_error(path, 405, "method not allowed", f"use POST for {UPLOAD_ROUTE}")
+        media = (request.header(b"content-type") or b"").partition(b";")[0].strip().lower()
+        if media != b"application/octet-stream":
+            return json_error(
+                path,
+                415,
+                "unsupported media type",
+                f"{UPLOAD_ROUTE} takes the artifact's bytes: send "
+                "'Content-Type: application/octet-stream'",
+            )
+        uploads = self.service.uploads
+        try:
+            digest = parse_digest(request.header(b"x-clipper-artifact-sha256"))
+            declared = request.header(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) <= uploads.max_bytes:
+                uploads.check_space(int(declared))
+        except ValidationError as exc:
+            return json_error(path, 400, "invalid request", str(exc))
+        except UploadError as exc:
+            return json_error(path, exc.status, exc.error, exc.cause)
+
+        async def receive(request: Request, body: Body) -> Response:
+            try:
+                artifact, size = await uploads.receive(body, digest)
+            except UploadError as exc:
+                return json_error(path, exc.status, exc.error, exc.cause)
+            return json_response(200, {"artifact": artifact, "bytes": size})
+
+        return Stream(
+            receive, max_bytes=uploads.max_bytes, min_rate=MIN_RATE, rate_window_s=RATE_WINDOW_S
+        )
 
     async def _call(self, handler: Handler, fields: Fields, path: str) -> Response:
         try:
