@@ -11,6 +11,7 @@ what it needs when it runs, so ``clipper --help`` starts fast.
 from __future__ import annotations
 
 import sys
+import types
 
 import typer
 
@@ -28,8 +29,18 @@ def _is_http_error(exc: BaseException) -> bool:
     return httpx is not None and isinstance(exc, httpx.HTTPError)
 
 
+def _without_httpx_cli() -> None:
+    """Importing httpx imports its own command-line tool too (``httpx._main``: click,
+    pygments, rich.progress, rich.syntax) whenever those are installed: 40-90 ms of
+    every client command, for a tool we never run. An empty stand-in makes that
+    import fail, which httpx expects (it then defines a ``main`` that says so)."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``clipper`` and ``python -m clipper``: errors are one line, no traceback."""
+    _without_httpx_cli()
     try:
         app(args=argv, prog_name="clipper")
     except (ClipperError, CliError) as exc:
