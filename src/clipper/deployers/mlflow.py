@@ -164,7 +164,8 @@ class MLflowPredictor:
         return {"folder": self.folder, "specs": self.specs, "input_type": self.input_type}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["folder"], state["specs"], state["input_type"])  # type: ignore[misc]
+        self.folder, self.specs = state["folder"], state["specs"]
+        self.input_type = state["input_type"]
         import mlflow.pyfunc
 
         self.model = mlflow.pyfunc.load_model(str(self._directory()))
