@@ -29,6 +29,9 @@ with the weights frozen (no feedback): client-side latency percentiles and
 error rate, ``--repeats`` times (medians reported), the two apps in
 alternating order.
 
+Part 3, rollouts (issue #27): ``bench/rollout.py``, run last; it writes its
+own bench/results/rollout.json and the rollout section of docs/benchmarks.md.
+
 Writes bench/results/selection.json, the selection section of
 docs/benchmarks.md and docs/img/selection-*.png (``--quick``: a short run,
 written to bench/results/selection-quick.json only, unless ``--docs``).
@@ -63,6 +66,7 @@ from clipper.deployers.sklearn import deploy_sklearn_model
 from clipper.selection.ensemble import expected_calibration_error
 
 from . import report, store
+from . import rollout as rollout_case
 from .harness import (
     BENCHMARKS_DOC,
     IMG,
@@ -1587,6 +1591,8 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(result)
         write_plots(result, log)
         log(f"wrote {DOC.relative_to(ROOT)} and docs/img/selection-*.png")
+    # Issue #27's case: its own results file (bench/results/rollout.json) and section.
+    rollout_case.run(quick=opts.quick, write_docs=write_docs, log=log)
     return 0
 
 

@@ -43,6 +43,7 @@ EXECUTED = (
     "docs/howto/onnx.md",
     "docs/howto/mlflow.md",
     "docs/howto/rollback.md",
+    "docs/howto/rollout.md",
     "docs/howto/scale.md",
     "docs/howto/selection-policy.md",
     "docs/howto/tritonclient.md",

@@ -13,7 +13,7 @@ import pytest
 from clipper.exceptions import StoreError
 from clipper.store import ConfigStore, SQLiteStore
 from clipper.store.sqlite import SCHEMA_VERSION
-from clipper.types import AppOptions, AppSpec, InputType, ModelOptions, ModelSpec
+from clipper.types import AppOptions, AppSpec, InputType, ModelOptions, ModelSpec, RolloutSpec
 
 from .contract import StoreContract, app, hammer_state, increment, model
 
@@ -71,7 +71,7 @@ def test_file_uses_wal_and_records_schema_version(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     assert rows == {"schema_version": SCHEMA_VERSION, "generation": 0}
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
 
 
 # The schema of version 1, before options, as that release created it.
@@ -278,6 +278,29 @@ def test_version_3_file_is_migrated_and_its_states_count_as_the_oldest(tmp_path:
         assert counts == {"a": 3, "b": 1}
 
 
+def _make_v4_file(path: Path) -> None:
+    # Version 5 added the rollouts table; a version 4 file is a current one without it.
+    with SQLiteStore(path) as store:
+        store.add_app(AppSpec("a", InputType.DOUBLES, "-1", 100_000))
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP TABLE rollouts")
+        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+
+
+def test_version_4_file_is_migrated_and_takes_rollouts(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    _make_v4_file(path)
+    with SQLiteStore(path) as store:
+        assert store.list_rollouts() == []
+        spec = RolloutSpec.build("m", "1", "2", "canary")
+        store.put_rollout(spec)
+        assert store.list_rollouts() == [spec]
+        assert [a.name for a in store.list_apps()] == ["a"]
+    with closing(sqlite3.connect(path)) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == (SCHEMA_VERSION,)
+
+
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -288,7 +311,9 @@ def _indexes(conn: sqlite3.Connection) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "make_old", [_make_v1_file, _make_v2_file, _make_v3_file], ids=["v1", "v2", "v3"]
+    "make_old",
+    [_make_v1_file, _make_v2_file, _make_v3_file, _make_v4_file],
+    ids=["v1", "v2", "v3", "v4"],
 )
 def test_migrated_and_new_files_have_the_same_schema(
     tmp_path: Path, make_old: Callable[[Path], None]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +398,7 @@ class ClipperConnection:
         wait: bool = True,
         timeout: float = DEPLOY_TIMEOUT,
         progress: bool | None = None,
+        make_current: bool = True,
     ) -> None:
         """Deploy a cloudpickled model (a callable, or an object with ``predict``)
         and start ``num_replicas`` containers for it. ``options``: batching,
@@ -410,7 +411,8 @@ class ClipperConnection:
         its SHA-256; smaller ones travel inline. A server without the upload
         route (an older one) gets it inline, as far as its body limit allows.
 
-        The version becomes the model's current one. An existing version of
+        The version becomes the model's current one (``make_current=False``:
+        the current one stays, for a rollout). An existing version of
         that name is an error, unless ``exist_ok=True`` and it is identical
         (the same artifact bytes, input type, labels, batch size, options and
         packages): then nothing changes. With ``wait`` (the default) it returns
@@ -430,6 +432,8 @@ class ClipperConnection:
         }
         if exist_ok:
             body["exist_ok"] = True
+        if not make_current:
+            body["make_current"] = False
         size = len(model_data) if isinstance(model_data, bytes) else os.path.getsize(model_data)
         digest = None
         if size > UPLOAD_THRESHOLD:
@@ -686,8 +690,47 @@ class ClipperConnection:
         """Remove one version of a model: its record, artifact and replicas."""
         self._post("delete_versioned_model", {"model_name": model_name, "model_version": version})
 
+    def start_rollout(
+        self,
+        model: str,
+        version: str,
+        mode: str,
+        fraction: float | None = None,
+        limits: dict[str, float] | None = None,
+        steps: Sequence[tuple[float, float]] | None = None,
+    ) -> dict[str, Any]:
+        """Roll ``version`` of ``model`` out against its current version.
+
+        ``mode``: ``"shadow"`` (a copy of ``fraction`` of the queries, 1 by
+        default, goes to the new version; its answers are compared, never
+        returned), ``"canary"`` (the new version answers ``fraction`` of the
+        queries, 0.05 by default; ``steps``, ``(seconds after the start,
+        fraction)`` pairs, raise it on a schedule) or ``"bandit"`` (the app's
+        feedback judges the two versions and the rollout promotes or rolls back
+        by itself within ``limits``). Called again for the same version, it
+        changes the rollout. Returns the rollout as stored.
+        """
+        body: dict[str, Any] = {"model_name": model, "model_version": str(version), "mode": mode}
+        if fraction is not None:
+            body["fraction"] = fraction
+        if limits is not None:
+            body["limits"] = dict(limits)
+        if steps is not None:
+            body["steps"] = [list(step) for step in steps]
+        return dict(self._post("start_rollout", body))
+
+    def stop_rollout(self, model: str, promote: bool = False) -> dict[str, Any]:
+        """End ``model``'s rollout: with ``promote`` the new version becomes the
+        current one, else the current one stays. Returns how it ended."""
+        return dict(self._post("stop_rollout", {"model_name": model, "promote": promote}))
+
+    def get_rollouts(self) -> list[dict[str, Any]]:
+        """The rollouts running, each with its live ``figures`` per version."""
+        return list(self._post("get_rollouts", {}))
+
     def inspect_instance(self) -> dict[str, Any]:
-        """The server's status: ports, uptime, replicas, per-model queue figures."""
+        """The server's status: ports, uptime, replicas, per-model queue figures,
+        and the rollouts running (``rollouts``)."""
         if not self.connected:
             raise UnconnectedException()
         try:

@@ -10,7 +10,7 @@ import typer
 
 from .base import app, console, err_console, print_json, target
 from .parsing import load_function, parse_shape, read_pickle
-from .render import apps_table, models_table, replicas_table
+from .render import apps_table, models_table, replicas_table, rollouts_table
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -268,6 +268,14 @@ def deploy(
         typer.Option(help="pip requirement installed for the model (repeatable; slow)."),
     ] = None,
     exist_ok: ExistOk = False,
+    keep_current: Annotated[
+        bool,
+        typer.Option(
+            "--keep-current",
+            help="Keep the model's current version serving: deploy this one beside it, "
+            "to roll out (clipper rollout start) or switch to later.",
+        ),
+    ] = False,
     no_wait: NoWait = False,
     timeout: WaitTimeout = 300.0,
 ) -> None:
@@ -285,6 +293,8 @@ def deploy(
         raise typer.BadParameter("--python-file needs --function NAME")
     if pickle_file is not None and function:
         raise typer.BadParameter("--function goes with --python-file, not --pickle")
+    if keep_current and mlflow_dir is not None:
+        raise typer.BadParameter("--keep-current goes with --python-file or --pickle")
     labels, pkgs = list(label or []), list(pkg or [])
     conn = target(ctx).connect()
     with err_console.status(f"Deploying {name}:{version}…"):
@@ -323,6 +333,7 @@ def deploy(
                 code_paths=code_path,
                 exist_ok=exist_ok,
                 wait=False,
+                make_current=not keep_current,
             )
         else:
             assert pickle_file is not None and input_type is not None
@@ -337,6 +348,7 @@ def deploy(
                 pkgs_to_install=pkgs,
                 exist_ok=exist_ok,
                 wait=False,
+                make_current=not keep_current,
             )
     typer.echo(
         f"Deployed model {name}:{version} (input type {input_type}; "
@@ -378,3 +390,133 @@ def scale(
     typer.echo(f"Model {model}:{version} scaled to {count} replica(s).")
     if not no_wait and count > 0:
         wait_live(conn, model, version, timeout)
+
+
+# -- rollouts ----------------------------------------------------------------------------
+
+rollout_app = typer.Typer(
+    help="Roll a new model version out safely: shadow, canary or bandit-judged "
+    "(`clipper rollouts` lists them).",
+    no_args_is_help=True,
+)
+app.add_typer(rollout_app, name="rollout")
+
+
+def _parse_limits(pairs: list[str]) -> dict[str, float]:
+    """``--limit key=value`` options as a dict (the server checks keys and ranges)."""
+    limits: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            limits[key.strip()] = float(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"--limit takes KEY=NUMBER (confidence=0.95), got {pair!r}"
+            ) from None
+    return limits
+
+
+def _parse_steps(steps: list[str]) -> list[tuple[float, float]]:
+    """``--step SECONDS:FRACTION`` options as pairs (the server checks the order)."""
+    out = []
+    for step in steps:
+        seconds, sep, fraction = step.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((float(seconds), float(fraction)))
+        except ValueError:
+            raise typer.BadParameter(
+                f"--step takes SECONDS:FRACTION (600:0.25), got {step!r}"
+            ) from None
+    return out
+
+
+@rollout_app.command(
+    "start",
+    help="Start rolling VERSION of MODEL out against its current version, or change the "
+    "rollout running for that version. shadow: a copy of the queries goes to VERSION and its "
+    "answers are compared, never returned; canary: VERSION answers --fraction of the queries "
+    "(0.05), raised by --step on a schedule; bandit: the app's feedback judges both versions "
+    "and the rollout promotes or rolls back by itself within --limit.",
+)
+def rollout_start(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="The new version (deployed already).")],
+    mode: Annotated[str, typer.Option(help="shadow, canary or bandit.")],
+    fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of queries for the new version (shadow: share copied; default 1; "
+            "canary and bandit: default 0.05)."
+        ),
+    ] = None,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="bandit: KEY=NUMBER, one of confidence, max_error_rate, max_slo_miss_rate, "
+            "max_loss_increase, min_feedback (repeatable)."
+        ),
+    ] = None,
+    step: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="canary: SECONDS:FRACTION, the share from that many seconds after the "
+            "start (repeatable, seconds rising)."
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    limits = _parse_limits(limit) if limit else None
+    steps = _parse_steps(step) if step else None
+    conn = target(ctx).connect()
+    rollout = conn.start_rollout(model, version, mode, fraction, limits=limits, steps=steps)
+    if as_json:
+        print_json(rollout)
+        return
+    share = rollout.get("fraction")
+    typer.echo(
+        f"Rolling out {model}:{version} ({rollout.get('mode')}, fraction {share:g}) "
+        f"against version {rollout.get('base_version')}."
+    )
+    if rollout.get("warning"):
+        typer.echo(f"warning: {rollout['warning']}", err=True)
+
+
+@rollout_app.command(
+    "stop",
+    help="End MODEL's rollout: the current version stays, or with --promote the new "
+    "version becomes the current one.",
+)
+def rollout_stop(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Make the new version the current one.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    ended = target(ctx).connect().stop_rollout(model, promote=promote)
+    if as_json:
+        print_json(ended)
+        return
+    verb = "promoted" if ended.get("promoted") else "stopped"
+    typer.echo(
+        f"Rollout of {model}:{ended.get('new_version')} {verb}; "
+        f"model '{model}' serves version {ended.get('current_version')}."
+    )
+
+
+@app.command(
+    help="List the rollouts running: mode, versions, the new version's share, age, "
+    "schedule or limits (--json adds the live figures)."
+)
+def rollouts(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    import time
+
+    found = target(ctx).connect().get_rollouts()
+    now = time.time()
+    _show(found, as_json, "No rollouts running.", lambda: rollouts_table(found, now))

@@ -211,6 +211,7 @@ def deploy_python_closure(
     exist_ok: bool = False,
     wait: bool = True,
     timeout: float = 300.0,
+    make_current: bool = True,
 ) -> None:
     """Deploy ``func`` as model ``name:version``.
 
@@ -233,7 +234,8 @@ def deploy_python_closure(
     ``num_replicas=0``); ``NotReadyException`` after ``timeout`` seconds.
     ``exist_ok=True`` accepts an identical existing version (nothing
     changes), so a script can run again; a different one is an error naming
-    what differs.
+    what differs. ``make_current=False`` deploys a version beside the
+    current one, which keeps serving (a version to roll out).
     """
     clipper_conn.deploy_model(
         name,
@@ -248,4 +250,5 @@ def deploy_python_closure(
         exist_ok=exist_ok,
         wait=wait,
         timeout=timeout,
+        make_current=make_current,
     )

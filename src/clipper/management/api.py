@@ -141,6 +141,7 @@ async def _add_model(s: ManagementService, f: Fields) -> Any:
         options=f.get("options", dict, {}),
         exist_ok=f.get("exist_ok", bool, False),
         artifact=f.get("artifact", str, None),
+        make_current=f.get("make_current", bool, True),
     )
     return {"success": True}
 
@@ -172,6 +173,25 @@ async def _set_replicas(s: ManagementService, f: Fields) -> Any:
         f.get("model_name", str), f.get("model_version", str), f.get("num_replicas", int)
     )
     return {"success": True}
+
+
+async def _start_rollout(s: ManagementService, f: Fields) -> Any:
+    return await s.start_rollout(
+        f.get("model_name", str),
+        f.get("model_version", str),
+        f.get("mode", str),
+        fraction=f.get("fraction", (int, float), None),
+        limits=f.get("limits", dict, None),
+        steps=f.get("steps", list, None),
+    )
+
+
+async def _stop_rollout(s: ManagementService, f: Fields) -> Any:
+    return await s.stop_rollout(f.get("model_name", str), promote=f.get("promote", bool, False))
+
+
+async def _get_rollouts(s: ManagementService, f: Fields) -> Any:
+    return s.get_rollouts()
 
 
 async def _get_replicas(s: ManagementService, f: Fields) -> Any:
@@ -247,6 +267,9 @@ ROUTES: dict[str, Handler] = {
     "get_all_models": _all_models,
     "get_model": _get_model,
     "get_logs": _get_logs,
+    "start_rollout": _start_rollout,
+    "stop_rollout": _stop_rollout,
+    "get_rollouts": _get_rollouts,
 }
 
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -280,6 +303,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "options",
         "exist_ok",
         "artifact",
+        "make_current",
     ),
     "delete_versioned_model": ("model_name", "model_version"),
     "add_model_links": ("app_name", "model_names", "exist_ok"),
@@ -296,6 +320,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "get_container": ("model_name", "model_version", "replica_id"),
     "get_readiness": ("app_name", "model_name", "model_version"),
     "get_logs": ("lines", "replica"),
+    "start_rollout": ("model_name", "model_version", "mode", "fraction", "limits", "steps"),
+    "stop_rollout": ("model_name", "promote"),
+    "get_rollouts": (),
 }
 
 # Routes whose body is streamed (ManagementFrontend.stream), not a JSON object.
@@ -382,7 +409,7 @@ class ManagementFrontend:
         if path == "/admin/ping":
             return json_response(200, {"ping": "pong"})
         if path == "/admin/status" and method in ("GET", "HEAD"):
-            return json_response(200, self.status())
+            return json_response(200, {**self.status(), "rollouts": self.service.get_rollouts()})
         name = path[len("/admin/") :]
         handler = ROUTES.get(name)
         if handler is None and name in ("get_all_containers", "get_container"):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 from clipper.exceptions import NotFoundError, ValidationError
-from clipper.types import AppOptions, AppSpec, InputType, ModelOptions, ModelSpec
+from clipper.types import AppOptions, AppSpec, InputType, ModelOptions, ModelSpec, RolloutSpec
 
 # A joint policy-state update: {uid: stored state or None} -> {uid: new state}.
 StatesUpdate = Callable[[dict[str, dict[str, Any] | None]], Mapping[str, dict[str, Any]]]
@@ -211,6 +211,32 @@ class ConfigStore(abc.ABC):
         Deleting an application deletes its states too.
         """
 
+    # Rollouts: at most one per model, keyed by the model's name
+
+    @abc.abstractmethod
+    def put_rollout(self, spec: RolloutSpec) -> None:
+        """Store the rollout of ``spec.model``, replacing the one it had."""
+
+    @abc.abstractmethod
+    def list_rollouts(self) -> list[RolloutSpec]:
+        """Return every rollout, sorted by model name."""
+
+    @abc.abstractmethod
+    def delete_rollout(self, model: str) -> bool:
+        """Delete a model's rollout and its evidence; False if it had none."""
+
+    @abc.abstractmethod
+    def save_rollout_evidence(self, model: str, evidence: dict[str, Any]) -> None:
+        """Keep the query path's figures of a model's rollout (a JSON object).
+
+        Like policy states, not configuration: the generation stays as it is.
+        Evidence of a model without a rollout is not kept.
+        """
+
+    @abc.abstractmethod
+    def get_rollout_evidence(self, model: str) -> dict[str, Any] | None:
+        """Return what :meth:`save_rollout_evidence` last kept for ``model``, or None."""
+
     # Housekeeping
 
     @abc.abstractmethod
@@ -331,6 +357,35 @@ def model_from_record(record: Mapping[str, Any]) -> ModelSpec:
     fields["labels"] = tuple(record.get("labels", ()))
     fields["options"] = ModelOptions.from_record(copy.deepcopy(record.get("options", {})))
     return ModelSpec(**fields)
+
+
+def rollout_to_json(spec: RolloutSpec) -> str:
+    """The JSON text a store keeps for a rollout; ValidationError unless a RolloutSpec."""
+    if not isinstance(spec, RolloutSpec):
+        raise ValidationError(f"a rollout must be a RolloutSpec, got {type(spec).__name__}")
+    return dump_json(spec.to_record(), "rollout")
+
+
+def rollout_from_json(text: str | bytes) -> RolloutSpec:
+    """The RolloutSpec of stored JSON text (ValueError, KeyError or TypeError if malformed)."""
+    return RolloutSpec.from_record(json.loads(text))
+
+
+def dump_evidence(evidence: object) -> str:
+    """The JSON text of a rollout's evidence; ValidationError unless a JSON object."""
+    if not isinstance(evidence, Mapping) or not all(isinstance(k, str) for k in evidence):
+        raise ValidationError(
+            f"rollout evidence must be a JSON object, got {type(evidence).__name__}"
+        )
+    return dump_json(dict(evidence), "rollout evidence")
+
+
+def load_evidence(text: str | bytes) -> dict[str, Any]:
+    """The evidence stored as ``text``."""
+    evidence = json.loads(text)
+    if not isinstance(evidence, dict):
+        raise ValueError(f"stored rollout evidence is not a JSON object: {text!r:.80}")
+    return evidence
 
 
 # The longest uid a policy state may have, in UTF-8 bytes (the HTTP frontends

@@ -10,10 +10,10 @@ rebuild runs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..exceptions import ValidationError
-from ..types import AppSpec, ModelId, ModelSpec
+from ..types import AppSpec, ModelId, ModelSpec, RolloutSpec
 from .base import ConfigStore
 
 log = logging.getLogger("clipper.catalog")
@@ -44,6 +44,8 @@ class Snapshot:
     apps: dict[str, AppRoute]
     current: dict[str, str]
     models: dict[ModelId, ModelSpec]
+    rollouts: dict[str, RolloutSpec] = field(default_factory=dict)
+    """The rollouts running, by model name."""
 
 
 class Catalog:
@@ -68,7 +70,8 @@ class Catalog:
         apps = {
             a.name: AppRoute(a, tuple(self.store.get_links(a.name))) for a in self.store.list_apps()
         }
-        self.snapshot = Snapshot(generation, apps, current, models)
+        rollouts = {r.model: r for r in self.store.list_rollouts()}
+        self.snapshot = Snapshot(generation, apps, current, models, rollouts)
         log.debug("catalog refreshed to generation %d", generation)
         return True
 
@@ -80,6 +83,10 @@ class Catalog:
 
     def model(self, model: ModelId) -> ModelSpec | None:
         return self.snapshot.models.get(model)
+
+    def rollout(self, model: str) -> RolloutSpec | None:
+        """The rollout running for ``model``, or None."""
+        return self.snapshot.rollouts.get(model)
 
     def pinned(self, route: AppRoute, version: str) -> ModelId:
         """The model version that a ``version`` pin on ``route``'s app names.

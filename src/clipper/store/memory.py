@@ -19,16 +19,20 @@ from clipper.store.base import (
     check_replicas,
     check_uid,
     check_uids,
+    dump_evidence,
     dump_policy_states,
     duplicate_app,
     duplicate_model,
+    load_evidence,
     load_policy_state,
     missing_app,
     missing_version,
     model_from_record,
     model_to_record,
+    rollout_from_json,
+    rollout_to_json,
 )
-from clipper.types import AppSpec, ModelId, ModelSpec
+from clipper.types import AppSpec, ModelId, ModelSpec, RolloutSpec
 
 # The store keeps records (see base.py), not specs: making one checks and copies
 # the values as the other stores do, so all of them accept the same values, and
@@ -52,6 +56,9 @@ class MemoryStore(ConfigStore):
         # app -> uid -> policy state as JSON text, so every read decodes a fresh copy;
         # least recently written first (the order the user-state cap removes them in).
         self._states: dict[str, OrderedDict[str, str]] = {}
+        # model -> rollout as JSON text, and its evidence as JSON text.
+        self._rollouts: dict[str, str] = {}
+        self._evidence: dict[str, str] = {}
         self._generation = 0
 
     @contextmanager
@@ -270,6 +277,43 @@ class MemoryStore(ConfigStore):
         """Delete every policy state of an application; return how many there were."""
         with self._locked():
             return len(self._states.pop(app, {}))
+
+    # Rollouts
+
+    def put_rollout(self, spec: RolloutSpec) -> None:
+        """Store the rollout of ``spec.model``, replacing the one it had."""
+        text = rollout_to_json(spec)
+        with self._locked():
+            self._rollouts[spec.model] = text
+            self._changed()
+
+    def list_rollouts(self) -> list[RolloutSpec]:
+        """Return every rollout, sorted by model name."""
+        with self._locked():
+            texts = [self._rollouts[m] for m in sorted(self._rollouts)]
+        return [rollout_from_json(text) for text in texts]
+
+    def delete_rollout(self, model: str) -> bool:
+        """Delete a model's rollout and its evidence; False if it had none."""
+        with self._locked():
+            self._evidence.pop(model, None)
+            if self._rollouts.pop(model, None) is None:
+                return False
+            self._changed()
+            return True
+
+    def save_rollout_evidence(self, model: str, evidence: dict[str, Any]) -> None:
+        """Keep the figures of a model's rollout (the generation stays)."""
+        text = dump_evidence(evidence)
+        with self._locked():
+            if model in self._rollouts:
+                self._evidence[model] = text
+
+    def get_rollout_evidence(self, model: str) -> dict[str, Any] | None:
+        """Return the evidence last kept for ``model``, or None."""
+        with self._locked():
+            text = self._evidence.get(model)
+        return load_evidence(text) if text is not None else None
 
     # Housekeeping
 

@@ -13,6 +13,8 @@ Data model, every key under ``{prefix}:`` (``clipper`` unless told otherwise)::
     {prefix}:current           hash    model name -> current version
     {prefix}:pstate:{app}      hash    uid -> policy state (JSON object; uid "" is shared)
     {prefix}:pstate-age:{app}  zset    user uid -> write sequence (higher: written later)
+    {prefix}:rollouts          hash    model name -> RolloutSpec record (JSON)
+    {prefix}:rollout-evidence  hash    model name -> the rollout's evidence (JSON object)
 
 Every change is one Lua script: Redis runs a script alone, so its checks and
 its writes form one step that no other client (in any process) can interleave
@@ -65,17 +67,21 @@ from clipper.store.base import (
     check_replicas,
     check_uid,
     check_uids,
+    dump_evidence,
     dump_json,
     dump_policy_states,
     duplicate_app,
     duplicate_model,
+    load_evidence,
     load_policy_state,
     missing_app,
     missing_version,
     model_from_record,
     model_to_record,
+    rollout_from_json,
+    rollout_to_json,
 )
-from clipper.types import AppSpec, ModelSpec
+from clipper.types import AppSpec, ModelSpec, RolloutSpec
 
 from . import redis_scripts as scripts
 
@@ -198,6 +204,9 @@ class RedisStore(ConfigStore):
             self._remove_links = register(scripts.PRELUDE + scripts.REMOVE_LINKS)
             self._set_num_replicas = register(scripts.PRELUDE + scripts.SET_NUM_REPLICAS)
             self._list_models = register(scripts.LIST_MODELS)
+            self._put_rollout = register(scripts.PRELUDE + scripts.PUT_ROLLOUT)
+            self._delete_rollout = register(scripts.PRELUDE + scripts.DELETE_ROLLOUT)
+            self._save_evidence = register(scripts.PRELUDE + scripts.SAVE_ROLLOUT_EVIDENCE)
         except (redis.RedisError, OSError) as e:
             self._redis.close()
             self._closed = True
@@ -461,6 +470,39 @@ class RedisStore(ConfigStore):
             pipe.delete(key, self._key("pstate-age", app))
             count, _ = pipe.execute()
             return int(count)
+
+    # Rollouts
+
+    def put_rollout(self, spec: RolloutSpec) -> None:
+        """Store the rollout of ``spec.model``, replacing the one it had."""
+        record = rollout_to_json(spec)
+        with self._calling("store a rollout"):
+            result = self._put_rollout(args=[self.prefix, spec.model, record])
+        self._check_changed(result)
+
+    def list_rollouts(self) -> list[RolloutSpec]:
+        """Return every rollout, sorted by model name."""
+        with self._calling("list rollouts") as r:
+            records = cast(list[str], r.hvals(self._key("rollouts")))
+            return sorted((rollout_from_json(rec) for rec in records), key=lambda s: s.model)
+
+    def delete_rollout(self, model: str) -> bool:
+        """Delete a model's rollout and its evidence; False if it had none."""
+        with self._calling("delete a rollout"):
+            result = self._delete_rollout(args=[self.prefix, model])
+        return self._check_changed(result)
+
+    def save_rollout_evidence(self, model: str, evidence: dict[str, Any]) -> None:
+        """Keep the figures of a model's rollout (no generation, no notification)."""
+        text = dump_evidence(evidence)
+        with self._calling("save rollout evidence"):
+            self._save_evidence(args=[self.prefix, model, text])
+
+    def get_rollout_evidence(self, model: str) -> dict[str, Any] | None:
+        """Return the evidence last kept for ``model``, or None."""
+        with self._calling("read rollout evidence") as r:
+            text = cast(str | None, r.hget(self._key("rollout-evidence"), model))
+            return load_evidence(text) if text is not None else None
 
     # Housekeeping
 

@@ -188,3 +188,23 @@ if cap > 0 then
 end
 return removed
 """
+
+PUT_ROLLOUT = """
+-- ARGV: prefix, model, rollout record
+redis.call('HSET', P .. ':rollouts', ARGV[2], ARGV[3])
+return changed()
+"""
+
+DELETE_ROLLOUT = """
+-- ARGV: prefix, model
+redis.call('HDEL', P .. ':rollout-evidence', ARGV[2])
+if redis.call('HDEL', P .. ':rollouts', ARGV[2]) == 0 then return 'noop' end
+return changed()
+"""
+
+SAVE_ROLLOUT_EVIDENCE = """
+-- ARGV: prefix, model, evidence. Not configuration: no generation, no notification.
+if redis.call('HEXISTS', P .. ':rollouts', ARGV[2]) == 0 then return 'noop' end
+redis.call('HSET', P .. ':rollout-evidence', ARGV[2], ARGV[3])
+return 'noop'
+"""

@@ -27,23 +27,27 @@ from clipper.store.base import (
     check_replicas,
     check_uid,
     check_uids,
+    dump_evidence,
     dump_json,
     dump_policy_states,
     duplicate_app,
     duplicate_model,
+    load_evidence,
     load_policy_state,
     missing_app,
     missing_version,
     model_from_record,
     model_to_record,
+    rollout_from_json,
+    rollout_to_json,
 )
-from clipper.types import AppSpec, ModelSpec
+from clipper.types import AppSpec, ModelSpec, RolloutSpec
 
 log = logging.getLogger(__name__)
 
 SHARED = ""  # the uid of an application's shared policy state
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The current schema, for a new file. An older file gets the same tables from
 # _MIGRATIONS, so a column added here is added there too, at the end.
@@ -79,6 +83,9 @@ CREATE TABLE IF NOT EXISTS policy_states (
 CREATE TABLE IF NOT EXISTS policy_state_users (
     app TEXT PRIMARY KEY REFERENCES apps (name) ON DELETE CASCADE,
     users INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    model TEXT PRIMARY KEY, spec TEXT NOT NULL, evidence TEXT
 );
 """
 # policy_states.updated_seq orders an app's states by their last write (larger
@@ -123,6 +130,12 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
         )""",
         """INSERT OR REPLACE INTO policy_state_users (app, users)
             SELECT app, count(*) FROM policy_states WHERE uid != '' GROUP BY app""",
+    ),
+    # Version 5: rollouts (_SCHEMA has created the table already; explicit all the same).
+    4: (
+        """CREATE TABLE IF NOT EXISTS rollouts (
+            model TEXT PRIMARY KEY, spec TEXT NOT NULL, evidence TEXT
+        )""",
     ),
 }
 
@@ -541,6 +554,47 @@ class SQLiteStore(ConfigStore):
         with self._writing("delete policy states") as conn:
             conn.execute("DELETE FROM policy_state_users WHERE app = ?", (app,))
             return conn.execute("DELETE FROM policy_states WHERE app = ?", (app,)).rowcount
+
+    # Rollouts (the spec and its evidence share a row, so they go together)
+
+    def put_rollout(self, spec: RolloutSpec) -> None:
+        """Store the rollout of ``spec.model``, replacing the one it had."""
+        text = rollout_to_json(spec)
+        with self._writing("store a rollout") as conn:
+            conn.execute(
+                "INSERT INTO rollouts (model, spec) VALUES (?, ?) "
+                "ON CONFLICT (model) DO UPDATE SET spec = excluded.spec",
+                (spec.model, text),
+            )
+            self._bump(conn)
+
+    def list_rollouts(self) -> list[RolloutSpec]:
+        """Return every rollout, sorted by model name."""
+        with self._reading("list rollouts") as conn:
+            rows = conn.execute("SELECT spec FROM rollouts ORDER BY model").fetchall()
+        return [rollout_from_json(row["spec"]) for row in rows]
+
+    def delete_rollout(self, model: str) -> bool:
+        """Delete a model's rollout and its evidence; False if it had none."""
+        with self._writing("delete a rollout") as conn:
+            if conn.execute("DELETE FROM rollouts WHERE model = ?", (model,)).rowcount == 0:
+                return False
+            self._bump(conn)
+            return True
+
+    def save_rollout_evidence(self, model: str, evidence: dict[str, Any]) -> None:
+        """Keep the figures of a model's rollout (the generation stays)."""
+        text = dump_evidence(evidence)
+        with self._writing("save rollout evidence") as conn:
+            conn.execute("UPDATE rollouts SET evidence = ? WHERE model = ?", (text, model))
+
+    def get_rollout_evidence(self, model: str) -> dict[str, Any] | None:
+        """Return the evidence last kept for ``model``, or None."""
+        with self._reading("read rollout evidence") as conn:
+            row = conn.execute("SELECT evidence FROM rollouts WHERE model = ?", (model,)).fetchone()
+        if row is None or row["evidence"] is None:
+            return None
+        return load_evidence(row["evidence"])
 
     # Housekeeping
 
