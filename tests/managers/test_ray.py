@@ -69,6 +69,8 @@ def test_options_pass_resource_requests_to_ray() -> None:
         "ray_resources",
         "ray_placement",
         "ray_max_restarts",
+        "devices",
+        "precision",
     }
 
 

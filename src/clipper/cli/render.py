@@ -246,8 +246,12 @@ def replicas_table(replicas: list[Mapping[str, Any]]) -> FitTable:
         Col("Max batch", keep=2),
         Col("Batch ms", keep=2),
     ]
+    # A Device column when a replica was placed or says what it runs on.
+    devices = [replica_device(r) for r in replicas]
+    if any(devices):
+        columns.insert(3, Col("Device", keep=5))
     rows = []
-    for r in replicas:
+    for r, device in zip(replicas, devices, strict=True):
         latency = r.get("latency_estimate_ms")
         rows.append(
             [
@@ -263,7 +267,31 @@ def replicas_table(replicas: list[Mapping[str, Any]]) -> FitTable:
                 ),
             ]
         )
+        if any(devices):
+            rows[-1].insert(3, _cell(device))
     return FitTable("Replicas", columns, rows)
+
+
+def replica_device(replica: Mapping[str, Any]) -> str | None:
+    """What a replica runs on, in a few words: the device its model reports
+    (with ONNX Runtime's provider), else its placement; ``!`` flags a fallback
+    or a placement that could not be made (the status says why)."""
+    runtime = replica.get("runtime")
+    runtime = runtime if isinstance(runtime, Mapping) else {}
+    device = runtime.get("device") or replica.get("device")
+    if replica.get("error"):
+        return "! unplaced"
+    if not device:
+        return None
+    provider = str(runtime.get("provider") or "").removesuffix("ExecutionProvider")
+    words = [str(device)]
+    if provider:
+        words.append(provider)
+    if runtime.get("precision") not in (None, "fp32"):
+        words.append(str(runtime["precision"]))
+    if runtime.get("warning"):
+        words.append("!")
+    return " ".join(words)
 
 
 def status_summary(
@@ -314,3 +342,44 @@ def status_table(summary: Mapping[str, Any]) -> FitTable:
         show_header=False,
         title_justify="left",
     )
+
+
+def _share(rollout: Mapping[str, Any]) -> str:
+    share = rollout.get("fraction_now", rollout.get("fraction"))
+    if not isinstance(share, int | float):
+        return _cell(share)
+    percent = f"{share * 100:.3g}%"
+    return f"copy {percent}" if rollout.get("mode") == "shadow" else percent
+
+
+def rollouts_table(rollouts: Sequence[Mapping[str, Any]], now: float) -> FitTable:
+    """The rollouts running (``get_rollouts``); ``now`` (unix time) gives their age."""
+    columns = [
+        Col("Model"),
+        Col("Mode"),
+        Col("From", keep=3),
+        Col("To"),
+        Col("Share", keep=4, justify="right"),
+        Col("Running", keep=2),
+        Col("Schedule / limits", keep=1, fold=True),
+    ]
+    rows = []
+    for r in rollouts:
+        started = r.get("started_at")
+        age = format_uptime(now - started) if isinstance(started, int | float) else None
+        steps = r.get("steps") or []
+        limits = r.get("limits") or {}
+        plan = [f"{s:g}s: {f * 100:.3g}%" for s, f in steps if isinstance(s, int | float)]
+        plan += [f"{k}={v:g}" for k, v in sorted(limits.items()) if isinstance(v, int | float)]
+        rows.append(
+            [
+                _cell(r.get("model")),
+                _cell(r.get("mode")),
+                _cell(r.get("base_version")),
+                _cell(r.get("new_version")),
+                _share(r),
+                _cell(age),
+                ", ".join(plan) or "-",
+            ]
+        )
+    return FitTable("Rollouts", columns, rows)

@@ -52,6 +52,19 @@ INLINE_BELOW_S = 0.02  # batches faster than this (on average) run on the main t
 WATCHDOG_INTERVAL_S = 0.25
 
 
+def prepare_model(model: Any) -> dict[str, str]:
+    """Run the model's ``clipper_prepare`` hook, if it has one, before registering:
+    a deployer's model moves to its device there (so the first batch does not pay
+    for it) and says what it runs on (``{"device": "cuda:0", ...}``), which the
+    replica reports in ``register`` as ``runtime``. An error in it stops the
+    replica (its manager restarts it), as a model that does not load does."""
+    hook = getattr(model, "clipper_prepare", None)
+    if not callable(hook):
+        return {}
+    details = hook() or {}
+    return {str(k)[:32]: str(v)[:120] for k, v in list(dict(details).items())[:8]}
+
+
 def as_predict_fn(model: Any) -> PredictFn:
     """Accept a callable or an object with a ``predict`` method."""
     if callable(model):
@@ -470,6 +483,8 @@ class ContainerRuntime:
     ) -> None:
         self.server_key = server_key  # the frontend's CurveZMQ public key: encrypt
         self.predict = as_predict_fn(model)
+        self.model = model
+        self.runtime_details: dict[str, str] | None = None  # prepare_model's, once run
         self.address = address
         self.model_name = model_name
         self.model_version = model_version
@@ -515,6 +530,7 @@ class ContainerRuntime:
                 pid=os.getpid(),
                 replica=self.replica_label,
                 **({"secret": self.secret} if self.secret else {}),
+                **({"runtime": self.runtime_details} if self.runtime_details else {}),
             )
         ]
 
@@ -524,6 +540,10 @@ class ContainerRuntime:
         Returns a process exit status: 0 on a clean stop, 2 when rejected, 3 when
         the model ran out of memory (its manager restarts it).
         """
+        if self.runtime_details is None:
+            self.runtime_details = prepare_model(self.model)
+            if self.runtime_details:
+                log.info("model runs on %s", self.runtime_details)
         session = self._open()
         log.info(
             "container %s:%s (replica %s) connecting to %s",

@@ -2,10 +2,17 @@
 
 The serialised model (bytes) ships inside the cloudpickled closure (see
 :func:`clipper.deployers.python.deploy_python_closure`); the container
-builds an ``onnxruntime.InferenceSession`` on the CPU from those bytes on
-its first batch. The container needs onnxruntime importable (not onnx):
-the server's environment, or give it with
+builds an ``onnxruntime.InferenceSession`` from those bytes before it
+registers. The container needs onnxruntime importable (not onnx): the
+server's environment, or give it with
 ``pkgs_to_install=["onnxruntime==<version>"]``.
+
+Devices: a replica placed on a GPU (the ``devices`` model option, passed
+as ``CLIPPER_DEVICE=cuda``) uses ONNX Runtime's ``CUDAExecutionProvider``
+when its onnxruntime has it (``onnxruntime-gpu``), else the CPU with a
+warning; the status reports the provider that runs (``runtime.provider``).
+The model runs at the precision it was exported in (``precision`` is
+PyTorch's option).
 """
 
 from __future__ import annotations
@@ -77,11 +84,13 @@ def _model_bytes(onnx_model: Any) -> bytes:
 def _make_predict(model_bytes: bytes) -> Callable[[Any], list[Any]]:
     """The closure shipped to the container.
 
-    On its first batch it creates the inference session (CPU provider);
-    each batch is cast to the element type of the model's first input and
-    fed as that input; each input's answer is its row of the first output,
-    as a list (or a number when the output is 1-D). Self-contained: it
-    unpickles without importing this module or onnxruntime.
+    Its ``clipper_prepare`` hook (run by the container before it registers,
+    else on the first batch) creates the inference session on the replica's
+    device (see the module's docstring); each batch is cast to the element
+    type of the model's first input and fed as that input; each input's
+    answer is its row of the first output, as a list (or a number when the
+    output is 1-D). Self-contained: it unpickles without importing this
+    module or onnxruntime.
     """
     dtypes = dict(DTYPES)
     state: dict[str, Any] = {}
@@ -93,26 +102,47 @@ def _make_predict(model_bytes: bytes) -> Callable[[Any], list[Any]]:
 
         return plain_value(value)
 
+    def prepare() -> dict[str, str]:
+        import os
+
+        import numpy as np
+        import onnxruntime
+
+        details = {"framework": f"onnxruntime {onnxruntime.__version__}"}
+        providers = ["CPUExecutionProvider"]
+        if os.environ.get("CLIPPER_DEVICE") == "cuda":
+            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                details["warning"] = (
+                    "placed on a GPU, but this onnxruntime has no CUDAExecutionProvider "
+                    "(install onnxruntime-gpu): running on the CPU"
+                )
+        session = onnxruntime.InferenceSession(model_bytes, providers=providers)
+        first = session.get_inputs()[0]
+        if first.type not in dtypes:
+            raise TypeError(f"unsupported ONNX input type {first.type} of {first.name!r}")
+        state.update(
+            session=session,
+            input=first.name,
+            dtype=np.dtype(dtypes[first.type]),
+            output=session.get_outputs()[0].name,
+        )
+        provider = session.get_providers()[0]
+        on_gpu = provider == "CUDAExecutionProvider"
+        device = "cuda:" + (os.environ.get("CUDA_VISIBLE_DEVICES") or "0") if on_gpu else "cpu"
+        return {**details, "device": device, "provider": provider}
+
     def predict(inputs: Any) -> list[Any]:
         import numpy as np
 
         if not state:
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-            first = session.get_inputs()[0]
-            if first.type not in dtypes:
-                raise TypeError(f"unsupported ONNX input type {first.type} of {first.name!r}")
-            state.update(
-                session=session,
-                input=first.name,
-                dtype=np.dtype(dtypes[first.type]),
-                output=session.get_outputs()[0].name,
-            )
+            prepare()
         batch = np.asarray(inputs, dtype=state["dtype"])
         out = state["session"].run([state["output"]], {state["input"]: batch})[0]
         return [plain(row) for row in out]
 
+    predict.clipper_prepare = prepare  # type: ignore[attr-defined]
     return predict
 
 

@@ -9,6 +9,15 @@ travels by value and its weights through torch's own tensor serialisation.
 The caller's module is left as it was (device, mode). The container needs
 torch importable: the server's environment, or give it with
 ``pkgs_to_install=["torch==<version>"]``.
+
+Devices: a replica runs on the device its manager placed it on (the
+``devices`` model option, passed as ``CLIPPER_DEVICE``: ``"cuda"`` or
+``"cpu"``; unset, the CPU). Before it registers, the replica moves the
+module there (in the ``precision`` option's dtype on a GPU: fp16 or bf16),
+so the first batch pays no set-up; each batch goes to the device in one
+copy and its outputs come back in one. A replica placed on a GPU whose
+torch has no CUDA (a CPU build) runs on the CPU, and its status says so
+(``runtime.warning``); on the CPU the precision is fp32.
 """
 
 from __future__ import annotations
@@ -39,16 +48,43 @@ def _make_predict(
 ) -> Callable[[Any], list[Any]]:
     """The closure shipped to the container.
 
-    It holds a CPU copy of the module; the container puts it in eval mode on
-    the first batch and runs every batch under ``torch.inference_mode()``.
-    With ``func=None`` the batch becomes a float32 tensor, goes through the
-    module, and each output row becomes a list (or a number for 1-D outputs).
-    Self-contained: it unpickles without importing this module.
+    It holds a CPU copy of the module; its ``clipper_prepare`` hook (run by
+    the container before it registers, else on the first batch) moves it to
+    the replica's device and precision and puts it in eval mode; every batch
+    runs under ``torch.inference_mode()``. With ``func=None`` the batch
+    becomes one tensor on the device (float32, or the precision's dtype),
+    goes through the module, and each output row becomes a list (or a number
+    for 1-D outputs). Self-contained: it unpickles without importing this module.
     """
     if func is not None and not callable(func):
         raise ValueError(f"func must be callable or None, got {type(func).__name__}")
     model = _cpu_copy(pytorch_model)
-    ready: list[bool] = []
+    state: dict[str, Any] = {}
+
+    def prepare() -> dict[str, str]:
+        import os
+
+        import torch
+
+        details = {"framework": f"torch {torch.__version__}"}
+        device, precision = torch.device("cpu"), "fp32"
+        if os.environ.get("CLIPPER_DEVICE") == "cuda":
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            if torch.cuda.is_available():
+                device = torch.device("cuda")
+                precision = os.environ.get("CLIPPER_PRECISION") or "fp32"
+            else:
+                details["warning"] = (
+                    f"placed on GPU(s) {visible or '?'}, but this torch has no CUDA device: "
+                    "running on the CPU"
+                )
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        model.to(device=device, dtype=dtype).eval()
+        label = "cpu"
+        if device.type == "cuda":
+            label = "cuda:" + (os.environ.get("CUDA_VISIBLE_DEVICES") or "0")
+        state.update(device=device, dtype=dtype)
+        return {**details, "device": label, "precision": precision}
 
     def plain(value: Any) -> Any:
         # numpy values (and tensors) become lists and numbers, float32 at its own
@@ -61,17 +97,23 @@ def _make_predict(
         import numpy as np
         import torch
 
-        if not ready:
-            model.eval()
-            ready.append(True)
+        if not state:
+            prepare()
         with torch.inference_mode():
             if func is None:
-                # np.array copies: the container's batch is a read-only buffer
-                out: Any = model(torch.from_numpy(np.array(inputs, dtype=np.float32)))
+                # np.array copies: the container's batch is a read-only buffer;
+                # then one copy to the device, cast there
+                batch = torch.from_numpy(np.array(inputs, dtype=np.float32))
+                out: Any = model(batch.to(state["device"], state["dtype"]))
             else:
                 out = func(model, inputs)
+            if isinstance(out, torch.Tensor) and (
+                out.device.type != "cpu" or out.dtype in (torch.float16, torch.bfloat16)
+            ):
+                out = out.to("cpu", torch.float32 if out.is_floating_point() else out.dtype)
         return [plain(row) for row in out]
 
+    predict.clipper_prepare = prepare  # type: ignore[attr-defined]
     return predict
 
 
@@ -94,8 +136,8 @@ def deploy_pytorch_model(
 ) -> None:
     """Deploy ``pytorch_model`` (a ``torch.nn.Module``) as model ``name:version``.
 
-    ``func(model, inputs)`` receives the module (on the CPU, in eval mode,
-    under ``torch.inference_mode()``) and one batch, and returns one output
+    ``func(model, inputs)`` receives the module (on the replica's device, in
+    eval mode, under ``torch.inference_mode()``) and one batch, and returns one output
     per input; tensors and numpy values in what it returns become plain
     lists and numbers. ``func=None`` feeds the batch to the module as a
     float32 tensor and answers each input with its output row as a list.

@@ -37,11 +37,13 @@ from typing import Any
 from ..container.runtime import ContainerRuntime
 from ..types import ModelId, ModelOptions, ModelSpec
 from .base import reconcile_counts, replica_label
+from .devices import PlacementError, parse_devices
 
 log = logging.getLogger("clipper.manager")
 
 RAY_OPTION_KEYS: tuple[str, ...] = ("ray_num_cpus", "ray_num_gpus", "ray_memory_mb")
 RAY_OPTION_KEYS += ("ray_resources", "ray_placement", "ray_max_restarts")  # what this reads
+RAY_OPTION_KEYS += ("devices", "precision")
 
 INLINE_ARTIFACT_BYTES = 90 * 1024  # below Ray's inline limit for task arguments (100 KiB)
 WILDCARD_HOSTS = ("0.0.0.0", "*", "", "::")
@@ -76,6 +78,12 @@ class RayReplicaOptions:
       (Ray's default scheduler decides).
     - ``ray_max_restarts`` (integer >= -1): Ray's restarts of a crashed actor
       before the manager re-creates it after a back-off; -1 (default): no bound.
+    - ``devices``: mapped to ``num_gpus`` (``"cpu"``: 0, ``"cuda"``: 1, a
+      number as is, ``"cuda:I,J"``: as many GPUs as it names, which Ray
+      picks; a list: replica ``i`` takes entry ``i``); ``"cuda:all"`` names
+      no count and is refused. With ``precision``, it reaches the replica's
+      deployer as ``CLIPPER_DEVICE`` and ``CLIPPER_PRECISION`` (Ray itself
+      sets ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned).
     """
 
     num_cpus: float | None = None
@@ -84,12 +92,24 @@ class RayReplicaOptions:
     resources: dict[str, float] = field(default_factory=dict)
     placement: str = "spread"
     max_restarts: int = -1
+    env: dict[str, str] = field(default_factory=dict)  # for the replica's deployer
 
     @classmethod
-    def from_model_options(cls, options: ModelOptions) -> RayReplicaOptions:
+    def from_model_options(cls, options: ModelOptions, index: int = 0) -> RayReplicaOptions:
+        num_gpus, env = options.ray_num_gpus, {}
+        if options.devices is not None:
+            try:
+                num_gpus = gpus_for_replica(options, index)
+            except PlacementError as exc:  # stored before this check existed: 1 GPU
+                log.error("%s; asking Ray for 1 GPU per replica", exc)
+                num_gpus = 1.0
+            env["CLIPPER_DEVICE"] = "cuda" if num_gpus else "cpu"
+        if options.precision is not None:
+            env["CLIPPER_PRECISION"] = options.precision
         return cls(
             num_cpus=options.ray_num_cpus,
-            num_gpus=options.ray_num_gpus,
+            num_gpus=num_gpus,
+            env=env,
             memory_mb=options.ray_memory_mb,
             resources={k: float(v) for k, v in options.ray_resources.items()},
             placement=options.ray_placement,
@@ -116,6 +136,20 @@ class RayReplicaOptions:
         return out | {k: v for k, v in asked.items() if v is not None}
 
 
+def gpus_for_replica(options: ModelOptions, index: int) -> float:
+    """Ray's ``num_gpus`` for replica ``index`` of a version with ``devices`` set;
+    PlacementError (a 400 at deploy) for a form that names no number of GPUs."""
+    requests = parse_devices(options.devices)
+    request = requests[min(index, len(requests) - 1)]
+    count = request.gpus_per_replica
+    if count is None:
+        raise PlacementError(
+            f"option 'devices' {request.text!r} names no number of GPUs, which the Ray manager "
+            'needs: give "cuda" (one per replica) or a number such as 2 or 0.5'
+        )
+    return count
+
+
 def _fits(total: dict[str, float], need: dict[str, float]) -> bool:
     return all(total.get(k, 0.0) >= v for k, v in need.items())
 
@@ -137,6 +171,7 @@ class ReplicaActor:
         logging.getLogger("clipper").addHandler(handler)
         logging.getLogger("clipper").setLevel(logging.INFO)
         self._restart_delay = float(config.pop("restart_delay", 1.0))
+        os.environ.update(config.pop("env", None) or {})  # before the model loads
         self._stopping = threading.Event()
         self._done = threading.Event()
         self._status = 0
@@ -169,7 +204,9 @@ class ReplicaActor:
         """Where this replica runs: its process id and its Ray node."""
         ray = import_ray()
         node_id, node_ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
-        return {"pid": os.getpid(), "node_ip": node_ip, "node_id": node_id}
+        gpus = [str(g) for g in ray.get_gpu_ids()]
+        device = "cuda:" + ",".join(gpus) if gpus else "cpu"
+        return {"pid": os.getpid(), "node_ip": node_ip, "node_id": node_id, "device": device}
 
     def wait(self) -> int:
         """Block until the runtime stops; its exit status."""
@@ -192,7 +229,8 @@ class _Replica:
         self.spec = spec
         self.index = index
         self.label = replica_label(spec, index)
-        self.options = RayReplicaOptions.from_model_options(spec.options)
+        self.options = RayReplicaOptions.from_model_options(spec.options, index)
+        self.device: str | None = None
         self.handle: Any = None
         self.pid: int | None = None
         self.node_id: str | None = None
@@ -211,6 +249,7 @@ class _Replica:
             "restarts": self.restarts,
             "node": self.node_ip,
             "state": self.state,
+            **({"device": self.device} if self.spec.options.devices is not None else {}),
         }
 
     def _lost(self, why: str) -> None:
@@ -239,6 +278,7 @@ class _Replica:
                     log.info("replica %s restarted by Ray on %s", self.label, info["node_ip"])
                 seen_pid = self.pid = info["pid"]
                 self.node_id, self.node_ip = info["node_id"], info["node_ip"]
+                self.device = info.get("device")
                 self.state, backoff = "running", self.manager.backoff_initial
                 await self.handle.wait.remote()
                 return  # the runtime stopped: we asked it to
@@ -441,6 +481,7 @@ class RayContainerManager:
             model_version=spec.version,
             input_type=spec.input_type.value,
             restart_delay=self.restart_delay,
+            env=replica.options.env,
             secret=self.secret,
             server_key=self.server_key,
         )
@@ -467,6 +508,21 @@ class RayContainerManager:
 
     def replica_unresponsive(self, label: str, pid: int) -> bool:
         return any(r.kill_if(pid) for rs in self._replicas.values() for r in rs if r.label == label)
+
+    def check_placement(self, options: ModelOptions, count: int) -> None:
+        """PlacementError (a 400) for a ``devices`` form Ray cannot express, or a
+        per-replica list shorter than ``count``; Ray itself queues replicas that
+        no node can hold yet (the status shows them ``starting``)."""
+        if options.devices is None:
+            return
+        requests = parse_devices(options.devices)
+        if len(requests) > 1 and count > len(requests):
+            raise PlacementError(
+                f"option 'devices' lists {len(requests)} entries, one per replica, "
+                f"but {count} replicas are wanted"
+            )
+        for i in range(min(count, len(requests))):
+            gpus_for_replica(options, i)
 
     def replicas(self) -> list[dict[str, Any]]:
         """Each replica, with the Ray node it runs on (``node``) and its ``state``."""

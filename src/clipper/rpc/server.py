@@ -77,6 +77,9 @@ class Replica:
     last_seen: float
     batches: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # What the container says it runs on (``runtime`` in ``register``: device,
+    # provider, precision), for the status; empty from older containers.
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class Replica:
             "replica": self.label,
             "pid": self.pid,
             "batches": self.batches,
+            **({"runtime": dict(self.runtime)} if self.runtime else {}),
         }
 
 
@@ -153,6 +157,22 @@ REREGISTER_BURST = 1000.0
 # The longest secret and replica label taken from a ``register``.
 MAX_SECRET_CHARS = 4096
 MAX_LABEL_CHARS = 128
+MAX_RUNTIME_ENTRIES, MAX_RUNTIME_CHARS = 8, 120
+
+
+def runtime_details(value: Any) -> dict[str, str]:
+    """A ``register``'s optional ``runtime`` map, bounded: printable strings only."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: v
+        for k, v in list(value.items())[:MAX_RUNTIME_ENTRIES]
+        if isinstance(k, str)
+        and isinstance(v, str)
+        and 0 < len(k) <= 32
+        and len(v) <= MAX_RUNTIME_CHARS
+        and (k + v).isprintable()
+    }
 
 
 class _Throttle:
@@ -554,6 +574,7 @@ class RPCServer:
             ),
             joined_at=now,
             last_seen=now,
+            runtime=runtime_details(header.get("runtime")),
         )
         self.replicas[identity] = replica
         self.send(identity, [self._registered_message()])
