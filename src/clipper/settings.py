@@ -121,6 +121,31 @@ class Settings:
             "are answered at once (overloaded)."
         },
     )
+    shed_at_arrival: bool = field(
+        default=True,
+        metadata={
+            "help": "Answer at once (with the app's default output, or 503) a query "
+            "that the queue ahead of it would make miss its SLO, by the replicas' "
+            "latency estimates, instead of queueing it to expire (true or false)."
+        },
+    )
+    replica_nice: int = field(
+        default=0,
+        metadata={
+            "help": "Niceness (0-19) of the replicas this server starts, so a frontend "
+            "sharing their cores preempts them (0: the server's own priority; measured "
+            "on Linux 6.18's scheduler, a higher value cost goodput and did not shorten "
+            "the tail: see docs/benchmarks.md, Overload)."
+        },
+    )
+    replica_cpus: str = field(
+        default="",
+        metadata={
+            "help": "CPUs the replicas this server starts may run on, as taskset "
+            "writes them (for example 1-3 or 2,3); empty: any. Keep a core for the "
+            "frontend (pin the server with taskset) so replicas never delay its answers."
+        },
+    )
     cache_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata={"help": "Size of the prediction cache in bytes (0: no cache)."},
@@ -232,6 +257,9 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if not 0 <= self.replica_nice <= 19:
+            raise ValueError(f"replica_nice must be 0 to 19, not {self.replica_nice}")
+        parse_cpu_list(self.replica_cpus)  # a ValueError naming what is wrong
         if self.state_dir == Path():
             object.__setattr__(self, "state_dir", default_state_dir())
         object.__setattr__(self, "state_dir", Path(self.state_dir).expanduser().resolve())
@@ -294,4 +322,29 @@ def _convert(type_name: Any, raw: str) -> Any:
         return float(raw)
     if name == "Path":
         return Path(raw)
+    if name == "bool":
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, not {raw!r}")
     return raw
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """CPUs written as taskset and /proc write them (``0-2,5``); empty: none.
+
+    Raises ValueError naming what is wrong (the replicas' ``--cpus``, the
+    server's ``replica_cpus``)."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise ValueError(f"not a CPU list: {text!r} (write it as 0-2,5)") from None
+        if first < 0 or last < first or last > 4095:
+            raise ValueError(f"not a CPU range: {part!r} in {text!r}")
+        cpus.update(range(first, last + 1))
+    return cpus

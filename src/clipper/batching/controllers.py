@@ -68,7 +68,12 @@ class AIMDController:
     of the target adds ``step`` (2); between 90 % and 100 % holds; slower than
     the target multiplies by ``backoff`` (0.9). The size stays within
     ``[1, ceiling]``. It only grows when a batch actually filled the current
-    maximum, so a light load does not inflate it without evidence.
+    maximum, or when a full batch's worth of queries still waited as it came
+    back (the cost curve may send fewer than the maximum, on a model whose
+    small batches cost more per query than single calls; without this the
+    maximum stayed at 2 for good after an overload backed it off, the curve
+    sent batches of 1, and the heavy MLP's goodput fell to a third), so a
+    light load does not inflate it without evidence.
     """
 
     def __init__(
@@ -101,7 +106,9 @@ class AIMDController:
         self.observed += 1
         if latency_s > self.target_s:
             self.size = max(1, min(self.size - 1, math.floor(self.size * self.backoff)))
-        elif latency_s < self.band * self.target_s and batch_size >= self.size:
+        elif latency_s < self.band * self.target_s and (
+            batch_size >= self.size or waiting >= self.size
+        ):
             self.size = min(self.ceiling, self.size + self.step)
 
     def statistics(self) -> ControllerStatistics:

@@ -64,6 +64,9 @@ class ModelStatistics:
     # explanation ("" before any).
     model_errors: int = 0
     last_model_error: str = ""
+    # Queries refused at arrival: the queue ahead of them could not be computed
+    # in time by the replicas' latency estimates (answered at once, not queued).
+    shed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """As ``/admin/status`` reports it (``models``): the model as ``"name:version"``."""
@@ -141,6 +144,7 @@ class ModelState:
     last_model_error: str = ""
     last_batch_size: int = 0
     last_batch_latency: float = 0.0
+    shed: int = 0  # queries refused at arrival: they could not be computed in time
 
     def reconfigure(self, new: ModelConfig) -> None:
         """Take a new configuration (after a management change).
@@ -233,6 +237,30 @@ class ModelState:
         member.estimate.idle(now)
         self.idle.append(member.replica.identity)
 
+    def capacity_within(self, budget_s: float) -> float | None:
+        """About how many queued queries the replicas can compute within
+        ``budget_s``, by their latency estimates; None while any replica has
+        no estimate yet (or none is live): then nothing is refused on it.
+
+        Shedding at arrival asks this before a query is queued: the queue is
+        earliest deadline first and every query in it is due before one
+        arriving now, so the new one can be computed in time only if it fits
+        behind them. The estimate leans optimistic (each replica computes its
+        controller's largest batch per estimated batch latency, the batch in
+        flight and the new query's own batch not counted): a query it lets in
+        that turns out late is still refused uncomputed at dispatch, before
+        its deadline, while one it sheds is lost to the model for good.
+        """
+        if not self.members:
+            return None
+        total = 0.0
+        for member in self.members.values():
+            latency = member.estimate.latency
+            if latency <= 0.0:
+                return None
+            total += member.controller.max_batch_size() * budget_s / latency
+        return total
+
     def model_failed(self, explanation: str, queries: int = 1) -> None:
         """``queries`` of this model's queries got a model error."""
         self.model_errors += queries
@@ -272,6 +300,7 @@ class ModelState:
             coalesced=coalesced,
             controller=controller,
             queue=self.queue.statistics(),
+            shed=self.shed,
             cost_per_query_ms=busiest.curve.curve() if busiest is not None else {},
             by_replica=by_replica,
             predictions=self.batched_tasks,

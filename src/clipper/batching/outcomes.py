@@ -20,12 +20,23 @@ EXPIRED = "the latency SLO passed while the query waited in the queue (every rep
 # recent batch latency (the first batch of a replica may be slow: it loads).
 TOO_SLOW = "the latency SLO would pass before a batch could finish"
 QUEUE_FULL = "the model's queue is full (overloaded)"
+SHED = "overloaded: shed at arrival"
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
 def queue_full() -> Failure:
     return Failure(DefaultReason.OVERLOADED, QUEUE_FULL, True)  # True: overloaded
+
+
+def shed(model: ModelId, waiting: int, budget_s: float) -> Failure:
+    """Refused at arrival: the ``waiting`` queries ahead take every batch the
+    replicas can finish within ``budget_s`` (an overload: a 503 where the app asks)."""
+    why = (
+        f"{model}: {SHED} ({waiting} queries wait ahead of it, more than its replicas "
+        f"can compute in the {budget_s * 1000:.0f} ms left); not queued"
+    )
+    return Failure(DefaultReason.OVERLOADED, why, True)
 
 
 def expired(model: ModelId) -> Failure:

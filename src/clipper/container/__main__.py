@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..address import ServerAddress
+from ..settings import parse_cpu_list
 from .runtime import ContainerRuntime
 
 
@@ -86,6 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="cap this process's address space (a leaking model then gets MemoryError)",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=int(env("CLIPPER_NICE", "0") or 0),
+        help="lower this process's CPU priority by this much (0-19) before the model "
+        "loads, so a query frontend sharing its cores preempts it (the local manager "
+        "passes the server's replica_nice)",
+    )
+    parser.add_argument(
+        "--cpus",
+        default=env("CLIPPER_CPUS", ""),
+        help="run on these CPUs only (0-2,5), set before the model loads; the local "
+        "manager passes the server's replica_cpus",
+    )
     parser.add_argument("--log-level", default=env("CLIPPER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -93,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s container[{args.model_name}:{args.model_version}]"
         " %(message)s",
     )
+    if args.cpus:
+        # Before the model loads and any thread starts: threads inherit it.
+        os.sched_setaffinity(0, parse_cpu_list(args.cpus))
+    if args.nice > 0:
+        # Before the model loads and any thread starts: threads inherit it.
+        os.nice(min(args.nice, 19))
     if args.memory_limit_mb:
         limit = args.memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -23,7 +23,8 @@ from ..http.openapi import OPENAPI_PATH, serve
 from ..http.server import Handler, Later, Request, Response, json_error, json_response
 from ..selection.processor import Overloaded, Prediction, QueryProcessor
 from ..store.catalog import AppRoute, Catalog
-from ..types import json_default
+from ..types import AppSpec, DefaultReason, json_default
+from .brownout import BROWNOUT, Brownout
 from .inputs import parse_predict_body, parse_update_body
 from .openapi import query_openapi
 
@@ -45,8 +46,13 @@ class QueryFrontend:
         v2_error: Callable[[int, str], Response] | None = None,
         metrics: Callable[[Request], Response] | None = None,
         max_batch_inputs: int = 10_000,
+        brownout: Brownout | None = None,
     ) -> None:
         self.max_batch_inputs = max_batch_inputs
+        # While the event loop runs late, a share of predict requests is
+        # answered before its body is parsed (None: never).
+        self.brownout = brownout
+        self._unread: dict[str, tuple[AppSpec, bytes]] = {}  # app -> its unread answer's tail
         self.v2 = v2  # the Open Inference Protocol, under /v2
         self.v2_error = v2_error  # its error shape, for errors the HTTP layer answers
         self.metrics = metrics  # GET /metrics
@@ -101,16 +107,44 @@ class QueryFrontend:
         if isinstance(route, Response):
             return route
         spec = route.spec
+        brownout = self.brownout
+        budget = None
+        if brownout is not None:
+            if brownout.sheds() and b'"input_batch"' not in request.body:
+                return self._unread_answer(spec)
+            budget = brownout.budget_s(spec.slo_micros / 1e6)
         try:
             query = parse_predict_body(
                 request.body, spec.input_type, spec.input_shape, self.max_batch_inputs
             )
-            pending = self.processor.predict_soon(route, query.inputs, query.version, query.uid)
+            pending = self.processor.predict_soon(
+                route, query.inputs, query.version, query.uid, budget
+            )
         except InputError as exc:
             return _error(400, "invalid input", str(exc))
         except ValidationError as exc:
             return _error(400, "invalid request", str(exc))
         return Later(pending, _batch_answer if query.is_batch else _single_answer)
+
+    def _unread_answer(self, spec: AppSpec) -> Response:
+        """The brownout's answer: the app's default output (or a 503), from bytes
+        made once per app, the body never parsed."""
+        processor = self.processor
+        if spec.options.overload == "503":
+            if processor.observer is not None:
+                processor.observer.observe_overload(spec.name)
+            return _error(503, "overloaded", BROWNOUT)
+        cached = self._unread.get(spec.name)
+        if cached is None or cached[0] is not spec:
+            tail = orjson.dumps(
+                {"output": spec.default_output, "default": True, "default_explanation": BROWNOUT}
+            )
+            cached = self._unread[spec.name] = (spec, b"," + tail[1:])
+        qid = processor.next_query_id()
+        if processor.observer is not None:
+            default = Prediction(qid, spec.default_output, True, BROWNOUT, DefaultReason.OVERLOADED)
+            processor.observer.observe_predictions(spec.name, 0.0, [default])
+        return Response(200, b'{"query_id":%d%b' % (qid, cached[1]))
 
     async def _update(self, app: str, request: Request) -> Response:
         route = self._route(app, request)

@@ -1,0 +1,135 @@
+"""Brownout: shed predict requests before their body is read while the frontend runs late.
+
+Shedding at arrival (the dispatcher's ``capacity_within``) keeps a *model's*
+queue to what it can compute in time; it cannot help when the *frontend* is
+what is saturated: past what one event loop can parse and answer, requests
+wait in the kernel's socket buffers, unseen, and every answer (defaults
+included) leaves late. The light MLP on a core shared with its replica got
+there at twice its goodput: p99 over half a second.
+
+A probe timer measures how late the event loop runs (every ``interval_s``);
+while it runs later than ``high_s`` for ``streak`` probes in a row with at
+least ``min_requests`` predict requests read per probe (a saturated
+frontend, not a stall: a deploy, a collection, a busy machine with little
+traffic sheds nothing), the share of predict requests answered at once,
+without parsing their body, grows by ``up``; once the loop is back under
+``low_s`` (or the traffic is gone) it shrinks by ``down`` per probe. Such an answer is the app's
+default output from bytes made once per app (or a 503 for an app that asks
+for one): a few microseconds instead of the whole query path, which frees
+the loop for the rest. The queries it lets through get their SLO less the
+lag as their budget (:meth:`budget_s`): they waited about that long, unread,
+before the server saw them. Pure logic except :meth:`Brownout.start`, which
+runs the probe on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+log = logging.getLogger("clipper.overload")
+QUIET_S = 10.0  # no brownout this long ends an episode (one log line each way)
+
+BROWNOUT = (
+    "overloaded: the query frontend is saturated (its event loop runs late), "
+    "so this request was answered before it was read"
+)
+
+
+class Brownout:
+    """The share of predict requests answered unread, steered by event-loop lag."""
+
+    def __init__(
+        self,
+        *,
+        interval_s: float = 0.005,
+        high_s: float = 0.003,
+        low_s: float = 0.001,
+        up: float = 0.1,
+        down: float = 0.02,
+        streak: int = 3,
+        min_requests: int = 8,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.interval_s = interval_s
+        self.high_s = high_s
+        self.low_s = low_s
+        self.up = up
+        self.down = down
+        self.rng = rng
+        self.streak = streak
+        self.min_requests = min_requests
+        self.requests = 0  # predict requests read since the last probe (``seen``)
+        self._late = 0  # probes in a row late while busy
+        self.share = 0.0
+        # How late the loop runs now: a peak follower (up at once, down slowly).
+        # A request read now has waited about this long in the socket already.
+        self.lag_s = 0.0
+        self.shed = 0  # requests answered unread, in all
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._episode: tuple[float, int] | None = None  # (last active at, shed at its start)
+
+    def observe_lag(self, lag_s: float, now: float = 0.0) -> None:
+        """One probe at ``now``: the loop ran its timer ``lag_s`` late."""
+        self.lag_s = lag_s if lag_s > self.lag_s else 0.7 * self.lag_s + 0.3 * lag_s
+        busy = self.requests >= self.min_requests
+        self.requests = 0
+        self._late = self._late + 1 if lag_s > self.high_s and busy else 0
+        if self._late >= self.streak:
+            self.share = min(1.0, self.share + self.up)
+        elif (lag_s < self.low_s or not busy) and self.share > 0.0:
+            self.share = max(0.0, self.share - self.down)
+        if self.share > 0.0:
+            if self._episode is None:
+                log.warning(
+                    "overload: the query frontend is saturated (its event loop ran %.1f ms "
+                    "late): answering a share of predict requests unread, with the default",
+                    lag_s * 1000,
+                )
+                self._episode = (now, self.shed)
+            else:
+                self._episode = (now, self._episode[1])
+        elif self._episode is not None and now - self._episode[0] >= QUIET_S:
+            log.info(
+                "overload: the query frontend caught up: %d requests answered unread",
+                self.shed - self._episode[1],
+            )
+            self._episode = None
+
+    def budget_s(self, slo_s: float) -> float | None:
+        """A query's time left while the frontend is saturated: its SLO less the
+        lag (it waited that long before it was read), or None otherwise."""
+        if self.share <= 0.0 or self.lag_s < self.low_s:
+            return None
+        return max(0.0, slo_s - self.lag_s)
+
+    def sheds(self) -> bool:
+        """Whether to answer this predict request unread (counted when True);
+        called once per predict request."""
+        self.requests += 1
+        if self.share <= 0.0 or self.rng() >= self.share:
+            return False
+        self.shed += 1
+        return True
+
+    # -- the probe ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Probe the running loop every ``interval_s`` until :meth:`stop`."""
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.interval_s
+        self._timer = loop.call_at(self._due, self._probe, loop)
+
+    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        self.observe_lag(now - self._due, now)
+        self._due = now + self.interval_s
+        self._timer = loop.call_at(self._due, self._probe, loop)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
