@@ -75,16 +75,32 @@ bench-scaling: $(STAMP)  ## throughput with 1, 2, 4 replicas, local and Ray mana
 	$(BIN)/python -m bench.scaling $(BENCH_ARGS)
 
 .PHONY: bench-selection
-bench-selection: $(STAMP)  ## every policy vs the best single model: complementary models, degradation, calibration, stragglers (~12 min; BENCH_ARGS=--quick: ~3 min) -> docs/benchmarks.md
+bench-selection: $(STAMP)  ## every policy vs the best single model: complementary models, degradation, calibration, stragglers, rollouts (~16 min; BENCH_ARGS=--quick: ~4 min) -> docs/benchmarks.md
 	$(BIN)/python -m bench.selection $(BENCH_ARGS)
 
 .PHONY: bench-peers
 bench-peers: $(STAMP)  ## Clipper vs naive FastAPI, MLServer, LitServe, Ray Serve and a bare ASGI echo, light/heavy MLP (~40 min; BENCH_ARGS=--quick: ~12; --peers none: ~10) -> docs/benchmarks.md
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
+.PHONY: bench-overload
+bench-overload: $(STAMP)  ## every answer by the SLO? light/heavy MLP at 0.5x-5x capacity, shared core and split, vs the first wave (~30 min; BENCH_ARGS=--quick: ~8) -> docs/benchmarks.md
+	$(BIN)/python -m bench.overload $(BENCH_ARGS)
+
 .PHONY: bench-grpc
 bench-grpc: $(STAMP)  ## the OIP over gRPC beside HTTP /v2 and /predict: goodput at the 20 ms SLO, no-op model (~10 min; BENCH_ARGS=--repeats 1) -> docs/benchmarks.md
 	$(BIN)/python -m bench.grpc_oip $(BENCH_ARGS)
+
+.PHONY: bench-gpu
+bench-gpu:  ## ResNet-50 on a GPU beside the CPU: goodput at a 100 ms SLO, batch sizes, GPU use (~6 min, needs a GPU; BENCH_ARGS=--dry-run: any machine, ~2 min) -> docs/benchmarks.md
+	$(if $(wildcard $(BIN)/python),$(BIN)/python -m bench.gpu,bench/gpu_run.sh) $(BENCH_ARGS)
+
+.PHONY: gpu-wheels
+gpu-wheels:  ## the wheels a lent GPU machine (Python 3.12, torch, no network) lacks, into .whl/ (see docs/howto/gpu.md)
+	@grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+		pyzmq==27.3.0 orjson==3.13.0 pysimdjson==7.0.2 httptools==0.9.0
 
 .PHONY: proto
 proto: $(STAMP)  ## regenerate the committed gRPC stubs (src/clipper/frontend/proto) from their .proto

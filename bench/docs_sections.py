@@ -21,7 +21,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import batching, cache, grpc_oip, ops, peers, peers_report, selection, wrk
+from . import (
+    batching,
+    cache,
+    gpu,
+    grpc_oip,
+    ops,
+    overload,
+    peers,
+    peers_report,
+    rollout,
+    selection,
+    wrk,
+)
 from .harness import BENCHMARKS_DOC, RESULTS, ROOT, write_doc_section
 
 
@@ -38,6 +50,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "wrk": ("wrk.json", wrk.render),
     "grpc": ("grpc.json", grpc_oip.render),
     "selection": ("selection.json", selection.render_markdown),
+    "rollout": ("rollout.json", rollout.render_markdown),
+    "gpu": ("gpu.json", gpu.render),
+    "overload": ("overload.json", overload.render),
 }
 
 

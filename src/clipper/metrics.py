@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,14 +46,22 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from .selection.policies import get_policy
+from .selection.rollout import p_new_better
 from .selection.state import SHARED
+from .shed_log import ShedLog
 from .store.catalog import Catalog
 from .types import DefaultReason, ModelId
 
 if TYPE_CHECKING:  # the typed statistics this module reads, not the layers that make them
     from .batching.dispatcher import ModelStatistics
     from .cache.prediction_cache import CacheStatistics
+    from .gpu_metrics import GpuSample
     from .selection.processor import Prediction
+    from .selection.rollout import Evidence
+    from .types import RolloutSpec
+
+# Each running rollout: its spec, evidence and the new version's share of queries.
+RolloutSnapshot = Callable[[], "Sequence[tuple[RolloutSpec, Evidence, float]]"]
 
 log = logging.getLogger("clipper.metrics")
 
@@ -63,11 +72,14 @@ LATENCY_BUCKETS_S = (
     *(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075),
     *(0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
 )
+LAG_SAMPLES = 10  # the event-loop lag gauge: the largest of this many samples
+# The ``answer`` label's values: the models' output, or the app's default.
+ANSWERS = ("computed", "default")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # A default's reason to its counter's index; a default that names none is "other".
 _REASON_INDEX: dict[DefaultReason | None, int] = {r: i for i, r in enumerate(DefaultReason)}
 _REASON_INDEX[None] = _REASON_INDEX[DefaultReason.OTHER]
-_OVERLOADED = _REASON_INDEX[DefaultReason.OVERLOADED]
+_OVERLOADED = OVERLOADED_INDEX = _REASON_INDEX[DefaultReason.OVERLOADED]
 _MODEL_ERROR = _REASON_INDEX[DefaultReason.MODEL_ERROR]
 
 
@@ -104,14 +116,17 @@ class ServerStatistics:
     models: Sequence[ModelStatistics] = ()
     cache: CacheStatistics | None = None
     replicas: Sequence[ReplicaStatistics] = ()
+    gpus: Sequence[GpuSample] = ()  # empty on a machine without GPUs
 
     def to_json(self) -> dict[str, Any]:
-        """Its part of ``/admin/status``: ``uptime_s``, ``replicas``, ``models``, ``cache``."""
+        """Its part of ``/admin/status``: ``uptime_s``, ``replicas``, ``models``, ``cache``,
+        and ``gpus`` where the machine has GPUs."""
         return {
             "uptime_s": self.uptime_s,
             "replicas": [r.to_json() for r in self.replicas],
             "models": [m.to_json() for m in self.models],
             "cache": self.cache.to_json() if self.cache is not None else None,
+            **({"gpus": [g.to_json() for g in self.gpus]} if self.gpus else {}),
         }
 
 
@@ -151,6 +166,11 @@ class _AppCounters:
     )
     defaults: list[int] = dataclasses.field(default_factory=lambda: [0] * len(REASONS))
     feedback: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # no, yes
+    # Per query, by answer: [computed, default] latency buckets and sums.
+    answers: list[list[int]] = dataclasses.field(
+        default_factory=lambda: [[0] * (len(LATENCY_BUCKETS_S) + 1) for _ in ANSWERS]
+    )
+    answer_sums: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(ANSWERS))
 
 
 @dataclasses.dataclass
@@ -213,6 +233,8 @@ _HELP = {
     "defaults": "Queries answered with the default output, by reason",
     "feedback": "Feedback (/update) requests, by whether they were accepted",
     "latency": "Predict request latency in the server, from parsed request to answer",
+    "answer_latency": "Per query: latency in the server from parsed request to answer, "
+    "by whether the models' output (computed) or the app's default answered",
     "predictions": "Queries the model computed (in finished batches)",
     "batch_size": "Batch sizes sent to the model",
     "batch_latency": "Time from sending a batch to its result, seconds",
@@ -238,6 +260,13 @@ _MODEL: tuple[tuple[str, _Family, str, Callable[[ModelStatistics], float]], ...]
     ("enqueued", _C, "Tasks queued", lambda m: m.queue.enqueued),
     ("expired", _C, "Tasks dropped unsent: their deadline passed", lambda m: m.queue.expired),
     ("rejected", _C, "Tasks refused: the queue was full", lambda m: m.queue.rejected),
+    (
+        "shed",
+        _C,
+        "Queries answered at arrival, not queued: the queries ahead of them fill what "
+        "the replicas can compute within the SLO (an overload)",
+        lambda m: m.shed,
+    ),
     ("coalesced", _C, "Queries joined to an identical pending one", lambda m: m.coalesced),
     (
         "max_batch_size",
@@ -290,6 +319,7 @@ class Metrics:
         self.batch_sizes: dict[ModelId, _BatchSizes] = {}
         self.weights: dict[str, dict[str, float]] = {}
         self.listeners: list[TickListener] = []
+        self.rollouts: RolloutSnapshot | None = None  # set by the server
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(self)
         with contextlib.suppress(Exception):  # /proc is Linux-only
@@ -298,6 +328,9 @@ class Metrics:
         self._logged: dict[str, tuple[list[int], int, int]] = {}
         self._logged_errors: dict[ModelId, int] = {}
         self._next_log = 0.0
+        self.shed_log = ShedLog()
+        self.loop_lag_s = 0.0  # the largest of the last LAG_SAMPLES lags
+        self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
 
     # -- the hot path: called on the event loop once per request ------------------------
 
@@ -314,11 +347,21 @@ class Metrics:
         c = self.apps.get(app) or self._app(app)
         c.requests += 1
         c.queries += len(predictions)
-        c.latency[bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
+        bucket = bisect_left(LATENCY_BUCKETS_S, latency_s)
+        c.latency[bucket] += 1
         c.latency_sum += latency_s
+        defaulted = 0
         for p in predictions:
             if p.default:
+                defaulted += 1
                 c.defaults[_REASON_INDEX[p.reason]] += 1
+        computed = len(predictions) - defaulted
+        if computed:
+            c.answers[0][bucket] += computed
+            c.answer_sums[0] += latency_s * computed
+        if defaulted:
+            c.answers[1][bucket] += defaulted
+            c.answer_sums[1] += latency_s * defaulted
 
     def observe_overload(self, app: str) -> None:
         """One predict request refused with 503 (the app sheds load)."""
@@ -360,7 +403,17 @@ class Metrics:
                 weight.add_metric([app, model], w)
         uptime = GaugeMetricFamily("clipper_uptime_seconds", "Seconds since the server started")
         uptime.add_metric([], float(stats.uptime_s))
-        yield from (up, restarts, weight, uptime)
+        lag = GaugeMetricFamily(
+            "clipper_event_loop_lag_seconds",
+            f"How late the server's event loop ran its once-a-second sampling timer: "
+            f"the largest of the last {LAG_SAMPLES} times",
+        )
+        lag.add_metric([], self.loop_lag_s)
+        yield from (up, restarts, weight, uptime, lag)
+        if stats.gpus:  # absent, not zero, without GPUs
+            yield from gpu_families(stats.gpus)
+        if self.rollouts is not None:
+            yield from rollout_families(self.rollouts())
 
     def _app_families(self) -> Iterator[Metric]:
         a, ar, ay = ["app"], ["app", "reason"], ["app", "accepted"]
@@ -372,6 +425,9 @@ class Metrics:
         latency = HistogramMetricFamily(
             "clipper_app_request_latency_seconds", _HELP["latency"], labels=a
         )
+        answers = HistogramMetricFamily(
+            "clipper_app_answer_latency_seconds", _HELP["answer_latency"], labels=["app", "answer"]
+        )
         for name, c in self.apps.items():
             requests.add_metric([name], c.requests)
             queries.add_metric([name], c.queries)
@@ -381,7 +437,9 @@ class Metrics:
             feedback.add_metric([name, "true"], c.feedback[1])
             feedback.add_metric([name, "false"], c.feedback[0])
             latency.add_metric([name], _cumulative(LATENCY_BUCKETS_S, c.latency), c.latency_sum)
-        yield from (requests, queries, overloaded, defaults, feedback, latency)
+            for answer, buckets, total in zip(ANSWERS, c.answers, c.answer_sums, strict=True):
+                answers.add_metric([name, answer], _cumulative(LATENCY_BUCKETS_S, buckets), total)
+        yield from (requests, queries, overloaded, defaults, feedback, latency, answers)
 
     def _model_families(self, models: Sequence[ModelStatistics]) -> Iterator[Metric]:
         mv = ["model", "version"]
@@ -451,6 +509,7 @@ class Metrics:
                 del self._logged_errors[deleted]
         for listener in self.listeners:
             listener(now, stats)
+        self.shed_log.observe(now, ((m.model, m.shed) for m in stats.models))
         if now >= self._next_log:
             if self._next_log:
                 self.log_slo_misses()
@@ -495,6 +554,10 @@ class Metrics:
         while True:  # on a fixed schedule; after a stall, resume from now (no burst)
             next_at = max(next_at + self.sample_interval_s, self.clock())
             await asyncio.sleep(next_at - self.clock())
+            # How late the loop woke this timer: a frontend starved of CPU (or
+            # running long callbacks) answers late, defaults included.
+            self._lags.append(max(0.0, self.clock() - next_at))
+            self.loop_lag_s = max(self._lags)
             try:
                 await self.tick()
             except Exception:
@@ -543,6 +606,80 @@ class Metrics:
             for model, h in self.batch_sizes.items()
         }
         return {"apps": apps, "batch_sizes": batch_sizes}
+
+
+def rollout_families(rollouts: Sequence[tuple[RolloutSpec, Evidence, float]]) -> Iterator[Metric]:
+    """Per-version series of the running rollouts (``role`` is base or new)."""
+    mv, m = ["model", "version", "mode", "role"], ["model"]
+    counters = {
+        key: CounterMetricFamily(f"clipper_rollout_{key}", doc, labels=mv)
+        for key, doc in (
+            ("queries", "Queries a rollout's version answered (shadow's new: copies sent)"),
+            ("errors", "A rollout's version's queries that failed in the model"),
+            ("slo_misses", "A rollout's version's queries without an output by the deadline"),
+            ("feedback", "Labels scored against a rollout's version's output"),
+        )
+    }
+    accuracy = GaugeMetricFamily(
+        "clipper_rollout_accuracy", "1 - mean loss over a version's labels", labels=mv
+    )
+    latency = GaugeMetricFamily(
+        "clipper_rollout_latency_seconds",
+        "A rollout's version's latency over its last queries, by quantile",
+        labels=[*mv, "quantile"],
+    )
+    share = GaugeMetricFamily("clipper_rollout_new_share", "The new version's share", labels=m)
+    better = GaugeMetricFamily(
+        "clipper_rollout_p_new_better", "P(the new version is more accurate)", labels=m
+    )
+    agreement = GaugeMetricFamily(
+        "clipper_rollout_shadow_agreement", "Share of shadow copies with equal outputs", labels=m
+    )
+    dropped = CounterMetricFamily(
+        "clipper_rollout_shadow_dropped", "Shadow copies not sent: the new one was busy", labels=m
+    )
+
+    for spec, evidence, new_share in rollouts:
+        share.add_metric([spec.model], new_share)
+        for role, version, figures in (
+            ("base", spec.base_version, evidence.base),
+            ("new", spec.new_version, evidence.new),
+        ):
+            labels = [spec.model, version, spec.mode, role]
+            counters["queries"].add_metric(labels, float(figures.queries))
+            counters["errors"].add_metric(labels, float(figures.errors))
+            counters["slo_misses"].add_metric(labels, float(figures.slo_misses))
+            counters["feedback"].add_metric(labels, float(figures.feedback))
+            if figures.accuracy is not None:
+                accuracy.add_metric(labels, figures.accuracy)
+            for q in (0.5, 0.99):
+                value = figures.latency_quantile(q)
+                if value is not None:
+                    latency.add_metric([*labels, str(q)], value)
+        if evidence.base.feedback and evidence.new.feedback:
+            better.add_metric([spec.model], p_new_better(evidence.base, evidence.new))
+        if spec.mode == "shadow":
+            if evidence.compared:
+                agreement.add_metric([spec.model], evidence.agreed / evidence.compared)
+            dropped.add_metric([spec.model], float(evidence.shadow_dropped))
+    yield from counters.values()
+    yield from (accuracy, latency, share, better, agreement, dropped)
+
+
+def gpu_families(gpus: Sequence[GpuSample]) -> Iterator[Metric]:
+    """Per-GPU gauges, labelled by index and model name."""
+    labels = ["gpu", "name"]
+    families = (
+        ("utilization_ratio", "Share of the last sample period a kernel ran on the GPU"),
+        ("memory_used_bytes", "GPU memory in use (all processes)"),
+        ("memory_total_bytes", "GPU memory in all"),
+    )
+    out = [GaugeMetricFamily(f"clipper_gpu_{n}", doc, labels=labels) for n, doc in families]
+    for g in gpus:
+        values = (g.utilization, g.memory_used_bytes, g.memory_total_bytes)
+        for family, value in zip(out, values, strict=True):
+            family.add_metric([str(g.index), g.name], float(value))
+    yield from out
 
 
 def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:

@@ -35,10 +35,12 @@ from .batching.dispatcher import Dispatcher, ModelConfig, ModelStatistics
 from .cache import PredictionCache
 from .dashboard import Dashboard
 from .exceptions import StoreError, ValidationError
+from .frontend.brownout import Brownout
 from .frontend.metrics_route import metrics_route
 from .frontend.oip import OIPFrontend
 from .frontend.oip import error as oip_error
 from .frontend.query import QueryFrontend
+from .gpu_metrics import GpuMonitor, start_gpu_monitor
 from .http.auth import HostOriginGuard
 from .http.server import Handler, HTTPServer
 from .management.api import ManagementFrontend
@@ -50,6 +52,7 @@ from .metrics import Metrics, ReplicaStatistics, ServerStatistics
 from .rpc.protocol import curve_keypair
 from .rpc.server import Replica, RPCServer
 from .selection.processor import QueryProcessor
+from .selection.rollouts import RolloutRouter
 from .selection.state import PolicyStates
 from .settings import Settings
 from .statedir import (
@@ -109,7 +112,11 @@ class ClipperServer:
         self.store = open_store(settings.store)
         self.catalog = Catalog(self.store)
         self.cache = PredictionCache(settings.cache_bytes) if settings.cache_bytes > 0 else None
-        self.dispatcher = Dispatcher(configure=self._configure_model, cache=self.cache)
+        self.dispatcher = Dispatcher(
+            configure=self._configure_model,
+            cache=self.cache,
+            shed_at_arrival=self.settings.shed_at_arrival,
+        )
         curve_public = self._wire_rpc()
         self.manager = self._container_manager(curve_public)
         self._wire_management()
@@ -155,7 +162,20 @@ class ClipperServer:
             on_exit=self.rpc.process_exited,
             secret=self.rpc_secret,
             server_key=curve_public,
+            nice=st.replica_nice,
+            cpus=self._replica_cpus(),
         )
+
+    def _replica_cpus(self) -> str:
+        """``replica_cpus``, checked against the CPUs this server may use."""
+        cpus = settings_mod.parse_cpu_list(self.settings.replica_cpus)
+        have = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else cpus
+        if not cpus <= have:
+            raise ValueError(
+                f"replica_cpus {self.settings.replica_cpus!r} names CPUs this server cannot "
+                f"use: {sorted(cpus - have)} (it may use {sorted(have)})"
+            )
+        return self.settings.replica_cpus
 
     def _wire_management(self) -> None:
         """The management service, the autoscaler, the metrics, and their port."""
@@ -174,6 +194,7 @@ class ClipperServer:
         )
         self.service.replica_target = self.autoscaler.target
         self.service.listeners.append(self._after_change)
+        self.gpu_monitor: GpuMonitor | None = None  # started with the server, where GPUs are
         self.metrics = Metrics(self.statistics, catalog=self.catalog, store=self.store)
         self.dispatcher.batch_listeners.append(self.metrics.observe_batch)
         # Once a second: deleted versions' state goes once their last replica has.
@@ -202,6 +223,19 @@ class ClipperServer:
             observer=self.metrics,
             is_autoscaled=self.autoscaler.is_autoscaled,
         )
+        # Safe rollouts (#27): routing, shadow copies, evidence, the bandit's decisions.
+        self.rollouts = RolloutRouter(
+            self.catalog,
+            self.dispatcher,
+            self.store,
+            self.service,
+            clock=self.processor.clock,
+            is_autoscaled=self.autoscaler.is_autoscaled,
+        )
+        self.processor.rollouts = self.rollouts
+        self.service.rollout_report = self.rollouts.rollout_report
+        self.metrics.rollouts = self.rollouts.snapshot
+        self.metrics.add_listener(lambda _now, _stats: self.rollouts.tick())
         self.oip = OIPFrontend(
             self.catalog,
             self.processor,
@@ -209,6 +243,8 @@ class ClipperServer:
             is_ready=lambda: self.ready,
             max_batch_inputs=st.max_batch_inputs,
         )
+        # Shed before parsing while the event loop runs late (with shed_at_arrival).
+        self.brownout = Brownout() if st.shed_at_arrival else None
         self.query_app = QueryFrontend(
             self.catalog,
             self.processor,
@@ -217,6 +253,7 @@ class ClipperServer:
             v2_error=oip_error,
             metrics=metrics_route(self.metrics.exposition, st.metrics_token),
             max_batch_inputs=st.max_batch_inputs,
+            brownout=self.brownout,
         )
         self.query_http = self._http_server("query", self.query_app.handle)
         self.query_http.error_page = self.query_app.error_page
@@ -302,6 +339,7 @@ class ClipperServer:
         self._forget_deleted()
         self.dispatcher.reconfigure()
         self.processor.states.clear()
+        self.rollouts.sync()
         if self.cache is not None:
             self.cache.retain_models({(m.name, m.version) for m in self.catalog.snapshot.models})
 
@@ -347,7 +385,10 @@ class ClipperServer:
         replicas = []
         for proc in self.manager.replicas():
             key = (ModelId(proc["model_name"], proc["model_version"]), proc["replica"])
-            replicas.append(replica(key, live.pop(key, None) is not None, proc))
+            rpc = live.pop(key, None)
+            if rpc is not None and rpc.runtime:  # what it says it runs on (device, provider)
+                proc = {**proc, "runtime": dict(rpc.runtime)}
+            replicas.append(replica(key, rpc is not None, proc))
         for key, rpc_replica in live.items():  # containers started by someone else
             replicas.append(replica(key, True, {**rpc_replica.describe(), "restarts": 0}))
         # A deleted version is not reported, even while its last replica stops.
@@ -357,6 +398,7 @@ class ClipperServer:
             models=[m for m in self.dispatcher.statistics() if m.model in known],
             cache=self.cache.statistics() if self.cache is not None else None,
             replicas=replicas,
+            gpus=self.gpu_monitor.samples() if self.gpu_monitor is not None else (),
         )
 
     def status(self) -> dict[str, Any]:
@@ -381,6 +423,7 @@ class ClipperServer:
             },
             "cache": stats["cache"],
             "metrics": self.metrics.figures(),
+            **({"gpus": stats["gpus"]} if "gpus" in stats else {}),
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -421,8 +464,12 @@ class ClipperServer:
         self.autoscaler.refresh()
         await self.service.sync_replicas()
         self.autoscaler.start()
+        self.rollouts.tick()
         self._write_server_file()
+        self.gpu_monitor = start_gpu_monitor()
         self.metrics.start()
+        if self.brownout is not None:
+            self.brownout.start()
         # What start-up made lives as long as the server: out of the cyclic
         # collector's way, a full collection walks only what serving creates
         # (at start-up ~43,000 objects: a 6 ms pause each time, now ~0).
@@ -509,6 +556,11 @@ class ClipperServer:
         await self.autoscaler.stop()
         await self.manager.stop_all()
         await self.metrics.stop()
+        if self.brownout is not None:
+            self.brownout.stop()
+        if self.gpu_monitor is not None:
+            self.gpu_monitor.stop()
+        await self.rollouts.close()
         self.dispatcher.close()
         self.processor.states.close()
         await self.rpc.stop()
@@ -589,14 +641,17 @@ def main(argv: list[str] | None = None) -> int:
         help="deploy the demo app 'digits' (a scikit-learn classifier)",
     )
     args = parser.parse_args(argv)
-    settings = settings_mod.from_args(args)
+    try:
+        settings = settings_mod.from_args(args)
+    except ValueError as exc:  # a CLIPPER_* variable, or a value out of its range
+        parser.error(str(exc))
     # Everything this process (and its replicas) creates in the state folder is
     # its owner's only: the store, logs, artifacts, secrets.
     os.umask(0o077)
     configure_logging(settings.log_level, settings.state_dir)
     try:
         server = ClipperServer(settings)
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         parser.error(str(exc))
     try:
         import uvloop

@@ -180,6 +180,8 @@ class ModelId:
 
 OverloadMode = Literal["default", "503"]
 BatchingPolicy = Literal["aimd", "quantile", "fixed"]
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 RayPlacement = Literal["spread", "pack"]
 OVERLOAD_MODES: tuple[str, ...] = get_args(OverloadMode)
 BATCHING_POLICIES: tuple[str, ...] = get_args(BatchingPolicy)
@@ -201,6 +203,8 @@ MODEL_OPTION_KEYS: tuple[str, ...] = (
     "ray_resources",
     "ray_placement",
     "ray_max_restarts",
+    "devices",
+    "precision",
 )
 """The keys ``ModelOptions.parse`` accepts."""
 
@@ -242,6 +246,18 @@ def _resources(value: Any) -> dict[str, float]:
     ):
         raise ValidationError("option 'ray_resources' must map resource names to amounts > 0")
     return dict(value)  # a copy: shares nothing with the caller's JSON
+
+
+def _devices(value: Any) -> Any:
+    """A ``devices`` option, its syntax checked (placement is the manager's):
+    a list becomes a tuple, the rest is kept as given."""
+    from .managers.devices import parse_devices  # pure; no GPU library
+
+    try:
+        parse_devices(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _between(name: str, low: float, high: float, integer: bool = False) -> _Check:
@@ -286,6 +302,8 @@ _MODEL_CHECKS: dict[str, _Check] = {
     "batching": _one_of("batching", BATCHING_POLICIES),
     "max_batch_delay_ms": _between("max_batch_delay_ms", 0, 1000),
     "queue_capacity": _between("queue_capacity", 1, 1_000_000, integer=True),
+    "devices": _devices,
+    "precision": _one_of("precision", PRECISIONS),
 }
 _AUTOSCALING_CHECKED_AFTER = "scale_down_after_s"
 
@@ -468,6 +486,16 @@ class ModelOptions:
     """Ray manager: ``"spread"`` replicas over nodes, or ``"pack"`` (Ray decides)."""
     ray_max_restarts: int = -1
     """Ray manager: Ray's restarts of a crashed replica, -1 (no bound) to 1000000."""
+    devices: str | float | tuple[str | float, ...] | None = None
+    """Where each replica runs: ``"cpu"``, ``"cuda"`` (one GPU each, spread),
+    ``"cuda:I[,J]"``, ``"cuda:all"``, a number of GPUs per replica (0.5: two
+    replicas share one) or a list with one entry per replica; unset, replicas
+    inherit the server's environment. Placed by the manager (local: each
+    replica's ``CUDA_VISIBLE_DEVICES``; Ray: ``num_gpus``); see
+    :mod:`clipper.managers.devices`. Not with ``ray_num_gpus``."""
+    precision: Precision | None = None
+    """The deployers' floating-point precision on a GPU: ``"fp32"`` (unset),
+    ``"fp16"`` or ``"bf16"``; a replica on the CPU computes in fp32."""
     explicit: frozenset[str] = field(default=frozenset(), repr=False)
     """As :attr:`AppOptions.explicit`."""
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
@@ -475,6 +503,11 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         _post_init(self, _MODEL_DEFAULTS)
+        if self.devices is not None and self.ray_num_gpus is not None:
+            raise ValidationError(
+                "options 'devices' and 'ray_num_gpus' both place GPUs: give 'devices' only "
+                "(the Ray manager maps it to num_gpus)"
+            )
 
     @property
     def autoscaled(self) -> bool:
@@ -557,6 +590,200 @@ class ModelSpec:
             "options": self.options.to_json(),
             "is_current_version": current_version == self.version,
         }
+
+
+# -- rollouts --------------------------------------------------------------------------
+
+RolloutMode = Literal["shadow", "canary", "bandit"]
+ROLLOUT_MODES: tuple[str, ...] = get_args(RolloutMode)
+ROLLOUT_LIMIT_KEYS: tuple[str, ...] = (
+    "confidence",
+    "max_error_rate",
+    "max_slo_miss_rate",
+    "max_loss_increase",
+    "min_feedback",
+)
+"""The keys of a bandit rollout's ``limits`` (each optional; the query path
+documents and applies the defaults)."""
+DEFAULT_CANARY_FRACTION = 0.05
+"""The share of queries a canary or bandit rollout starts with."""
+MAX_ROLLOUT_STEPS = 100
+
+# Each limit's range: (low, high, low is excluded).
+_LIMIT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "confidence": (0.5, 1.0, True),  # P(new better): above a coin toss
+    "max_error_rate": (0.0, 1.0, False),
+    "max_slo_miss_rate": (0.0, 1.0, False),
+    "max_loss_increase": (0.0, 1e9, False),
+    "min_feedback": (0.0, 1e9, False),
+}
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rollout_fraction(value: object, what: str = "fraction") -> float:
+    if not _real(value) or not 0 < value <= 1:  # type: ignore[operator]
+        raise ValidationError(f"{what} must be a number in (0, 1], got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _rollout_limits(limits: object) -> dict[str, float]:
+    if not isinstance(limits, Mapping):
+        raise ValidationError("limits must be a JSON object of limit name -> number")
+    unknown = sorted(str(k) for k in set(limits) - set(ROLLOUT_LIMIT_KEYS))
+    if unknown:
+        raise ValidationError(
+            f"unknown rollout limit(s) {', '.join(unknown)}; known: {', '.join(ROLLOUT_LIMIT_KEYS)}"
+        )
+    out: dict[str, float] = {}
+    for key in ROLLOUT_LIMIT_KEYS:
+        if key not in limits:
+            continue
+        value = limits[key]
+        low, high, open_low = _LIMIT_RANGES[key]
+        if not _real(value) or value > high or value < low or (open_low and value == low):
+            bracket = "(" if open_low else "["
+            raise ValidationError(
+                f"limits: '{key}' must be a number in {bracket}{low:g}, {high:g}], got {value!r}"
+            )
+        if key == "min_feedback" and value != int(value):
+            raise ValidationError(f"limits: 'min_feedback' must be a whole number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _rollout_steps(steps: object) -> tuple[tuple[float, float], ...]:
+    rule = "steps must be a list of [seconds after the start, fraction] pairs"
+    if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, list | tuple):
+        raise ValidationError(rule)
+    if len(steps) > MAX_ROLLOUT_STEPS:
+        raise ValidationError(f"steps: at most {MAX_ROLLOUT_STEPS} steps, got {len(steps)}")
+    out: list[tuple[float, float]] = []
+    for i, step in enumerate(steps):
+        if isinstance(step, str | bytes) or not isinstance(step, list | tuple) or len(step) != 2:
+            raise ValidationError(f"{rule}; step {i} is {step!r}")
+        seconds, fraction = step
+        if not _real(seconds) or seconds < 0:
+            raise ValidationError(
+                f"steps: step {i}'s seconds must be a number >= 0, got {seconds!r}"
+            )
+        if out and seconds <= out[-1][0]:
+            raise ValidationError(
+                f"steps: the seconds must increase; step {i} ({seconds:g} s) is not after "
+                f"step {i - 1} ({out[-1][0]:g} s)"
+            )
+        out.append((float(seconds), _rollout_fraction(fraction, f"steps: step {i}'s fraction")))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """A rollout of a model's new version, as the config store holds it.
+
+    ``fraction`` is the share of queries the new version answers (canary,
+    bandit: its starting exploration share) or is sent a copy of (shadow).
+    Build one from user input with :meth:`build`, which checks every field;
+    :meth:`from_record` reads what the store kept.
+    """
+
+    model: str
+    base_version: str
+    """The model's current version when the rollout started."""
+    new_version: str
+    mode: RolloutMode
+    fraction: float
+    limits: Mapping[str, float] = field(default_factory=dict, hash=False)
+    """A bandit rollout's decision limits (keys of :data:`ROLLOUT_LIMIT_KEYS`)."""
+    steps: tuple[tuple[float, float], ...] = ()
+    """A canary's schedule: (seconds after ``started_at``, fraction from then on)."""
+    started_at: float = 0.0
+    """Unix time."""
+
+    @classmethod
+    def build(
+        cls,
+        model: str,
+        base_version: str,
+        new_version: str,
+        mode: object,
+        fraction: object = None,
+        limits: object = None,
+        steps: object = None,
+        started_at: float = 0.0,
+    ) -> RolloutSpec:
+        """A checked spec from user input; ValidationError naming the bad field.
+
+        ``fraction`` None takes the mode's default (every query for shadow,
+        :data:`DEFAULT_CANARY_FRACTION` otherwise); ``limits`` is for bandit
+        rollouts only and ``steps`` for canaries only.
+        """
+        try:
+            validate_name(model, "model name")
+            validate_name(base_version, "model version")
+            validate_name(new_version, "model version")
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        if mode not in ROLLOUT_MODES:
+            raise ValidationError(f"mode must be one of {', '.join(ROLLOUT_MODES)}, got {mode!r}")
+        if fraction is None:
+            fraction = 1.0 if mode == "shadow" else DEFAULT_CANARY_FRACTION
+        checked_limits = _rollout_limits({} if limits is None else limits)
+        if checked_limits and mode != "bandit":
+            raise ValidationError(f"limits apply to bandit rollouts only, not to {mode!r}")
+        checked_steps = _rollout_steps([] if steps is None else steps)
+        if checked_steps and mode != "canary":
+            raise ValidationError(f"steps apply to canary rollouts only, not to {mode!r}")
+        return cls(
+            model,
+            base_version,
+            new_version,
+            mode,  # type: ignore[arg-type]  # checked above
+            _rollout_fraction(fraction),
+            checked_limits,
+            checked_steps,
+            float(started_at),
+        )
+
+    def fraction_at(self, now: float) -> float:
+        """The share in force at unix time ``now``: the last step reached, else ``fraction``."""
+        share = self.fraction
+        for seconds, fraction in self.steps:
+            if now - self.started_at >= seconds:
+                share = fraction
+            else:
+                break
+        return share
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object the store keeps (and the management API shows)."""
+        return {
+            "model": self.model,
+            "base_version": self.base_version,
+            "new_version": self.new_version,
+            "mode": self.mode,
+            "fraction": self.fraction,
+            "limits": dict(self.limits),
+            "steps": [[s, f] for s, f in self.steps],
+            "started_at": self.started_at,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RolloutSpec:
+        """The spec of a stored record (KeyError, TypeError or ValueError if malformed)."""
+        if record["mode"] not in ROLLOUT_MODES:
+            raise ValueError(f"unknown rollout mode {record['mode']!r}")
+        return cls(
+            str(record["model"]),
+            str(record["base_version"]),
+            str(record["new_version"]),
+            record["mode"],
+            float(record["fraction"]),
+            {str(k): float(v) for k, v in dict(record.get("limits") or {}).items()},
+            tuple((float(s), float(f)) for s, f in record.get("steps") or ()),
+            float(record.get("started_at", 0.0)),
+        )
 
 
 @dataclass(slots=True)

@@ -151,14 +151,15 @@ def test_the_dashboard_in_a_real_browser(clipper: Clipper, tmp_path: Path) -> No
                     .map(([id, c]) => [id, {series: c.plot.series.slice(1).map((s) => s.label),
                                             points: c.plot.data[0].length}]))"""
             )
-            assert set(charts) >= {"throughput", "defaults", "batch", "cache", "latency-sums",
-                                   "latency-checked", "latency-vote", "weights-vote"}  # fmt: skip
-            assert charts["latency-sums"]["series"] == ["p50", "p99", "SLO"]
+            assert set(charts) >= {"throughput", "defaults", "shed", "batch", "cache",
+                                   "latency-sums", "latency-checked", "latency-vote",
+                                   "weights-vote"}  # fmt: skip
+            assert charts["latency-sums"]["series"] == ["p50", "p99", "p99 defaults", "SLO"]
             assert charts["weights-vote"]["series"] == ["parity", "seven"]
             assert charts["throughput"]["points"] >= 8
             assert page.locator("canvas").count() >= len(charts)
             assert page.inner_text("#conn") == "live"
-            slo = page.evaluate("window.clipperDashboard.charts['latency-sums'].plot.data[3]")
+            slo = page.evaluate("window.clipperDashboard.charts['latency-sums'].plot.data[4]")
             assert set(slo) == {20.0}  # the SLO line, in ms
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)

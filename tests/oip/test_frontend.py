@@ -47,6 +47,9 @@ class FakeStore:
     def list_apps(self) -> list[AppSpec]:
         return self.apps
 
+    def list_rollouts(self) -> list:
+        return []
+
     def get_links(self, app: str) -> list[str]:
         return self.links[app]
 

@@ -68,7 +68,11 @@ class Dispatcher:
         cache: PredictionCache | None = None,
         clock: Callable[[], float] | None = None,
         timers: Timers | None = None,
+        shed_at_arrival: bool = True,
     ) -> None:
+        # Refuse at once a query that the queue ahead of it would make late
+        # (``ModelState.capacity_within``), rather than queue it to expire.
+        self.shed_at_arrival = shed_at_arrival
         self._configure = configure or (lambda _m: ModelConfig(FixedBatchSize(64)))
         self.cache = cache
         self._timers = timers_for(clock, timers)
@@ -110,6 +114,11 @@ class Dispatcher:
         state = self._models.get(model)
         return len(state.members) if state else 0
 
+    def queued(self, model: ModelId) -> int:
+        """Tasks waiting in a model version's queue (not yet on a replica)."""
+        state = self._models.get(model)
+        return len(state.queue) if state else 0
+
     def submit(
         self, model: ModelId, input: Any, deadline: float, *, use_cache: bool = True
     ) -> asyncio.Future[Outcome]:
@@ -135,6 +144,16 @@ class Dispatcher:
                 future.set_result(outcome)
 
         state = self._state(model)
+        if self.shed_at_arrival and len(state.queue):
+            capacity = state.capacity_within(deadline - now)
+            if capacity is not None and len(state.queue) >= capacity:
+                # Shed at arrival: the queries ahead of it take every batch its
+                # replicas can finish by its deadline. Answered now, not at the
+                # deadline, and never queued: the model's time goes to queries
+                # it can still serve, and the frontend's to reading requests.
+                state.shed += 1
+                future.set_result(outcomes.shed(model, len(state.queue), deadline - now))
+                return future
         task = Task(input, deadline, sink, now)
         if not state.queue.push(task):
             future.set_result(outcomes.queue_full())

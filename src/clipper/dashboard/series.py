@@ -15,7 +15,14 @@ from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ..metrics import LATENCY_BUCKETS_S, Metrics, ServerStatistics, bucket_quantile
+from ..metrics import (
+    LATENCY_BUCKETS_S,
+    OVERLOADED_INDEX,
+    Metrics,
+    ServerStatistics,
+    bucket_quantile,
+)
+from ..selection.rollout import report as rollout_report
 from ..store.catalog import Catalog
 from ..types import ModelId
 
@@ -48,7 +55,8 @@ class SeriesRecorder:
         self.stats: ServerStatistics | None = None  # the latest tick's
         # Running totals at the previous tick, to difference against.
         self._last_at: float | None = None
-        self._apps: dict[str, tuple[int, int, list[int]]] = {}
+        # Per app: queries, defaults, shed (overloaded), latency, default answers' latency.
+        self._apps: dict[str, tuple[int, int, int, list[int], list[int]]] = {}
         self._models: dict[ModelId, tuple[int, int]] = {}
         self._cache = (0, 0)
         metrics.add_listener(self.sample)
@@ -62,17 +70,23 @@ class SeriesRecorder:
         last_apps, self._apps = self._apps, {}
         for name, c in self.metrics.apps.items():
             queries, defaults = c.queries, sum(c.defaults)
+            shed = c.defaults[OVERLOADED_INDEX] + c.overloaded  # answered at once, or 503
+            answered_default = c.answers[1]
             before = last_apps.get(name)
-            self._apps[name] = (queries, defaults, list(c.latency))
+            self._apps[name] = (queries, defaults, shed, list(c.latency), list(answered_default))
             if before is None or not elapsed:
                 continue
             dq = queries - before[0]
-            latency = [n - m for n, m in zip(c.latency, before[2], strict=True)]
+            latency = [n - m for n, m in zip(c.latency, before[3], strict=True)]
+            by_default = [n - m for n, m in zip(answered_default, before[4], strict=True)]
             apps[name] = {
                 "qps": round(dq / elapsed, 3),
                 "p50_ms": _ms(bucket_quantile(0.5, LATENCY_BUCKETS_S, latency)),
                 "p99_ms": _ms(bucket_quantile(0.99, LATENCY_BUCKETS_S, latency)),
                 "default_ratio": _ratio(defaults - before[1], dq),
+                # Overload: queries shed per second, and how fast defaults left.
+                "shed_qps": round((shed - before[2]) / elapsed, 3),
+                "default_p99_ms": _ms(bucket_quantile(0.99, LATENCY_BUCKETS_S, by_default)),
             }
         models: dict[str, dict[str, float | None]] = {}
         last_models, self._models = self._models, {}
@@ -117,7 +131,17 @@ class SeriesRecorder:
             "models": _models_table(stats, self._current_versions(), self._known_versions()),
             "cache": cache.to_json() if cache is not None else None,
             "samples": samples,
+            **({"gpus": [g.to_json() for g in stats.gpus]} if stats and stats.gpus else {}),
+            "rollouts": self._rollouts(),
         }
+
+    def _rollouts(self) -> list[dict[str, Any]]:
+        """The running rollouts' live figures per version (the rollouts panel)."""
+        running = self.metrics.rollouts() if self.metrics.rollouts is not None else []
+        return [
+            {"model": spec.model, **rollout_report(spec, evidence, share)}
+            for spec, evidence, share in sorted(running, key=lambda r: r[0].model)
+        ]
 
     def _apps_table(self) -> list[dict[str, Any]]:
         if self.catalog is None:
@@ -164,6 +188,7 @@ def _models_table(
                 "restarts": 0,
                 "max_batch_size": None,
                 "queue_depth": None,
+                "devices": [],
             }
         return rows[key]
 
@@ -173,6 +198,12 @@ def _models_table(
         entry = row(r.model)
         entry["live" if r.live else "dead"] += 1
         entry["restarts"] += r.restarts
+        runtime = r.details.get("runtime")
+        device = (runtime.get("device") if isinstance(runtime, dict) else None) or r.details.get(
+            "device"
+        )
+        if device and device not in entry.setdefault("devices", []):
+            entry["devices"].append(device)
     for m in stats.models if stats is not None else ():
         entry = row(m.model)
         entry["max_batch_size"] = m.max_batch_size

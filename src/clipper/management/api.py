@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from ..dashboard import Dashboard
-from ..exceptions import ClipperError, NotFoundError, ValidationError
+from ..exceptions import ClipperError, NotFoundError, StoreError, ValidationError
 from ..http.auth import Sessions, token_matches
 from ..http.openapi import OPENAPI_PATH, serve
 from ..http.server import Body, Request, Response, Stream, json_error, json_response
@@ -390,6 +390,18 @@ class ManagementFrontend:
 
         self.openapi = serve(management_openapi())  # GET /openapi.json
 
+    def _status_rollouts(self) -> list[dict[str, Any]]:
+        """The rollouts for ``/admin/status``: from the store, or, while the store
+        is down, the catalog's last snapshot (the status must answer then)."""
+        try:
+            return self.service.get_rollouts()
+        except StoreError as exc:
+            log.debug("rollouts in the status from the last snapshot: %s", exc)
+            return [
+                {**spec.to_record(), "figures": {}, "stale": True}
+                for spec in self.service.catalog.snapshot.rollouts.values()
+            ]
+
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path.rstrip("/") or "/"
         method = request.method
@@ -409,7 +421,7 @@ class ManagementFrontend:
         if path == "/admin/ping":
             return json_response(200, {"ping": "pong"})
         if path == "/admin/status" and method in ("GET", "HEAD"):
-            return json_response(200, {**self.status(), "rollouts": self.service.get_rollouts()})
+            return json_response(200, {**self.status(), "rollouts": self._status_rollouts()})
         name = path[len("/admin/") :]
         handler = ROUTES.get(name)
         if handler is None and name in ("get_all_containers", "get_container"):

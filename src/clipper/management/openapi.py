@@ -18,7 +18,7 @@ from typing import Any
 from ..http.openapi import HTTP_ERRORS, Schema, document, errors, json_body, ok, ref
 from ..managers.base import REPLICA_FIELDS
 from ..selection.policies import POLICY_NAMES
-from ..types import _NAME_RE, InputType
+from ..types import _NAME_RE, ROLLOUT_LIMIT_KEYS, ROLLOUT_MODES, InputType
 from .api import FIELDS
 
 NAME_PATTERN = f"^{_NAME_RE.pattern}$"
@@ -83,6 +83,39 @@ FIELD_SCHEMAS: dict[str, Schema] = {
     "replica_id": {"type": "string"},
     "lines": {"type": "integer", "minimum": 1, "maximum": 10_000},
     "replica": {"type": "string", "description": "a replica's label; default: the server's log"},
+    "mode": {"type": "string", "enum": list(ROLLOUT_MODES), "description": "how the rollout runs"},
+    "fraction": {
+        "type": ["number", "integer"],
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "description": "canary, bandit: the new version's share of queries (default 0.05); "
+        "shadow: the share copied to it (default 1)",
+    },
+    "limits": {
+        "type": "object",
+        "propertyNames": {"enum": list(ROLLOUT_LIMIT_KEYS)},
+        "additionalProperties": {"type": "number"},
+        "description": "bandit only: when the rollout decides by itself",
+    },
+    "steps": {
+        "type": "array",
+        "items": {
+            "type": "array",
+            "prefixItems": [{"type": "number", "minimum": 0}, {"type": "number"}],
+            "minItems": 2,
+            "maxItems": 2,
+        },
+        "description": "canary only: [seconds after the start, fraction] pairs, seconds rising",
+    },
+    "make_current": {
+        "type": "boolean",
+        "description": "make the new version the model's current one (default true; "
+        "false: deploy a version to roll out)",
+    },
+    "promote": {
+        "type": "boolean",
+        "description": "make the new version current (default: keep the current one)",
+    },
 }
 
 # The fields each route cannot do without; the others are optional (null reads as absent).
@@ -109,6 +142,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "get_container": ("model_name", "model_version"),
     "get_readiness": (),
     "get_logs": (),
+    "start_rollout": ("model_name", "model_version", "mode"),
+    "stop_rollout": ("model_name",),
+    "get_rollouts": (),
 }
 
 _EMPTY: Schema = {"type": "object", "maxProperties": 0, "description": "not found"}
@@ -179,6 +215,18 @@ SCHEMAS: dict[str, Schema] = {
             "pid": {"type": ["integer", "null"]},
             "restarts": {"type": "integer"},
             "live": {"type": "boolean"},
+            "device": {
+                "type": ["string", "null"],
+                "description": "Where the manager placed it ('cpu', 'cuda:0'); present "
+                "when the version's 'devices' option is set, null when it could not be placed",
+            },
+            "error": {"type": "string", "description": "Why it could not be placed"},
+            "runtime": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "What the replica says it runs on: device, provider, "
+                "precision, framework, warning (a fallback to the CPU)",
+            },
         },
         "required": list(REPLICA_FIELDS),
     },
@@ -219,8 +267,47 @@ SCHEMAS: dict[str, Schema] = {
             "replicas": {"type": "array", "items": ref("Replica")},
             "models": {},
             "cache": {"type": "object"},
+            "rollouts": {"type": "array", "items": ref("Rollout")},
         },
-        "required": ["pid", "replicas"],
+        "required": ["pid", "replicas", "rollouts"],
+    },
+    "Rollout": {
+        "type": "object",
+        "properties": {
+            "model": _NAME,
+            "base_version": {"type": "string"},
+            "new_version": {"type": "string"},
+            "mode": {"type": "string", "enum": list(ROLLOUT_MODES)},
+            "fraction": {"type": "number"},
+            "fraction_now": {"type": "number", "description": "the share a schedule gives now"},
+            "limits": {"type": "object"},
+            "steps": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "started_at": {"type": "number", "description": "unix time"},
+            "figures": {"type": "object", "description": "live figures per version"},
+            "warning": {"type": "string"},
+        },
+        "required": [
+            "model",
+            "base_version",
+            "new_version",
+            "mode",
+            "fraction",
+            "fraction_now",
+            "limits",
+            "steps",
+            "started_at",
+        ],
+    },
+    "RolloutEnd": {
+        "type": "object",
+        "properties": {
+            "model": _NAME,
+            "new_version": {"type": "string"},
+            "promoted": {"type": "boolean"},
+            "current_version": {"type": ["string", "null"]},
+            "reason": {"type": "string"},
+        },
+        "required": ["model", "new_version", "promoted", "current_version", "reason"],
     },
     "Artifact": {
         "type": "object",
@@ -276,6 +363,9 @@ RESPONSES: dict[str, tuple[Schema, str]] = {
         {"type": "object", "properties": {"lines": _STRINGS}, "required": ["lines"]},
         "the last lines of the log",
     ),
+    "start_rollout": (ref("Rollout"), "the rollout as stored (with a `warning` if any)"),
+    "stop_rollout": (ref("RolloutEnd"), "how it ended"),
+    "get_rollouts": ({"type": "array", "items": ref("Rollout")}, "the rollouts running"),
 }
 
 SUMMARIES: dict[str, str] = {
@@ -301,6 +391,9 @@ SUMMARIES: dict[str, str] = {
     "get_container": "One replica",
     "get_readiness": "Whether an app or a model version can answer",
     "get_logs": "The server's or a replica's log",
+    "start_rollout": "Roll a new version out (shadow, canary or bandit), or change a rollout",
+    "stop_rollout": "End a model's rollout, promoting the new version or not",
+    "get_rollouts": "The rollouts running, with their live figures",
 }
 
 EXAMPLES: dict[str, Any] = {
@@ -313,6 +406,7 @@ EXAMPLES: dict[str, Any] = {
     "add_model_links": {"app_name": "digits", "model_names": ["m"]},
     "set_model_version": {"model_name": "m", "model_version": "1"},
     "get_all_applications": {"verbose": False},
+    "start_rollout": {"model_name": "m", "model_version": "2", "mode": "canary", "fraction": 0.1},
 }
 
 SECURITY_SCHEMES: dict[str, Any] = {

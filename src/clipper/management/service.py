@@ -13,7 +13,8 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from ..types import (
     ModelId,
     ModelOptions,
     ModelSpec,
+    RolloutSpec,
     validate_app_name,
     validate_name,
 )
@@ -140,6 +142,7 @@ class ManagementService:
         *,
         default_batch_size: int = 64,
         max_artifact_bytes: int = 8 * 1024**3,
+        rollout_report: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -157,12 +160,23 @@ class ManagementService:
         self.default_batch_size = default_batch_size
         # Artifacts streamed to /admin/upload_artifact, until add_model names them.
         self.uploads = ArtifactUploads(state_dir / "uploads", max_bytes=max_artifact_bytes)
+        # The query path's live figures of a model's rollout, per version (set by
+        # the server once its rollout router exists); get_rollouts shows them.
+        self.rollout_report = rollout_report
+        self.clock: Callable[[], float] = time.time
 
     async def _changed(self) -> None:
         self.catalog.refresh()
         for listener in self.listeners:
             listener()
         await self.sync_replicas()
+
+    def _check_placement(self, options: ModelOptions, count: int) -> None:
+        """A ValidationError when the manager cannot place ``count`` replicas with
+        these ``devices`` (a GPU that does not exist): refused before it is stored."""
+        check = getattr(self.manager, "check_placement", None)
+        if check is not None and options.devices is not None:
+            check(options, count)
 
     async def sync_replicas(self) -> None:
         """Ask the manager for the replicas every deployed model version wants."""
@@ -281,6 +295,7 @@ class ManagementService:
         # Merge first, then check the result as a whole; a null removes a key.
         merged = {**model.options.to_json(), **options}
         typed = ModelOptions.parse({k: v for k, v in merged.items() if v is not None})
+        self._check_placement(typed, self.store.get_num_replicas(name, version))
         self.store.update_model(dataclasses.replace(model, options=typed))
         await self._changed()
 
@@ -319,6 +334,7 @@ class ManagementService:
         options: dict[str, Any] | None = None,
         exist_ok: bool = False,
         artifact: str | None = None,
+        make_current: bool = True,
     ) -> ModelSpec:
         """Register a model version; with ``model_data`` (a cloudpickled
         callable) the server stores it and starts replicas from it.
@@ -328,6 +344,9 @@ class ManagementService:
         ``pkgs_to_install`` gives the model its own environment. The artifact
         must unpickle in that environment, or the deploy fails naming the
         missing module and leaves nothing registered.
+
+        ``make_current=False`` keeps the model's current version as it is (a
+        version to roll out with :meth:`start_rollout`, or to switch to later).
 
         With ``exist_ok`` an identical existing version (the same input type,
         labels, batch size, options, packages and artifact bytes) is kept as it
@@ -363,6 +382,7 @@ class ManagementService:
                 f"not '{itype.value}'",
             )
         model_options = ModelOptions.parse(options or {})
+        self._check_placement(model_options, num_replicas)
         pkgs = validate_requirements(pkgs_to_install or [])
         _check(
             model_data is None or artifact is None,
@@ -396,6 +416,9 @@ class ManagementService:
             if problem:
                 raise ValidationError(problem)
             return existing
+        _check(isinstance(make_current, bool), "make_current must be true or false")
+        if make_current:  # the current version is what a rollout holds still
+            self._refuse_during_rollout(model_name, f"adding current version '{model_version}' to")
         artifact_dir = self.models_dir / model_name / model_version
         if shipped:
             source = upload if upload is not None else model_data
@@ -413,7 +436,7 @@ class ManagementService:
             model_options,
         )
         try:
-            self.store.add_model(spec, make_current=True)
+            self.store.add_model(spec, make_current=make_current)
             if num_replicas != 1:
                 self.store.set_num_replicas(model_name, model_version, num_replicas)
         except Exception:
@@ -478,6 +501,9 @@ class ManagementService:
 
     async def delete_model_version(self, model_name: str, model_version: str) -> None:
         """Remove a version: its record, its replicas and its artifact."""
+        rollout = self._rollout(model_name)
+        if rollout is not None and model_version in (rollout.base_version, rollout.new_version):
+            raise self._rollout_running(rollout, f"deleting version '{model_version}' of")
         if not self.store.delete_model_version(model_name, model_version):
             raise self._unknown(model_name, model_version)
         log.info("deleted model %s:%s", model_name, model_version)
@@ -499,16 +525,21 @@ class ManagementService:
 
     async def set_model_version(self, model_name: str, model_version: str) -> None:
         self._model(model_name, model_version)
+        self._refuse_during_rollout(model_name, "setting the version of")
+        self._make_current(model_name, model_version)
+        await self._changed()
+
+    def _make_current(self, model_name: str, model_version: str) -> None:
         self.store.set_current_version(model_name, model_version)
         log.info("model %s now serves version %s", model_name, model_version)
-        await self._changed()
 
     async def set_num_replicas(self, model_name: str, model_version: str, n: int) -> None:
         _check(
             isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 64,
             "num_replicas must be an integer between 0 and 64",
         )
-        self._model(model_name, model_version)
+        spec = self._model(model_name, model_version)
+        self._check_placement(spec.options, n)
         self.store.set_num_replicas(model_name, model_version, n)
         log.info("model %s:%s scaled to %d replicas", model_name, model_version, n)
         await self._changed()
@@ -565,11 +596,161 @@ class ManagementService:
                 if not self.store.list_models(name):
                     raise ValidationError(f"no model named '{name}'")
                 raise ValidationError(f"model '{name}' is not linked to application '{app_name}'")
+            self._refuse_during_rollout(name, f"unlinking from application '{app_name}'")
         self.store.remove_links(app_name, model_names)
         await self._changed()
 
     def get_linked_models(self, app_name: str) -> list[str]:
         return self.store.get_links(app_name)
+
+    # -- rollouts --------------------------------------------------------------
+
+    def _rollout(self, model: str) -> RolloutSpec | None:
+        # The store, not the catalog: another frontend may have started one.
+        return next((r for r in self.store.list_rollouts() if r.model == model), None)
+
+    @staticmethod
+    def _rollout_running(rollout: RolloutSpec, doing: str) -> ValidationError:
+        return ValidationError(
+            f"{doing} model '{rollout.model}' is refused while its {rollout.mode} rollout of "
+            f"version '{rollout.new_version}' (from '{rollout.base_version}') runs: "
+            "stop it first (stop_rollout, or clipper rollout stop)"
+        )
+
+    def _refuse_during_rollout(self, model: str, doing: str) -> None:
+        rollout = self._rollout(model)
+        if rollout is not None:
+            raise self._rollout_running(rollout, doing)
+
+    async def start_rollout(
+        self,
+        model: str,
+        version: str,
+        mode: str,
+        fraction: float | None = None,
+        limits: Mapping[str, float] | None = None,
+        steps: list[list[float]] | None = None,
+    ) -> dict[str, Any]:
+        """Start rolling ``version`` of ``model`` out against its current version.
+
+        Calling it again for the same model and version changes the mode,
+        fraction, limits or steps (a canary's schedule still counts from the
+        first start); for another version while one runs it is an error. The
+        new version keeps the replicas it was deployed with: one with none is
+        accepted (a canary's share then gets the default output) with a
+        ``warning`` in the answer.
+        """
+        try:
+            validate_name(model, "model name")
+            validate_name(version, "model version")
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        self._model(model, version)
+        current = self.store.get_current_version(model)
+        if current is None:
+            raise ValidationError(
+                f"model '{model}' has no current version to roll out from: "
+                "set one with set_model_version first"
+            )
+        running = self._rollout(model)
+        if running is not None and running.new_version != version:
+            raise ValidationError(
+                f"model '{model}' already has a {running.mode} rollout of version "
+                f"'{running.new_version}' running: stop it first"
+            )
+        if running is None and version == current:
+            raise ValidationError(
+                f"version '{version}' is model '{model}''s current version already: "
+                "roll out another version"
+            )
+        base = running.base_version if running is not None else current
+        started = running.started_at if running is not None else self.clock()
+        spec = RolloutSpec.build(model, base, version, mode, fraction, limits, steps, started)
+        answer = self._rollout_json(spec)
+        replicas = self.replica_target(
+            ModelId(model, version), self.store.get_num_replicas(model, version)
+        )
+        new_model = self._model(model, version)
+        if replicas == 0 and not new_model.options.autoscaled:
+            answer["warning"] = (
+                f"version '{version}' has 0 replicas: its share of the queries gets the "
+                "default output until you give it some (set_num_replicas)"
+            )
+            log.warning("rollout of %s:%s: %s", model, version, answer["warning"])
+        self.store.put_rollout(spec)
+        log.info(
+            "%s %s rollout of %s:%s from version %s (fraction %g%s%s)",
+            "changed the" if running is not None else "started a",
+            spec.mode,
+            model,
+            version,
+            base,
+            spec.fraction,
+            f", limits {dict(spec.limits)}" if spec.limits else "",
+            f", steps {list(spec.steps)}" if spec.steps else "",
+        )
+        # _changed() also asks the manager for the new version's replicas.
+        await self._changed()
+        return answer
+
+    async def stop_rollout(
+        self, model: str, promote: bool = False, reason: str = "by hand"
+    ) -> dict[str, Any]:
+        """End a model's rollout: with ``promote`` the new version becomes the
+        current one, else the current version stays. Either way the rollout's
+        record and evidence are deleted, and one log line names the decision
+        and ``reason``."""
+        _check(isinstance(promote, bool), "promote must be true or false")
+        rollout = self._rollout(model)
+        if rollout is None:
+            if not self.store.list_models(model):
+                raise ValidationError(f"no model named '{model}'")
+            raise ValidationError(f"model '{model}' has no rollout running")
+        if promote:
+            self._model(model, rollout.new_version)
+            # The path set_model_version takes, past its guard: this ends the rollout.
+            self._make_current(model, rollout.new_version)
+        self.store.delete_rollout(model)
+        current = self.store.get_current_version(model)
+        decision = "promoted" if promote else "rolled back"
+        log.info(
+            "rollout of %s:%s %s (%s); version %s serves %s",
+            model,
+            rollout.new_version,
+            decision,
+            reason,
+            current,
+            model,
+        )
+        await self._changed()
+        return {
+            "model": model,
+            "new_version": rollout.new_version,
+            "promoted": promote,
+            "current_version": current,
+            "reason": reason,
+        }
+
+    def _rollout_json(self, spec: RolloutSpec) -> dict[str, Any]:
+        return {**spec.to_record(), "fraction_now": spec.fraction_at(self.clock())}
+
+    def get_rollouts(self) -> list[dict[str, Any]]:
+        """The rollouts running, by model, each with the query path's live
+        ``figures`` (or the last evidence stored, when this process has none)."""
+        out = []
+        for spec in self.store.list_rollouts():
+            entry = self._rollout_json(spec)
+            figures: dict[str, Any] | None = None
+            if self.rollout_report is not None:
+                try:
+                    figures = self.rollout_report(spec.model)
+                except Exception:
+                    log.exception("the figures of the rollout of %s failed", spec.model)
+            if figures is None:
+                figures = self.store.get_rollout_evidence(spec.model)
+            entry["figures"] = figures or {}
+            out.append(entry)
+        return out
 
 
 def _digest(data: bytes) -> str:

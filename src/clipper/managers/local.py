@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..types import ModelId, ModelSpec
+from ..types import ModelId, ModelOptions, ModelSpec
 from .base import reconcile_counts, replica_label
+from .devices import Gpu, Placement, PlacementError, discover_gpus, parse_devices, place, usage
 
 log = logging.getLogger("clipper.manager")
 
@@ -36,6 +37,10 @@ class ReplicaSpec:
 
     model: ModelSpec
     index: int
+    # The GPUs it sees (None: its ``devices`` option is unset, the server's
+    # environment applies); ``error`` when its placement could not be made.
+    placement: Placement | None = None
+    error: str | None = None
 
     @property
     def label(self) -> str:
@@ -65,10 +70,34 @@ class _ReplicaProcess:
             "replica": self.spec.label,
             "pid": self.pid,
             "restarts": self.restarts,
+            **self.device_details(),
         }
+
+    def device_details(self) -> dict[str, Any]:
+        placement, error = self.spec.placement, self.spec.error
+        out: dict[str, Any] = {} if placement is None else {"device": placement.label}
+        if error is not None:
+            out["device"], out["error"] = None, error
+        return out
+
+    def env(self) -> dict[str, str]:
+        """The process's environment: the manager's, with its placement's."""
+        env = self.manager.child_env
+        placement, precision = self.spec.placement, self.spec.model.options.precision
+        if placement is None and precision is None:
+            return env
+        env = dict(env)
+        if placement is not None:
+            env.update(placement.env())
+        if precision is not None:
+            env["CLIPPER_PRECISION"] = precision
+        return env
 
     async def _supervise(self) -> None:
         backoff = self.manager.backoff_initial
+        if self.spec.error is not None:  # no such device: nothing to start
+            log.error("replica %s not started: %s", self.spec.label, self.spec.error)
+            return
         while not self._stopping:
             self.started_at = time.monotonic()
             try:
@@ -99,6 +128,10 @@ class _ReplicaProcess:
         extra = []
         if model.options.memory_limit_mb:
             extra = ["--memory-limit-mb", str(model.options.memory_limit_mb)]
+        if self.manager.nice > 0:
+            extra += ["--nice", str(self.manager.nice)]
+        if self.manager.cpus:
+            extra += ["--cpus", self.manager.cpus]
         logfile: IO[bytes] = open(self.manager.log_dir / f"{self.spec.label}.log", "ab")  # noqa: SIM115
         try:
             return await asyncio.create_subprocess_exec(
@@ -122,7 +155,7 @@ class _ReplicaProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=logfile,
-                env=self.manager.child_env,
+                env=self.env(),
                 # Own session: a terminal's Ctrl-C reaches the server only, which
                 # then stops its replicas in order.
                 start_new_session=True,
@@ -177,8 +210,19 @@ class LocalProcessManager:
         on_exit: Callable[[int], None] = lambda _pid: None,
         secret: str | None = None,
         server_key: bytes | None = None,
+        gpus: list[Gpu] | None = None,
+        nice: int = 0,
+        cpus: str = "",
     ) -> None:
         self.rpc_address = rpc_address
+        # Replicas run this much nicer than the server (``replica_nice``): a
+        # frontend sharing their cores preempts them and answers on time.
+        self.nice = nice
+        # The CPUs replicas may run on (``replica_cpus``, as taskset writes them).
+        self.cpus = cpus
+        # The GPUs replicas may be placed on (None: found on first need, so a
+        # server whose models all run on the CPU never asks).
+        self._gpus: tuple[list[Gpu], str] | None = None if gpus is None else (gpus, "given")
         self.state_dir = state_dir
         self.log_dir = state_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -204,13 +248,61 @@ class LocalProcessManager:
         running = self._replicas.setdefault(model, [])
         while len(running) > count:
             await running.pop().stop()
-        while spec is not None and len(running) < count:
-            running.append(_ReplicaProcess(self, ReplicaSpec(spec, len(running))))
+        if spec is not None and len(running) < count:
+            placements, error = self._placements(model, spec.options, count)
+            while len(running) < count:
+                i = len(running)
+                where = placements[i] if placements else None
+                running.append(_ReplicaProcess(self, ReplicaSpec(spec, i, where, error)))
         if not running:
             del self._replicas[model]
 
     def replicas(self) -> list[dict[str, Any]]:
         return [r.describe() for procs in self._replicas.values() for r in procs]
+
+    # -- devices ---------------------------------------------------------------------
+
+    def gpus(self) -> tuple[list[Gpu], str]:
+        """The GPUs replicas may use, and how they were found (asked once)."""
+        if self._gpus is None:
+            self._gpus = discover_gpus()
+            gpus, how = self._gpus
+            log.info("GPUs for replicas: %s (%s)", [g.index for g in gpus] or "none", how)
+        return self._gpus
+
+    def check_placement(self, options: ModelOptions, count: int) -> None:
+        """PlacementError (a 400) when ``count`` replicas with these options cannot
+        be placed on this machine's devices: the deploy call refuses it."""
+        if options.devices is not None and count > 0:
+            self._place(None, options, count)
+
+    def _place(self, model: ModelId | None, options: ModelOptions, count: int) -> list[Placement]:
+        requests = parse_devices(options.devices)
+        if all(r.kind == "cpu" for r in requests):
+            gpus, how = [], ""  # no need to look for GPUs
+        else:
+            found, how = self.gpus()
+            gpus = [g.index for g in found]
+        others = [
+            r.spec.placement
+            for m, procs in self._replicas.items()
+            if m != model
+            for r in procs
+            if r.spec.placement is not None
+        ]
+        return place(requests, count, gpus, usage(others), found_by=how)
+
+    def _placements(
+        self, model: ModelId, options: ModelOptions, count: int
+    ) -> tuple[list[Placement] | None, str | None]:
+        """Each replica's placement (None: ``devices`` unset), or why there is none."""
+        if options.devices is None:
+            return None, None
+        try:
+            return self._place(model, options, count), None
+        except PlacementError as exc:
+            log.error("cannot place the replicas of %s: %s", model, exc)
+            return None, str(exc)
 
     def replica_unresponsive(self, label: str, pid: int) -> bool:
         return any(

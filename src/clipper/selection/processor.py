@@ -17,7 +17,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..batching.dispatcher import Dispatcher
 from ..store.catalog import AppRoute, Catalog
@@ -25,6 +25,9 @@ from ..timers import TimerHandle, Timers, timers_for
 from ..types import AppSpec, DefaultReason, ModelId, Outcome, reason_of
 from .policies import Policy, get_policy
 from .state import SHARED, PolicyStates, State
+
+if TYPE_CHECKING:
+    from .rollouts import RolloutRouter
 
 NO_MODELS = "No connected models found for query"
 COLD = (
@@ -167,6 +170,13 @@ class QueryProcessor:
         self.rng = rng or random.Random()
         self._query_ids = itertools.count()
         self._policies: dict[str, tuple[AppSpec, Policy, dict[str, Any]]] = {}
+        # Safe rollouts (server.rollouts): which version of a model answers, and
+        # what each version's queries and labels became. None: no rollouts.
+        self.rollouts: RolloutRouter | None = None
+
+    def next_query_id(self) -> int:
+        """A query id, as a query answered here gets (the frontend's brownout)."""
+        return next(self._query_ids)
 
     def policy_for(self, spec: AppSpec) -> tuple[Policy, dict[str, Any]]:
         cached = self._policies.get(spec.name)
@@ -176,16 +186,27 @@ class QueryProcessor:
             self._policies[spec.name] = cached
         return cached[1], cached[2]
 
-    def _current(self, name: str) -> ModelId | None:
+    def _current(self, name: str, uid: str | None = None, routed: bool = True) -> ModelId | None:
+        """The version of ``name`` that answers a query of ``uid``: the current
+        one, or (``routed``) a rollout's new one for the queries its canary or
+        bandit sends there."""
         version = self.catalog.current_version(name)
-        return ModelId(name, version) if version is not None else None
+        if version is None:
+            return None
+        rollouts = self.rollouts
+        if routed and rollouts is not None and name in rollouts.active:
+            version = rollouts.version_for(name, version, uid)
+        return ModelId(name, version)
 
-    def _available(self, route: AppRoute) -> dict[str, ModelId]:
-        """Linked models with a current version and a live replica (or an
-        autoscaled one, which starts when queried), in link order."""
+    def _available(
+        self, route: AppRoute, uid: str | None = None, routed: bool = True
+    ) -> dict[str, ModelId]:
+        """Linked models with a version to answer ``uid``'s query (see ``_current``)
+        and a live replica (or an autoscaled one, which starts when queried), in
+        link order."""
         out = {}
         for name in route.models:
-            model = self._current(name)
+            model = self._current(name, uid, routed)
             if model is not None and (
                 self.dispatcher.live_replicas(model) > 0 or self.is_autoscaled(model)
             ):
@@ -238,7 +259,7 @@ class QueryProcessor:
             if self.dispatcher.live_replicas(pinned) == 0 and not self.is_autoscaled(pinned):
                 available = {}
         else:
-            available = self._available(route)
+            available = self._available(route, uid)
         result: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
         if not available:
             defaults = [
@@ -258,12 +279,17 @@ class QueryProcessor:
             {m: self.dispatcher.submit(available[m], x, deadline, use_cache=use_cache) for m in ms}
             for x, ms in zip(inputs, chosen, strict=True)
         ]
+        if self.rollouts is not None and self.rollouts.active and version is None:
+            self.rollouts.observe(
+                available, inputs, futures, uid, start, deadline, use_cache, result
+            )
 
         def answers() -> list[Prediction]:
-            if spec.options.overload == "503" and any(
-                f.done() and f.result().overloaded for fs in futures for f in fs.values()
-            ):
-                raise Overloaded(f"a model of '{spec.name}' has a full queue")
+            if spec.options.overload == "503":
+                for fs in futures:
+                    for f in fs.values():
+                        if f.done() and f.result().overloaded:  # queue full, or shed
+                            raise Overloaded(f.result().error or f"'{spec.name}' is overloaded")
             return [
                 self._answer(qid, spec, policy, params, state, ms, fs, cold)
                 for qid, ms, fs in zip(ids, chosen, futures, strict=True)
@@ -360,24 +386,44 @@ class QueryProcessor:
         """
         spec = route.spec
         policy, params = self.policy_for(spec)
-        available = self._available(route)
+        available = self._available(route, routed=False)
         if not available:
             self._feedback_seen(spec.name, False)
             return {"accepted": False, "cause": NO_MODELS}
-        if not policy.learns:
+        # A model under rollout is scored in the version that answered this input
+        # (and, for a shadow rollout, the new one beside it): the rollout's judge
+        # learns from labels even when the app's policy does not.
+        plans = {}
+        if self.rollouts is not None and self.rollouts.active:
+            plans = self.rollouts.feedback_plan(available, input, uid or None)
+            available = {m: plans[m].served if m in plans else v for m, v in available.items()}
+        if not policy.learns and not plans:
             self._feedback_seen(spec.name, True)
             return {"accepted": True}
         deadline = self.clock() + spec.slo_micros / 1e6
         use_cache = spec.options.cache
-        futures = {
-            m: self.dispatcher.submit(model, input, deadline, use_cache=use_cache)
-            for m, model in available.items()
+        wanted = set(available.values()) if policy.learns else set()
+        wanted.update(p.served for p in plans.values())
+        wanted.update(p.shadow for p in plans.values() if p.shadow is not None)
+        submitted = {
+            model: self.dispatcher.submit(model, input, deadline, use_cache=use_cache)
+            for model in wanted
         }
-        pending = [f for f in futures.values() if not f.done()]
+        pending = [f for f in submitted.values() if not f.done()]
         remaining = deadline - self.clock()
         if pending and remaining > 0:
             await wait_all(pending, remaining, self.timers)
-        outputs = {m: f.result().output for m, f in futures.items() if f.done() and f.result().ok}
+        outcomes = {model: f.result() for model, f in submitted.items() if f.done()}
+        if plans and self.rollouts is not None:
+            self.rollouts.observe_feedback(plans, outcomes, label, params)
+        if not policy.learns:
+            self._feedback_seen(spec.name, True)
+            return {"accepted": True}
+        outputs = {
+            m: outcomes[model].output
+            for m, model in available.items()
+            if model in outcomes and outcomes[model].ok
+        }
         if not outputs:
             self._feedback_seen(spec.name, False)
             return {"accepted": False, "cause": "no linked model answered for this input"}

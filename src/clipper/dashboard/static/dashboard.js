@@ -59,10 +59,11 @@
         el("td", { class: "num", text: fmt(now.qps, 1) }),
         el("td", { class: "num" + (p99 > a.slo_ms ? " over" : ""), text: p99 == null ? "–" : fmt(p99, 1) + " ms" }),
         el("td", { class: "num", text: pct(now.default_ratio) }),
+        el("td", { class: "num" + (now.shed_qps > 0 ? " over" : ""), text: fmt(now.shed_qps, 1) }),
       ]);
     });
     body.replaceChildren(...(rows.length ? rows
-      : [el("tr", {}, [el("td", { colspan: "7", class: "empty", text: "No applications yet." })])]));
+      : [el("tr", {}, [el("td", { colspan: "8", class: "empty", text: "No applications yet." })])]));
   }
 
   function renderModels(models) {
@@ -74,12 +75,59 @@
       el("td", {}, [el("span", { class: "live", text: m.live + " live" }),
         document.createTextNode(" · "),
         el("span", { class: m.dead ? "dead" : "", text: m.dead + " dead" })]),
+      el("td", {}, (m.devices || []).map((d) => el("span", { class: "tag", text: d }))),
       el("td", { class: "num", text: String(m.restarts) }),
       el("td", { class: "num", text: m.max_batch_size == null ? "–" : String(m.max_batch_size) }),
       el("td", { class: "num", text: m.queue_depth == null ? "–" : String(m.queue_depth) }),
     ]));
     body.replaceChildren(...(rows.length ? rows
-      : [el("tr", {}, [el("td", { colspan: "6", class: "empty", text: "No models yet." })])]));
+      : [el("tr", {}, [el("td", { colspan: "7", class: "empty", text: "No models yet." })])]));
+  }
+
+  // Shown only while a rollout runs: its two versions side by side, per poll.
+  function renderRollouts(rollouts) {
+    const card = document.getElementById("rollouts-card");
+    card.hidden = !rollouts || !rollouts.length;
+    if (card.hidden) return;
+    const rows = [];
+    for (const r of rollouts) {
+      let comparison = "P(new better) " + fmt(r.p_new_better, 3);
+      if (r.shadow) {
+        comparison = "agreement " + pct(r.shadow.agreement) + ", dropped " + r.shadow.dropped;
+      }
+      for (const role of ["base", "new"]) {
+        const v = r[role];
+        rows.push(el("tr", { "data-model": r.model, "data-role": role }, [
+          el("td", { text: role === "base" ? r.model : "" }),
+          el("td", { text: role === "base" ? r.mode : "" }),
+          el("td", { text: v.version + " (" + role + ")" }),
+          el("td", { class: "num", text: role === "new" ? pct(r.new_share) : "" }),
+          el("td", { class: "num", text: String(v.queries) }),
+          el("td", { class: "num", text: pct(v.error_rate) }),
+          el("td", { class: "num", text: pct(v.slo_miss_rate) }),
+          el("td", { class: "num", text: fmt(v.latency_p50_ms, 2) + " ms" }),
+          el("td", { class: "num", text: fmt(v.latency_p99_ms, 2) + " ms" }),
+          el("td", { class: "num", text: pct(v.accuracy) }),
+          el("td", { class: "num", text: String(v.feedback) }),
+          el("td", { text: role === "new" ? comparison : "" }),
+        ]));
+      }
+    }
+    document.querySelector("#rollouts tbody").replaceChildren(...rows);
+  }
+
+  // Shown only where the server has GPUs (the summary then has ``gpus``).
+  function renderGpus(gpus) {
+    const card = document.getElementById("gpus-card");
+    card.hidden = !gpus || !gpus.length;
+    if (card.hidden) return;
+    const gib = (b) => fmt(b / 1073741824, 1);
+    document.querySelector("#gpus tbody").replaceChildren(...gpus.map((g) => el("tr", {}, [
+      el("td", { text: String(g.index) }),
+      el("td", { text: g.name }),
+      el("td", { class: "num", text: pct(g.utilization) }),
+      el("td", { class: "num", text: gib(g.memory_used_bytes) + " / " + gib(g.memory_total_bytes) + " GiB" }),
+    ])));
   }
 
   // -- charts -------------------------------------------------------------------------
@@ -169,14 +217,21 @@
       [xs].concat(apps.map((a) => column((s) => (s.apps[a.name] ? s.apps[a.name].default_ratio : null)))),
       [0, 1]);
 
+    draw(use("shed"), "Shed load", "queries/s answered at arrival or refused with 503 (overloaded)",
+      apps.map((a, i) => ({ label: a.name, color: color(i), digits: 1 })),
+      [xs].concat(apps.map((a) => column((s) => (s.apps[a.name] ? s.apps[a.name].shed_qps : null)))));
+
     apps.forEach((a) => {
-      draw(use("latency-" + a.name), "Latency: " + a.name, "p50 and p99 (ms) against the SLO", [
+      draw(use("latency-" + a.name), "Latency: " + a.name,
+        "p50 and p99 (ms) against the SLO; p99 of default answers apart", [
         { label: "p50", color: "#2f6fde", digits: 1 },
         { label: "p99", color: "#e8833a", digits: 1 },
+        { label: "p99 defaults", color: "#8a8f98", dash: [2, 3], digits: 1 },
         { label: "SLO", color: "#d64545", dash: [6, 4], width: 1.5, digits: 0 },
       ], [xs,
         column((s) => (s.apps[a.name] ? s.apps[a.name].p50_ms : null)),
         column((s) => (s.apps[a.name] ? s.apps[a.name].p99_ms : null)),
+        column((s) => (s.apps[a.name] ? s.apps[a.name].default_p99_ms : null)),
         column(() => a.slo_ms)]);
     });
 
@@ -244,6 +299,8 @@
       renderHeader(summary);
       renderApps(summary.apps);
       renderModels(summary.models);
+      renderGpus(summary.gpus);
+      renderRollouts(summary.rollouts);
       renderCharts(summary);
       setConnection(true);
     } catch (err) {
