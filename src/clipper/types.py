@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast, get_args
 
 from .exceptions import ValidationError
 
@@ -611,7 +611,7 @@ MAX_ROLLOUT_STEPS = 100
 
 # Each limit's range: (low, high, low is excluded).
 _LIMIT_RANGES: dict[str, tuple[float, float, bool]] = {
-    "confidence": (0.5, 1.0, True),  # P(new better): above a coin toss
+    "confidence": (0.5, 1.0, True),  # the sequential test's: 1 - its error, above a coin toss
     "max_error_rate": (0.0, 1.0, False),
     "max_slo_miss_rate": (0.0, 1.0, False),
     "max_loss_increase": (0.0, 1e9, False),
@@ -619,14 +619,14 @@ _LIMIT_RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
-def _real(value: object) -> bool:
+def _real(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _rollout_fraction(value: object, what: str = "fraction") -> float:
-    if not _real(value) or not 0 < value <= 1:  # type: ignore[operator]
+    if not _real(value) or not 0 < value <= 1:
         raise ValidationError(f"{what} must be a number in (0, 1], got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def _rollout_limits(limits: object) -> dict[str, float]:
@@ -739,7 +739,7 @@ class RolloutSpec:
             model,
             base_version,
             new_version,
-            mode,  # type: ignore[arg-type]  # checked above
+            cast(RolloutMode, mode),  # checked above
             _rollout_fraction(fraction),
             checked_limits,
             checked_steps,
