@@ -79,7 +79,7 @@ bench-selection: $(STAMP)  ## every policy vs the best single model: complementa
 	$(BIN)/python -m bench.selection $(BENCH_ARGS)
 
 .PHONY: bench-peers
-bench-peers: $(STAMP)  ## Clipper vs naive FastAPI, MLServer, LitServe, Ray Serve and a bare ASGI echo, light/heavy MLP (~40 min; BENCH_ARGS=--quick: ~12; --peers none: ~10) -> docs/benchmarks.md
+bench-peers: $(STAMP)  ## Clipper vs naive FastAPI, MLServer, LitServe, Ray Serve, Triton (PyTriton, CPU) and a bare ASGI echo, light/heavy MLP (~45 min; BENCH_ARGS=--quick: ~14; --peers none: ~10; --peers triton --baselines none: Triton alone, ~3) -> docs/benchmarks.md
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 .PHONY: bench-overload
@@ -110,6 +110,11 @@ proto: $(STAMP)  ## regenerate the committed gRPC stubs (src/clipper/frontend/pr
 bench-wrk: $(STAMP)  ## the frontend's ceiling with wrk: Clipper (no-op model) vs a bare ASGI echo (~2 min) -> docs/benchmarks.md
 	@command -v wrk >/dev/null 2>&1 || { SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; $$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
 	$(BIN)/python -m bench.wrk $(BENCH_ARGS)
+
+.PHONY: bench-workers
+bench-workers: $(STAMP)  ## throughput with 1, 2, 4, 8 worker processes (--workers), no-op and light MLP, with wrk (~10 min on 2 CPUs; BENCH_ARGS=--quick: ~1) -> docs/benchmarks.md
+	@command -v wrk >/dev/null 2>&1 || { SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; $$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
+	$(BIN)/python -m bench.workers $(BENCH_ARGS)
 
 .PHONY: bench-ops
 bench-ops: $(STAMP) system-deps  ## change propagation across two frontends, and a 40-min memory soak (~45 min; BENCH_ARGS=--minutes 15: shorter) -> docs/benchmarks.md

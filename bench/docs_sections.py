@@ -32,6 +32,7 @@ from . import (
     peers_report,
     rollout,
     selection,
+    workers,
     wrk,
 )
 from .harness import BENCHMARKS_DOC, RESULTS, ROOT, write_doc_section
@@ -53,6 +54,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "rollout": ("rollout.json", rollout.render_markdown),
     "gpu": ("gpu.json", gpu.render),
     "overload": ("overload.json", overload.render),
+    "workers": ("workers.json", workers.render),
 }
 
 

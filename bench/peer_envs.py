@@ -1,7 +1,9 @@
 """The batching peers of ``bench/peers.py``: what each is, and its own virtual
 environment (``bench/.venvs/<peer>``, and ``naive`` for the FastAPI baseline),
 created on first use with ``pip`` from PyPI, the packages it shares with the
-project pinned to the project's versions where pip can resolve that."""
+project pinned to the project's versions where pip can resolve that. A peer may
+name the interpreter its environment is made with (Triton: the system's
+``/usr/bin/python3.11``) and which packages it shares (Triton: none)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ class Peer:
     imports: str  # what must import for the environment to count as ready
     versions: tuple[str, ...]  # distributions whose versions the results record
     start_timeout_s: float
+    # The interpreter its environment is made with (None: this one, sys.executable).
+    interpreter: str | None = None
+    # Packages pinned to the project's versions (None: PEER_SHARED).
+    shared: tuple[str, ...] | None = None
 
 
 PEERS = {
@@ -68,9 +74,31 @@ PEERS = {
         ("ray", "fastapi", "starlette", "uvicorn", "pydantic", "numpy", "grpcio"),
         240.0,
     ),
+    # PyTriton starts Triton's own server (tritonserver, C++), whose Python
+    # backend stub links the system's libpython3.11: its environment must be
+    # made with that interpreter (one from another 3.11 build fails at model
+    # load, "'_thread.RLock' object has no attribute '_recursion_count'").
+    # Nothing is pinned to the project's versions: PyTriton wants numpy < 2.
+    "triton": Peer(
+        "triton",
+        "Triton (PyTriton)",
+        "nvidia-pytriton",
+        None,
+        "pytriton.triton, pytriton.decorators, numpy",
+        ("nvidia-pytriton", "tritonclient", "numpy", "pyzmq", "grpcio"),
+        180.0,
+        interpreter="/usr/bin/python3.11",
+        shared=(),
+    ),
 }
 PEER_KEYS = tuple(PEERS)
-PEER_ALIASES = {"ray": "rayserve", "ray-serve": "rayserve", "ray_serve": "rayserve"}
+PEER_ALIASES = {
+    "ray": "rayserve",
+    "ray-serve": "rayserve",
+    "ray_serve": "rayserve",
+    "pytriton": "triton",
+    "tritonserver": "triton",
+}
 # The peers share pydantic with the project too (MLServer, LitServe and Ray Serve use it).
 PEER_SHARED = (*SHARED, "pydantic")
 
@@ -105,6 +133,16 @@ def _pip_error(stderr: str) -> str:
     return " | ".join(lines[-3:])[-400:] or "no message"
 
 
+def _made_with(venv: Path, interpreter: str) -> bool:
+    """Whether ``venv`` was made with ``interpreter`` (the ``home`` of its pyvenv.cfg)."""
+    with contextlib.suppress(OSError):
+        for line in (venv / "pyvenv.cfg").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home":
+                return Path(value.strip()) == Path(interpreter).parent
+    return False
+
+
 def venv_python(
     venv: Path,
     requirements: list[str],
@@ -112,22 +150,39 @@ def venv_python(
     log: Callable[[str], None],
     shared: tuple[str, ...] = SHARED,
     fallback: list[str] | None = None,
+    interpreter: str | None = None,
 ) -> Path:
     """The interpreter of ``venv``, created (``pip install``, from PyPI) when
     ``imports`` do not import there. ``shared`` packages are pinned to this
     environment's versions, so only the framework differs; when pip cannot
     resolve that, it tries once more with ``fallback`` (default
-    ``requirements``), unpinned. Raises ``PeerFailed`` with pip's own words."""
+    ``requirements``), unpinned. ``interpreter``: the Python the environment
+    must be made with (default: this one); one made with another is made
+    again. Raises ``PeerFailed`` with pip's own words."""
     python = venv / "bin" / "python"
-    if _imports_ok(python, imports):
+    base = interpreter or sys.executable
+    wrong_base = interpreter is not None and venv.exists() and not _made_with(venv, interpreter)
+    if not wrong_base and _imports_ok(python, imports):
         return python
+    if interpreter is not None and not Path(interpreter).exists():
+        raise PeerFailed(f"its environment must be made with {interpreter}, which is missing")
     VENVS.mkdir(parents=True, exist_ok=True)
     (VENVS / ".gitignore").write_text("*\n")
     name = venv.relative_to(ROOT)
-    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+    if wrong_base:
+        log(f"{name} was not made with {interpreter}: made again")
+    made = subprocess.run(
+        [base, "-m", "venv", *(["--clear"] if wrong_base else []), str(venv)],
+        capture_output=True,
+        text=True,
+    )
     if made.returncode != 0:
-        raise PeerFailed(f"python -m venv {name} failed: {_pip_error(made.stderr)}")
-    attempts = [[*requirements, *_pins(shared)], fallback or requirements]
+        raise PeerFailed(f"{base} -m venv {name} failed: {_pip_error(made.stderr)}")
+    pinned = [*requirements, *_pins(shared)]
+    attempts = [
+        pinned,
+        *([fallback or requirements] if pinned != (fallback or requirements) else []),
+    ]
     why = ""
     for i, reqs in enumerate(attempts):
         log(f"creating {name}: pip install {' '.join(reqs)}")
@@ -141,7 +196,10 @@ def venv_python(
             log(f"  installed in {time.perf_counter() - t0:.0f}s")
             return python
         why = _pip_error(pip.stderr) if pip.returncode else f"'import {imports}' fails"
-        log(f"  pip failed: {why}" + ("; again without the shared pins" if i == 0 else ""))
+        log(
+            f"  pip failed: {why}"
+            + ("; again without the shared pins" if i + 1 < len(attempts) else "")
+        )
     raise PeerFailed(f"pip install {' '.join(attempts[-1])} into {name} failed: {why}")
 
 
@@ -167,8 +225,9 @@ def peer_python(peer: Peer, log: Callable[[str], None]) -> Path:
         [requirement],
         peer.imports,
         log,
-        shared=PEER_SHARED,
+        shared=PEER_SHARED if peer.shared is None else peer.shared,
         fallback=[peer.requirement],
+        interpreter=peer.interpreter,
     )
 
 

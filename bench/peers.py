@@ -11,7 +11,7 @@ to the other:
   call in-process (bench/naive_server.py), run from its own virtual
   environment ``bench/.venvs/naive``, created on first use with ``pip``
   (FastAPI is a benchmark-only dependency, kept out of the project's ``.venv``);
-- the **batching peers** (``--peers``, default all three; ``none`` to skip),
+- the **batching peers** (``--peers``, default all four; ``none`` to skip),
   each from its own environment ``bench/.venvs/<peer>``, created on first use
   with ``pip`` from PyPI, the packages it shares with the project (numpy,
   uvicorn, uvloop, httptools, orjson, pydantic; Ray) pinned to the project's
@@ -28,9 +28,16 @@ to the other:
   - **Ray Serve** (bench/rayserve_server.py): a private one-CPU Ray cluster,
     one replica with ``@serve.batch``; its whole process tree (GCS, raylet,
     proxy, controller, replica, helpers) is pinned, and stopped by that tree
-    (never ``ray stop``).
+    (never ``ray stop``);
+  - **Triton** through PyTriton (bench/triton_server.py): Triton Inference
+    Server's dynamic batcher (``max_batch_size``,
+    ``max_queue_delay_microseconds``), CPU only, Open Inference Protocol V2
+    requests like MLServer's; ``tritonserver``, its Python backend stub and the
+    PyTriton process that calls the model are pinned together. Its environment
+    is made with the system's ``/usr/bin/python3.11`` (the stub links that
+    libpython), with numpy < 2 (PyTriton's requirement).
 
-  Their batching is the same for all three (``PEER_MAX_BATCH``: 64 queries
+  Their batching is the same for all four (``PEER_MAX_BATCH``: 64 queries
   for the light MLP and the no-op, 32 for the heavy MLP, whose batch of 32
   takes ~7 ms; a query waits ≤ 10 % of the SLO, 2 ms, for its batch). Before it is
   measured, each peer's answers to 32 queries sent at once are checked
@@ -58,7 +65,9 @@ Figures (medians over ``--repeats``, ratios taken within each repeat):
 Writes bench/results/peers.json (with each peer's exact versions and
 settings), bench/results/overhead.json, the peers section of
 docs/benchmarks.md and docs/img/peers-goodput.png (``--quick``: one repeat,
-results to bench/results/peers-quick.json only, unless ``--docs``). Each
+results to bench/results/peers-quick.json only, unless ``--docs``; some of the
+peers but not all, e.g. ``--peers triton``: results to
+bench/results/peers-triton[-quick].json only, unless ``--docs``). Each
 row's probes go to the raw file of the same name in bench/results/raw/ only (not
 committed; bench/store.py).
 """
@@ -196,6 +205,25 @@ READING = """
   CPU per query) cannot meet a 20 ms p99 above 20-50 queries/s here. All three got
   the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
   and their answers were checked against the model in-process.
+- *Triton (PyTriton), added after the run above: a quick run only* (one repeat,
+  `--quick --peers triton,mlserver --baselines naive,echo`, 2026-12-07 on the same
+  2-core machine, load average 0.7 at the start and 2.0 at the end; indicative only,
+  in bench/results/peers-triton-mlserver-quick.json, not in the tables above until the
+  next full run). Triton's dynamic batcher had the same settings as the other peers; its
+  answers matched the model's (32 of 32, each model); six processes were pinned
+  (PyTriton's, `tritonserver`, its Python backend stub and the stub's helpers). Light
+  MLP: 2,200/s at 453 µs of CPU per query (MLServer 680/s, naive 1,340/s, echo 7,020/s
+  in the same run), p50 / p99 6.03 / 10.16 ms at 50/s (MLServer 3.84 / 5.02). Heavy
+  MLP: 80/s (MLServer 340/s, naive 480/s), p50 / p99 7.81 / 12.56 ms at 50/s. No-op:
+  2,040/s (MLServer 1,510/s), 2,800/s closed loop (MLServer 1,620/s). A recheck of
+  Triton alone while other jobs used the machine (every probe disturbed) gave 70/s on
+  the heavy MLP and 210/s on the light one. A lone request costs about 5 ms of CPU
+  across the three processes it crosses (PyTriton's 2 ms, the stub's 2 ms,
+  `tritonserver`'s 0.7 ms; one request at a time), mostly once per batch: batches of
+  up to 64 spread it on the light MLP, but a heavy-MLP batch of 4-32 adds 5-9 ms of
+  model (numpy 1.26 in Triton's environment, as PyTriton requires, 20-30 % slower than
+  numpy 2 here), so there its p99 passes 20 ms from 120/s although it keeps up with
+  620/s.
 """
 
 
@@ -281,7 +309,7 @@ class PeerOptions:
         )
 
 
-# The peers' batching, the same for all three, fixed per model for a 20 ms SLO
+# The peers' batching, the same for all four, fixed per model for a 20 ms SLO
 # from the models' own batch times on this machine's core when it is quiet
 # (bench/results/peers.json, model_ceiling): a light-MLP batch of 64 takes ~1.1 ms;
 # a heavy-MLP batch of 32 ~6.8 ms and of 64 ~10.7 ms, so a full batch in flight
@@ -740,20 +768,29 @@ class PeerBench:
                 return ProcessServer(
                     argv, self.cpus, env=env, timeout_s=timeout_s, log_dir=logs, cleanup=(work,)
                 )
-            argv = [str(python), "-m", "bench.rayserve_server", *batch_args]
-            argv += ["--temp-dir", str(work / "ray")]
-            # Ray Serve shuts its cluster down itself on SIGTERM: give it the time.
+            if peer.key == "triton":
+                # The model's name in the /v2 path is the app's, as MLServer's. On
+                # SIGTERM it stops tritonserver and the stub itself (Triton waits up
+                # to 5 s for in-flight requests): give it the time.
+                argv = [str(python), "-m", "bench.triton_server", *batch_args, "--name", app]
+                argv += ["--workspace", str(work / "triton")]
+                grace_s = 20.0
+            else:
+                # Ray Serve shuts its cluster down itself on SIGTERM: give it the time.
+                argv = [str(python), "-m", "bench.rayserve_server", *batch_args]
+                argv += ["--temp-dir", str(work / "ray")]
+                grace_s = 30.0
             return ProcessServer(
                 argv,
                 self.cpus,
                 env=env,
                 timeout_s=timeout_s,
-                grace_s=30.0,
+                grace_s=grace_s,
                 log_dir=logs,
                 cleanup=(work,),
             )
 
-        if peer.key == "mlserver":
+        if peer.key in ("mlserver", "triton"):  # both speak the Open Inference Protocol
 
             def workload(host: str, port: int) -> Workload:
                 return Workload.v2_infer(host, port, app, self.inputs)
@@ -857,11 +894,13 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--quick", action="store_true", help="one repeat (~12 minutes with the peers)"
+        "--quick", action="store_true", help="one repeat (~14 minutes with the peers)"
     )
     parser.add_argument("--repeats", type=int, help="repeats (default 3)")
     parser.add_argument("--models", help=f"comma-separated: {','.join(MODEL_KEYS)}")
-    parser.add_argument("--docs", action="store_true", help="with --quick: write the docs too")
+    parser.add_argument(
+        "--docs", action="store_true", help="with --quick or some of the peers: write the docs too"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     parser.add_argument("--out", type=Path, help="results JSON path")
     parser.add_argument(
@@ -913,8 +952,13 @@ def main(argv: list[str] | None = None) -> int:
     if baselines - set(SERVERS):
         parser.error(f"unknown baseline(s); choose from {', '.join(SERVERS)} or none")
     opts.baselines = tuple(b for b in SERVERS if b in baselines)
-    out = args.out or RESULTS / ("peers-quick.json" if opts.quick else "peers.json")
-    write_docs = not opts.quick or args.docs
+    # Some of the peers but not all (``--peers triton``): results of their own,
+    # so that the run does not replace those of the whole set (peers.json) nor
+    # the docs drawn from them.
+    partial = bool(opts.peers) and set(opts.peers) != set(PEER_KEYS)
+    name = "peers" + "".join(f"-{k}" for k in opts.peers if partial)
+    out = args.out or RESULTS / (f"{name}-quick.json" if opts.quick else f"{name}.json")
+    write_docs = not (opts.quick or partial) or args.docs
 
     def log(msg: str) -> None:
         print(msg, flush=True)

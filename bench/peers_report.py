@@ -301,17 +301,20 @@ def _settings(result: dict[str, Any]) -> str:
 def _peer_settings(result: dict[str, Any]) -> str:
     peers = _peers(result)
     if not peers:
-        return "The batching peers (MLServer, LitServe, Ray Serve) were **not measured**."
+        labels = [peer.label for peer in PEERS.values()]
+        return f"The batching peers ({', '.join(labels)}) were **not measured**."
     cfg: dict[str, Any] = result.get("peer_batching", {})
     sizes = ", ".join(
         f"{LABELS[k]} {cfg[k]['max_batch_size']}" for k in result["kinds"] if k in cfg
     )
     first: dict[str, Any] = next(iter(cfg.values()), {})
+    together = {2: "both", 3: "all three", 4: "all four"}.get(len(peers), "all")
+    batching = f"Their batching, the same for {together}" if len(peers) > 1 else "Its batching"
     return (
         "Batching peers, each from its own virtual environment, the whole process tree "
         "pinned to the server's core: "
         + "; ".join(f"{label} {_peer_versions(result, k)}" for k, label in peers.items())
-        + f". Their batching, the same for all three: max batch size {sizes}, "
+        + f". {batching}: max batch size {sizes}, "
         f"max wait {fmt(first.get('batch_wait_ms'), 1)} ms ({first.get('rule', '')})."
     )
 
@@ -579,13 +582,20 @@ def write_markdown(result: dict[str, Any], extra: str) -> None:
     write_doc_section("peers", section(result, extra), DOC)
 
 
-PEER_COLORS = {"mlserver": "#e6550d", "litserve": "#756bb1", "rayserve": "#31a354"}
+PEER_COLORS = {
+    "mlserver": "#e6550d",
+    "litserve": "#756bb1",
+    "rayserve": "#31a354",
+    "triton": "#8c6d31",
+}
 
 
 def write_plot(result: dict[str, Any], path: Path = IMG / FIGURE[1]) -> None:
     plt = report.pyplot()
     s = result["summary"]
     kinds = [k for k in result["kinds"] if k in s and "clipper" in s[k]]
+    if not kinds:  # Clipper not run (--baselines without it): no panel to draw
+        return
     peers = list(_peers(result))
     width = 4.2 + 0.9 * len(peers)
     fig, axes = plt.subplots(1, len(kinds), figsize=(width * len(kinds), 4.4), squeeze=False)

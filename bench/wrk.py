@@ -82,10 +82,10 @@ class WrkResult:
 
 
 def run_wrk(
-    url: str, script: Path, seconds: float, connections: int, cpus: CpuPlan
+    url: str, script: Path, seconds: float, connections: int, cpus: CpuPlan, threads: int = 1
 ) -> tuple[dict[str, float], float]:
-    """One wrk run: its figures, and its CPU utilisation."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s", str(script), url]
+    """One wrk run: its figures, and its CPU utilisation (cores' worth)."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "-s", str(script), url]
     if cpus.generator is not None:
         argv = ["taskset", "-c", ",".join(map(str, sorted(cpus.generator))), *argv]
     started = time.monotonic()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -33,7 +34,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -60,6 +61,8 @@ if TYPE_CHECKING:  # the typed statistics this module reads, not the layers that
     from .selection.rollout import Evidence
     from .types import RolloutSpec
 
+K = TypeVar("K")
+C = TypeVar("C")
 # Each running rollout: its spec, evidence and the new version's share of queries.
 RolloutSnapshot = Callable[[], "Sequence[tuple[RolloutSpec, Evidence, float]]"]
 
@@ -72,6 +75,7 @@ LATENCY_BUCKETS_S = (
     *(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075),
     *(0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
 )
+OPENMETRICS = "application/openmetrics-text"  # an Accept header that asks for it
 LAG_SAMPLES = 10  # the event-loop lag gauge: the largest of this many samples
 # The ``answer`` label's values: the models' output, or the app's default.
 ANSWERS = ("computed", "default")
@@ -194,6 +198,62 @@ class _BatchSizes:
         self.total += size
         self.latency[bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
         self.latency_sum += latency_s
+
+
+def _add_app(into: _AppCounters, other: _AppCounters) -> None:
+    into.requests += other.requests
+    into.queries += other.queries
+    into.overloaded += other.overloaded
+    into.latency_sum += other.latency_sum
+    for mine, theirs in (
+        (into.latency, other.latency),
+        (into.defaults, other.defaults),
+        (into.feedback, other.feedback),
+        *zip(into.answers, other.answers, strict=True),
+    ):
+        for i, n in enumerate(theirs):
+            mine[i] += n
+    for i, total in enumerate(other.answer_sums):
+        into.answer_sums[i] += total
+
+
+def _add_batches(into: _BatchSizes, other: _BatchSizes) -> None:
+    into.count += other.count
+    into.total += other.total
+    into.latency_sum += other.latency_sum
+    for mine, theirs in ((into.counts, other.counts), (into.latency, other.latency)):
+        for i, n in enumerate(theirs):
+            mine[i] += n
+
+
+def _summed(
+    own: dict[K, C],
+    peers: Sequence[Mapping[K, C]],
+    add: Callable[[C, C], None],
+    known: Mapping[K, Any] | None,
+) -> dict[K, C]:
+    """``own`` counters with the peers' added (copies: ``own`` stays as it is); a
+    key only peers have counts if ``known`` (the catalog) still has it."""
+    if not peers:
+        return own
+    merged = {key: copy.deepcopy(c) for key, c in own.items()}
+    for peer in peers:
+        for key, c in peer.items():
+            if key in merged:
+                add(merged[key], c)
+            elif known is None or key in known:
+                merged[key] = copy.deepcopy(c)
+    return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class Counters:
+    """What one process's metrics counted (cumulative), as a worker sends them to
+    its supervisor (``--workers``), which sums them with its own."""
+
+    apps: dict[str, _AppCounters]
+    batch_sizes: dict[ModelId, _BatchSizes]
+    loop_lag_s: float
 
 
 class _StateReader(Protocol):
@@ -329,6 +389,10 @@ class Metrics:
         self._logged_errors: dict[ModelId, int] = {}
         self._next_log = 0.0
         self.shed_log = ShedLog()
+        # A supervisor's sibling workers' counters (``--workers``), summed with
+        # this process's own wherever they are read; None: a single process.
+        self.peers: Callable[[], Sequence[Counters]] | None = None
+        self.log_misses = True  # a worker leaves the log lines to its supervisor
         self.loop_lag_s = 0.0  # the largest of the last LAG_SAMPLES lags
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
 
@@ -371,6 +435,30 @@ class Metrics:
         """One ``/update`` answered."""
         self._app(app).feedback[accepted] += 1
 
+    # -- several worker processes: their sums ----------------------------------------------
+
+    def counters(self) -> Counters:
+        """This process's counters (what a worker sends its supervisor)."""
+        return Counters(self.apps, self.batch_sizes, self.loop_lag_s)
+
+    def all_apps(self) -> dict[str, _AppCounters]:
+        """Per app: this process's counts, plus its workers' (``--workers``)."""
+        known = self.catalog.snapshot.apps if self.catalog is not None else None
+        return _summed(self.apps, [p.apps for p in self._peers()], _add_app, known)
+
+    def all_batch_sizes(self) -> dict[ModelId, _BatchSizes]:
+        """Per model version: this process's batch histograms, plus its workers'."""
+        known = self.catalog.snapshot.models if self.catalog is not None else None
+        batch_sizes = [p.batch_sizes for p in self._peers()]
+        return _summed(self.batch_sizes, batch_sizes, _add_batches, known)
+
+    def _peers(self) -> Sequence[Counters]:
+        return self.peers() if self.peers is not None else ()
+
+    def all_loop_lag(self) -> float:
+        """The largest event-loop lag of this process and its workers."""
+        return max([self.loop_lag_s, *(p.loop_lag_s for p in self._peers())])
+
     # -- GET /metrics ------------------------------------------------------------------
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
@@ -378,6 +466,12 @@ class Metrics:
         request's Accept header, asks for it): the body and its content type."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+    def render_formats(self) -> dict[str, bytes]:
+        """The exposition in each format, by content type (what a supervisor sends
+        its workers to serve)."""
+        rendered = (self.exposition(accept) for accept in ("", OPENMETRICS))
+        return {content_type: body for body, content_type in rendered}
 
     def collect(self) -> Iterator[Metric]:
         """The prometheus_client Collector interface: every ``clipper_`` family."""
@@ -406,9 +500,9 @@ class Metrics:
         lag = GaugeMetricFamily(
             "clipper_event_loop_lag_seconds",
             f"How late the server's event loop ran its once-a-second sampling timer: "
-            f"the largest of the last {LAG_SAMPLES} times",
+            f"the largest of the last {LAG_SAMPLES} times (of every worker process)",
         )
-        lag.add_metric([], self.loop_lag_s)
+        lag.add_metric([], self.all_loop_lag())
         yield from (up, restarts, weight, uptime, lag)
         if stats.gpus:  # absent, not zero, without GPUs
             yield from gpu_families(stats.gpus)
@@ -428,7 +522,7 @@ class Metrics:
         answers = HistogramMetricFamily(
             "clipper_app_answer_latency_seconds", _HELP["answer_latency"], labels=["app", "answer"]
         )
-        for name, c in self.apps.items():
+        for name, c in self.all_apps().items():
             requests.add_metric([name], c.requests)
             queries.add_metric([name], c.queries)
             overloaded.add_metric([name], c.overloaded)
@@ -453,11 +547,12 @@ class Metrics:
         latencies = HistogramMetricFamily(
             "clipper_model_batch_latency_seconds", _HELP["batch_latency"], labels=mv
         )
+        batch_sizes = self.all_batch_sizes()
         for m in models:
             labels = [m.model.name, m.model.version]
             for family, value in families:
                 family.add_metric(labels, float(value(m)))
-            h = self.batch_sizes.get(m.model) or _BatchSizes()
+            h = batch_sizes.get(m.model) or _BatchSizes()
             # Exact: the dispatcher's count of queries computed.
             predictions.add_metric(labels, float(m.predictions))
             sizes.add_metric(labels, _cumulative(BATCH_SIZE_BUCKETS, h.counts), float(h.total))
@@ -509,6 +604,9 @@ class Metrics:
                 del self._logged_errors[deleted]
         for listener in self.listeners:
             listener(now, stats)
+        if not self.log_misses:
+            await self.refresh_weights()
+            return
         self.shed_log.observe(now, ((m.model, m.shed) for m in stats.models))
         if now >= self._next_log:
             if self._next_log:
@@ -520,7 +618,7 @@ class Metrics:
     def log_slo_misses(self) -> None:
         """One line per app whose queries missed (default outputs, 503s) since the
         last call; model errors are not SLO misses (``log_model_errors``)."""
-        for app, c in self.apps.items():
+        for app, c in self.all_apps().items():
             before, queries, overloaded = self._logged.get(app, ([0] * len(REASONS), 0, 0))
             misses = [now - then for now, then in zip(c.defaults, before, strict=True)]
             misses[_OVERLOADED] += c.overloaded - overloaded
@@ -586,7 +684,7 @@ class Metrics:
         """What only the metrics know, as a dict (``/admin/status``'s ``metrics`` key);
         the dispatcher's, cache's and replicas' figures sit beside it in the status."""
         apps = {}
-        for name, c in self.apps.items():
+        for name, c in self.all_apps().items():
             p50, p99 = (bucket_quantile(q, LATENCY_BUCKETS_S, c.latency) for q in (0.5, 0.99))
             apps[name] = {
                 "requests": c.requests,
@@ -603,9 +701,17 @@ class Metrics:
                 "sum": h.total,
                 "buckets": dict(_cumulative(BATCH_SIZE_BUCKETS, h.counts)),
             }
-            for model, h in self.batch_sizes.items()
+            for model, h in self.all_batch_sizes().items()
         }
         return {"apps": apps, "batch_sizes": batch_sizes}
+
+
+def pick_format(rendered: Mapping[str, bytes], accept: str) -> tuple[bytes, str] | None:
+    """From ``render_formats``' output, the body a request's Accept header asks
+    for, and its content type (None: not rendered)."""
+    _, content_type = choose_encoder(accept)
+    body = rendered.get(content_type)
+    return None if body is None else (body, content_type)
 
 
 def rollout_families(rollouts: Sequence[tuple[RolloutSpec, Evidence, float]]) -> Iterator[Metric]:

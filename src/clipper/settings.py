@@ -21,6 +21,15 @@ from .address import (
 
 __all__ = ["Settings", "add_arguments", "default_state_dir", "from_args"]
 
+MAX_WORKERS = 64
+
+
+def default_workers() -> int:
+    """``--workers 0``: a quarter of the CPUs this process may use, at least 1
+    (the replicas need the rest)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // 4)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -44,6 +53,15 @@ class Settings:
             "(inference.GRPCInferenceService: the models of /v2, for tritonclient.grpc "
             "and KServe clients), on --host with the query port's TLS, limits and API "
             "keys; 0: off."
+        },
+    )
+    workers: int = field(
+        default=0,
+        metadata={
+            "help": "Frontend processes serving the query (and gRPC) port, which they "
+            "share; one of them (the supervisor) also runs the management port, the "
+            "container manager and the autoscaler, and every replica serves all of "
+            "them. 0: a quarter of this host's CPUs, at least 1."
         },
     )
     rpc_host: str = field(
@@ -257,6 +275,12 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.workers == 0:
+            object.__setattr__(self, "workers", default_workers())
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(
+                f"workers must be 1 to {MAX_WORKERS} (0: automatic), not {self.workers}"
+            )
         if not 0 <= self.replica_nice <= 19:
             raise ValueError(f"replica_nice must be 0 to 19, not {self.replica_nice}")
         parse_cpu_list(self.replica_cpus)  # a ValueError naming what is wrong

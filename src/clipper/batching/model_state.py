@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
@@ -74,6 +74,52 @@ class ModelStatistics:
         out["model"] = str(self.model)
         del out["predictions"]
         return out
+
+
+# Counters and gauges that add up over worker processes (``--workers``).
+_SUMMED = (
+    "in_flight_batches",
+    "batches",
+    "errors",
+    "coalesced",
+    "predictions",
+    "model_errors",
+    "shed",
+)
+_QUEUE_SUMMED = ("depth", "capacity", "enqueued", "dispatched", "expired", "rejected")
+
+
+def merge_statistics(
+    own: list[ModelStatistics], others: list[list[ModelStatistics]]
+) -> list[ModelStatistics]:
+    """One process's statistics with its sibling workers' (``--workers``): counters,
+    queue depths and in-flight batches summed, the mean batch size weighted by
+    batches; the replica and batch-size figures are ``own``'s (every worker
+    batches for the same replicas, each with its own controllers)."""
+    merged = {m.model: m for m in own}
+    for stats in others:
+        for m in stats:
+            mine = merged.get(m.model)
+            if mine is None:
+                merged[m.model] = m
+                continue
+            batches = mine.batches + m.batches
+            mean = (
+                (mine.mean_batch_size * mine.batches + m.mean_batch_size * m.batches) / batches
+                if batches
+                else 0.0
+            )
+            queue = QueueStatistics(
+                **{k: getattr(mine.queue, k) + getattr(m.queue, k) for k in _QUEUE_SUMMED}
+            )
+            merged[m.model] = replace(
+                mine,
+                **{k: getattr(mine, k) + getattr(m, k) for k in _SUMMED},
+                mean_batch_size=mean,
+                queue=queue,
+                last_model_error=mine.last_model_error or m.last_model_error,
+            )
+    return list(merged.values())
 
 
 @dataclass(frozen=True)

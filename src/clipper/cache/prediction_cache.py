@@ -41,6 +41,11 @@ class CacheStatistics:
         """As ``/admin/status`` and the dashboard report it (``cache``)."""
         return asdict(self)
 
+    def __add__(self, other: CacheStatistics) -> CacheStatistics:
+        """Two worker processes' caches together (``--workers``: one cache each)."""
+        mine, theirs = asdict(self), asdict(other)
+        return CacheStatistics(**{k: v + theirs[k] for k, v in mine.items()})
+
 
 def input_digest(value: Any) -> bytes:
     """A 16-byte digest of one validated input.

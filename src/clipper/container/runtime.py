@@ -35,8 +35,9 @@ import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -429,27 +430,46 @@ def _model_traceback(exc: BaseException | None) -> str:
     return "".join(lines).rstrip()
 
 
+MAX_PEERS = 256  # worker peers a container follows at most
+
+
+def peer_addresses(address: str, ports: list[Any]) -> list[str]:
+    """The addresses of a frontend's worker peers: the host of ``address`` (the
+    one the container was given, so it reaches them the same way) with each
+    port named; only for ``tcp://`` addresses, and only valid ports."""
+    scheme, sep, rest = address.partition("://")
+    host, colon, _ = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not colon:
+        return []
+    valid = [n for n in ports[:MAX_PEERS] if type(n) is int and 0 < n < 65536]
+    return [f"tcp://{host}:{n}" for n in dict.fromkeys(valid)]
+
+
 # How long closing waits for the last messages to leave (milliseconds).
 CLOSE_LINGER_MS = 2000
 
 
-@dataclass
-class _Session:
-    """What one ``serve_forever`` holds: sockets, the worker, and its clocks."""
+@dataclass(eq=False)
+class _Link:
+    """One frontend this container serves: its DEALER socket and its clocks.
 
-    ctx: zmq.Context[Any]
+    The first link goes to the address the container was given; the frontend
+    answers its registration with ``peers`` when it runs several worker
+    processes, and the container opens one more link to each (the same host,
+    the ports named), so every worker sends it batches directly.
+    """
+
+    address: str
     dealer: zmq.Socket[Any]
-    results_rx: zmq.Socket[Any]
-    work: queue.Queue[tuple[int, dict[str, Any], list[Any]] | None]
-    worker: threading.Thread
-    watchdog_done: threading.Event
-    poller: zmq.Poller
-    parent: int  # the pid our parent had: a new one means it exited
+    primary: bool
     last_heard: float
     last_register: float = 0.0
     last_beat: float = 0.0
-    drain_started: float | None = None
-    status: int = 0  # the process exit status serve_forever returns
+    registered: bool = False
+    # A ``register`` not yet sent: a new connection takes no message until it
+    # is up (``IMMEDIATE``), so it is sent again at each turn until it goes.
+    register_unsent: bool = False
+    rejected_logged: float = float("-inf")
 
     def __post_init__(self) -> None:
         self.last_register = self.last_beat = self.last_heard
@@ -460,6 +480,29 @@ class _Session:
             return True
         except zmq.Again:
             return False
+
+
+@dataclass
+class _Session:
+    """What one ``serve_forever`` holds: sockets, the worker, and its clocks."""
+
+    ctx: zmq.Context[Any]
+    links: list[_Link]
+    results_rx: zmq.Socket[Any]
+    work: queue.Queue[tuple[int, dict[str, Any], list[Any]] | None]
+    worker: threading.Thread
+    watchdog_done: threading.Event
+    poller: zmq.Poller
+    parent: int  # the pid our parent had: a new one means it exited
+    # The link each batch handed to the worker came from, in order: the worker
+    # answers them in the order taken, so each result goes back where its batch came from.
+    origins: deque[_Link] = field(default_factory=deque)
+    drain_started: float | None = None
+    status: int = 0  # the process exit status serve_forever returns
+
+    @property
+    def primary(self) -> _Link:
+        return self.links[0]
 
 
 class ContainerRuntime:
@@ -552,22 +595,29 @@ class ContainerRuntime:
             self.replica_label,
             self.address,
         )
-        session.send(self._register_message())
+        self._register(session.primary, time.monotonic())
         try:
             while not self._drained(session):
                 stopping = self._stopping()
                 timeout = 0.05 if stopping else self.heartbeat_interval
+                if any(link.register_unsent for link in session.links):
+                    timeout = 0.005
                 events = dict(session.poller.poll(int(timeout * 1000)))
                 now = time.monotonic()
                 if session.results_rx in events:
-                    session.send(session.results_rx.recv_multipart(copy=False))
+                    result = session.results_rx.recv_multipart(copy=False)
+                    session.origins.popleft().send(result)
                     self._busy -= 1
-                if session.dealer in events:
-                    frames = session.dealer.recv_multipart(copy=False)
-                    session.last_heard = now
-                    if not self._on_message(session, frames, now, stopping):
-                        break
-                self._keep_in_touch(session, now)
+                for link in list(session.links):
+                    if link.dealer in events:
+                        frames = link.dealer.recv_multipart(copy=False)
+                        link.last_heard = now
+                        if not self._on_message(session, link, frames, now, stopping):
+                            return session.status
+                for link in session.links:
+                    if link.register_unsent:
+                        self._register(link, now)
+                    self._keep_in_touch(link, now)
                 if self.exit_with_parent and os.getppid() != session.parent:
                     log.info("parent process exited; stopping")
                     break
@@ -575,9 +625,7 @@ class ContainerRuntime:
             self._close(session)
         return session.status
 
-    def _open(self) -> _Session:
-        """The sockets, the predict worker and the watchdog of one ``serve_forever``."""
-        ctx = zmq.Context()
+    def _dealer(self, ctx: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         # Queue nothing while disconnected: stale heartbeats and results are
@@ -590,7 +638,14 @@ class ContainerRuntime:
             dealer.curve_serverkey = self.server_key
             dealer.curve_publickey = public
             dealer.curve_secretkey = secret
-        dealer.connect(self.address)
+        dealer.connect(address)
+        return dealer
+
+    def _open(self) -> _Session:
+        """The sockets, the predict worker and the watchdog of one ``serve_forever``."""
+        ctx = zmq.Context()
+        now = time.monotonic()
+        primary = _Link(self.address, self._dealer(ctx, self.address), True, now)
         wake_addr = f"inproc://results-{id(self)}"
         results_rx = ctx.socket(zmq.PAIR)
         results_rx.bind(wake_addr)
@@ -604,11 +659,10 @@ class ContainerRuntime:
             target=self._watchdog, args=(watchdog_done,), name="watchdog", daemon=True
         ).start()
         poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
+        poller.register(primary.dealer, zmq.POLLIN)
         poller.register(results_rx, zmq.POLLIN)
-        now = time.monotonic()
         return _Session(
-            ctx, dealer, results_rx, work, worker, watchdog_done, poller, os.getppid(), now
+            ctx, [primary], results_rx, work, worker, watchdog_done, poller, os.getppid()
         )
 
     def _stopping(self) -> bool:
@@ -625,8 +679,10 @@ class ContainerRuntime:
                 log.info("stopping: finishing the batch in progress")
         return self._busy == 0 or now - session.drain_started > self.drain_timeout
 
-    def _on_message(self, session: _Session, frames: list[Any], now: float, stopping: bool) -> bool:
-        """Handle one message from the frontend; False: stop serving."""
+    def _on_message(
+        self, session: _Session, link: _Link, frames: list[Any], now: float, stopping: bool
+    ) -> bool:
+        """Handle one message from a frontend; False: stop serving."""
         try:
             header = p.parse_header(frames[0].buffer)
         except Exception as exc:
@@ -635,57 +691,107 @@ class ContainerRuntime:
         kind = header["type"]
         if kind == p.BATCH:
             if not stopping:  # else the frontend retries it elsewhere on our goodbye
-                return self._take_batch(session, header, frames)
+                return self._take_batch(session, link, header, frames)
         elif kind == p.REGISTERED:
-            limit = header.get("max_message_bytes")
-            if type(limit) is int and limit > 0:
-                self.max_message_bytes = limit
-            features = header.get("features")
-            self.input_errors = isinstance(features, list) and p.INPUT_ERRORS in features
-            if not self.registered.is_set():
-                log.info("registered with the frontend")
-            self.registered.set()
+            link.registered = True
+            if link.primary:
+                self._registered(session, header, now)
         elif kind == p.REREGISTER:
-            self.registered.clear()
-            session.send(self._register_message())
-            session.last_register = now
+            link.registered = False
+            if link.primary:
+                self.registered.clear()
+            self._register(link, now)
         elif kind == p.REJECTED:
-            log.error("frontend rejected this container: %s", header.get("reason"))
-            session.status = 2
-            return False
+            if link.primary:
+                log.error("frontend rejected this container: %s", header.get("reason"))
+                session.status = 2
+                return False
+            # A worker that has not caught up with the store yet: it is asked
+            # again when its heartbeat finds us a stranger (and logged now and then).
+            link.registered = False
+            if now - link.rejected_logged > 60:
+                link.rejected_logged = now
+                log.warning(
+                    "frontend worker %s rejected this container: %s",
+                    link.address,
+                    header.get("reason"),
+                )
         return True
 
-    def _take_batch(self, session: _Session, header: dict[str, Any], frames: list[Any]) -> bool:
+    def _registered(self, session: _Session, header: dict[str, Any], now: float) -> None:
+        """The frontend's ``registered``: its limits, features and worker peers."""
+        limit = header.get("max_message_bytes")
+        if type(limit) is int and limit > 0:
+            self.max_message_bytes = limit
+        features = header.get("features")
+        self.input_errors = isinstance(features, list) and p.INPUT_ERRORS in features
+        if not self.registered.is_set():
+            log.info("registered with the frontend")
+        self.registered.set()
+        peers = header.get("peers")
+        if isinstance(peers, list):
+            self._follow_peers(session, peer_addresses(self.address, peers), now)
+
+    def _follow_peers(self, session: _Session, wanted: list[str], now: float) -> None:
+        """Open a link to each worker peer named, close the links to those gone."""
+        for link in session.links[1:]:
+            if link.address not in wanted:
+                link.send([p.make(p.GOODBYE)])
+                session.poller.unregister(link.dealer)
+                link.dealer.close(linger=0)
+                session.links.remove(link)
+                log.info("frontend worker %s is gone", link.address)
+        have = {link.address for link in session.links}
+        for address in wanted:
+            if address in have:
+                continue
+            link = _Link(address, self._dealer(session.ctx, address), False, now)
+            session.links.append(link)
+            session.poller.register(link.dealer, zmq.POLLIN)
+            self._register(link, now)
+            log.info("serving frontend worker %s too", address)
+
+    def _take_batch(
+        self, session: _Session, link: _Link, header: dict[str, Any], frames: list[Any]
+    ) -> bool:
         """Run a batch inline (a fast model, nothing running) or hand it to the
         worker; False: the model ran out of memory, stop."""
         batch_id = header.get("id", -1)
         buffers = [f.buffer for f in frames[1:]]
         if self._busy == 0 and self._inline():
-            session.send(self._run_batch(batch_id, header, buffers))
+            link.send(self._run_batch(batch_id, header, buffers))
             self.inline_batches += 1
             return not self.out_of_memory.is_set()
         self._busy += 1
+        session.origins.append(link)
         session.work.put((batch_id, header, buffers))
         return True
 
-    def _keep_in_touch(self, session: _Session, now: float) -> None:
-        """Heartbeats, and registering again when the frontend went quiet."""
-        if now - session.last_beat >= self.heartbeat_interval:
-            session.send([p.make(p.HEARTBEAT)])
-            session.last_beat = now
-            self.error_log.flush()
+    def _keep_in_touch(self, link: _Link, now: float) -> None:
+        """Heartbeats, and registering again when a frontend went quiet."""
+        if now - link.last_beat >= self.heartbeat_interval:
+            link.send([p.make(p.HEARTBEAT)])
+            link.last_beat = now
+            if link.primary:
+                self.error_log.flush()
         if (
-            now - session.last_heard > self.frontend_timeout
-            and now - session.last_register > self.frontend_timeout
+            now - link.last_heard > self.frontend_timeout
+            and now - link.last_register > self.frontend_timeout
         ):
             # The frontend went quiet (restarted, or the network dropped us):
             # register again; ZeroMQ reconnects underneath.
-            self.registered.clear()
-            session.send(self._register_message())
-            session.last_register = now
+            link.registered = False
+            if link.primary:
+                self.registered.clear()
+            self._register(link, now)
+
+    def _register(self, link: _Link, now: float) -> None:
+        link.register_unsent = not link.send(self._register_message())
+        link.last_register = now
 
     def _close(self, session: _Session) -> None:
-        session.send([p.make_spare(self._spare_goodbye_packer, p.GOODBYE)])
+        for link in session.links:
+            link.send([p.make_spare(self._spare_goodbye_packer, p.GOODBYE)])
         session.watchdog_done.set()
         if self.out_of_memory.is_set():
             session.status = 3
@@ -697,7 +803,8 @@ class ContainerRuntime:
         # memory could be dropped, and its batch retried elsewhere instead of
         # answered as the error it was. IMMEDIATE queues nothing while
         # disconnected, so with no frontend this does not wait.
-        session.dealer.close(linger=CLOSE_LINGER_MS)
+        for link in session.links:
+            link.dealer.close(linger=CLOSE_LINGER_MS)
         session.ctx.term()
 
     def _inline(self) -> bool:

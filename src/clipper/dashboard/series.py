@@ -68,7 +68,7 @@ class SeriesRecorder:
         self.stats = stats
         apps: dict[str, dict[str, float | None]] = {}
         last_apps, self._apps = self._apps, {}
-        for name, c in self.metrics.apps.items():
+        for name, c in self.metrics.all_apps().items():
             queries, defaults = c.queries, sum(c.defaults)
             shed = c.defaults[OVERLOADED_INDEX] + c.overloaded  # answered at once, or 503
             answered_default = c.answers[1]
@@ -90,8 +90,9 @@ class SeriesRecorder:
             }
         models: dict[str, dict[str, float | None]] = {}
         last_models, self._models = self._models, {}
+        batch_sizes = self.metrics.all_batch_sizes()
         for m in stats.models:
-            key, h = m.model, self.metrics.batch_sizes.get(m.model)
+            key, h = m.model, batch_sizes.get(m.model)
             totals = (h.count, h.total) if h is not None else (0, 0)
             before_m = last_models.get(key)
             self._models[key] = totals

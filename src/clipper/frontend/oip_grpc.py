@@ -264,14 +264,16 @@ def grpc_server(
     *,
     is_ready: Callable[[], bool],
     max_message_bytes: int,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """A ``grpc.aio`` server with the OIP service (create it on the running loop;
     bind with :func:`bind`). Requests are bounded by ``max_message_bytes`` (the
-    query port's body limit); ``SO_REUSEPORT`` is off, so a second server on
-    the same port fails to bind rather than sharing it unseen."""
+    query port's body limit); ``SO_REUSEPORT`` is off unless ``reuse_port``
+    (several worker processes share the port), so a second server on the same
+    port fails to bind rather than sharing it unseen."""
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
     )

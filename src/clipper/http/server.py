@@ -389,11 +389,26 @@ class HTTPServer:
     def over_budget(self, conn: _Connection) -> bool:
         return conn.held > self.connection_budget or self.held_bytes > self.max_inflight_bytes
 
-    async def start(self, host: str, port: int, ssl: ssl.SSLContext | None = None) -> None:
-        """Listen on ``host:port`` (0: any free port, then in ``self.port``)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl: ssl.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        """Listen on ``host:port`` (0: any free port, then in ``self.port``);
+        ``reuse_port``: share the port with this user's other worker processes
+        (``SO_REUSEPORT``: the kernel spreads new connections among them)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl, backlog=2048, reuse_address=True
+            lambda: _Connection(self),
+            host,
+            port,
+            ssl=ssl,
+            backlog=2048,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep())

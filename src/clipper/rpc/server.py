@@ -235,6 +235,7 @@ class RPCServer:
         on_unresponsive: Callable[[Replica], None] | None = None,
         unresponsive_after: UnresponsiveAfter = lambda _model: 30.0,
         max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES,
+        peers: Callable[[], list[int]] | None = None,
     ) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
@@ -250,6 +251,9 @@ class RPCServer:
         self.clock = clock = self.timers.now
         self.on_unresponsive = on_unresponsive
         self.unresponsive_after = unresponsive_after
+        # The RPC ports of this server's other worker processes (``--workers``),
+        # named in ``registered``: each container registers with every one of them.
+        self.peers = peers
         self.replicas: dict[bytes, Replica] = {}
         # Replicas removed for silence, each with the time it counts as hung by.
         self._silent: dict[bytes, tuple[Replica, float]] = {}
@@ -505,12 +509,21 @@ class RPCServer:
         return hmac.compare_digest(offered.encode(), self._secret)
 
     def _registered_message(self) -> bytes:
+        peers = {"peers": self.peers()} if self.peers is not None else {}
         return p.make(
             p.REGISTERED,
             heartbeat_interval=self.heartbeat_interval,
             max_message_bytes=self.max_message_bytes,
             features=list(p.FEATURES),
+            **peers,
         )
+
+    def announce_peers(self) -> None:
+        """Tell every registered container the current worker peers (a worker
+        started or was replaced): ``registered`` again, with the new list."""
+        message = self._registered_message()
+        for identity in list(self.replicas):
+            self.send(identity, [message])
 
     def _register(self, identity: bytes, header: dict[str, Any], now: float) -> None:
         name, version = header.get("model_name"), header.get("model_version")

@@ -34,6 +34,7 @@ sees its own share of the traffic).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -114,6 +115,15 @@ def _merge(into: VersionFigures, other: VersionFigures) -> None:
     into.latencies.extend(other.latencies)
 
 
+def _merge_evidence(into: Evidence, other: Evidence) -> None:
+    _merge(into.base, other.base)
+    _merge(into.new, other.new)
+    for name in ("shadow_dropped", "compared", "agreed", "paired"):
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+    into.paired_loss_base += other.paired_loss_base
+    into.paired_loss_new += other.paired_loss_new
+
+
 class RolloutRouter:
     """Routes queries of models under rollout and judges the rollouts."""
 
@@ -129,6 +139,7 @@ class RolloutRouter:
         rng: random.Random | None = None,
         save_interval_s: float = 2.0,
         is_autoscaled: Callable[[ModelId], bool] = lambda _model: False,
+        follower: bool = False,
     ) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
@@ -144,6 +155,12 @@ class RolloutRouter:
         self._served: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
         self._next_save = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Several worker processes (``--workers``): a worker's router follows
+        # (counts its evidence, takes the shares its supervisor sends, decides
+        # and saves nothing); the supervisor's judges on every worker's evidence.
+        self.follower = follower
+        self._peer_evidence: dict[int, dict[str, tuple[list[Any], Evidence]]] = {}
+        self._peer_totals: dict[str, tuple[list[Any], Evidence]] = {}
 
     # -- the query path --------------------------------------------------------------
 
@@ -347,11 +364,59 @@ class RolloutRouter:
                 self._judge(live)
 
     def _judge(self, live: _Live) -> None:
-        live.share = rollout.new_share(live.spec, live.evidence, self.unix_clock())
+        if self.follower:  # the supervisor sends the share
+            return
+        evidence = self._combined(live)
+        live.share = rollout.new_share(live.spec, evidence, self.unix_clock())
         if live.spec.mode == "bandit" and live.loaded and not live.deciding:
-            decision = rollout.judge(live.spec, live.evidence)
+            decision = rollout.judge(live.spec, evidence)
             if decision is not None:
                 self._decide(live, decision)
+
+    # -- several worker processes ------------------------------------------------------
+
+    def _combined(self, live: _Live) -> Evidence:
+        """The rollout's evidence: this process's, plus its workers' (``--workers``)."""
+        peers = self._peer_totals.get(live.spec.model)
+        if peers is None or peers[0] != _identity(live.spec):
+            return live.evidence
+        combined = copy.deepcopy(live.evidence)
+        _merge_evidence(combined, peers[1])
+        return combined
+
+    def export_evidence(self) -> dict[str, tuple[list[Any], Evidence]]:
+        """What a worker sends its supervisor: each rollout's evidence (cumulative)."""
+        return {m: (_identity(live.spec), live.evidence) for m, live in self.active.items()}
+
+    def set_peer_evidence(
+        self, worker: int, evidence: dict[str, tuple[list[Any], Evidence]] | None
+    ) -> None:
+        """A worker's latest evidence (the supervisor's side), kept per worker and
+        summed; None: the worker exited, and what it counted went with it."""
+        if evidence is None:
+            self._peer_evidence.pop(worker, None)
+        else:
+            self._peer_evidence[worker] = evidence
+        totals: dict[str, tuple[list[Any], Evidence]] = {}
+        for per_worker in self._peer_evidence.values():
+            for model, (identity, counted) in per_worker.items():
+                held = totals.get(model)
+                if held is None or held[0] != identity:
+                    totals[model] = (identity, copy.deepcopy(counted))
+                else:
+                    _merge_evidence(held[1], counted)
+        self._peer_totals = totals
+
+    def shares(self) -> dict[str, float]:
+        """Each rollout's current share of queries for the new version."""
+        return {m: live.share for m, live in self.active.items()}
+
+    def set_shares(self, shares: dict[str, float]) -> None:
+        """The supervisor's shares (a worker's side)."""
+        for model, share in shares.items():
+            live = self.active.get(model)
+            if live is not None:
+                live.share = share
 
     # -- once a second ---------------------------------------------------------------
 
@@ -389,6 +454,9 @@ class RolloutRouter:
             self._spawn(self._load(live))
 
     async def _load(self, live: _Live) -> None:
+        if self.follower:  # the supervisor holds what was saved
+            live.loaded = True
+            return
         try:
             record = await asyncio.to_thread(self.store.get_rollout_evidence, live.spec.model)
         except Exception:
@@ -400,12 +468,7 @@ class RolloutRouter:
             except (KeyError, TypeError, ValueError):
                 log.warning("malformed stored evidence of %s's rollout: ignored", live.spec.model)
             else:
-                _merge(stored.base, live.evidence.base)
-                _merge(stored.new, live.evidence.new)
-                for name in ("shadow_dropped", "compared", "agreed", "paired"):
-                    setattr(stored, name, getattr(stored, name) + getattr(live.evidence, name))
-                stored.paired_loss_base += live.evidence.paired_loss_base
-                stored.paired_loss_new += live.evidence.paired_loss_new
+                _merge_evidence(stored, live.evidence)
                 live.evidence = stored
                 log.info(
                     "rollout of %s:%s resumed with stored evidence (%d + %d labels)",
@@ -418,11 +481,14 @@ class RolloutRouter:
 
     async def save(self) -> None:
         """Save the evidence of every rollout that changed (in a thread)."""
+        if self.follower:
+            return
         batch = []
         for live in self.active.values():
-            if live.loaded and live.dirty:
+            if live.loaded and (live.dirty or live.spec.model in self._peer_totals):
                 live.dirty = False
-                record = {"rollout": _identity(live.spec), **live.evidence.to_record()}
+                evidence = self._combined(live)
+                record = {"rollout": _identity(live.spec), **evidence.to_record()}
                 batch.append((live.spec.model, record))
         if not batch:
             return
@@ -498,7 +564,7 @@ class RolloutRouter:
         live = self.active.get(model)
         if live is None:
             return None
-        out = rollout.report(live.spec, live.evidence, live.share)
+        out = rollout.report(live.spec, self._combined(live), live.share)
         out["evidence_loaded"] = live.loaded
         last = [d for d in self.decisions if d["model"] == model]
         if last:
@@ -507,4 +573,4 @@ class RolloutRouter:
 
     def snapshot(self) -> list[tuple[RolloutSpec, Evidence, float]]:
         """(spec, evidence, new version's share) of each rollout, for the metrics."""
-        return [(live.spec, live.evidence, live.share) for live in self.active.values()]
+        return [(live.spec, self._combined(live), live.share) for live in self.active.values()]
