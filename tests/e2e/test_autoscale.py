@@ -36,8 +36,13 @@ def test_scale_from_zero_up_and_back_to_zero(clipper):
     # A burst the one replica cannot keep up with: a second one starts.
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: clipper.predict("bursty", {"input": [float(i)]}), range(40)))
+    # (The event, not the target: once the burst has been answered the target
+    # may already be on its way down.)
     wait_for(
-        lambda: clipper.status()["autoscale"]["targets"].get("bursty:1") == 2,
+        lambda: any(
+            e["model"] == "bursty:1" and e["new"] == 2
+            for e in clipper.status()["autoscale"]["events"]
+        ),
         what="scaling up to 2",
     )
     # Idle: back to zero.

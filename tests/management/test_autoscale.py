@@ -64,12 +64,32 @@ def test_it_never_leaves_its_bounds_and_waits_between_steps():
     assert p2.decide(1, Signals(1, 0, 0, 30, 3)) == 1  # the minimum
 
 
+def test_queries_shed_at_arrival_scale_up_and_keep_the_replicas_busy():
+    """Shed at arrival, a burst leaves no queue behind: only the shed count says
+    the replicas fall short (and that the model is not idle)."""
+    clock = Clock()
+    p = AutoscalePolicy(0, 3, scale_down_after_s=3, up_cooldown_s=2, clock=clock)
+
+    def signals(target, shed):
+        load = statistics(ModelId("m", "1"), target, 0, 5, shed=shed)
+        return Signals.of(load)
+
+    target = p.decide(0, signals(0, 0))
+    assert target == 1  # the first queries: a cold start
+    shed = 0
+    for _ in range(10):  # 5 s of a burst, every extra query shed
+        clock.now += 0.5
+        shed += 20
+        target = p.decide(target, signals(target, shed))
+    assert target == 3
+
+
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError):
         AutoscalePolicy(3, 1)
 
 
-def statistics(model, replicas, depth, enqueued, expired=0, rejected=0):
+def statistics(model, replicas, depth, enqueued, expired=0, rejected=0, shed=0):
     """The dispatcher's typed statistics of one model version."""
     return ModelStatistics(
         model=model,
@@ -86,6 +106,7 @@ def statistics(model, replicas, depth, enqueued, expired=0, rejected=0):
         coalesced=0,
         controller=ControllerStatistics("fixed", 8, 0),
         queue=QueueStatistics(depth, 100, enqueued, 0, expired, rejected),
+        shed=shed,
     )
 
 
@@ -93,6 +114,9 @@ def test_signals_come_from_the_dispatchers_typed_statistics():
     s = Signals.of(statistics(ModelId("m", "1"), 2, 5, 40, expired=3, rejected=4))
     assert s == Signals(live_replicas=2, queue_depth=5, in_flight_batches=0,
                         enqueued_total=40, missed_total=7)  # fmt: skip
+    # Queries shed at arrival arrived, and were missed.
+    s = Signals.of(statistics(ModelId("m", "1"), 2, 0, 40, expired=3, rejected=4, shed=10))
+    assert (s.enqueued_total, s.missed_total) == (50, 17)
 
 
 def test_the_autoscaler_scales_each_model_version_by_its_model_id():

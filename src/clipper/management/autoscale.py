@@ -58,6 +58,8 @@ class ModelLoad(Protocol):
     @property
     def in_flight_batches(self) -> int: ...
     @property
+    def shed(self) -> int: ...
+    @property
     def queue(self) -> QueueLoad: ...
 
 
@@ -68,15 +70,21 @@ class Signals:
     live_replicas: int
     queue_depth: int
     in_flight_batches: int
-    enqueued_total: int
-    missed_total: int  # expired plus rejected, cumulative
+    enqueued_total: int  # queries that arrived (queued, or shed at arrival), cumulative
+    missed_total: int  # expired, rejected or shed at arrival, cumulative
 
     @classmethod
     def of(cls, load: ModelLoad) -> Signals:
-        """The signals in a model version's statistics."""
+        """The signals in a model version's statistics. A query shed at arrival
+        (answered at once: the queue ahead of it was too long) is demand the
+        replicas could not meet: it counts as arrived and as missed."""
         q = load.queue
         return cls(
-            load.replicas, q.depth, load.in_flight_batches, q.enqueued, q.expired + q.rejected
+            load.replicas,
+            q.depth,
+            load.in_flight_batches,
+            q.enqueued + load.shed,
+            q.expired + q.rejected + load.shed,
         )
 
 
