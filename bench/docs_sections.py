@@ -26,6 +26,7 @@ from . import (
     cache,
     gpu,
     grpc_oip,
+    lowload,
     ops,
     overload,
     peers,
@@ -55,6 +56,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "gpu": ("gpu.json", gpu.render),
     "overload": ("overload.json", overload.render),
     "workers": ("workers.json", workers.render),
+    "lowload": ("lowload.json", lowload.render),
 }
 
 

@@ -168,6 +168,8 @@ class ClipperServer:
             on_unresponsive=None if self.is_worker else self._replica_hung,
             unresponsive_after=self._hung_after,
             peers=self._worker_ports if st.workers > 1 and not self.is_worker else None,
+            # Replicas on this host: a Unix socket in the state folder (rpc/stream.py).
+            local_dir=str(st.state_dir / "run") if st.local_rpc else None,
         )
         self.dispatcher.set_transport(self.rpc)  # batches go out encoded by the RPC server
         return curve_public
@@ -518,6 +520,8 @@ class ClipperServer:
 
         self.store.watch(notify)
         await self.rpc.start()
+        if self.rpc.local_address is not None and isinstance(self.manager, LocalProcessManager):
+            self.manager.rpc_address = self.rpc.local_address  # the replicas it starts
         tls = None
         if self.settings.tls_certfile:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -64,6 +64,14 @@ class Settings:
             "them. 0: a quarter of this host's CPUs, at least 1."
         },
     )
+    local_rpc: bool = field(
+        default=True,
+        metadata={
+            "help": "Replicas the local manager starts reach the server over a Unix socket "
+            "in the state folder (<state_dir>/run/rpc-<port>.sock: two thread hand-offs "
+            "fewer per batch than ZeroMQ over TCP); false: over the RPC port."
+        },
+    )
     rpc_host: str = field(
         default=DEFAULT_HOST,
         metadata={

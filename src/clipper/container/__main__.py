@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--address",
         default=env("CLIPPER_RPC_ADDRESS", ServerAddress().rpc_url),
-        help="the frontend's RPC address (default: $CLIPPER_RPC_ADDRESS or %(default)s)",
+        help="the frontend's RPC address: tcp://host:port, or unix://<path> for a frontend "
+        "on this host (its <state_dir>/run/rpc-<port>.sock) (default: $CLIPPER_RPC_ADDRESS "
+        "or %(default)s)",
     )
     parser.add_argument(
         "--model-name", default=env("CLIPPER_MODEL_NAME"), required=not env("CLIPPER_MODEL_NAME")

@@ -3,8 +3,10 @@
 Imports only the RPC protocol, numpy, pyzmq, msgpack and cloudpickle, so a
 container installs without the frontend's dependencies.
 
-Threads: the main thread owns the DEALER socket (registration, heartbeats,
-receiving batches, sending results); one worker thread runs ``predict``.
+Threads: the main thread owns the connections to the frontend (a ZeroMQ
+DEALER, or a Unix socket to a frontend on this host: container/links.py) and
+does registration, heartbeats, receiving batches and sending results; one
+worker thread runs ``predict``.
 Heartbeats therefore keep flowing during a long prediction, and stop only
 when the process itself stops (killed, frozen), which is what the frontend's
 liveness check is meant to detect.
@@ -44,6 +46,8 @@ from typing import Any, Protocol
 import zmq
 
 from ..rpc import protocol as p
+from ..rpc import stream
+from .links import Conn, connect
 
 log = logging.getLogger("clipper.container")
 
@@ -434,15 +438,19 @@ MAX_PEERS = 256  # worker peers a container follows at most
 
 
 def peer_addresses(address: str, ports: list[Any]) -> list[str]:
-    """The addresses of a frontend's worker peers: the host of ``address`` (the
-    one the container was given, so it reaches them the same way) with each
-    port named; only for ``tcp://`` addresses, and only valid ports."""
+    """The addresses of a frontend's worker peers, reached the way ``address`` (the
+    one the container was given) reaches the frontend: its host with each port
+    named (``tcp://``), or the socket beside its own (``unix://``, one
+    ``rpc-<port>.sock`` per worker); only valid ports."""
+    valid = list(dict.fromkeys(n for n in ports[:MAX_PEERS] if type(n) is int and 0 < n < 65536))
+    path = stream.path_of(address)
+    if path is not None:
+        return [stream.SCHEME + stream.peer_path(path, n) for n in valid]
     scheme, sep, rest = address.partition("://")
     host, colon, _ = rest.rpartition(":")
     if scheme != "tcp" or not sep or not colon:
         return []
-    valid = [n for n in ports[:MAX_PEERS] if type(n) is int and 0 < n < 65536]
-    return [f"tcp://{host}:{n}" for n in dict.fromkeys(valid)]
+    return [f"tcp://{host}:{n}" for n in valid]
 
 
 # How long closing waits for the last messages to leave (milliseconds).
@@ -460,7 +468,7 @@ class _Link:
     """
 
     address: str
-    dealer: zmq.Socket[Any]
+    conn: Conn  # ZeroMQ, or a Unix socket to a frontend on this host
     primary: bool
     last_heard: float
     last_register: float = 0.0
@@ -475,11 +483,7 @@ class _Link:
         self.last_register = self.last_beat = self.last_heard
 
     def send(self, frames: p.Frames) -> bool:
-        try:
-            self.dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            return False
+        return self.conn.send(frames)
 
 
 @dataclass
@@ -609,13 +613,17 @@ class ContainerRuntime:
                     session.origins.popleft().send(result)
                     self._busy -= 1
                 for link in list(session.links):
-                    if link.dealer in events:
-                        frames = link.dealer.recv_multipart(copy=False)
+                    if not link.conn.ready(events):
+                        continue
+                    for frames in link.conn.receive():
                         link.last_heard = now
                         if not self._on_message(session, link, frames, now, stopping):
                             return session.status
                 for link in session.links:
-                    if link.register_unsent:
+                    if link.conn.maintain(now):  # a local socket connected again
+                        link.registered = False
+                        self._register(link, now)
+                    elif link.register_unsent:
                         self._register(link, now)
                     self._keep_in_touch(link, now)
                 if self.exit_with_parent and os.getppid() != session.parent:
@@ -625,27 +633,14 @@ class ContainerRuntime:
             self._close(session)
         return session.status
 
-    def _dealer(self, ctx: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        # Queue nothing while disconnected: stale heartbeats and results are
-        # useless to a frontend that restarted, and registration is resent.
-        dealer.setsockopt(zmq.IMMEDIATE, 1)
-        dealer.setsockopt(zmq.RECONNECT_IVL, 100)
-        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if self.server_key:
-            public, secret = zmq.curve_keypair()  # ours is ephemeral: auth is the secret
-            dealer.curve_serverkey = self.server_key
-            dealer.curve_publickey = public
-            dealer.curve_secretkey = secret
-        dealer.connect(address)
-        return dealer
-
     def _open(self) -> _Session:
         """The sockets, the predict worker and the watchdog of one ``serve_forever``."""
         ctx = zmq.Context()
         now = time.monotonic()
-        primary = _Link(self.address, self._dealer(ctx, self.address), True, now)
+        poller = zmq.Poller()
+        primary = _Link(
+            self.address, connect(ctx, self.address, poller, self.server_key), True, now
+        )
         wake_addr = f"inproc://results-{id(self)}"
         results_rx = ctx.socket(zmq.PAIR)
         results_rx.bind(wake_addr)
@@ -658,8 +653,6 @@ class ContainerRuntime:
         threading.Thread(
             target=self._watchdog, args=(watchdog_done,), name="watchdog", daemon=True
         ).start()
-        poller = zmq.Poller()
-        poller.register(primary.dealer, zmq.POLLIN)
         poller.register(results_rx, zmq.POLLIN)
         return _Session(
             ctx, [primary], results_rx, work, worker, watchdog_done, poller, os.getppid()
@@ -684,7 +677,7 @@ class ContainerRuntime:
     ) -> bool:
         """Handle one message from a frontend; False: stop serving."""
         try:
-            header = p.parse_header(frames[0].buffer)
+            header = p.parse_header(frames[0])
         except Exception as exc:
             log.warning("ignoring malformed message from frontend: %s", exc)
             return True
@@ -737,17 +730,16 @@ class ContainerRuntime:
         for link in session.links[1:]:
             if link.address not in wanted:
                 link.send([p.make(p.GOODBYE)])
-                session.poller.unregister(link.dealer)
-                link.dealer.close(linger=0)
+                link.conn.close(linger_ms=0)
                 session.links.remove(link)
                 log.info("frontend worker %s is gone", link.address)
         have = {link.address for link in session.links}
         for address in wanted:
             if address in have:
                 continue
-            link = _Link(address, self._dealer(session.ctx, address), False, now)
+            conn = connect(session.ctx, address, session.poller, self.server_key)
+            link = _Link(address, conn, False, now)
             session.links.append(link)
-            session.poller.register(link.dealer, zmq.POLLIN)
             self._register(link, now)
             log.info("serving frontend worker %s too", address)
 
@@ -757,7 +749,7 @@ class ContainerRuntime:
         """Run a batch inline (a fast model, nothing running) or hand it to the
         worker; False: the model ran out of memory, stop."""
         batch_id = header.get("id", -1)
-        buffers = [f.buffer for f in frames[1:]]
+        buffers = frames[1:]
         if self._busy == 0 and self._inline():
             link.send(self._run_batch(batch_id, header, buffers))
             self.inline_batches += 1
@@ -804,7 +796,7 @@ class ContainerRuntime:
         # answered as the error it was. IMMEDIATE queues nothing while
         # disconnected, so with no frontend this does not wait.
         for link in session.links:
-            link.dealer.close(linger=CLOSE_LINGER_MS)
+            link.conn.close(linger_ms=CLOSE_LINGER_MS)
         session.ctx.term()
 
     def _inline(self) -> bool:

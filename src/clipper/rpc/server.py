@@ -1,5 +1,10 @@
 """The frontend's RPC endpoint: a ZeroMQ ROUTER that containers connect to.
 
+Replicas on the same host may connect to a Unix stream socket instead
+(``local_dir``; rpc/stream.py frames the same messages): each connection is
+a peer with an identity of its own, handled by the same code as a ZeroMQ
+peer, with the same checks and limits.
+
 It owns the socket, registration and liveness (heartbeats both ways, a
 timeout that removes silent replicas) and the wire encoding of batches: the
 dispatcher hands it a replica's batch of inputs (``send_batch``, a
@@ -48,8 +53,10 @@ one more drain on the next loop iteration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, runtime_checkable
@@ -60,6 +67,7 @@ from ..exceptions import RPCError
 from ..timers import TimerHandle, Timers, timers_for
 from ..types import ModelId
 from . import protocol as p
+from . import stream
 
 log = logging.getLogger("clipper.rpc")
 
@@ -236,6 +244,7 @@ class RPCServer:
         unresponsive_after: UnresponsiveAfter = lambda _model: 30.0,
         max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES,
         peers: Callable[[], list[int]] | None = None,
+        local_dir: str | None = None,
     ) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
@@ -254,6 +263,14 @@ class RPCServer:
         # The RPC ports of this server's other worker processes (``--workers``),
         # named in ``registered``: each container registers with every one of them.
         self.peers = peers
+        # Replicas on this host connect to a Unix socket in ``local_dir`` instead
+        # of the ZeroMQ port (rpc/stream.py): ``local_address`` once started, None
+        # without one (no folder given, or its path too long for a socket).
+        self.local_dir = local_dir
+        self.local_address: str | None = None
+        self._local_server: asyncio.AbstractServer | None = None
+        self._local_peers: dict[bytes, _LocalPeer] = {}
+        self._local_ids = 0
         self.replicas: dict[bytes, Replica] = {}
         # Replicas removed for silence, each with the time it counts as hung by.
         self._silent: dict[bytes, tuple[Replica, float]] = {}
@@ -294,6 +311,27 @@ class RPCServer:
         self._liveness = self.timers.call_later(self.heartbeat_interval, self._liveness_tick)
         self._schedule_drain()  # messages that arrived before the reader was set
         log.info("RPC endpoint listening on %s", self.address)
+        if self.local_dir is not None:
+            await self._start_local(self.local_dir)
+
+    async def _start_local(self, directory: str) -> None:
+        """Listen on ``<directory>/rpc-<port>.sock`` too (owner only), for replicas
+        on this host."""
+        bound = self.bound_address
+        if not bound.startswith("tcp://"):
+            return
+        path = stream.local_path(directory, int(bound.rsplit(":", 1)[1]))
+        if path is None:
+            log.info("no local RPC socket: the state folder's path is too long for one")
+            return
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale socket of an earlier run on this port
+        assert self._loop is not None
+        self._local_server = await self._loop.create_unix_server(lambda: _LocalPeer(self), path)
+        os.chmod(path, 0o600)
+        self.local_address = stream.SCHEME + path
+        log.info("RPC endpoint listening on %s for replicas on this host", self.local_address)
 
     def statistics(self) -> dict[str, int]:
         """Counts of what peers sent that was dropped or refused (for status and metrics)."""
@@ -313,6 +351,15 @@ class RPCServer:
         if self._liveness is not None:
             self._liveness.cancel()
             self._liveness = None
+        if self._local_server is not None:
+            self._local_server.close()
+            for peer in list(self._local_peers.values()):
+                peer.close()
+            self._local_server = None
+            path = stream.path_of(self.local_address or "")
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         if self._sock is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._fd)
@@ -322,6 +369,9 @@ class RPCServer:
 
     def send(self, identity: bytes, frames: p.Frames) -> bool:
         """Send frames to one container; False when it is gone (or its queue is full)."""
+        local = self._local_peers.get(identity)
+        if local is not None:
+            return local.send(frames)
         sock = self._sock
         if sock is None:
             return False
@@ -384,19 +434,24 @@ class RPCServer:
             except zmq.ZMQError as exc:  # the socket is closing
                 log.debug("RPC receive stopped: %s", exc)
                 return
-            try:
-                self._handle(frames)
-            except RPCError as exc:
-                self.malformed_messages += 1
-                self._log_dropped.log(
-                    logging.WARNING, "dropped a malformed RPC message: %s", p.cut(str(exc), 300)
-                )
-            except Exception:  # never let one message stop the endpoint
-                self.malformed_messages += 1
-                self._log_dropped.log(
-                    logging.ERROR, "error while handling an RPC message", exc_info=True
-                )
+            self.handle(frames)
         self._schedule_drain()  # more may be waiting: continue after other work
+
+    def handle(self, frames: list[bytes]) -> None:
+        """One message (its sender's identity first), whatever it holds: a
+        malformed one is counted and logged, never raised."""
+        try:
+            self._handle(frames)
+        except RPCError as exc:
+            self.malformed_messages += 1
+            self._log_dropped.log(
+                logging.WARNING, "dropped a malformed RPC message: %s", p.cut(str(exc), 300)
+            )
+        except Exception:  # never let one message stop the endpoint
+            self.malformed_messages += 1
+            self._log_dropped.log(
+                logging.ERROR, "error while handling an RPC message", exc_info=True
+            )
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -639,3 +694,55 @@ class RPCServer:
         if again is not None and again.pid == silent.pid:
             return True
         return any(r.pid == silent.pid and r.label == silent.label for r in self.replicas.values())
+
+
+# A local peer's messages may wait in its socket's buffer up to this (then a
+# send fails, as ZeroMQ's does past its high-water mark).
+LOCAL_SEND_BUFFER_BYTES = 256 * 1024 * 1024
+
+
+class _LocalPeer(asyncio.Protocol):
+    """One replica's connection to the local socket: a ZeroMQ peer in all but
+    transport (its own identity, the same messages, checks and limits)."""
+
+    def __init__(self, server: RPCServer) -> None:
+        self.server = server
+        server._local_ids += 1
+        # Not a ZeroMQ identity (those start with a zero byte): no clash.
+        self.identity = b"local-%d" % server._local_ids
+        self.decoder = stream.Decoder(p.MAX_FRAMES_REGISTERED, server.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+        self.server._local_peers[self.identity] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except RPCError as exc:  # as ZeroMQ's MAXMSGSIZE: the peer is disconnected
+            self.server.oversized_messages += 1
+            self.server._log_dropped.log(
+                logging.WARNING, "closed a local RPC connection: %s", p.cut(str(exc), 300)
+            )
+            self.close()
+            return
+        for frames in messages:
+            self.server.handle([self.identity, *frames])
+
+    def send(self, frames: p.Frames) -> bool:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > LOCAL_SEND_BUFFER_BYTES:
+            return False
+        transport.writelines(stream.encode(frames))
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._local_peers.pop(self.identity, None)
+        self.server._drop(self.identity, "connection lost")
