@@ -21,10 +21,14 @@ pytestmark = pytest.mark.slow
 QUERIES = 60
 
 
-@pytest.fixture(scope="module")
-def clipper(tmp_path_factory):
+# Replicas reach the workers over the local Unix sockets (the default), and
+# over ZeroMQ and TCP (as replicas on other hosts do).
+@pytest.fixture(scope="module", params=["local", "tcp"])
+def clipper(request, tmp_path_factory):
     state = tmp_path_factory.mktemp("workers")
-    cm = manager_on_free_ports(state, server_flags=["--workers", "2"])
+    local = "true" if request.param == "local" else "false"
+    flags = ["--workers", "2", "--local-rpc", local]
+    cm = manager_on_free_ports(state, server_flags=flags)
     with running_clipper(state, cm=cm) as server:
         yield server
         workers = [w["pid"] for w in server.status()["worker_processes"]]
@@ -76,6 +80,11 @@ def test_every_worker_serves_with_one_replica(clipper):
     assert [w["index"] for w in status["worker_processes"]] == [0, 1]
     assert all(w["live"] for w in status["worker_processes"])
     deploy(clipper, "sum")
+    # The replica reached the supervisor, then the other worker, as configured.
+    scheme = "unix" if "true" in clipper.cm.server_flags else "tcp"
+    replica_log = (clipper.cm.state_path / "logs" / "sum-1-0.log").read_text()
+    assert f"connecting to {scheme}://" in replica_log
+    assert f"serving frontend worker {scheme}://" in replica_log
     assert computed(clipper, "sum", QUERIES) == [float(i) + 1.0 for i in range(QUERIES)]
     # One replica, not one per worker; both processes answered queries with it.
     assert len(clipper.live_replicas("sum")) == 1
