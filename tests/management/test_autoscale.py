@@ -84,6 +84,23 @@ def test_queries_shed_at_arrival_scale_up_and_keep_the_replicas_busy():
     assert target == 3
 
 
+def test_a_short_burst_in_the_cooldown_still_scales_up_after_it():
+    """Shed right after a cold start, inside the cooldown, then quiet: the
+    step up waits for the cooldown, and happens."""
+    clock = Clock()
+    p = AutoscalePolicy(0, 3, scale_down_after_s=3, up_cooldown_s=2, clock=clock)
+    assert p.decide(0, Signals(0, 1, 0, 1, 0)) == 1  # cold start
+    # The replica is still starting: what it misses is no reason to add one.
+    clock.now += 0.5
+    assert p.decide(1, Signals(0, 0, 0, 5, 4)) == 1
+    clock.now += 0.5
+    assert p.decide(1, Signals(1, 0, 0, 45, 36)) == 1  # live; 32 shed; cooling down
+    clock.now += 1.0
+    assert p.decide(1, Signals(1, 0, 0, 45, 36)) == 2  # the cooldown is over
+    clock.now += 1.0
+    assert p.decide(2, Signals(2, 0, 0, 45, 36)) == 2  # no new misses: no more
+
+
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError):
         AutoscalePolicy(3, 1)

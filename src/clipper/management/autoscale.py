@@ -102,6 +102,9 @@ class AutoscalePolicy:
     _last_busy: float = field(default=float("-inf"), repr=False)
     _last_up: float = field(default=float("-inf"), repr=False)
     _last_down: float = field(default=float("-inf"), repr=False)
+    # Queries missed since the last step up while every replica was live: the
+    # step up they call for waits out the cooldown, and is not forgotten in it.
+    _missed_since_up: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -122,11 +125,13 @@ class AutoscalePolicy:
         self._last = s
         if arrived > 0 or s.queue_depth > 0 or s.in_flight_batches > 0:
             self._last_busy = now
+        if s.live_replicas >= target:  # not a replica still starting: too few of them
+            self._missed_since_up += missed
         new = target
         if target == 0 and (arrived > 0 or s.queue_depth > 0):
             new = 1  # a cold start: do not wait for a cooldown
         elif (
-            missed > 0 or s.queue_depth > max(1, target)
+            self._missed_since_up > 0 or s.queue_depth > max(1, target)
         ) and now - self._last_up >= self.up_cooldown_s:
             new = target + 1
         elif (
@@ -137,6 +142,7 @@ class AutoscalePolicy:
         new = max(self.min_replicas, min(self.max_replicas, new))
         if new > target:
             self._last_up = now
+            self._missed_since_up = 0
         elif new < target:
             self._last_down = now
         return new
