@@ -205,25 +205,22 @@ READING = """
   CPU per query) cannot meet a 20 ms p99 above 20-50 queries/s here. All three got
   the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
   and their answers were checked against the model in-process.
-- *Triton (PyTriton), added after the run above: a quick run only* (one repeat,
-  `--quick --peers triton,mlserver --baselines naive,echo`, 2026-12-07 on the same
-  2-core machine, load average 0.7 at the start and 2.0 at the end; indicative only,
-  in bench/results/peers-triton-mlserver-quick.json, not in the tables above until the
-  next full run). Triton's dynamic batcher had the same settings as the other peers; its
-  answers matched the model's (32 of 32, each model); six processes were pinned
-  (PyTriton's, `tritonserver`, its Python backend stub and the stub's helpers). Light
-  MLP: 2,200/s at 453 µs of CPU per query (MLServer 680/s, naive 1,340/s, echo 7,020/s
-  in the same run), p50 / p99 6.03 / 10.16 ms at 50/s (MLServer 3.84 / 5.02). Heavy
-  MLP: 80/s (MLServer 340/s, naive 480/s), p50 / p99 7.81 / 12.56 ms at 50/s. No-op:
-  2,040/s (MLServer 1,510/s), 2,800/s closed loop (MLServer 1,620/s). A recheck of
-  Triton alone while other jobs used the machine (every probe disturbed) gave 70/s on
-  the heavy MLP and 210/s on the light one. A lone request costs about 5 ms of CPU
-  across the three processes it crosses (PyTriton's 2 ms, the stub's 2 ms,
-  `tritonserver`'s 0.7 ms; one request at a time), mostly once per batch: batches of
-  up to 64 spread it on the light MLP, but a heavy-MLP batch of 4-32 adds 5-9 ms of
-  model (numpy 1.26 in Triton's environment, as PyTriton requires, 20-30 % slower than
-  numpy 2 here), so there its p99 passes 20 ms from 120/s although it keeps up with
-  620/s.
+- *Triton (PyTriton), added after the run above: quick runs only* (one repeat each, on
+  the same 2-core machine, 2026-12-07; indicative). Beside Clipper
+  (`--quick --peers triton`, bench/results/peers-triton-quick.json): light MLP Clipper
+  5,700/s, Triton 1,960/s (2.91x), naive 2,550/s; heavy MLP Clipper 920/s, Triton 140/s
+  (6.57x), naive 740/s; no-op Clipper 9,500/s, Triton 2,890/s. At 50/s, p50 / p99: light
+  Clipper 1.40 / 2.20 ms, Triton 6.99 / 8.26 ms; heavy Clipper 2.41 / 5.03 ms, Triton
+  8.13 / 13.29 ms. An earlier run beside MLServer (`--peers triton,mlserver --baselines
+  naive,echo`, bench/results/peers-triton-mlserver-quick.json) gave Triton 2,200/s and
+  80/s (MLServer 680/s and 340/s). Triton's dynamic batcher had the same settings as the
+  other peers and its answers matched the model's; six processes were pinned (PyTriton's,
+  `tritonserver`, its Python backend stub and the stub's helpers). A lone request costs
+  about 5 ms of CPU across the three processes it crosses, mostly once per batch:
+  batches of up to 64 spread it on the light MLP, but on the heavy MLP a batch of 4-32
+  adds 5-9 ms of model (numpy 1.26 in Triton's environment, as PyTriton requires, is
+  20-30 % slower than numpy 2 here), so its p99 passes 20 ms early. Not in the tables
+  above until the next full run.
 """
 
 
