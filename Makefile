@@ -116,7 +116,7 @@ bench-lowload: $(STAMP)  ## latency at 50 queries/s: Clipper's local socket vs Z
 	$(BIN)/python -m bench.lowload $(BENCH_ARGS)
 
 .PHONY: bench-workers
-bench-workers: $(STAMP)  ## throughput with 1, 2, 4, 8 worker processes (--workers), no-op and light MLP, with wrk (~10 min on 2 CPUs; BENCH_ARGS=--quick: ~1) -> docs/benchmarks.md
+bench-workers: $(STAMP)  ## throughput with 1, 2, 4, 8 worker processes (--workers), no-op and light MLP, with wrk (~4 min on 2 CPUs, more with more counts; BENCH_ARGS=--quick: ~1) -> docs/benchmarks.md
 	@command -v wrk >/dev/null 2>&1 || { SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; $$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
 	$(BIN)/python -m bench.workers $(BENCH_ARGS)
 
