@@ -51,10 +51,20 @@ DOCS = ROOT / "docs"
 IMG = DOCS / "img"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, and not one this process handed out before: the kernel
+    may offer a port just released again, so a server's query and RPC ports,
+    chosen one after the other, could otherwise be the same (the tests use it too)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:

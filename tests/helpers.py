@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench.harness import free_port
 
 from clipper.admin import ClipperConnection, LocalContainerManager
 from clipper.statedir import ADMIN_TOKEN_FILE, read_secret
@@ -46,12 +46,6 @@ def default_sigint() -> None:
     the child would not stop, and the test would hang in ``Popen.__exit__``.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
