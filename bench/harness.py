@@ -373,6 +373,16 @@ def own_cpu_seconds() -> float:
 BENCHMARKS_DOC = DOCS / "benchmarks.md"
 
 
+def publish(name: str, result: dict[str, Any], text: str, *, write: bool = True) -> None:
+    """Print a benchmark's section; with ``write``, keep its results as
+    bench/results/<name>.json and put the section in docs/benchmarks.md."""
+    print(text)
+    if write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_doc_section(name, text)
+
+
 def write_doc_section(name: str, body: str, doc: Path = BENCHMARKS_DOC) -> None:
     """Replace (or append) the generated section ``name`` of the benchmarks page,
     between ``<!-- name:start -->`` and ``<!-- name:end -->``; the rest is kept."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import platform
 import statistics
 import sys
@@ -38,7 +37,7 @@ from typing import Any
 import cloudpickle
 
 from . import batching, loadgen, models, naive_server, report
-from .harness import RESULTS, BenchServer, CpuPlan, write_doc_section
+from .harness import BenchServer, CpuPlan, publish
 from .naive_server import make_model
 from .peer_envs import naive_python
 from .procserver import ProcessServer
@@ -194,12 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "rows": summarise(runs),
     }
-    text = render(result)
-    print(text)
-    if not opts.no_docs:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "lowload.json").write_text(json.dumps(result, indent=2) + "\n")
-        write_doc_section("lowload", text)
+    publish("lowload", result, render(result), write=not opts.no_docs)
     return 0
 
 

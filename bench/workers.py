@@ -42,7 +42,7 @@ from typing import Any
 import cloudpickle
 
 from . import batching, models, naive_server, report
-from .harness import RESULTS, BenchServer, CpuPlan, write_doc_section
+from .harness import BenchServer, CpuPlan, publish
 from .naive_server import make_model
 from .wrk import LUA, run_wrk
 
@@ -268,12 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "rows": summarise(runs, counts),
     }
-    text = render(result)
-    print(text)
-    if not opts.no_docs:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "workers.json").write_text(json.dumps(result, indent=2) + "\n")
-        write_doc_section("workers", text)
+    publish("workers", result, render(result), write=not opts.no_docs)
     return 0
 
 
