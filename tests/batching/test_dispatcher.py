@@ -395,9 +395,11 @@ def test_delayed_batching_waits_for_a_fuller_batch_up_to_the_bound():
         await asyncio.sleep(0)
         timers.advance(0.15)
         assert len(t.sent) == 1  # within the bound: still waiting
-        # The bound, then what there is. (The model's one delay timer was set
-        # for the first query, 10 ms before this one came: it ends the wait.)
+        # The bound, timed from this query (the first wait's timer ended with
+        # the full batch), then what there is.
         timers.advance(0.04)
+        assert len(t.sent) == 1
+        timers.advance(0.02)
         assert len(t.sent) == 2
         assert t.sent[1][1]["count"] == 1
         answer(d, r, t.sent[1][1], ["x"])

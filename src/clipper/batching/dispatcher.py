@@ -204,6 +204,10 @@ class Dispatcher:
             state.idle.popleft()
             batch = state.take_batch(member, max_size, now, len(passed))
             if batch:
+                if state.delay_timer is not None:
+                    # The wait is over: a later one times itself from the queue then.
+                    state.delay_timer.cancel()
+                    state.delay_timer = None
                 self._dispatch(state, member, batch, now)
             else:
                 passed.append(member.replica.identity)
