@@ -6,11 +6,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from clipper.batching.controllers import FixedBatchSize
+from clipper.batching.controllers import AIMDController, FixedBatchSize
 from clipper.batching.dispatcher import Dispatcher, ModelConfig
 from clipper.batching.model_state import ModelState
 from clipper.batching.outcomes import SHED
-from clipper.batching.queue import DeadlineQueue
+from clipper.batching.queue import DeadlineQueue, Task
 from clipper.cache import PredictionCache
 from clipper.timers import FakeTimers
 from clipper.types import DefaultReason, reason_of
@@ -163,3 +163,38 @@ def test_aimd_grows_on_a_backlog_even_when_the_cost_curve_sent_less():
     assert c.max_batch_size() == 6
     c.observe(6, 0.020, waiting=30)  # a miss still backs off
     assert c.max_batch_size() == 5
+
+
+def _heavy_replica(state):
+    """A replica of a model whose lone queries take 2 ms but whose usual batches
+    of a dozen took 6 ms (a large cost per batch), as its estimate says."""
+    state.join(replica(b"r1"), 0.0)
+    (member,) = state.members.values()
+    member.estimate.latency = 0.006
+    for _ in range(3):
+        member.curve.observe(1, 0.002)
+        member.curve.observe(12, 0.0072)  # 0.6 ms a query
+    return member
+
+
+def _tasks(state, deadlines):
+    outcomes = []
+    for d in deadlines:
+        assert state.queue.push(Task(f"q{d}", d, outcomes.append, 0.0))
+    return outcomes
+
+
+def test_a_lone_query_is_refused_by_what_a_batch_of_one_takes_not_the_usual_batch():
+    state = ModelState(MODEL, ModelConfig(AIMDController(0.01, initial=16)), DeadlineQueue(100))
+    member = _heavy_replica(state)
+    assert member.latency_for(1) == pytest.approx(0.002)
+    assert member.latency_for(12) == pytest.approx(0.006)  # never more than the estimate
+    now = 10.0
+    refused = _tasks(state, [now + 0.004])  # 4 ms left: a batch of one makes it
+    batch = state.take_batch(member, 16, now, 0)
+    assert [t.input for t in batch] == [f"q{now + 0.004}"] and refused == []
+    state.make_idle(member, now)
+    refused = _tasks(state, [now + 0.001])  # 1 ms left: not even a batch of one
+    assert state.take_batch(member, 16, now, 0) == []
+    assert len(refused) == 1 and not refused[0].ok
+    assert reason_of(refused[0]) is DefaultReason.SLO and "about 2 ms" in refused[0].error

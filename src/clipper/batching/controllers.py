@@ -285,6 +285,15 @@ class BatchCostCurve:
         self.cost[k] = per_query if old is None else old + self.weight * (per_query - old)
         self.count[k] = seen + 1
 
+    def batch_latency(self, size: int) -> float | None:
+        """What a batch of ``size`` takes by the curve (its size class's cost per
+        query times ``size``), or None while that class is measured fewer than
+        ``explore`` times."""
+        k = self.size_class(size)
+        if size < 1 or self.count.get(k, 0) < self.explore:
+            return None
+        return self.cost[k] * size
+
     def choose(self, queued: int, cap: int) -> int:
         """How many of ``queued`` tasks to send now, at most ``cap``."""
         offer = min(queued, cap)

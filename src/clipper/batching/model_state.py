@@ -159,6 +159,18 @@ class Member:
         self.estimate.observe(latency)
         self.controller.observe(size, latency, waiting)
 
+    def latency_for(self, size: int) -> float:
+        """How long a batch of ``size`` should take on this replica, for refusing
+        tasks that would finish late: its latency estimate (a recent batch's,
+        whatever its size), or less when its cost curve says a batch this size
+        is quicker. A small batch on a model with a large cost per batch (a
+        lone query on the heavy MLP: about 2 ms where its usual batches took
+        6) would otherwise refuse queries it could still answer in time;
+        never more, as a refused query is lost for good."""
+        latency = self.estimate.latency
+        by_size = self.curve.batch_latency(size)
+        return latency if by_size is None else min(latency, by_size)
+
     def statistics(self) -> ReplicaBatchStatistics:
         return ReplicaBatchStatistics(
             replica=self.replica.label,
@@ -252,11 +264,12 @@ class ModelState:
         if len(self.members) > 1:
             fastest = min(self.members.values(), key=_BY_LATENCY)
         fast = fastest.estimate
+        fast_latency = fastest.latency_for(take)
         batch, expired = queue.pop_batch(
             take,
             now,
-            now + fast.latency,
-            keep_before=now + estimate.latency,
+            now + fast_latency,
+            keep_before=now + member.latency_for(take),
             scan_limit=KEEP_SCAN_LIMIT,
         )
         if not batch and len(queue) and estimate.may_probe(now, fast.latency):
@@ -271,7 +284,7 @@ class ModelState:
             replicas = len(self.members)
             for task in expired:
                 task.finish(
-                    outcomes.refused(self.model, task.deadline, now, replicas, fast.latency)
+                    outcomes.refused(self.model, task.deadline, now, replicas, fast_latency)
                 )
             busy = len(self.members) - len(self.idle) - passed - 1
             if not batch and fast.latency > 0 and busy == 0:
