@@ -16,6 +16,11 @@ for the light and the heavy MLP, the server pinned to one core and the
 generator to another, as ``make bench-peers`` does. The order of the servers
 alternates between repeats; medians over repeats are reported.
 
+Each server is also timed back to back (one client, the next request sent
+as the answer comes, for a quarter of the probe's time): what a request
+costs on a warm path, where the open-loop probe adds what waking an idle
+server costs. The two together tell per-request work from the idle hop.
+
 Target: Clipper's p50 and p99 at 50/s at or below naive FastAPI's, both models.
 
 Writes bench/results/lowload.json and the ``lowload`` section of
@@ -70,14 +75,19 @@ def serve(server: str, model: str, cpus: CpuPlan, log: Any) -> Iterator[int]:
         yield clipper.query_port
 
 
-async def probe(port: int, app: str, seconds: float) -> loadgen.LoadResult:
+async def probe(
+    port: int, app: str, seconds: float
+) -> tuple[loadgen.LoadResult, loadgen.LoadResult]:
+    """The open-loop probe at ``RATE``, then the back-to-back one."""
     pool = loadgen.Pool("127.0.0.1", port)
     try:
         workload = loadgen.Workload.predict("127.0.0.1", port, app, models.mlp_inputs(500))
         await pool.warm(8)
-        return await loadgen.run_open(
+        paced = await loadgen.run_open(
             pool, workload, RATE, seconds, connections=8, warmup_s=1.0, seed=7
         )
+        back_to_back = await loadgen.run_closed(pool, workload, 1, seconds / 4)
+        return paced, back_to_back
     finally:
         pool.close()
 
@@ -85,15 +95,17 @@ async def probe(port: int, app: str, seconds: float) -> loadgen.LoadResult:
 def measure(server: str, model: str, seconds: float, cpus: CpuPlan, log: Any) -> dict[str, Any]:
     with serve(server, model, cpus, log) as port:
         cpus.pin_generator()
-        result = asyncio.run(probe(port, "q", seconds))
+        result, b2b = asyncio.run(probe(port, "q", seconds))
     return {
         "server": server,
         "model": model,
         "p50_ms": result.p50_ms,
         "p99_ms": result.p99_ms,
         "ok": result.ok,
-        "defaults": result.defaults,
-        "errors": result.errors,
+        "defaults": result.defaults + b2b.defaults,
+        "errors": result.errors + b2b.errors,
+        "b2b_p50_ms": b2b.p50_ms,
+        "b2b_p99_ms": b2b.p99_ms,
     }
 
 
@@ -110,6 +122,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "repeats": len(mine),
                         "p50_ms": statistics.median(r["p50_ms"] for r in mine),
                         "p99_ms": statistics.median(r["p99_ms"] for r in mine),
+                        "b2b_p50_ms": _median_of(mine, "b2b_p50_ms"),
+                        "b2b_p99_ms": _median_of(mine, "b2b_p99_ms"),
                         "ok": sum(r["ok"] for r in mine),
                         "defaults": sum(r["defaults"] + r["errors"] for r in mine),
                     }
@@ -117,15 +131,35 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    """The median of ``key`` over the runs that have it (results saved before
+    the back-to-back probe have none)."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def render(result: dict[str, Any]) -> str:
     rows = result["rows"]
-    head = ("model", "server", "p50 (ms)", "p99 (ms)", "answered", "defaults + errors")
+    head = (
+        "model",
+        "server",
+        f"p50 at {RATE:.0f}/s (ms)",
+        f"p99 at {RATE:.0f}/s (ms)",
+        "back to back p50 / p99 (ms)",
+        "answered",
+        "defaults + errors",
+    )
     table = [
         [
             MODELS[r["model"]],
             SERVERS[r["server"]],
             f"{r['p50_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
+            f"{_ms(r.get('b2b_p50_ms'))} / {_ms(r.get('b2b_p99_ms'))}",
             str(r["ok"]),
             str(r["defaults"]),
         ]
@@ -141,11 +175,17 @@ def render(result: dict[str, Any]) -> str:
             saved = ""
             if tcp:
                 saved = f"; the local socket saves {tcp['p50_ms'] - mine['p50_ms']:.2f} ms of p50"
+            warm = ""
+            if mine.get("b2b_p50_ms") is not None and naive.get("b2b_p50_ms") is not None:
+                warm = (
+                    f" Back to back, p50 {mine['b2b_p50_ms']:.2f} against naive's "
+                    f"{naive['b2b_p50_ms']:.2f} ms."
+                )
             lines.append(
                 f"{MODELS[model]}: Clipper p50 / p99 {mine['p50_ms']:.2f} / "
                 f"{mine['p99_ms']:.2f} ms, naive {naive['p50_ms']:.2f} / "
                 f"{naive['p99_ms']:.2f} ms{saved}; target (both at or below naive's): "
-                f"**{'met' if met else 'not met'}**."
+                f"**{'met' if met else 'not met'}**.{warm}"
             )
     return report.blocks(
         "## Latency at low load (generated by `make bench-lowload`)",
@@ -153,7 +193,7 @@ def render(result: dict[str, Any]) -> str:
         f"load at {RATE:.0f} queries/s for {result['seconds']:.0f} s after a 1 s warm-up, "
         "8 keep-alive connections; cache off, AIMD, SLO 20 ms, one replica. "
         f"{result['repeats']} repeat(s), servers alternating; medians.",
-        report.table(head, "llrrrr", table),
+        report.table(head, "llrrrrr", table),
         *lines,
     )
 
