@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from clipper.batching.model_state import merge_statistics
+from clipper.batching.model_state import merge_statistics, retire_statistics
 from clipper.cache.prediction_cache import CacheStatistics
 from clipper.container.runtime import peer_addresses
-from clipper.metrics import Metrics, ServerStatistics
+from clipper.metrics import Metrics, ServerStatistics, retire_counters
 from clipper.selection.rollout import Evidence
 from clipper.selection.state import SHARED, PolicyStates
 from clipper.settings import MAX_WORKERS, Settings, default_workers
@@ -57,6 +57,41 @@ def test_model_statistics_sum_counters_and_queues_over_workers() -> None:
     assert m.max_batch_size == own[0].max_batch_size  # the supervisor's own controller
     assert ModelId("n", "1") in merged  # a model only a worker has seen
     assert merge_statistics(own, []) == own
+
+
+def test_an_exited_workers_counters_stay_and_its_gauges_go() -> None:
+    last = [model_stats(batches=30, tasks=30)]
+    retired = retire_statistics([], last)
+    assert retired[0].batches == 30 and retired[0].queue.enqueued == last[0].queue.enqueued
+    assert retired[0].replicas == 0 and retired[0].queue.depth == 0
+    assert retired[0].in_flight_batches == 0 and retired[0].by_replica == []
+    twice = retire_statistics(retired, last)  # the same slot died again
+    assert twice[0].batches == 60 and twice[0].queue.depth == 0
+    merged = merge_statistics([model_stats(batches=10, tasks=40)], [twice])
+    live = model_stats(batches=10, tasks=40).queue.depth
+    assert merged[0].batches == 70 and merged[0].queue.depth == live  # no retired depth
+    cache = CacheStatistics(hits=1, misses=2, entries=3, bytes=4, max_bytes=5, evictions=6)
+    assert cache.counters_only().to_json() == {
+        "hits": 1,
+        "misses": 2,
+        "entries": 0,
+        "bytes": 0,
+        "max_bytes": 0,
+        "evictions": 6,
+    }
+
+    def stats() -> ServerStatistics:
+        return ServerStatistics(uptime_s=1.0, models=[])
+
+    worker = Metrics(stats)
+    worker.observe_feedback("app", True)
+    worker.observe_batch(MODEL, 4, 0.002)
+    worker.loop_lag_s = 0.5
+    gone = retire_counters(None, worker.counters())
+    worker.observe_feedback("app", True)  # a retired copy does not follow the process
+    assert gone.apps["app"].feedback == [0, 1] and gone.loop_lag_s == 0.0
+    gone = retire_counters(gone, worker.counters())
+    assert gone.apps["app"].feedback == [0, 3] and gone.batch_sizes[MODEL].total == 8
 
 
 def test_cache_statistics_add_up() -> None:

@@ -256,6 +256,16 @@ class Counters:
     loop_lag_s: float
 
 
+def retire_counters(past: Counters | None, last: Counters) -> Counters:
+    """The counters of worker processes that exited (``past``) with one more's last
+    report added: the supervisor keeps adding them to the sums, so that a worker
+    started again from zero does not set ``/metrics``' counters back."""
+    if past is None:
+        return Counters(copy.deepcopy(last.apps), copy.deepcopy(last.batch_sizes), 0.0)
+    apps = _summed(past.apps, [last.apps], _add_app, None)
+    return Counters(apps, _summed(past.batch_sizes, [last.batch_sizes], _add_batches, None), 0.0)
+
+
 class _StateReader(Protocol):
     def get_policy_state(self, app: str, uid: str) -> dict[str, Any] | None: ...
 

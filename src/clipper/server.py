@@ -34,7 +34,7 @@ from .batching.controllers import (
     QuantileRegressionController,
 )
 from .batching.dispatcher import Dispatcher, ModelConfig, ModelStatistics
-from .batching.model_state import merge_statistics
+from .batching.model_state import merge_statistics, retire_statistics
 from .cache import PredictionCache
 from .cache.prediction_cache import CacheStatistics
 from .dashboard import Dashboard
@@ -52,7 +52,14 @@ from .management.autoscale import Autoscaler
 from .management.service import ManagementService
 from .managers.base import ContainerManager
 from .managers.local import LocalProcessManager
-from .metrics import Counters, Metrics, ReplicaStatistics, ServerStatistics, pick_format
+from .metrics import (
+    Counters,
+    Metrics,
+    ReplicaStatistics,
+    ServerStatistics,
+    pick_format,
+    retire_counters,
+)
 from .rpc.protocol import curve_keypair
 from .rpc.server import Replica, RPCServer
 from .selection.processor import QueryProcessor
@@ -113,6 +120,11 @@ class ClipperServer:
         self.is_worker = supervisor is not None
         # A supervisor's workers (made in start(): the ports must be bound first).
         self.pool: WorkerPool | None = None
+        # What workers that exited had counted (their last reports, gauges left
+        # out): still in the sums, so counters never go back when one restarts.
+        self._retired_counters: Counters | None = None
+        self._retired_models: list[ModelStatistics] = []
+        self._retired_cache: CacheStatistics | None = None
         # With workers, every process serves the supervisor's summed exposition
         # (by content type), so a scrape reads the same figures from any of them.
         self.shared_exposition: dict[str, bytes] | None = None
@@ -380,9 +392,8 @@ class ClipperServer:
         own = self.dispatcher.statistics()
         if self.pool is None:
             return own
-        return merge_statistics(
-            own, [w.stats["models"] for w in self.pool.workers if w.stats is not None]
-        )
+        live = [w.stats["models"] for w in self.pool.workers if w.stats is not None]
+        return merge_statistics(own, [*live, self._retired_models])
 
     def _cache_statistics(self) -> CacheStatistics | None:
         if self.cache is None:
@@ -391,6 +402,8 @@ class ClipperServer:
         for worker in self.pool.workers if self.pool is not None else ():
             if worker.stats is not None and worker.stats["cache"] is not None:
                 total = total + worker.stats["cache"]
+        if self._retired_cache is not None:
+            total = total + self._retired_cache
         return total
 
     def _model_options(self) -> dict[ModelId, ModelOptions]:
@@ -660,6 +673,14 @@ class ClipperServer:
             self.rollouts.set_peer_evidence(worker.index, message["evidence"])
         elif kind == "exited":
             self.rollouts.set_peer_evidence(worker.index, None)
+            if worker.stats is not None:  # its last report: kept in the sums
+                last = worker.stats
+                self._retired_counters = retire_counters(self._retired_counters, last["counters"])
+                self._retired_models = retire_statistics(self._retired_models, last["models"])
+                if last["cache"] is not None:
+                    gone = last["cache"].counters_only()
+                    retired = self._retired_cache
+                    self._retired_cache = gone if retired is None else retired + gone
 
     def _describe_workers(self) -> list[dict[str, Any]]:
         """Every worker process (the supervisor first) and the queries each answered."""
@@ -683,7 +704,9 @@ class ClipperServer:
     def _worker_counters(self) -> list[Counters]:
         if self.pool is None:
             return []
-        return [w.stats["counters"] for w in self.pool.workers if w.stats is not None]
+        live = [w.stats["counters"] for w in self.pool.workers if w.stats is not None]
+        retired = self._retired_counters
+        return live if retired is None else [*live, retired]
 
     def _publish_metrics(self) -> None:
         """The supervisor's, once a second: the summed exposition, served by every

@@ -231,9 +231,10 @@ class WorkerPool:
             if process.returncode is None:
                 process.kill()
         code = await process.wait()
-        worker.rpc_port, worker.stats = None, None
         worker.ready.clear()
+        # Told while its last report is still there (the supervisor keeps its counts).
         self.on_message(worker, {"type": "exited", "status": code})
+        worker.rpc_port, worker.stats = None, None
         if self._starting:
             worker.start_failure = code
             return

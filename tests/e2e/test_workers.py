@@ -74,6 +74,10 @@ def scraped(clipper: Clipper, app: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def enqueued_of(clipper: Clipper, model: str) -> int:
+    return next(m for m in clipper.status()["models"] if m["model"] == model)["queue"]["enqueued"]
+
+
 def test_every_worker_serves_with_one_replica(clipper):
     status = clipper.status()
     assert status["workers"] == 2
@@ -110,6 +114,10 @@ def test_an_app_added_later_reaches_every_worker(clipper):
 
 def test_a_worker_that_dies_is_replaced_and_served(clipper):
     deploy(clipper, "again")
+    computed(clipper, "again", QUERIES)
+    wait_for(lambda: scraped(clipper, "again") == QUERIES, what="the summed /metrics")
+    assert workers(clipper)[1]["queries"] > 0  # the worker to be killed answered some
+    enqueued = enqueued_of(clipper, "again:1")
     before = workers(clipper)[1]
     os.kill(before["pid"], signal.SIGKILL)
     after = wait_for(
@@ -119,9 +127,20 @@ def test_a_worker_that_dies_is_replaced_and_served(clipper):
     assert after["restarts"] == 1
     assert after["rpc_port"] != before["rpc_port"]
     # The replica serves the new worker too: every query is computed again.
-    wait_for(lambda: fresh(clipper, "again", 2.0).json()["default"] is False, what="answers")
+    tries = 0
+
+    def computed_again() -> bool:
+        nonlocal tries
+        tries += 1
+        return fresh(clipper, "again", 2.0).json()["default"] is False
+
+    wait_for(computed_again, what="answers")
     computed(clipper, "again", 30)
     assert len(clipper.live_replicas("again")) == 1
+    # Its counts before it died stay in the sums: counters never go back.
+    answered = QUERIES + tries + 30
+    wait_for(lambda: scraped(clipper, "again") == answered, what="the sums to count every query")
+    assert enqueued_of(clipper, "again:1") >= enqueued
 
 
 def test_workers_stop_when_the_supervisor_dies(tmp_path):

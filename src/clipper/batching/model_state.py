@@ -122,6 +122,27 @@ def merge_statistics(
     return list(merged.values())
 
 
+def retire_statistics(
+    past: list[ModelStatistics], last: list[ModelStatistics]
+) -> list[ModelStatistics]:
+    """The counters of worker processes that exited (``past``) with one more's last
+    statistics added, its gauges (replicas, queue depth, batches in flight) left
+    out: what the supervisor keeps adding to the sums, so that a worker started
+    again from zero does not set them back."""
+    gone = [
+        replace(
+            m,
+            replicas=0,
+            idle_replicas=0,
+            in_flight_batches=0,
+            queue=replace(m.queue, depth=0, capacity=0),
+            by_replica=[],
+        )
+        for m in last
+    ]
+    return merge_statistics(past, [gone])
+
+
 @dataclass(frozen=True)
 class ReplicaBatchStatistics:
     """How one replica of a model batches (each has its own controller)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,10 @@ class CacheStatistics:
         """Two worker processes' caches together (``--workers``: one cache each)."""
         mine, theirs = asdict(self), asdict(other)
         return CacheStatistics(**{k: v + theirs[k] for k, v in mine.items()})
+
+    def counters_only(self) -> CacheStatistics:
+        """Its counters, its size gauges zero (an exited worker's, kept in the sums)."""
+        return replace(self, entries=0, bytes=0, max_bytes=0)
 
 
 def input_digest(value: Any) -> bytes:
