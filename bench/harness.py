@@ -3,7 +3,8 @@
 ``BenchServer`` is a context manager: a server on free ports with its state
 in a temporary folder, started through the public admin client
 (``ClipperConnection`` + ``LocalContainerManager``) with extra server flags,
-and stopped, with every replica, on the way out whatever happened.
+and stopped, with every replica, on the way out whatever happened (SIGTERM
+and SIGHUP to the benchmark included: ``StopSignals``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +30,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import cloudpickle
@@ -112,6 +114,110 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+class StopSignals:
+    """SIGTERM and SIGHUP, while a server of ours is open, unwind like Ctrl-C does.
+
+    The servers run in sessions of their own, so a signal for the benchmark
+    (``kill``, a CI timeout, a closed terminal) never reaches them, and the
+    signals' default action ends the benchmark without running its ``with``
+    blocks: the server and its replicas would live on. While one or more
+    servers are open (``hold`` on enter, ``release`` on exit, counted, so they
+    nest in any order), either signal raises ``SystemExit(128 + signal)`` in
+    the main thread instead, and every open server stops on the way out.
+    Only signals left at their default action are taken over (``nohup``'s
+    ignored SIGHUP stays ignored, a handler of the program's own stays), and
+    only from the main thread, the one Python runs handlers in.
+
+    A stop, once begun, finishes: a signal that comes during one (``deferred``)
+    is raised when the outermost stop is done, and a repeat of a signal that
+    already raised is ignored while the servers are stopping.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._holders = 0
+        self._saved: dict[signal.Signals, Any] = {}
+        self._stopping = 0
+        self._fired = False
+        self._pending: int | None = None
+
+    @staticmethod
+    def _main_thread() -> bool:
+        return threading.current_thread() is threading.main_thread()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._fired:
+            return  # already unwinding: let the stops finish
+        self._fired = True
+        if self._stopping:
+            self._pending = signum
+            return
+        raise SystemExit(128 + signum)
+
+    def hold(self) -> bool:
+        """Take the signals over (the first holder); False, and nothing done,
+        off the main thread. Pass True back to ``release``."""
+        if not self._main_thread():
+            return False
+        if self._holders == 0:
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_DFL:
+                    self._saved[sig] = signal.signal(sig, self._handle)
+        self._holders += 1
+        return True
+
+    def release(self) -> None:
+        """Give the signals back to what they were (the last holder)."""
+        self._holders -= 1
+        if self._holders == 0:
+            for sig, previous in self._saved.items():
+                if signal.getsignal(sig) == self._handle:  # not replaced since
+                    signal.signal(sig, previous)
+            self._saved.clear()
+            self._fired, self._pending = False, None
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A stop: a signal that comes during it is raised once it is done."""
+        if not self._main_thread():
+            yield
+            return
+        self._stopping += 1
+        try:
+            yield
+        finally:
+            self._stopping -= 1
+            if not self._stopping and self._pending is not None:
+                signum, self._pending = self._pending, None
+                raise SystemExit(128 + signum)
+
+
+# The one owner of the handlers: BenchServer and procserver.ProcessServer share it.
+stop_signals = StopSignals()
+
+
+class StoppedOnSignals:
+    """A server context manager's part in ``stop_signals``: ``_hold`` before it
+    starts, ``_close`` (its ``stop``, then the signals given back) on the way out."""
+
+    _holds_signals = False
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _hold(self) -> None:
+        self._hold()
+
+    def _close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            if self._holds_signals:
+                self._holds_signals = False
+                stop_signals.release()
+
+
 def pin_tree(pid: int, cpus: set[int]) -> int:
     """Pin every thread of ``pid`` and of its descendants to ``cpus``; threads pinned."""
     pinned = 0
@@ -162,7 +268,7 @@ class CpuPlan:
 
 
 @dataclass
-class BenchServer:
+class BenchServer(StoppedOnSignals):
     """A Clipper server for one benchmark configuration (a context manager)."""
 
     def __init__(
@@ -199,6 +305,8 @@ class BenchServer:
     def __enter__(self) -> BenchServer:
         saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
         os.environ.update(SINGLE_THREAD_ENV)
+        # Before the server starts: SIGTERM from here on stops it (StopSignals).
+        self._hold()
         try:
             if self.module == "clipper.server" and not self.env:
                 self.conn.start_clipper(timeout=120)
@@ -208,7 +316,7 @@ class BenchServer:
             if self.cpus.server is not None:
                 pin_tree(self.pid, self.cpus.server)
         except BaseException:
-            self.stop()
+            self._close()
             raise
         finally:
             for k, v in saved.items():
@@ -262,7 +370,7 @@ class BenchServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self._close()
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -325,24 +433,25 @@ class BenchServer:
 
     def stop(self) -> None:
         """Stop the server and every replica; remove the state folder."""
-        pids: list[int] = []
-        if self.pid is not None:
-            with contextlib.suppress(Exception):
-                pids = descendants(self.pid)
-        try:
-            self.conn.stop_all()
-        finally:
-            for pid in pids:
-                with contextlib.suppress(TimeoutError):
-                    wait_for(functools.partial(_gone, pid), 30, f"pid {pid} to exit")
-                if pid_alive(pid):  # a straggler of ours: make sure
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, 9)
-                        print(f"killed stray benchmark process {pid}", file=sys.stderr)
-            if os.environ.get("BENCH_KEEP_STATE"):
-                print(f"kept the server's state folder {self.state}", file=sys.stderr)
-            else:
-                shutil.rmtree(self.state, ignore_errors=True)
+        with stop_signals.deferred():
+            pids: list[int] = []
+            if self.pid is not None:
+                with contextlib.suppress(Exception):
+                    pids = descendants(self.pid)
+            try:
+                self.conn.stop_all()
+            finally:
+                for pid in pids:
+                    with contextlib.suppress(TimeoutError):
+                        wait_for(functools.partial(_gone, pid), 30, f"pid {pid} to exit")
+                    if pid_alive(pid):  # a straggler of ours: make sure
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, 9)
+                            print(f"killed stray benchmark process {pid}", file=sys.stderr)
+                if os.environ.get("BENCH_KEEP_STATE"):
+                    print(f"kept the server's state folder {self.state}", file=sys.stderr)
+                else:
+                    shutil.rmtree(self.state, ignore_errors=True)
 
 
 @contextlib.contextmanager

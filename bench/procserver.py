@@ -15,7 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import ROOT, SINGLE_THREAD_ENV, CpuPlan, cpu_seconds, pid_alive, pin_tree
+from .harness import (
+    ROOT,
+    SINGLE_THREAD_ENV,
+    CpuPlan,
+    StoppedOnSignals,
+    cpu_seconds,
+    pid_alive,
+    pin_tree,
+    stop_signals,
+)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -58,7 +67,7 @@ class ServerFailed(RuntimeError):
     """A server process that exited, or never answered."""
 
 
-class ProcessServer:
+class ProcessServer(StoppedOnSignals):
     """A server pinned to the server's CPUs, run as a process in a session of
     its own; duck-types ``BenchServer`` for the probes of bench/batching.py (no
     model status; CPU of its whole tree).
@@ -70,7 +79,8 @@ class ProcessServer:
     then SIGTERM and SIGKILL to whatever of the tree is left. ``port``: given
     (and already written into its configuration) or chosen here and passed as
     ``--port``; ``log_dir``: its output goes there (else to ours), and
-    the folder is removed on the way out, like ``cleanup``.
+    the folder is removed on the way out, like ``cleanup``. SIGTERM or SIGHUP
+    to the benchmark stops it too (``harness.StopSignals``).
     """
 
     def __init__(
@@ -116,30 +126,32 @@ class ProcessServer:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / "server.log", "ab")  # closed once started
+        # Before the server starts: SIGTERM from here on stops it.
+        self._hold()
         try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=ROOT,
-                env=self.env if self.env is not None else os.environ | SINGLE_THREAD_ENV,
-                preexec_fn=pin,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT if out is not None else None,
-            )
-        finally:
-            if out is not None:
-                out.close()
-        self.pid = self.proc.pid
-        try:
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    cwd=ROOT,
+                    env=self.env if self.env is not None else os.environ | SINGLE_THREAD_ENV,
+                    preexec_fn=pin,
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT if out is not None else None,
+                )
+            finally:
+                if out is not None:
+                    out.close()
+            self.pid = self.proc.pid
             self._wait_listening()
         except BaseException:
-            self.stop()
+            self._close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._close()
 
     def log_tail(self, lines: int = 12) -> str:
         if self.log_dir is None:
@@ -208,6 +220,10 @@ class ProcessServer:
         return time.perf_counter() - t0
 
     def stop(self) -> None:
+        with stop_signals.deferred():
+            self._stop()
+
+    def _stop(self) -> None:
         if self.proc is None:
             return
         assert self.pid is not None

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,61 @@ def timed_predict(clipper: Clipper, app: str, body: Any, timeout: float = 20.0) 
     except ValueError:
         payload = r.text
     return Answer(r.status_code, payload, elapsed)
+
+
+@dataclass
+class Offered:
+    """What an open-loop load got back: every answer, and what ended a sender early."""
+
+    answers: list[Answer]
+    errors: list[BaseException]
+
+
+def open_loop(url: str, qps: float, duration_s: float, threads: int, lead_s: float) -> Offered:
+    """POST queries to ``url`` at ``qps`` in all for ``duration_s``, open loop.
+
+    ``threads`` threads, each with its own client, take turns on one schedule
+    that starts ``lead_s`` from now (time for the threads to start); a thread
+    that falls behind sends at once and skips its missed slots, never bursting
+    to catch up, so the rate offered does not depend on how fast the server
+    answers. Thread i sends ``{"input": [i, k]}`` in its slot k. An error (a dropped
+    connection) ends its thread and is returned, for the test to fail on.
+    """
+    offered = Offered([], [])
+    lock = threading.Lock()
+    start = time.monotonic() + lead_s
+    interval = threads / qps  # between one thread's slots
+
+    def send(index: int) -> None:
+        k = 0
+        with httpx.Client(timeout=10.0) as client:
+            while True:
+                due = start + (k * threads + index) / qps
+                if due > start + duration_s:
+                    return
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                elif -delay > interval:  # behind schedule: skip the missed slots
+                    k += int(-delay / interval)
+                k += 1
+                t0 = time.monotonic()
+                try:
+                    r = client.post(url, json={"input": [float(index), float(k)]})
+                    answer = Answer(r.status_code, r.json(), time.monotonic() - t0)
+                except BaseException as exc:  # a dropped connection fails the test
+                    with lock:
+                        offered.errors.append(exc)
+                    return
+                with lock:
+                    offered.answers.append(answer)
+
+    senders = [threading.Thread(target=send, args=(i,)) for i in range(threads)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    return offered
 
 
 def concurrently(fn: Callable[[int], Any], n: int, threads: int = 8) -> list[Any]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -21,7 +19,7 @@ import pytest
 
 from tests.helpers import Clipper, manager_on_free_ports, wait_for
 from tests.reliability import models
-from tests.reliability.support import Answer, deploy, model_stats, replicas_of
+from tests.reliability.support import Answer, deploy, model_stats, open_loop, replicas_of
 
 pytestmark = pytest.mark.slow
 
@@ -57,46 +55,12 @@ def slow_app(clipper: Clipper, app: str, overload: str) -> None:
 
 
 def offer(clipper: Clipper, app: str) -> list[Answer]:
-    """OFFERED_QPS for DURATION_S from THREADS threads, each on its own schedule
-    (one that falls behind skips its missed slots rather than bursting)."""
-    answers: list[Answer] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    start = time.monotonic() + 0.2
-    interval = THREADS / OFFERED_QPS
-
-    def send(index: int) -> None:
-        k = 0
-        with httpx.Client(timeout=10.0) as client:
-            while True:
-                due = start + (k * THREADS + index) / OFFERED_QPS
-                if due > start + DURATION_S:
-                    return
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                elif -delay > interval:
-                    k += int(-delay / interval)
-                k += 1
-                t0 = time.monotonic()
-                try:
-                    r = client.post(
-                        f"{clipper.query_url}/{app}/predict", json={"input": [float(index), k]}
-                    )
-                    answer = Answer(r.status_code, r.json(), time.monotonic() - t0)
-                except BaseException as exc:  # a dropped connection fails the test
-                    with lock:
-                        errors.append(exc)
-                    return
-                with lock:
-                    answers.append(answer)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
+    """OFFERED_QPS for DURATION_S from THREADS threads, open loop (``open_loop``)."""
+    offered = open_loop(
+        f"{clipper.query_url}/{app}/predict", OFFERED_QPS, DURATION_S, THREADS, lead_s=0.2
+    )
+    assert not offered.errors, offered.errors[:3]
+    answers = offered.answers
     # The load really was a multiple of what the model sustains.
     assert len(answers) > 2 * SUSTAINABLE_QPS * DURATION_S, f"only {len(answers)} answers"
     return answers

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ from tests.reliability.support import (
     Answer,
     deploy,
     model_stats,
+    open_loop,
     rss_bytes,
     timed_predict,
 )
@@ -66,8 +66,7 @@ def slow_app(clipper: Clipper, app: str, overload: str) -> None:
 
 class Load:
     """Open-loop load: THREADS threads send at OFFERED_QPS in all, on a schedule
-    (a thread that falls behind sends at once, never in a burst to catch up),
-    while another thread polls the model's queue depth."""
+    (``open_loop``), while another thread polls the model's queue depth."""
 
     def __init__(self, clipper: Clipper, app: str) -> None:
         self.clipper = clipper
@@ -76,36 +75,7 @@ class Load:
         self.errors: list[BaseException] = []
         self.max_depth = 0
         self.depth_samples = 0
-        self._lock = threading.Lock()
         self._done = threading.Event()
-
-    def _send(self, index: int, start: float) -> None:
-        interval = THREADS / OFFERED_QPS
-        k = 0
-        with httpx.Client(timeout=10.0) as client:
-            while True:
-                due = start + (k * THREADS + index) / OFFERED_QPS
-                if due > start + DURATION_S:
-                    return
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                elif -delay > interval:  # behind schedule: skip the missed slots
-                    k += int(-delay / interval)
-                k += 1
-                t0 = time.monotonic()
-                try:
-                    r = client.post(
-                        f"{self.clipper.query_url}/{self.app}/predict",
-                        json={"input": [float(index), float(k)]},
-                    )
-                    answer = Answer(r.status_code, r.json(), time.monotonic() - t0)
-                except BaseException as exc:  # a dropped connection fails the test
-                    with self._lock:
-                        self.errors.append(exc)
-                    return
-                with self._lock:
-                    self.answers.append(answer)
 
     def _watch(self) -> None:
         auth = AdminAuth(self.clipper.admin_url, self.clipper.token)
@@ -121,17 +91,18 @@ class Load:
     def run(self) -> Load:
         watcher = threading.Thread(target=self._watch)
         watcher.start()
-        start = time.monotonic() + 0.1
-        senders = [threading.Thread(target=self._send, args=(i, start)) for i in range(THREADS)]
         try:
-            for t in senders:
-                t.start()
-            for t in senders:
-                t.join()
+            offered = open_loop(
+                f"{self.clipper.query_url}/{self.app}/predict",
+                OFFERED_QPS,
+                DURATION_S,
+                THREADS,
+                lead_s=0.1,
+            )
         finally:
             self._done.set()
             watcher.join()
-        self.elapsed = time.monotonic() - start
+        self.answers, self.errors = offered.answers, offered.errors
         return self
 
     @property
