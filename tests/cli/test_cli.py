@@ -224,6 +224,10 @@ def test_logs(cli, summing):
     assert len(cli.ok("logs", "-n", "3").splitlines()) <= 3
     label = next(r["replica"] for r in cli.json("replicas") if r["model_name"] == "summer")
     cli.ok("logs", "--replica", label)
+    assert "summer" in cli.ok("logs", "--worker", "0", "-n", "500")  # 0: the server's
+    # One process serves here: worker 1 has no log (tests/e2e/test_workers.py reads one).
+    assert "no log for worker 1" in assert_one_error_line(cli("logs", "--worker", "1"))
+    assert "not both" in assert_one_error_line(cli("logs", "--worker", "1", "--replica", label))
 
 
 def test_logs_follow_prints_new_lines_until_ctrl_c(cli, tmp_path):

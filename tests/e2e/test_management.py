@@ -99,6 +99,9 @@ def test_app_lifecycle_and_clipper_shapes(clipper):
             "Bad/Name",
         ),
         ("get_logs", {"replica": "../../etc/passwd"}, "invalid replica"),
+        ("get_logs", {"worker": 0}, "worker must be between 1 and"),
+        ("get_logs", {"worker": 1, "replica": "m-1-0"}, "not both"),
+        ("get_logs", {"worker": 1}, "no log for worker 1"),  # a single process
         ("delete_app", {"name": "ghost"}, "ghost"),
     ],
 )

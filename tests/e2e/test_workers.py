@@ -106,6 +106,14 @@ def test_every_worker_serves_with_one_replica(clipper):
     assert model["queue"]["enqueued"] >= QUERIES  # summed over the workers
 
 
+def test_each_workers_log_is_read_through_the_management_api(clipper):
+    pid = workers(clipper)[1]["pid"]
+    lines = clipper.conn.get_clipper_logs(lines=200, worker=1)
+    assert lines and any("worker 1" in line for line in lines), lines[-5:]
+    assert lines != clipper.conn.get_clipper_logs(lines=200)  # not the server's
+    assert pid_alive(pid)
+
+
 def test_an_app_added_later_reaches_every_worker(clipper):
     deploy(clipper, "later")
     # No query may find the app missing, whichever worker it reaches.

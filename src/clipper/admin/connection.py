@@ -746,11 +746,16 @@ class ClipperConnection:
         """``host:port`` of the Prometheus endpoint (``/metrics`` on the query port)."""
         return self.get_query_addr()
 
-    def get_clipper_logs(self, lines: int = 200, replica: str | None = None) -> list[str]:
-        """The last ``lines`` lines of the server's log, or of one replica's."""
+    def get_clipper_logs(
+        self, lines: int = 200, replica: str | None = None, worker: int | None = None
+    ) -> list[str]:
+        """The last ``lines`` lines of the server's log, of one replica's, or of one
+        frontend worker process's (``--workers``; 1 and up: 0 is the server's)."""
         body: dict[str, Any] = {"lines": lines}
         if replica is not None:
             body["replica"] = replica
+        if worker:
+            body["worker"] = worker
         return list(self._post("get_logs", body)["lines"])
 
     def stop_versioned_models(self, model_versions_dict: dict[str, list[str]]) -> None:

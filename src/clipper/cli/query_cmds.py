@@ -67,7 +67,10 @@ def _input_type(where: Target, app_name: str) -> str | None:
     return itype if isinstance(itype, str) else None
 
 
-@app.command(help="Print the last lines of the server's log, or of one replica's.")
+@app.command(
+    help="Print the last lines of the server's log, of one replica's, or of one "
+    "frontend worker process's (--workers)."
+)
 def logs(
     ctx: typer.Context,
     lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 100,
@@ -80,10 +83,18 @@ def logs(
     interval: Annotated[
         float, typer.Option(min=0.1, help="With --follow: seconds between polls.")
     ] = 1.0,
+    worker: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="A frontend worker's index (see `clipper status`); 0: the server's log."
+        ),
+    ] = None,
 ) -> None:
+    if replica is not None and worker:
+        fail("give --replica or --worker, not both")
     conn = target(ctx).connect()
     window = max(lines, FOLLOW_WINDOW) if follow else lines
-    seen = conn.get_clipper_logs(window, replica)
+    seen = conn.get_clipper_logs(window, replica, worker)
     for line in seen[-lines:]:
         typer.echo(line)
     if not follow:
@@ -91,7 +102,7 @@ def logs(
     try:
         while True:
             time.sleep(interval)
-            current = conn.get_clipper_logs(window, replica)
+            current = conn.get_clipper_logs(window, replica, worker)
             for line in new_log_lines(seen, current):
                 typer.echo(line)
             seen = current

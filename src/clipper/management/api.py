@@ -28,6 +28,7 @@ from ..exceptions import ClipperError, NotFoundError, StoreError, ValidationErro
 from ..http.auth import Sessions, token_matches
 from ..http.openapi import OPENAPI_PATH, serve
 from ..http.server import Body, Request, Response, Stream, json_error, json_response
+from ..settings import MAX_WORKERS
 from .service import ManagementService
 from .uploads import MIN_RATE, RATE_WINDOW_S, UploadError, parse_digest
 
@@ -221,9 +222,19 @@ async def _get_logs(s: ManagementService, f: Fields) -> Any:
     replica = f.get("replica", str, None)
     if replica is not None and not LOG_NAME.match(replica):
         raise ValidationError(f"get_logs: invalid replica label {replica!r}")
-    path = s.log_dir / (f"{replica}.log" if replica else "server.log")
+    worker = f.get("worker", int, None)
+    if worker is not None:
+        if replica is not None:
+            raise ValidationError("get_logs: give a replica or a worker, not both")
+        if not 1 <= worker < MAX_WORKERS:
+            raise ValidationError(
+                f"get_logs: worker must be between 1 and {MAX_WORKERS - 1} (0 is the server's log)"
+            )
+    name = f"{replica}.log" if replica else f"worker-{worker}.log" if worker else "server.log"
+    path = s.log_dir / name
     if not path.is_file():
-        raise ValidationError(f"get_logs: no log for {replica or 'the server'} ({path.name})")
+        whose = replica or (f"worker {worker}" if worker else "the server")
+        raise ValidationError(f"get_logs: no log for {whose} ({path.name})")
     return {"lines": _tail(path, lines)}
 
 
@@ -319,7 +330,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "get_all_containers": ("verbose",),
     "get_container": ("model_name", "model_version", "replica_id"),
     "get_readiness": ("app_name", "model_name", "model_version"),
-    "get_logs": ("lines", "replica"),
+    "get_logs": ("lines", "replica", "worker"),
     "start_rollout": ("model_name", "model_version", "mode", "fraction", "limits", "steps"),
     "stop_rollout": ("model_name", "promote"),
     "get_rollouts": (),

@@ -18,6 +18,7 @@ from typing import Any
 from ..http.openapi import HTTP_ERRORS, Schema, document, errors, json_body, ok, ref
 from ..managers.base import REPLICA_FIELDS
 from ..selection.policies import POLICY_NAMES
+from ..settings import MAX_WORKERS
 from ..types import _NAME_RE, ROLLOUT_LIMIT_KEYS, ROLLOUT_MODES, InputType
 from .api import FIELDS
 
@@ -83,6 +84,12 @@ FIELD_SCHEMAS: dict[str, Schema] = {
     "replica_id": {"type": "string"},
     "lines": {"type": "integer", "minimum": 1, "maximum": 10_000},
     "replica": {"type": "string", "description": "a replica's label; default: the server's log"},
+    "worker": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_WORKERS - 1,
+        "description": "a frontend worker process (`--workers`); default: the server's log",
+    },
     "mode": {"type": "string", "enum": list(ROLLOUT_MODES), "description": "how the rollout runs"},
     "fraction": {
         "type": ["number", "integer"],
