@@ -207,7 +207,7 @@ class StoppedOnSignals:
         raise NotImplementedError
 
     def _hold(self) -> None:
-        self._hold()
+        self._holds_signals = stop_signals.hold()
 
     def _close(self) -> None:
         try:
