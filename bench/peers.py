@@ -93,7 +93,7 @@ import cloudpickle
 import numpy as np
 
 from . import batching, loadgen, mlserver_runtime, models, naive_server, store
-from .batching import Bench, Measurement, Options, Probe
+from .batching import Bench, Measurement, Options, Probe, search_rate
 from .harness import (
     RESULTS,
     ROOT,
@@ -548,34 +548,21 @@ class PeerBench:
         return time.perf_counter() - t0
 
     def search(self, t: Target, start: float, m: Measurement, hinted: bool) -> float:
-        """bench/batching.py's search (x1.5 up, /2 down, then bisect), a fresh
-        server after each failed probe."""
+        """bench/batching.py's search (``search_rate``: x1.5 up, /2 down, bisect,
+        then a recheck above), a fresh server after each failed probe."""
         o = self.bench.opts
-        up, down = (1.15, 1.3) if hinted else (1.5, 2.0)
-        lo, hi = 0.0, float("inf")
-        rate = start
-        for _ in range(o.max_probes):
-            rate = max(10.0, round(rate / 10) * 10)
+
+        def passes(rate: float) -> bool:
             p = self.probe(t, rate, o.probe_s)
             m.probes.append(p)
             if not p.passed and self.bench.marginal(p):
                 p = self.probe(t, rate, o.probe_s)  # a near miss: confirm it once
                 m.probes.append(p)
-            if p.passed:
-                lo = rate
-            else:
-                hi = rate
-            if lo > 0 and hi < float("inf") and hi - lo <= o.precision * lo:
-                break
-            if hi == float("inf"):
-                rate *= up
-            elif lo == 0:
-                if rate <= 10:
-                    break
-                rate /= down
-            else:
-                rate = (lo + hi) / 2
-        return lo
+            return p.passed
+
+        return search_rate(
+            passes, start, hinted=hinted, precision=o.precision, max_probes=o.max_probes
+        )
 
     def measure(self, t: Target, repeat: int) -> dict[str, Any]:
         """Goodput search, then a low-load probe and (no-op) a closed loop."""
