@@ -142,85 +142,45 @@ from .procserver import ProcessServer
 READING = """
 **Reading** (hand-written for the run above; rerun and update it when the numbers move).
 
-- *Three repeats on a shared host.* Load average 1.7 at the end. The echo server's
-  goodput was 7,860, 9,040 and 8,520/s in the three repeats (11,850, 8,070 and 9,280
-  in the previous run, 00:08); closed loop it served 14,550/s (11,440 before). Per-repeat
-  ratios (Clipper / naive): light 2.95, 3.35, 3.13; heavy 2.47, 2.31, 2.65; no-op
-  2.50, 2.36, 3.06. Clipper / MLServer on the light MLP: 8.34, 8.36, 5.50 (MLServer's
-  third repeat was its best, 1,170/s).
-- *What changed since the previous run* (1bd77a9): batching is per replica (each
-  replica its own batch-size controller, cost curve and latency estimate; every model
-  here has one replica, so the same decisions as before), and the dispatcher's
-  per-batch bookkeeping moved with it. An in-process microbenchmark of the dispatcher
-  (submit, pump, result; batches of 1 and 8) and a closed-loop A/B of the whole server
-  on the no-op model (64 clients, three alternations of three 4 s runs: 14,550-15,860/s
-  before, 14,650-15,860/s after, 57-61 µs of server CPU per query both) measured no
-  difference, so the lower no-op goodput in this run (7,780/s against 10,440) is the
-  machine's: the echo server lost as much, and in this open loop Clipper served 86-105
-  % of the echo server's goodput with the no-op model.
-- *Light MLP, frontend-bound: 3.13x naive (target 3x: met; 2.95-3.35 per repeat),
-  8.3x the best batching peer (MLServer; target 10x: not met, 5.5-8.4 per repeat;
-  8.1x and 11.2x in the previous two runs).* Clipper spent 154 µs of CPU per query at
-  goodput, server and replica together (154 in the previous run, 108 in the one
-  before; naive 406), and served 76 % of the echo ceiling in this open loop (85 %
-  closed-loop with the no-op model) and 11 % of the model-only ceiling: the path
-  around the model (HTTP, JSON, the hop to the replica and back, some forty Python
-  calls per query) is the limit. MLServer's goodput is bounded by its latency rather
-  than its CPU (820/s at 818 µs per query).
-- *Heavy MLP: 2.47x naive (target 5x not met), 2.9x MLServer (target 9x not met;
-  2.75x and 3.5x in the previous run).*
-  On this machine OpenBLAS's float32 product costs a batch about 2.3 ms plus 0.12 ms
-  per query (it packs the 22 MB of weights on every call): one query (a
-  matrix-vector product) takes 0.5-0.7 ms, any batch of 2 or more at least 2.8 ms,
-  and only batches of 6 and more beat single calls. Five times naive is 3,200/s in
-  this run (2,950/s and 4,150/s in the previous two): at 0.12 ms per query in the model and about
-  0.1 ms in the server, the core runs out before batches grow large enough to pay
-  the 2.3 ms, and a query waits for the batch in flight and then runs in the next,
-  near the 20 ms SLO. At fixed rates (1,800-2,600/s) the server and replica together
-  use the whole core (about 550 µs of CPU per query at a mean batch of 13, 380 µs at
-  20), so goodput is where the core runs out. The issue's figures assumed a batch of
-  64 at 0.1 ms per query beside a 0.9 ms single query (a 9x batch economy); here it
-  is 0.16 ms beside 0.5-0.6 ms (under 4x), which also makes the naive server
-  relatively faster. Tried and left out: an adaptive wait for a fuller batch (no
-  measurable gain); running the frontend as SCHED_BATCH so that it does not preempt
-  the replica mid-batch (p99 1-2 ms lower at fixed rates, within noise for goodput);
-  the replica at a lower priority (nice 5 and 10: no change, more expired queries at
-  10). With the quantile controller the heavy MLP once stayed at batches of 1-3 for
-  good after a cold start at 2,400/s; fixed this session (the batching section).
-- *Overhead at 50 queries/s, light MLP: p50 1.23 ms, p99 2.29 ms above the model's own
-  time at that rate (targets 1 ms: not met; 3 ms: met; 1.31 / 2.32 in the previous
-  run).* Called in-process every 20 ms, its caches gone cold in between as in the
-  server, the model itself takes 0.41 ms (0.07 back to back); above that back-to-back
-  time the figures are 1.57 / 2.63 ms. The echo server takes 0.65 / 1.38 ms at the
-  same rate: loopback, HTTP and the generator, so the
-  1 ms p50 target leaves Clipper 0.4 ms for its own path. On top it adds the hop to
-  the replica process and back (ZeroMQ's I/O thread in each process: six thread
-  switches; a bare ZeroMQ round trip between two processes on one core takes 0.13 ms
-  back to back and 0.31 ms after 20 ms idle) and its Python path, which after the
-  idle gaps of a low rate runs 2-3x slower than back to back. The naive server, with
-  no hop, is at 1.45 / 2.21 ms.
-- *The peers.* MLServer (adaptive batching, inference in its server process) is the
-  best of the three everywhere; LitServe (one API server and one worker process talking
-  over ZeroMQ) reaches 30-55 % of it; Ray Serve (11 processes on one core, 12-20 ms of
-  CPU per query) cannot meet a 20 ms p99 above 20-50 queries/s here. All three got
-  the same batching settings (max batch 64, or 32 for the heavy MLP, and a 2 ms wait)
-  and their answers were checked against the model in-process.
-- *Triton (PyTriton), added after the run above: quick runs only* (one repeat each, on
-  the same 2-core machine, 2026-12-07; indicative). Beside Clipper
-  (`--quick --peers triton`, bench/results/peers-triton-quick.json): light MLP Clipper
-  5,700/s, Triton 1,960/s (2.91x), naive 2,550/s; heavy MLP Clipper 920/s, Triton 140/s
-  (6.57x), naive 740/s; no-op Clipper 9,500/s, Triton 2,890/s. At 50/s, p50 / p99: light
-  Clipper 1.40 / 2.20 ms, Triton 6.99 / 8.26 ms; heavy Clipper 2.41 / 5.03 ms, Triton
-  8.13 / 13.29 ms. An earlier run beside MLServer (`--peers triton,mlserver --baselines
-  naive,echo`, bench/results/peers-triton-mlserver-quick.json) gave Triton 2,200/s and
-  80/s (MLServer 680/s and 340/s). Triton's dynamic batcher had the same settings as the
-  other peers and its answers matched the model's; six processes were pinned (PyTriton's,
-  `tritonserver`, its Python backend stub and the stub's helpers). A lone request costs
-  about 5 ms of CPU across the three processes it crosses, mostly once per batch:
-  batches of up to 64 spread it on the light MLP, but on the heavy MLP a batch of 4-32
-  adds 5-9 ms of model (numpy 1.26 in Triton's environment, as PyTriton requires, is
-  20-30 % slower than numpy 2 here), so its p99 passes 20 ms early. Not in the tables
-  above until the next full run.
+- *Three repeats on a shared host* (load average 0.7 at the start, 1.2 at the end); the
+  echo server's goodput was 8,140, 7,200 and 6,780/s in the three repeats. Per-repeat
+  ratios (Clipper / naive): light 3.01, 3.44, 3.01; heavy 1.47, 1.31, 2.74; no-op 3.31,
+  2.40, 2.58. Triton (PyTriton) is in the tables for the first time. The goodput search
+  (bench/batching.py `search_rate`) now probes once more at 1.5x what it found.
+- *Light MLP: 3.01x naive (target 3x: met), 4.3x the best batching peer (MLServer;
+  target 10x: not met; 3.3-7.8x per repeat against the best peer of each).* Clipper spent
+  210 µs of CPU per query at goodput, server and replica together (naive 570). The
+  path around the model (HTTP, JSON, the hop to the replica and back) is the limit: 68 %
+  of the echo server's goodput in this open loop, 95 % closed loop with the no-op model.
+- *Heavy MLP: 1.47x naive (target 5x, and issue 25's 3.5x: not met), 2.8x MLServer.*
+  Two of three repeats stayed at 660-680/s, and one reached 1,040/s. At the lower rates
+  Clipper sends lone queries (a batch of 2 to 16 costs 4-5 times one query under
+  OpenBLAS). Each one holds the shared core for about 1.5 ms, and p99 sits at 15-20 ms
+  from 300/s up, so a probe near 700/s fails on a few defaults. Past about 900/s the
+  queue fills batches and p99 can be lower. The section "The heavy MLP on one shared
+  core" below has the arithmetic (about 1,300-1,450/s is what this core allows at a
+  20 ms p99, about 3x naive here) and what was tried.
+  - This run is below the previous full run (2026-11-29: 1,590/s, 2.47x, naive 640/s).
+    Naive lost 30 % on the same machine. The quick runs of the same day gave 460-1,440/s.
+  - Between the two runs came shedding at arrival, the brownout, the local socket and
+    the refusal-by-size rule. Whether one of them costs the heavy MLP at 500-700/s is not
+    settled: the noise between fresh servers is larger than any effect measured.
+- *No-op: 2.58x naive; 3.8x the best peer (Triton).* Closed loop (64 clients) Clipper
+  served 8,656/s against the echo server's 8,713/s.
+- *Low load (50/s).* Light MLP p50 / p99 1.89 / 4.07 ms against naive's 1.67 / 2.39 ms;
+  heavy 3.04 / 7.81 against 2.89 / 5.96 ms. `make bench-lowload` (its section below)
+  shows why. Back to back, a Clipper request costs what a naive one does. At 50/s it
+  also wakes a second process, the replica.
+- *The peers.* MLServer (adaptive batching, inference in its server process) is the best
+  batching peer on both MLPs. Triton through PyTriton is close to it on the light MLP
+  (630-1,380/s) and the best on the no-op model (1,320-1,520/s). On the heavy MLP it
+  falls to 100-110/s: a lone request crosses three processes (PyTriton's, `tritonserver`,
+  its Python backend stub) for about 5 ms of CPU, and its environment's numpy 1.26 (as
+  PyTriton requires) computes batches of 4-32 5-9 ms slower. LitServe (an API server and
+  a worker over ZeroMQ) reaches 25-40 % of MLServer. Ray Serve (11 processes on one
+  core, about 20 ms of CPU per query) cannot meet a 20 ms p99 above 20 queries/s here.
+  All four got the same batching (max batch 64, 32 for the heavy MLP, 2 ms wait), and
+  their answers were checked against the model in-process.
 """
 
 
