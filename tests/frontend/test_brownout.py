@@ -50,6 +50,29 @@ def test_the_share_follows_the_lag_with_hysteresis(caplog):
     assert len(ends) == 1 and "1 requests answered unread" in ends[0].getMessage()
 
 
+def test_the_probe_slows_down_while_the_frontend_is_far_from_saturated():
+    b = Brownout(interval_s=0.005, idle_interval_s=0.05, min_requests=8, high_s=0.003,
+                 low_s=0.001)  # fmt: skip
+
+    def probe(requests: int, window: float, lag: float = 0.0) -> float:
+        b.requests = requests
+        b.observe_lag(lag, 0.0, window)
+        return b.next_interval()
+
+    assert probe(0, 0.005) == 0.05  # idle: every 50 ms
+    assert probe(30, 0.05) == 0.05  # 600/s: under half the busy rate (1,600/s)
+    assert probe(40, 0.05) == 0.005  # 800/s: half of it, probe often again
+    assert probe(3, 0.005) == 0.05
+    assert probe(0, 0.05, lag=0.004) == 0.005  # a late loop: often, whatever the traffic
+    # Busy is a rate: 8 requests in a 50 ms window are not 8 in 5 ms.
+    for _ in range(5):
+        probe(8, 0.05, lag=0.010)
+    assert b.share == 0.0
+    for _ in range(3):
+        probe(80, 0.05, lag=0.010)
+    assert b.share > 0.0 and b.next_interval() == 0.005  # shedding: often
+
+
 def test_the_probe_sees_a_blocked_loop():
     async def main() -> float:
         b = Brownout(interval_s=0.005, up=0.5, streak=1, min_requests=0)
