@@ -290,7 +290,8 @@ class ModelState:
             take,
             now,
             now + fast_latency,
-            keep_before=now + member.latency_for(take),
+            # Left for a faster replica: due before this one's batch could end.
+            keep_before=now + (fast_latency if fastest is member else member.latency_for(take)),
             scan_limit=KEEP_SCAN_LIMIT,
         )
         if not batch and len(queue) and estimate.may_probe(now, fast.latency):
