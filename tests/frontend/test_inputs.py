@@ -776,3 +776,10 @@ def test_the_flat_path_takes_the_common_body_and_leaves_the_rest():
     assert inputs_module._flat_input(b'{"input": [2147483648]}', InputType.INTEGERS) is None
     assert inputs_module._flat_input(b'{"input": [1.5]}', InputType.INTEGERS) is None
     assert inputs_module._flat_input(b'{"input": [3.5e38]}', InputType.FLOATS) is None
+
+
+def test_a_label_nested_too_deep_is_a_clear_error_not_a_crash():
+    deep = b'{"a":' * 400 + b"1" + b"}" * 400
+    body = b'{"uid": 0, "input": [1.0], "label": ' + deep + b"}"
+    with pytest.raises(InputError, match="label: JSON nested deeper than"):
+        parse_update_body(body, InputType.DOUBLES, None)

@@ -240,6 +240,8 @@ def parse_update_body(
             raise InputError(f"missing field '{name}': feedback needs 'uid', 'input' and 'label'")
     if doc["label"] is None:
         raise InputError("field 'label' must not be null")
+    if _deeper_than(doc["label"], MAX_JSON_DEPTH):
+        raise InputError(f"label: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     value = parse_input(doc["input"], input_type, input_shape, "input")
     return UpdateRequest(_parse_uid(doc), value, doc["label"])
 
