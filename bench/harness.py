@@ -375,7 +375,9 @@ class BenchServer(StoppedOnSignals):
     @property
     def admin_headers(self) -> dict[str, str]:
         """The management API's token: given, else the one the server keeps in its state folder."""
-        token = self.cm.resolve_admin_token()
+        # An older commit's client (PYTHONPATH, BENCH_MEASURED_COMMIT) has no token.
+        resolve = getattr(self.cm, "resolve_admin_token", None)
+        token = resolve() if resolve is not None else None
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def status(self) -> dict[str, Any]:
