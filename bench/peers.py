@@ -163,8 +163,12 @@ READING = """
   - This run is below the previous full run (2026-11-29: 1,590/s, 2.47x, naive 640/s).
     Naive lost 30 % on the same machine. The quick runs of the same day gave 460-1,440/s.
   - Between the two runs came shedding at arrival, the brownout, the local socket and
-    the refusal-by-size rule. Whether one of them costs the heavy MLP at 500-700/s is not
-    settled: the noise between fresh servers is larger than any effect measured.
+    the refusal-by-size rule. None of them costs the heavy MLP. Measured afterwards
+    (bench/results/heavy-commits.json): Clipper alone, quick runs, five commits in turn,
+    six rounds, today's harness against each commit's server. Medians 1,315/s on
+    2026-11-29's last commit (1,020-1,480), 1,420 before the overload work, 1,245 with
+    it, 1,450 with the local socket, 1,675/s at this run's commit (840-2,010). The
+    spread between fresh servers (500-2,020/s) is what moved the full run.
 - *No-op: 2.58x naive; 3.8x the best peer (Triton).* Closed loop (64 clients) Clipper
   served 8,656/s against the echo server's 8,713/s.
 - *Low load (50/s).* Light MLP p50 / p99 1.89 / 4.07 ms against naive's 1.67 / 2.39 ms;

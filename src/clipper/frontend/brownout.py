@@ -57,8 +57,8 @@ class Brownout:
         high_s: float = 0.003,
         low_s: float = 0.001,
         up: float = 0.1,
-        down: float = 0.02,
-        streak: int = 3,
+        down: float = 0.01,
+        streak: int = 1,
         min_requests: int = 8,
         rng: Callable[[], float] = random.random,
     ) -> None:
