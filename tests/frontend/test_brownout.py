@@ -50,6 +50,26 @@ def test_the_share_follows_the_lag_with_hysteresis(caplog):
     assert len(ends) == 1 and "1 requests answered unread" in ends[0].getMessage()
 
 
+def test_by_default_one_late_busy_probe_starts_shedding_and_the_share_comes_back_slowly():
+    # Three late probes in a row to start and 0.02 back per probe swung between
+    # shedding and not under a steady overload: the queue built up in between.
+    b = Brownout(rng=lambda: 0.5)
+
+    def probe(lag: float, now: float) -> None:
+        b.requests = b.min_requests
+        b.observe_lag(lag, now)
+
+    probe(b.high_s * 2, 0.0)
+    assert abs(b.share - b.up) < 1e-9
+    for t in range(1, 5):
+        probe(b.high_s * 2, t * 0.005)
+    assert abs(b.share - 5 * b.up) < 1e-9  # 0.5
+    for t in range(10):  # caught up: 50 ms later, most of the share is still there
+        probe(0.0, 0.1 + t * 0.005)
+    assert abs(b.share - (5 * b.up - 10 * b.down)) < 1e-9
+    assert b.share > 0.39
+
+
 def test_the_probe_slows_down_while_the_frontend_is_far_from_saturated():
     b = Brownout(interval_s=0.005, idle_interval_s=0.05, min_requests=8, high_s=0.003,
                  low_s=0.001)  # fmt: skip
