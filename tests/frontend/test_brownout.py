@@ -19,8 +19,9 @@ def test_the_share_follows_the_lag_with_hysteresis(caplog):
     b = Brownout(high_s=0.003, low_s=0.001, up=0.1, down=0.02, streak=3, min_requests=8,
                  rng=lambda: 0.5)  # fmt: skip
 
-    def probe(lag: float, now: float, requests: int = 10) -> None:
+    def probe(lag: float, now: float, requests: int = 10, inflight: int = 20) -> None:
         b.requests = requests
+        b.inflight = inflight
         b.observe_lag(lag, now)
 
     probe(0.0005, 0.0)
@@ -28,6 +29,11 @@ def test_the_share_follows_the_lag_with_hysteresis(caplog):
     # A stall with little traffic (a deploy, a collection) sheds nothing.
     for t in range(1, 10):
         probe(0.050, t * 0.005, requests=2)
+    assert b.share == 0.0
+    # Nor does one client sending back to back, however fast: one request in
+    # flight at a time, nothing of it waits unread.
+    for t in range(1, 10):
+        probe(0.050, t * 0.005, requests=50, inflight=1)
     assert b.share == 0.0
     # Late twice while busy: not yet; from the third late probe in a row, it grows.
     for t in range(10, 18):
@@ -57,6 +63,7 @@ def test_by_default_one_late_busy_probe_starts_shedding_and_the_share_comes_back
 
     def probe(lag: float, now: float) -> None:
         b.requests = b.min_requests
+        b.inflight = b.min_inflight
         b.observe_lag(lag, now)
 
     probe(b.high_s * 2, 0.0)
@@ -76,6 +83,7 @@ def test_the_probe_slows_down_while_the_frontend_is_far_from_saturated():
 
     def probe(requests: int, window: float, lag: float = 0.0) -> float:
         b.requests = requests
+        b.inflight = 20
         b.observe_lag(lag, 0.0, window)
         return b.next_interval()
 
@@ -95,7 +103,7 @@ def test_the_probe_slows_down_while_the_frontend_is_far_from_saturated():
 
 def test_the_probe_sees_a_blocked_loop():
     async def main() -> float:
-        b = Brownout(interval_s=0.005, up=0.5, streak=1, min_requests=0)
+        b = Brownout(interval_s=0.005, up=0.5, streak=1, min_requests=0, min_inflight=0)
         b.start()
         try:
             await asyncio.sleep(0.012)
@@ -105,7 +113,26 @@ def test_the_probe_sees_a_blocked_loop():
         finally:
             b.stop()
 
-    assert asyncio.run(main()) >= 0.3  # up by 0.5, then down 0.02 per punctual probe
+    assert asyncio.run(main()) >= 0.3  # up by 0.5, then down 0.01 per punctual probe
+
+
+def test_requests_being_answered_are_counted_until_their_answer():
+    async def main() -> list[int]:
+        b = Brownout()
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        b.answering(first)
+        b.answering(second)
+        seen = [b.inflight]
+        first.set_result([])
+        await asyncio.sleep(0)
+        seen.append(b.inflight)
+        second.cancel()  # the client left: it still ends
+        await asyncio.sleep(0)
+        seen.append(b.inflight)
+        return seen
+
+    assert asyncio.run(main()) == [2, 1, 0]
 
 
 class _Observer:
@@ -174,7 +201,7 @@ def test_a_shed_request_gets_the_default_unread_or_a_503():
 
 
 def test_a_late_loop_takes_the_lag_off_the_budget():
-    b = Brownout(low_s=0.001, streak=1, min_requests=0)
+    b = Brownout(low_s=0.001, streak=1, min_requests=0, min_inflight=0)
     assert b.budget_s(0.020) is None  # punctual
     b.observe_lag(0.008)
     assert abs(b.budget_s(0.020) - 0.012) < 1e-9

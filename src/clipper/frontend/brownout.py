@@ -9,9 +9,11 @@ there at twice its goodput: p99 over half a second.
 
 A probe timer measures how late the event loop runs (every ``interval_s``);
 while it runs later than ``high_s`` for ``streak`` probes in a row with at
-least ``min_requests`` predict requests read per probe (a saturated
-frontend, not a stall: a deploy, a collection, a busy machine with little
-traffic sheds nothing), the share of predict requests answered at once,
+least ``min_requests`` predict requests read per probe and ``min_inflight``
+of them being answered at the probe (a saturated frontend, not a stall: a
+deploy, a collection, a busy machine with little traffic, or one client
+sending back to back, however fast, sheds nothing: such a client waits for
+its answer, so nothing of it queues unread), the share of predict requests answered at once,
 without parsing their body, grows by ``up``; once the loop is back under
 ``low_s`` (or the traffic is gone) it shrinks by ``down`` per probe. Such an answer is the app's
 default output from bytes made once per app (or a 503 for an app that asks
@@ -60,6 +62,7 @@ class Brownout:
         down: float = 0.01,
         streak: int = 1,
         min_requests: int = 8,
+        min_inflight: int = 4,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.interval_s = interval_s
@@ -74,6 +77,8 @@ class Brownout:
         self.streak = streak
         self.min_requests = min_requests
         self.requests = 0  # predict requests read since the last probe (``seen``)
+        self.min_inflight = min_inflight
+        self.inflight = 0  # predict requests read and not yet answered (``answering``)
         self._late = 0  # probes in a row late while busy
         self.share = 0.0
         # How late the loop runs now: a peak follower (up at once, down slowly).
@@ -90,7 +95,7 @@ class Brownout:
         self.lag_s = lag_s if lag_s > self.lag_s else 0.7 * self.lag_s + 0.3 * lag_s
         # Busy: min_requests per interval_s, whatever the window.
         needed = self.min_requests * (window_s or self.interval_s) / self.interval_s
-        busy = self.requests >= needed
+        busy = self.requests >= needed and self.inflight >= self.min_inflight
         self._warm = self.requests >= needed / 2
         self.requests = 0
         self._late = self._late + 1 if lag_s > self.high_s and busy else 0
@@ -138,6 +143,14 @@ class Brownout:
             return False
         self.shed += 1
         return True
+
+    def answering(self, pending: asyncio.Future[object]) -> None:
+        """A predict request read and not shed is being answered until ``pending`` is done."""
+        self.inflight += 1
+        pending.add_done_callback(self._answered)
+
+    def _answered(self, _: asyncio.Future[object]) -> None:
+        self.inflight -= 1
 
     # -- the probe ---------------------------------------------------------------------
 

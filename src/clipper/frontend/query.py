@@ -124,6 +124,8 @@ class QueryFrontend:
             return _error(400, "invalid input", str(exc))
         except ValidationError as exc:
             return _error(400, "invalid request", str(exc))
+        if brownout is not None:
+            brownout.answering(pending)
         return Later(pending, _batch_answer if query.is_batch else _single_answer)
 
     def _unread_answer(self, spec: AppSpec) -> Response:
