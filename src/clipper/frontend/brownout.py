@@ -38,6 +38,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("clipper.overload")
 QUIET_S = 10.0  # no brownout this long ends an episode (one log line each way)
@@ -144,12 +145,12 @@ class Brownout:
         self.shed += 1
         return True
 
-    def answering(self, pending: asyncio.Future[object]) -> None:
+    def answering(self, pending: asyncio.Future[Any]) -> None:
         """A predict request read and not shed is being answered until ``pending`` is done."""
         self.inflight += 1
         pending.add_done_callback(self._answered)
 
-    def _answered(self, _: asyncio.Future[object]) -> None:
+    def _answered(self, _: asyncio.Future[Any]) -> None:
         self.inflight -= 1
 
     # -- the probe ---------------------------------------------------------------------
