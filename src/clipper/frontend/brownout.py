@@ -7,21 +7,26 @@ wait in the kernel's socket buffers, unseen, and every answer (defaults
 included) leaves late. The light MLP on a core shared with its replica got
 there at twice its goodput: p99 over half a second.
 
-A probe timer measures how late the event loop runs (every ``interval_s``);
-while it runs later than ``high_s`` for ``streak`` probes in a row with at
+A probe timer measures how late the event loop runs (every ``interval_s``).
+While it runs later than ``high_s`` for ``streak`` probes in a row, with at
 least ``min_requests`` predict requests read per probe and ``min_inflight``
-of them being answered at the probe (a saturated frontend, not a stall: a
-deploy, a collection, a busy machine with little traffic, or one client
-sending back to back, however fast, sheds nothing: such a client waits for
-its answer, so nothing of it queues unread), the share of predict requests answered at once,
-without parsing their body, grows by ``up``; once the loop is back under
-``low_s`` (or the traffic is gone) it shrinks by ``down`` per probe. Such an answer is the app's
-default output from bytes made once per app (or a 503 for an app that asks
-for one): a few microseconds instead of the whole query path, which frees
-the loop for the rest. The queries it lets through get their SLO less the
-lag as their budget (:meth:`budget_s`): they waited about that long, unread,
-before the server saw them. Pure logic except :meth:`Brownout.start`, which
-runs the probe on the event loop.
+of them being answered at the probe, the share of predict requests answered
+at once, without parsing their body, grows by ``up``; once the loop is back
+under ``low_s`` (or the traffic is gone) it shrinks by ``down`` per probe.
+Those conditions tell a saturated frontend from a stall: a deploy, a
+collection, a busy machine with little traffic, or one client sending back
+to back, however fast (it waits for each answer, so nothing of it queues
+unread), sheds nothing. One late probe is enough to start, and the share
+comes back slowly: three late probes to start and a fast way back made the
+share swing, and the unread queue built up between swings.
+
+Such an answer is the app's default output from bytes made once per app (or
+a 503 for an app that asks for one): a few microseconds instead of the
+whole query path, which frees the loop for the rest. The queries it lets
+through get their SLO less the lag as their budget (:meth:`budget_s`): they
+waited about that long, unread, before the server saw them. Pure logic
+except :meth:`Brownout.start`, which runs the probe on the event loop, and
+:meth:`Brownout.answering`, which counts requests until their future is done.
 
 The probe runs every ``interval_s`` only while the frontend could be near
 saturation (predict requests at half the busy rate or more, a late loop, or
