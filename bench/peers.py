@@ -177,8 +177,8 @@ READING = """
     1,420 before the overload work, 1,245 with it, 1,450 with the local socket, 1,675/s
     at the commit before this run (840-2,010). The spread between fresh servers
     (500-2,020/s) is what moved the full runs.
-- *No-op: 2.44x naive; 3.85x the best peer (Triton, median of the repeats).* Closed loop (64 clients) Clipper
-  served 9,932/s against the echo server's 12,484/s.
+- *No-op: 2.44x naive; 3.85x the best peer (Triton, median of the repeats).* Closed
+  loop (64 clients) Clipper served 9,932/s against the echo server's 12,484/s.
 - *Low load (50/s).* Light MLP p50 / p99 1.62 / 2.73 ms against naive's 1.35 / 1.94 ms;
   heavy 3.12 / 9.34 against 2.50 / 4.61 ms. `make bench-lowload` (its section below)
   shows why. Back to back, a Clipper request costs what a naive one does. At 50/s it
