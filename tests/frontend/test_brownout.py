@@ -212,3 +212,14 @@ def test_a_late_loop_takes_the_lag_off_the_budget():
     assert b.budget_s(0.020) is None
     b.observe_lag(0.050)
     assert b.budget_s(0.020) == 0.0
+
+
+def test_the_lag_comes_off_the_budget_before_any_shedding():
+    # Not busy enough to shed (too few requests), but a query read now still
+    # waited unread for about the lag, and its deadline timer fires that late.
+    b = Brownout(low_s=0.001, min_requests=1000)
+    b.observe_lag(0.006)
+    assert b.share == 0.0
+    assert abs(b.budget_s(0.020) - 0.014) < 1e-9
+    b.observe_lag(0.0005)
+    assert b.budget_s(0.020) is not None  # the estimate decays, not drops
