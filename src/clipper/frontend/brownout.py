@@ -27,12 +27,13 @@ the loop runs late, shedding or not, gets its SLO less the lag as its budget
 (:meth:`budget_s`): it waited about that long, unread, before the server saw
 it, and its deadline timer will fire about that late too.
 
-The thresholds were chosen on the light and heavy MLPs at 2x and 5x their
-goodput (docs/benchmarks.md, Overload): starting at 2 ms of lag with 0.2 per
-probe, and taking the lag off every late query's budget, kept the p99 of all
-answers within 25 ms where 3 ms and 0.1, with the lag taken off only while
-shedding, gave 32-34 ms (light MLP, one shared core, 7,500/s); the price is
-more shedding where the replica, not the frontend, takes the core. Pure logic
+The settings were chosen on one core shared by the server and its replica
+(docs/benchmarks.md, Overload), two runs each. Light MLP at 7,500/s: 0.1 per
+probe with the lag taken off only while shedding gave a p99 of 32-34 ms;
+0.2 per probe with the lag off every late query's budget, 26 ms at the same
+goodput (5,400/s). Starting at 2 ms of lag instead of 3 gave 17-23 ms, but
+shed half the heavy MLP's goodput at 2,400/s (840-1,090/s computed, against
+2,030-2,130/s), where the replica, not the frontend, takes the core. Pure logic
 except :meth:`Brownout.start`, which runs the probe on the event loop, and
 :meth:`Brownout.answering`, which counts requests until their future is done.
 
@@ -70,7 +71,7 @@ class Brownout:
         *,
         interval_s: float = 0.005,
         idle_interval_s: float = 0.05,
-        high_s: float = 0.002,
+        high_s: float = 0.003,
         low_s: float = 0.001,
         up: float = 0.2,
         down: float = 0.01,
