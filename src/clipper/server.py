@@ -34,7 +34,7 @@ from .batching.controllers import (
     QuantileRegressionController,
 )
 from .batching.dispatcher import Dispatcher, ModelConfig, ModelStatistics
-from .batching.model_state import merge_statistics, retire_statistics
+from .batching.model_state import merge_statistics
 from .cache import PredictionCache
 from .cache.prediction_cache import CacheStatistics
 from .dashboard import Dashboard
@@ -58,7 +58,6 @@ from .metrics import (
     ReplicaStatistics,
     ServerStatistics,
     pick_format,
-    retire_counters,
 )
 from .rpc.protocol import curve_keypair
 from .rpc.server import Replica, RPCServer
@@ -77,7 +76,7 @@ from .statedir import (
 from .store import open_store
 from .store.catalog import Catalog
 from .types import InputType, ModelId, ModelOptions
-from .workers import Channel, Worker, WorkerPool
+from .workers import Channel, Retired, Worker, WorkerPool
 
 log = logging.getLogger("clipper.server")
 
@@ -122,9 +121,7 @@ class ClipperServer:
         self.pool: WorkerPool | None = None
         # What workers that exited had counted (their last reports, gauges left
         # out): still in the sums, so counters never go back when one restarts.
-        self._retired_counters: Counters | None = None
-        self._retired_models: list[ModelStatistics] = []
-        self._retired_cache: CacheStatistics | None = None
+        self._retired = Retired()  # exited workers' last reports (the supervisor's)
         # With workers, every process serves the supervisor's summed exposition
         # (by content type), so a scrape reads the same figures from any of them.
         self.shared_exposition: dict[str, bytes] | None = None
@@ -393,7 +390,7 @@ class ClipperServer:
         if self.pool is None:
             return own
         live = [w.stats["models"] for w in self.pool.workers if w.stats is not None]
-        return merge_statistics(own, [*live, self._retired_models])
+        return merge_statistics(own, [*live, self._retired.models])
 
     def _cache_statistics(self) -> CacheStatistics | None:
         if self.cache is None:
@@ -402,8 +399,8 @@ class ClipperServer:
         for worker in self.pool.workers if self.pool is not None else ():
             if worker.stats is not None and worker.stats["cache"] is not None:
                 total = total + worker.stats["cache"]
-        if self._retired_cache is not None:
-            total = total + self._retired_cache
+        if self._retired.cache is not None:
+            total = total + self._retired.cache
         return total
 
     def _model_options(self) -> dict[ModelId, ModelOptions]:
@@ -674,13 +671,7 @@ class ClipperServer:
         elif kind == "exited":
             self.rollouts.set_peer_evidence(worker.index, None)
             if worker.stats is not None:  # its last report: kept in the sums
-                last = worker.stats
-                self._retired_counters = retire_counters(self._retired_counters, last["counters"])
-                self._retired_models = retire_statistics(self._retired_models, last["models"])
-                if last["cache"] is not None:
-                    gone = last["cache"].counters_only()
-                    retired = self._retired_cache
-                    self._retired_cache = gone if retired is None else retired + gone
+                self._retired.add(worker.stats)
 
     def _describe_workers(self) -> list[dict[str, Any]]:
         """Every worker process (the supervisor first) and the queries each answered."""
@@ -705,7 +696,7 @@ class ClipperServer:
         if self.pool is None:
             return []
         live = [w.stats["counters"] for w in self.pool.workers if w.stats is not None]
-        retired = self._retired_counters
+        retired = self._retired.counters
         return live if retired is None else [*live, retired]
 
     def _publish_metrics(self) -> None:

@@ -55,6 +55,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .batching.dispatcher import ModelStatistics
+from .batching.model_state import retire_statistics
+from .cache.prediction_cache import CacheStatistics
+from .metrics import Counters, retire_counters
+
 log = logging.getLogger("clipper.workers")
 
 _LENGTH = struct.Struct("!I")
@@ -294,3 +299,23 @@ class WorkerPool:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
+
+
+@dataclass
+class Retired:
+    """The supervisor's: what worker processes that exited had counted, their
+    last reports, kept in the sums so that a worker started again from zero
+    does not set ``/metrics``' counters back (gauges, such as queue depth,
+    are left out)."""
+
+    counters: Counters | None = None
+    models: list[ModelStatistics] = field(default_factory=list)
+    cache: CacheStatistics | None = None
+
+    def add(self, last: Message) -> None:
+        """One more worker's last ``stats`` report."""
+        self.counters = retire_counters(self.counters, last["counters"])
+        self.models = retire_statistics(self.models, last["models"])
+        if last["cache"] is not None:
+            gone = last["cache"].counters_only()
+            self.cache = gone if self.cache is None else self.cache + gone

@@ -6,12 +6,14 @@ in the state folder) gets a plain stream socket read by the container's main
 thread (rpc/stream.py: the same messages, two thread hand-offs fewer per
 batch); it is connected again after the frontend goes, every
 ``RECONNECT_S``. Either registers itself with the main loop's poller.
+A ``Link`` is one frontend the container serves: its connection and clocks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zmq
@@ -180,3 +182,32 @@ def connect(
     if path is not None:
         return StreamConn(path, poller)
     return DealerConn(ctx, address, poller, server_key)
+
+
+@dataclass(eq=False)
+class Link:
+    """One frontend this container serves: its DEALER socket and its clocks.
+
+    The first link goes to the address the container was given; the frontend
+    answers its registration with ``peers`` when it runs several worker
+    processes, and the container opens one more link to each (the same host,
+    the ports named), so every worker sends it batches directly.
+    """
+
+    address: str
+    conn: Conn  # ZeroMQ, or a Unix socket to a frontend on this host
+    primary: bool
+    last_heard: float
+    last_register: float = 0.0
+    last_beat: float = 0.0
+    registered: bool = False
+    # A ``register`` not yet sent: a new connection takes no message until it
+    # is up (``IMMEDIATE``), so it is sent again at each turn until it goes.
+    register_unsent: bool = False
+    rejected_logged: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.last_register = self.last_beat = self.last_heard
+
+    def send(self, frames: p.Frames) -> bool:
+        return self.conn.send(frames)

@@ -47,7 +47,7 @@ import zmq
 
 from ..rpc import protocol as p
 from ..rpc import stream
-from .links import Conn, connect
+from .links import Link, connect
 
 log = logging.getLogger("clipper.container")
 
@@ -457,41 +457,12 @@ def peer_addresses(address: str, ports: list[Any]) -> list[str]:
 CLOSE_LINGER_MS = 2000
 
 
-@dataclass(eq=False)
-class _Link:
-    """One frontend this container serves: its DEALER socket and its clocks.
-
-    The first link goes to the address the container was given; the frontend
-    answers its registration with ``peers`` when it runs several worker
-    processes, and the container opens one more link to each (the same host,
-    the ports named), so every worker sends it batches directly.
-    """
-
-    address: str
-    conn: Conn  # ZeroMQ, or a Unix socket to a frontend on this host
-    primary: bool
-    last_heard: float
-    last_register: float = 0.0
-    last_beat: float = 0.0
-    registered: bool = False
-    # A ``register`` not yet sent: a new connection takes no message until it
-    # is up (``IMMEDIATE``), so it is sent again at each turn until it goes.
-    register_unsent: bool = False
-    rejected_logged: float = float("-inf")
-
-    def __post_init__(self) -> None:
-        self.last_register = self.last_beat = self.last_heard
-
-    def send(self, frames: p.Frames) -> bool:
-        return self.conn.send(frames)
-
-
 @dataclass
 class _Session:
     """What one ``serve_forever`` holds: sockets, the worker, and its clocks."""
 
     ctx: zmq.Context[Any]
-    links: list[_Link]
+    links: list[Link]
     results_rx: zmq.Socket[Any]
     work: queue.Queue[tuple[int, dict[str, Any], list[Any]] | None]
     worker: threading.Thread
@@ -500,12 +471,12 @@ class _Session:
     parent: int  # the pid our parent had: a new one means it exited
     # The link each batch handed to the worker came from, in order: the worker
     # answers them in the order taken, so each result goes back where its batch came from.
-    origins: deque[_Link] = field(default_factory=deque)
+    origins: deque[Link] = field(default_factory=deque)
     drain_started: float | None = None
     status: int = 0  # the process exit status serve_forever returns
 
     @property
-    def primary(self) -> _Link:
+    def primary(self) -> Link:
         return self.links[0]
 
 
@@ -638,9 +609,7 @@ class ContainerRuntime:
         ctx = zmq.Context()
         now = time.monotonic()
         poller = zmq.Poller()
-        primary = _Link(
-            self.address, connect(ctx, self.address, poller, self.server_key), True, now
-        )
+        primary = Link(self.address, connect(ctx, self.address, poller, self.server_key), True, now)
         wake_addr = f"inproc://results-{id(self)}"
         results_rx = ctx.socket(zmq.PAIR)
         results_rx.bind(wake_addr)
@@ -673,7 +642,7 @@ class ContainerRuntime:
         return self._busy == 0 or now - session.drain_started > self.drain_timeout
 
     def _on_message(
-        self, session: _Session, link: _Link, frames: list[Any], now: float, stopping: bool
+        self, session: _Session, link: Link, frames: list[Any], now: float, stopping: bool
     ) -> bool:
         """Handle one message from a frontend; False: stop serving."""
         try:
@@ -738,13 +707,13 @@ class ContainerRuntime:
             if address in have:
                 continue
             conn = connect(session.ctx, address, session.poller, self.server_key)
-            link = _Link(address, conn, False, now)
+            link = Link(address, conn, False, now)
             session.links.append(link)
             self._register(link, now)
             log.info("serving frontend worker %s too", address)
 
     def _take_batch(
-        self, session: _Session, link: _Link, header: dict[str, Any], frames: list[Any]
+        self, session: _Session, link: Link, header: dict[str, Any], frames: list[Any]
     ) -> bool:
         """Run a batch inline (a fast model, nothing running) or hand it to the
         worker; False: the model ran out of memory, stop."""
@@ -759,7 +728,7 @@ class ContainerRuntime:
         session.work.put((batch_id, header, buffers))
         return True
 
-    def _keep_in_touch(self, link: _Link, now: float) -> None:
+    def _keep_in_touch(self, link: Link, now: float) -> None:
         """Heartbeats, and registering again when a frontend went quiet."""
         if now - link.last_beat >= self.heartbeat_interval:
             link.send([p.make(p.HEARTBEAT)])
@@ -777,7 +746,7 @@ class ContainerRuntime:
                 self.registered.clear()
             self._register(link, now)
 
-    def _register(self, link: _Link, now: float) -> None:
+    def _register(self, link: Link, now: float) -> None:
         link.register_unsent = not link.send(self._register_message())
         link.last_register = now
 

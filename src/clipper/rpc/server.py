@@ -1,7 +1,7 @@
 """The frontend's RPC endpoint: a ZeroMQ ROUTER that containers connect to.
 
 Replicas on the same host may connect to a Unix stream socket instead
-(``local_dir``; rpc/stream.py frames the same messages): each connection is
+(``local_dir``; rpc/local.py, with rpc/stream.py framing the same messages): each connection is
 a peer with an identity of its own, handled by the same code as a ZeroMQ
 peer, with the same checks and limits.
 
@@ -68,6 +68,7 @@ from ..timers import TimerHandle, Timers, timers_for
 from ..types import ModelId
 from . import protocol as p
 from . import stream
+from .local import LocalPeer
 
 log = logging.getLogger("clipper.rpc")
 
@@ -269,7 +270,7 @@ class RPCServer:
         self.local_dir = local_dir
         self.local_address: str | None = None
         self._local_server: asyncio.AbstractServer | None = None
-        self._local_peers: dict[bytes, _LocalPeer] = {}
+        self._local_peers: dict[bytes, LocalPeer] = {}
         self._local_ids = 0
         self.replicas: dict[bytes, Replica] = {}
         # Replicas removed for silence, each with the time it counts as hung by.
@@ -328,10 +329,33 @@ class RPCServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a stale socket of an earlier run on this port
         assert self._loop is not None
-        self._local_server = await self._loop.create_unix_server(lambda: _LocalPeer(self), path)
+        self._local_server = await self._loop.create_unix_server(
+            lambda: LocalPeer(self, self._next_local_identity()), path
+        )
         os.chmod(path, 0o600)
         self.local_address = stream.SCHEME + path
         log.info("RPC endpoint listening on %s for replicas on this host", self.local_address)
+
+    # -- replicas on this host, through the local socket (rpc/local.py) -------------------
+
+    def _next_local_identity(self) -> bytes:
+        self._local_ids += 1
+        # Not a ZeroMQ identity (those start with a zero byte): no clash.
+        return b"local-%d" % self._local_ids
+
+    def local_connected(self, peer: LocalPeer) -> None:
+        self._local_peers[peer.identity] = peer
+
+    def local_oversized(self, exc: RPCError) -> None:
+        """A local peer sent past the limits: it is disconnected, as by ZeroMQ's MAXMSGSIZE."""
+        self.oversized_messages += 1
+        self._log_dropped.log(
+            logging.WARNING, "closed a local RPC connection: %s", p.cut(str(exc), 300)
+        )
+
+    def local_lost(self, peer: LocalPeer) -> None:
+        self._local_peers.pop(peer.identity, None)
+        self._drop(peer.identity, "connection lost")
 
     def statistics(self) -> dict[str, int]:
         """Counts of what peers sent that was dropped or refused (for status and metrics)."""
@@ -694,55 +718,3 @@ class RPCServer:
         if again is not None and again.pid == silent.pid:
             return True
         return any(r.pid == silent.pid and r.label == silent.label for r in self.replicas.values())
-
-
-# A local peer's messages may wait in its socket's buffer up to this (then a
-# send fails, as ZeroMQ's does past its high-water mark).
-LOCAL_SEND_BUFFER_BYTES = 256 * 1024 * 1024
-
-
-class _LocalPeer(asyncio.Protocol):
-    """One replica's connection to the local socket: a ZeroMQ peer in all but
-    transport (its own identity, the same messages, checks and limits)."""
-
-    def __init__(self, server: RPCServer) -> None:
-        self.server = server
-        server._local_ids += 1
-        # Not a ZeroMQ identity (those start with a zero byte): no clash.
-        self.identity = b"local-%d" % server._local_ids
-        self.decoder = stream.Decoder(p.MAX_FRAMES_REGISTERED, server.max_message_bytes)
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
-        self.server._local_peers[self.identity] = self
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = self.decoder.feed(data)
-        except RPCError as exc:  # as ZeroMQ's MAXMSGSIZE: the peer is disconnected
-            self.server.oversized_messages += 1
-            self.server._log_dropped.log(
-                logging.WARNING, "closed a local RPC connection: %s", p.cut(str(exc), 300)
-            )
-            self.close()
-            return
-        for frames in messages:
-            self.server.handle([self.identity, *frames])
-
-    def send(self, frames: p.Frames) -> bool:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return False
-        if transport.get_write_buffer_size() > LOCAL_SEND_BUFFER_BYTES:
-            return False
-        transport.writelines(stream.encode(frames))
-        return True
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server._local_peers.pop(self.identity, None)
-        self.server._drop(self.identity, "connection lost")
