@@ -121,7 +121,7 @@ class ClipperServer:
         self.pool: WorkerPool | None = None
         # What workers that exited had counted (their last reports, gauges left
         # out): still in the sums, so counters never go back when one restarts.
-        self._retired = Retired()  # exited workers' last reports (the supervisor's)
+        self._retired = Retired()
         # With workers, every process serves the supervisor's summed exposition
         # (by content type), so a scrape reads the same figures from any of them.
         self.shared_exposition: dict[str, bytes] | None = None

@@ -1,9 +1,9 @@
 """The frontend's RPC endpoint: a ZeroMQ ROUTER that containers connect to.
 
 Replicas on the same host may connect to a Unix stream socket instead
-(``local_dir``; rpc/local.py, with rpc/stream.py framing the same messages): each connection is
-a peer with an identity of its own, handled by the same code as a ZeroMQ
-peer, with the same checks and limits.
+(``local_dir``; rpc/local.py, with rpc/stream.py framing the same
+messages): each connection is a peer with an identity of its own, handled
+by the same code as a ZeroMQ peer, with the same checks and limits.
 
 It owns the socket, registration and liveness (heartbeats both ways, a
 timeout that removes silent replicas) and the wire encoding of batches: the
