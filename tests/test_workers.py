@@ -21,7 +21,7 @@ from clipper.selection.state import SHARED, PolicyStates
 from clipper.settings import MAX_WORKERS, Settings, default_workers
 from clipper.store import open_store
 from clipper.types import AppSpec, InputType, ModelId
-from clipper.workers import Channel
+from clipper.workers import Channel, Retired
 from tests.observability.test_metrics import model_stats
 
 MODEL = ModelId("m", "1")
@@ -92,6 +92,27 @@ def test_an_exited_workers_counters_stay_and_its_gauges_go() -> None:
     assert gone.apps["app"].feedback == [0, 1] and gone.loop_lag_s == 0.0
     gone = retire_counters(gone, worker.counters())
     assert gone.apps["app"].feedback == [0, 3] and gone.batch_sizes[MODEL].total == 8
+
+
+def test_retired_keeps_every_exited_workers_last_report() -> None:
+    def stats() -> ServerStatistics:
+        return ServerStatistics(uptime_s=1.0, models=[])
+
+    worker = Metrics(stats)
+    worker.observe_feedback("app", True)
+    cache = CacheStatistics(hits=1, misses=2, entries=3, bytes=4, max_bytes=5, evictions=6)
+    last = {
+        "counters": worker.counters(),
+        "models": [model_stats(batches=30, tasks=30)],
+        "cache": cache,
+    }
+    retired = Retired()
+    retired.add(last)
+    retired.add({**last, "cache": None})  # a worker without a cache
+    assert retired.counters is not None and retired.counters.apps["app"].feedback == [0, 2]
+    assert retired.models[0].batches == 60 and retired.models[0].queue.depth == 0
+    assert retired.cache is not None
+    assert retired.cache.hits == 1 and retired.cache.entries == 0  # counters only, once
 
 
 def test_cache_statistics_add_up() -> None:

@@ -186,7 +186,7 @@ def connect(
 
 @dataclass(eq=False)
 class Link:
-    """One frontend this container serves: its DEALER socket and its clocks.
+    """One frontend this container serves: its connection and its clocks.
 
     The first link goes to the address the container was given; the frontend
     answers its registration with ``peers`` when it runs several worker
